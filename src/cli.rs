@@ -1,0 +1,268 @@
+//! The slirp4netns-compatible command line.
+//!
+//! This is the only place that knows how flags are spelled. The clap
+//! definition below is the single source for `--help` and for the man page
+//! (`man/netferry.1`, checked by a test). Values are taken as strings and
+//! validated in `config.rs`, so every error message matches slirp4netns
+//! byte for byte instead of clap's wording.
+
+use clap::{ArgAction, CommandFactory, Parser};
+
+/// First line of `--version`; callers parse the lines after it.
+pub const VERSION_TEXT: &str = concat!(
+    "netferry version ",
+    env!("CARGO_PKG_VERSION"),
+    "\nsmoltcp: 0.14\nSLIRP_CONFIG_VERSION_MAX: 4\n"
+);
+
+const USAGE: &str = "netferry [OPTION]... PID|PATH|FD [TAPNAME]";
+
+const ABOUT: &str = "User-mode networking for unprivileged network namespaces.\n\
+A drop-in replacement for slirp4netns: it creates TAPNAME inside the network \
+namespace of PID (or the namespace file PATH, or adopts the tap file \
+descriptor FD) and carries the namespace's traffic through ordinary host \
+sockets.";
+
+/// Raw command-line values, before validation.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "netferry",
+    override_usage = USAGE,
+    about = ABOUT,
+    disable_version_flag = true,
+    // Our own -h so the help text reads like slirp4netns's.
+    disable_help_flag = true,
+    max_term_width = 100
+)]
+pub struct Args {
+    /// bring up the interface: lo and TAPNAME up, MTU, address (network+100), default route via the gateway
+    #[arg(short = 'c', long = "configure")]
+    pub configure: bool,
+
+    /// specify the FD for terminating netferry (exit 0 when it hangs up)
+    #[arg(
+        short = 'e',
+        long = "exit-fd",
+        value_name = "FD",
+        allow_hyphen_values = true
+    )]
+    pub exit_fd: Option<String>,
+
+    /// specify the FD to write "1" to when the network is ready
+    #[arg(
+        short = 'r',
+        long = "ready-fd",
+        value_name = "FD",
+        allow_hyphen_values = true
+    )]
+    pub ready_fd: Option<String>,
+
+    /// specify MTU (default=1500, max=65521)
+    #[arg(
+        short = 'm',
+        long = "mtu",
+        value_name = "MTU",
+        allow_hyphen_values = true
+    )]
+    pub mtu: Option<String>,
+
+    /// enable IPv6
+    #[arg(short = '6', long = "enable-ipv6")]
+    pub enable_ipv6: bool,
+
+    /// specify API socket path
+    #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
+    pub api_socket: Option<String>,
+
+    /// specify network address CIDR (default=10.0.2.0/24)
+    #[arg(long = "cidr", value_name = "CIDR")]
+    pub cidr: Option<String>,
+
+    /// prohibit connecting to 127.0.0.1:* on the host namespace
+    #[arg(long = "disable-host-loopback")]
+    pub disable_host_loopback: bool,
+
+    /// deprecated alias of --disable-host-loopback
+    #[arg(long = "no-host-loopback", hide = true)]
+    pub no_host_loopback: bool,
+
+    /// specify network namespace type ([pid|path|tapfd], default=pid)
+    #[arg(long = "netns-type", value_name = "TYPE")]
+    pub netns_type: Option<String>,
+
+    /// specify user namespace path
+    #[arg(long = "userns-path", value_name = "PATH")]
+    pub userns_path: Option<String>,
+
+    /// create a new mount namespace and drop all caps except CAP_NET_BIND_SERVICE
+    #[arg(long = "enable-sandbox")]
+    pub enable_sandbox: bool,
+
+    /// deprecated alias of --enable-sandbox
+    #[arg(long = "create-sandbox", hide = true)]
+    pub create_sandbox: bool,
+
+    /// enable seccomp to limit syscalls
+    #[arg(long = "enable-seccomp")]
+    pub enable_seccomp: bool,
+
+    /// sets outbound IPv4 address (or interface) that host sockets bind to
+    #[arg(long = "outbound-addr", value_name = "IPv4|IFNAME")]
+    pub outbound_addr: Option<String>,
+
+    /// sets outbound IPv6 address (or interface) that host sockets bind to
+    #[arg(long = "outbound-addr6", value_name = "IPv6|IFNAME")]
+    pub outbound_addr6: Option<String>,
+
+    /// disables the DNS address (network+3) to host DNS redirect
+    #[arg(long = "disable-dns")]
+    pub disable_dns: bool,
+
+    /// specify the MAC address of the TAP (only valid with -c)
+    #[arg(long = "macaddress", value_name = "MAC")]
+    pub macaddress: Option<String>,
+
+    /// specify the target type ([netns|bess], default=netns)
+    #[arg(long = "target-type", value_name = "TYPE")]
+    pub target_type: Option<String>,
+
+    /// log more (the same as RUST_LOG=debug)
+    #[arg(long = "debug")]
+    pub debug: bool,
+
+    /// show this help and exit
+    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+
+    /// show version and exit
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+
+    /// PID|PATH|FD, then TAPNAME; extra arguments are ignored with a warning
+    #[arg(value_name = "ARGS", num_args = 0..)]
+    pub positional: Vec<String>,
+}
+
+/// The clap command: the source of `--help` and the man page.
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+/// What the command line asks for before any validation.
+pub enum Parsed {
+    /// Run with these arguments.
+    Run(Box<Args>),
+    /// Print this text on stdout and exit 0 (help or version).
+    Print(String),
+    /// Print this text on stderr and exit 1 (unknown flag, missing value).
+    Usage(String),
+}
+
+/// Parse argv without exiting, so that main decides exit codes (clap
+/// would exit 2 where slirp4netns callers expect 1).
+pub fn parse<I, T>(argv: I) -> Parsed
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Args::try_parse_from(argv) {
+        Ok(args) if args.version => Parsed::Print(VERSION_TEXT.to_string()),
+        Ok(args) => Parsed::Run(Box::new(args)),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            Parsed::Print(e.render().to_string())
+        }
+        Err(e) => Parsed::Usage(format!("{}\n{}", e.render(), command().render_usage())),
+    }
+}
+
+/// Usage text printed when arguments are missing.
+pub fn usage() -> String {
+    command().render_help().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn help() -> String {
+        match parse(["netferry", "--help"]) {
+            Parsed::Print(s) => s,
+            _ => panic!("--help did not print"),
+        }
+    }
+
+    #[test]
+    fn help_names_every_feature_callers_grep_for() {
+        let help = help();
+        for flag in [
+            "--netns-type",
+            "--userns-path",
+            "--mtu",
+            "--cidr",
+            "--disable-host-loopback",
+            "--api-socket",
+            "--enable-sandbox",
+            "--enable-seccomp",
+            "--enable-ipv6",
+            "--outbound-addr",
+            "--disable-dns",
+            "--macaddress",
+        ] {
+            assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+        }
+        assert!(help.contains("-h, --help"));
+    }
+
+    #[test]
+    fn short_help_prints_too() {
+        assert!(matches!(parse(["netferry", "-h"]), Parsed::Print(_)));
+    }
+
+    #[test]
+    fn version_has_config_version_line() {
+        let Parsed::Print(text) = parse(["netferry", "-v"]) else {
+            panic!("-v did not print");
+        };
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with("netferry version "));
+        assert!(text.lines().any(|l| l == "SLIRP_CONFIG_VERSION_MAX: 4"));
+        assert!(matches!(parse(["netferry", "--version"]), Parsed::Print(_)));
+    }
+
+    #[test]
+    fn grouped_short_flags_and_both_value_forms() {
+        let Parsed::Run(a) = parse([
+            "netferry",
+            "-c6",
+            "--mtu=65520",
+            "-e",
+            "3",
+            "-r4",
+            "1",
+            "tap0",
+        ]) else {
+            panic!("did not parse");
+        };
+        assert!(a.configure && a.enable_ipv6);
+        assert_eq!(a.mtu.as_deref(), Some("65520"));
+        assert_eq!(a.exit_fd.as_deref(), Some("3"));
+        assert_eq!(a.ready_fd.as_deref(), Some("4"));
+        assert_eq!(a.positional, ["1", "tap0"]);
+    }
+
+    #[test]
+    fn unknown_flag_is_a_usage_error() {
+        assert!(matches!(
+            parse(["netferry", "--bogus", "1", "tap0"]),
+            Parsed::Usage(_)
+        ));
+    }
+
+    #[test]
+    fn negative_fd_reaches_validation() {
+        let Parsed::Run(a) = parse(["netferry", "-e", "-1", "1", "tap0"]) else {
+            panic!("did not parse");
+        };
+        assert_eq!(a.exit_fd.as_deref(), Some("-1"));
+    }
+}

@@ -1,0 +1,106 @@
+//! The smoltcp `Device` that the engine hands to its interface.
+//!
+//! It holds at most one received frame (the one the engine just decided
+//! smoltcp should see) and writes every transmitted frame into one reused
+//! buffer before passing it to the sink: no allocation per frame.
+
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+/// Where the engine's outgoing Ethernet frames go: the tap in production,
+/// a vector in tests.
+pub trait FrameSink {
+    fn send_frame(&mut self, frame: &[u8]);
+}
+
+impl FrameSink for Vec<Vec<u8>> {
+    fn send_frame(&mut self, frame: &[u8]) {
+        self.push(frame.to_vec());
+    }
+}
+
+/// Ethernet header length; smoltcp's MTU counts it.
+pub const ETHERNET_HEADER_LEN: usize = 14;
+
+pub fn capabilities(mtu: usize, verify_checksums: bool) -> DeviceCapabilities {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ethernet;
+    caps.max_transmission_unit = mtu + ETHERNET_HEADER_LEN;
+    if !verify_checksums {
+        // Frames from the tap were made by the guest kernel: trust them,
+        // but always compute checksums on what we send.
+        let mut c = ChecksumCapabilities::default();
+        c.ipv4 = Checksum::Tx;
+        c.udp = Checksum::Tx;
+        c.tcp = Checksum::Tx;
+        c.icmpv4 = Checksum::Tx;
+        c.icmpv6 = Checksum::Tx;
+        caps.checksum = c;
+    }
+    caps
+}
+
+pub struct Port<'a, S: FrameSink> {
+    pub rx: Option<&'a [u8]>,
+    pub tx: &'a mut Vec<u8>,
+    pub sink: &'a mut S,
+    pub caps: &'a DeviceCapabilities,
+}
+
+pub struct RxFrame<'a>(&'a [u8]);
+
+pub struct TxSlot<'a, S: FrameSink> {
+    tx: &'a mut Vec<u8>,
+    sink: &'a mut S,
+}
+
+impl<S: FrameSink> phy::Device for Port<'_, S> {
+    type RxToken<'b>
+        = RxFrame<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = TxSlot<'b, S>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let frame = self.rx.take()?;
+        Some((
+            RxFrame(frame),
+            TxSlot {
+                tx: self.tx,
+                sink: self.sink,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxSlot {
+            tx: self.tx,
+            sink: self.sink,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+impl phy::RxToken for RxFrame<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl<S: FrameSink> phy::TxToken for TxSlot<'_, S> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        if self.tx.len() < len {
+            self.tx.resize(len, 0);
+        }
+        let frame = &mut self.tx[..len];
+        let r = f(frame);
+        self.sink.send_frame(frame);
+        r
+    }
+}

@@ -1,0 +1,326 @@
+//! The engine driven with literal frames, as the guest kernel would send
+//! them. No tap, no mocks: whatever the engine emits is parsed back with
+//! smoltcp's wire types and checked field by field.
+
+use super::*;
+use smoltcp::wire::{DhcpMessageType, DhcpPacket, DhcpRepr};
+
+const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+
+fn engine() -> Engine {
+    engine_for(Network::default())
+}
+
+fn engine_for(net: Network) -> Engine {
+    let cfg = EngineConfig {
+        net,
+        mtu: 1500,
+        verify_checksums: true,
+        seed: 1,
+    };
+    Engine::new(&cfg, Instant::from_millis(0))
+}
+
+fn feed(e: &mut Engine, frame: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    e.process_frame(Instant::from_millis(1), frame, &mut out);
+    e.poll(Instant::from_millis(1), &mut out);
+    out
+}
+
+fn eth(dst: EthernetAddress, proto: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
+    let repr = EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: dst,
+        ethertype: proto,
+    };
+    let mut buf = vec![0u8; repr.buffer_len() + payload.len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    repr.emit(&mut frame);
+    frame.payload_mut().copy_from_slice(payload);
+    buf
+}
+
+fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST_IP,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let mut buf = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut ArpPacket::new_unchecked(&mut buf[..]));
+    eth(EthernetAddress::BROADCAST, EthernetProtocol::Arp, &buf)
+}
+
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload: &[u8]) -> Vec<u8> {
+    let repr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: payload.len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; repr.buffer_len() + payload.len()];
+    let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
+    repr.emit(&mut p, &ChecksumCapabilities::default());
+    p.payload_mut().copy_from_slice(payload);
+    buf
+}
+
+fn echo_request(dst: Ipv4Addr) -> Vec<u8> {
+    let repr = Icmpv4Repr::EchoRequest {
+        ident: 0x42,
+        seq_no: 7,
+        data: b"netferry ping",
+    };
+    let mut buf = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut buf[..]),
+        &ChecksumCapabilities::default(),
+    );
+    let ip = ipv4(GUEST_IP, dst, IpProtocol::Icmp, &buf);
+    eth(
+        Engine::gateway_mac_of(&Network::default()),
+        EthernetProtocol::Ipv4,
+        &ip,
+    )
+}
+
+impl Engine {
+    fn gateway_mac_of(net: &Network) -> EthernetAddress {
+        EthernetAddress(net.gateway_mac())
+    }
+}
+
+fn dhcp_frame(kind: DhcpMessageType, requested: Option<Ipv4Addr>) -> Vec<u8> {
+    let repr = DhcpRepr {
+        message_type: kind,
+        transaction_id: 0xdead_beef,
+        secs: 0,
+        client_hardware_address: GUEST_MAC,
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: false,
+        requested_ip: requested,
+        client_identifier: Some(GUEST_MAC),
+        server_identifier: None,
+        parameter_request_list: Some(&[1, 3, 6, 51]),
+        dns_servers: None,
+        max_size: Some(1500),
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut dhcp = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut dhcp[..]))
+        .unwrap();
+    let udp = UdpRepr {
+        src_port: DHCP_CLIENT_PORT,
+        dst_port: DHCP_SERVER_PORT,
+    };
+    let mut udp_buf = vec![0u8; udp.header_len() + dhcp.len()];
+    udp.emit(
+        &mut UdpPacket::new_unchecked(&mut udp_buf[..]),
+        &Ipv4Addr::UNSPECIFIED.into(),
+        &Ipv4Addr::BROADCAST.into(),
+        dhcp.len(),
+        |p| p.copy_from_slice(&dhcp),
+        &ChecksumCapabilities::default(),
+    );
+    let ip = ipv4(
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        IpProtocol::Udp,
+        &udp_buf,
+    );
+    eth(EthernetAddress::BROADCAST, EthernetProtocol::Ipv4, &ip)
+}
+
+/// Parse a frame the engine sent as DHCP and return (dst ip, repr fields).
+fn parse_dhcp(frame: &[u8]) -> (Ipv4Addr, DhcpMessageType, Ipv4Addr, Vec<(u8, Vec<u8>)>) {
+    let eth = EthernetFrame::new_checked(frame).unwrap();
+    assert_eq!(eth.dst_addr(), GUEST_MAC);
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert!(ip.verify_checksum());
+    let ip_repr = Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()).unwrap();
+    assert_eq!(ip_repr.src_addr, Ipv4Addr::new(10, 0, 2, 2));
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(udp.verify_checksum(&ip_repr.src_addr.into(), &ip_repr.dst_addr.into()));
+    assert_eq!((udp.src_port(), udp.dst_port()), (67, 68));
+    let packet = DhcpPacket::new_checked(udp.payload()).unwrap();
+    let repr = DhcpRepr::parse(&packet).unwrap();
+    assert_eq!(repr.transaction_id, 0xdead_beef);
+    let options = packet
+        .options()
+        .map(|o| (o.kind, o.data.to_vec()))
+        .collect();
+    (ip_repr.dst_addr, repr.message_type, repr.your_ip, options)
+}
+
+fn option(options: &[(u8, Vec<u8>)], kind: u8) -> Option<&[u8]> {
+    options
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, d)| d.as_slice())
+}
+
+#[test]
+fn arp_for_gateway_and_dns_is_answered_with_the_gateway_mac() {
+    let mut e = engine();
+    for target in [Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)] {
+        let out = feed(&mut e, &arp_request(target));
+        assert_eq!(out.len(), 1, "one reply for {target}");
+        let frame = EthernetFrame::new_checked(&out[0][..]).unwrap();
+        assert_eq!(frame.dst_addr(), GUEST_MAC);
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(frame.payload()).unwrap()).unwrap();
+        match arp {
+            ArpRepr::EthernetIpv4 {
+                operation,
+                source_hardware_addr,
+                source_protocol_addr,
+                target_protocol_addr,
+                ..
+            } => {
+                assert_eq!(operation, ArpOperation::Reply);
+                assert_eq!(
+                    source_hardware_addr,
+                    EthernetAddress([0x52, 0x55, 10, 0, 2, 2])
+                );
+                assert_eq!(source_protocol_addr, target);
+                assert_eq!(target_protocol_addr, GUEST_IP);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn arp_for_other_addresses_is_not_claimed() {
+    let mut e = engine();
+    assert!(feed(&mut e, &arp_request(Ipv4Addr::new(10, 0, 2, 50))).is_empty());
+    assert!(feed(&mut e, &arp_request(GUEST_IP)).is_empty());
+}
+
+#[test]
+fn ping_to_gateway_and_dns_is_answered_locally() {
+    let mut e = engine();
+    for dst in [Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)] {
+        let out = feed(&mut e, &echo_request(dst));
+        assert_eq!(out.len(), 1);
+        let frame = EthernetFrame::new_checked(&out[0][..]).unwrap();
+        assert_eq!(frame.dst_addr(), GUEST_MAC);
+        let ip = Ipv4Packet::new_checked(frame.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (dst, GUEST_IP));
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        let repr = Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap();
+        assert_eq!(
+            repr,
+            Icmpv4Repr::EchoReply {
+                ident: 0x42,
+                seq_no: 7,
+                data: b"netferry ping"
+            }
+        );
+    }
+}
+
+#[test]
+fn ping_elsewhere_is_not_answered_by_the_engine() {
+    let mut e = engine();
+    assert!(feed(&mut e, &echo_request(Ipv4Addr::new(192, 0, 2, 1))).is_empty());
+}
+
+#[test]
+fn dhcp_discover_request_gets_pool_start_with_options() {
+    let mut e = engine();
+    let out = feed(&mut e, &dhcp_frame(DhcpMessageType::Discover, None));
+    assert_eq!(out.len(), 1);
+    let (dst, kind, yiaddr, opts) = parse_dhcp(&out[0]);
+    assert_eq!(dst, Ipv4Addr::BROADCAST);
+    assert_eq!(kind, DhcpMessageType::Offer);
+    assert_eq!(yiaddr, Ipv4Addr::new(10, 0, 2, 15));
+    assert_eq!(option(&opts, 1), Some(&[255, 255, 255, 0][..]));
+    assert_eq!(option(&opts, 3), Some(&[10, 0, 2, 2][..]));
+    assert_eq!(option(&opts, 6), Some(&[10, 0, 2, 3][..]));
+    assert_eq!(option(&opts, 51), Some(&86400u32.to_be_bytes()[..]));
+    assert_eq!(option(&opts, 54), Some(&[10, 0, 2, 2][..]));
+
+    let out = feed(
+        &mut e,
+        &dhcp_frame(DhcpMessageType::Request, Some(Ipv4Addr::new(10, 0, 2, 15))),
+    );
+    assert_eq!(out.len(), 1);
+    let (_, kind, yiaddr, _) = parse_dhcp(&out[0]);
+    assert_eq!(
+        (kind, yiaddr),
+        (DhcpMessageType::Ack, Ipv4Addr::new(10, 0, 2, 15))
+    );
+}
+
+#[test]
+fn dhcp_follows_a_custom_cidr() {
+    let net = Network::from_cidr("172.30.0.0/16").unwrap();
+    let mut e = engine_for(net);
+    let mut frame = dhcp_frame(DhcpMessageType::Discover, None);
+    // Same frame, the client just does not know the network yet.
+    let out = feed(&mut e, &frame);
+    let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!(ip.src_addr(), Ipv4Addr::new(172, 30, 0, 2));
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    let dhcp = DhcpPacket::new_checked(udp.payload()).unwrap();
+    assert_eq!(dhcp.your_ip(), Ipv4Addr::new(172, 30, 0, 15));
+    let mask = dhcp.options().find(|o| o.kind == 1).unwrap();
+    assert_eq!(mask.data, &[255, 255, 0, 0]);
+    // A corrupted copy is dropped, not answered.
+    let last = frame.len() - 1;
+    frame[last] ^= 0xff;
+    assert!(feed(&mut e, &frame).is_empty());
+}
+
+#[test]
+fn malformed_frames_are_dropped_quietly() {
+    let mut e = engine();
+    let gw = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+    let cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 13],
+        eth(gw, EthernetProtocol::Ipv4, &[0x45, 0, 0]),
+        eth(gw, EthernetProtocol::Ipv4, &[0x45; 40]),
+        eth(gw, EthernetProtocol::Arp, &[1, 2, 3]),
+        eth(gw, EthernetProtocol::Unknown(0x1234), &[0; 50]),
+        eth(
+            gw,
+            EthernetProtocol::Ipv4,
+            &ipv4(
+                GUEST_IP,
+                Ipv4Addr::new(10, 0, 2, 2),
+                IpProtocol::Udp,
+                &[0; 3],
+            ),
+        ),
+        eth(
+            gw,
+            EthernetProtocol::Ipv4,
+            &ipv4(GUEST_IP, Ipv4Addr::new(10, 0, 2, 2), IpProtocol::Icmp, &[8]),
+        ),
+    ];
+    for frame in cases {
+        assert!(feed(&mut e, &frame).is_empty(), "answered {frame:?}");
+    }
+    // Still serving after all that.
+    assert_eq!(
+        feed(&mut e, &echo_request(Ipv4Addr::new(10, 0, 2, 2))).len(),
+        1
+    );
+}

@@ -1,0 +1,22 @@
+//! netferry: rootless user-mode networking for network namespaces.
+//!
+//! A drop-in replacement for slirp4netns. It joins a container's network
+//! namespace, opens a tap there, and runs a userspace TCP/IP stack
+//! (smoltcp) on it, so the container reaches the world through ordinary
+//! sockets of the unprivileged user who runs netferry.
+//!
+//! The layers, top to bottom:
+//!
+//! - [`cli`] and [`config`]: the slirp4netns command line, validated into a
+//!   [`config::Config`] with every address derived from the CIDR;
+//! - [`setup`]: namespace join, tap, `-c`, fd passing; all `unsafe` is here;
+//! - [`event_loop`]: one thread, `mio`, tap and control fds, timers;
+//! - [`engine`]: frames in, frames out; the virtual hosts (gateway, DNS,
+//!   DHCP) and smoltcp. No I/O and no clock of its own, so tests drive it
+//!   with literal frames.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod event_loop;
+pub mod setup;

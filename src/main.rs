@@ -1,0 +1,108 @@
+//! The `netferry` binary: parse, set up, print the banner, signal ready,
+//! run the loop. Setup failures exit 1 with a message that says what
+//! failed; the loop's own ends (exit fd, signal, tap gone) exit 0.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use netferry::cli::{self, Parsed};
+use netferry::config::{Config, ConfigError, Target};
+use netferry::engine::{Engine, EngineConfig};
+use netferry::event_loop::EventLoop;
+use netferry::setup;
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args_os()) {
+        Parsed::Print(text) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Parsed::Usage(text) => {
+            eprint!("{text}");
+            return ExitCode::FAILURE;
+        }
+        Parsed::Run(args) => args,
+    };
+    let cfg = match Config::from_args(&args) {
+        Ok(cfg) => cfg,
+        Err(ConfigError::MissingArguments) => {
+            eprint!("{}", cli::usage());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(cfg.debug);
+    for w in &cfg.warnings {
+        eprintln!("{w}");
+    }
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp(None)
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+fn run(cfg: &Config) -> anyhow::Result<()> {
+    let tap = setup::obtain_tap(cfg).context("cannot get the tap device")?;
+    let tap_desc = match (&cfg.target, &cfg.tap_name) {
+        (Target::TapFd(fd), _) => format!("tap fd {fd}"),
+        (_, Some(name)) => name.clone(),
+        (_, None) => "tap".to_string(),
+    };
+    let engine_cfg = EngineConfig {
+        net: cfg.net,
+        mtu: cfg.mtu as usize,
+        verify_checksums: false,
+        seed: RandomState::new().build_hasher().finish(),
+    };
+    let engine = Engine::new(&engine_cfg, smoltcp::time::Instant::from_millis(0));
+    let mut event_loop =
+        EventLoop::new(tap, engine, cfg.exit_fd).context("cannot start the event loop")?;
+
+    print_banner(cfg, &tap_desc);
+    if let Some(fd) = cfg.ready_fd {
+        setup::signal_ready(fd).with_context(|| format!("cannot write to ready fd {fd}"))?;
+    }
+    let exit = event_loop.run()?;
+    log::debug!("event loop ended: {exit:?}");
+    Ok(())
+}
+
+fn print_banner(cfg: &Config, tap: &str) {
+    let n = &cfg.net;
+    println!(
+        "netferry {} serving {tap}\n\
+         * MTU:             {}\n\
+         * Network:         {}\n\
+         * Netmask:         {}\n\
+         * Gateway:         {}\n\
+         * DNS:             {}\n\
+         * DHCP begin:      {}\n\
+         * DHCP end:        {}\n\
+         * Recommended IP:  {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.mtu,
+        n.network,
+        n.netmask,
+        n.gateway,
+        n.dns,
+        n.dhcp_start,
+        n.dhcp_end,
+        n.guest
+    );
+}

@@ -1,0 +1,222 @@
+//! Everything that happens before the event loop: joining the target's
+//! namespaces, opening the tap, `-c`, and handing the tap fd back.
+//!
+//! All of netferry's `unsafe` lives in this module. Joining a user
+//! namespace needs a single-threaded process and cannot be undone, and the
+//! host sockets must stay in the caller's network namespace, so the join
+//! happens in a forked child that sends the tap fd back over a socketpair
+//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started.
+
+mod ifconfig;
+mod tap;
+
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sched::{CloneFlags, setns};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, fork};
+use thiserror::Error;
+
+pub use ifconfig::{IfConfig, IfconfigError, configure};
+pub use tap::{TapError, open_tap};
+
+use crate::config::{Config, Target};
+
+#[derive(Debug, Error)]
+pub enum SetupError {
+    #[error("cannot open namespace file {path}: {err}")]
+    OpenNs { path: PathBuf, err: io::Error },
+    #[error("cannot join the network namespace {path}: {err}")]
+    JoinNetns { path: PathBuf, err: nix::Error },
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("-c failed: {0}")]
+    Configure(#[from] IfconfigError),
+    #[error("cannot create the socketpair for passing the tap fd: {0}")]
+    SocketPair(nix::Error),
+    #[error("cannot fork the namespace-joining child: {0}")]
+    Fork(nix::Error),
+    #[error("cannot pass the tap fd: {0}")]
+    PassFd(nix::Error),
+    #[error("the namespace-joining child failed ({0}); its error is above")]
+    Child(String),
+    #[error("fd {fd} is not usable: {err}")]
+    BadFd { fd: RawFd, err: nix::Error },
+}
+
+/// Get the tap as the configuration says: adopt an inherited fd, or join
+/// the namespace in a child and receive the fd from it. The file returned
+/// is non-blocking.
+pub fn obtain_tap(cfg: &Config) -> Result<File, SetupError> {
+    let tap = match &cfg.target {
+        Target::TapFd(fd) => adopt_fd(*fd)?,
+        Target::Pid(pid) => {
+            from_child(cfg, Path::new(&format!("/proc/{pid}/ns/net")).to_path_buf())?
+        }
+        Target::Path(path) => from_child(cfg, path.clone())?,
+    };
+    set_nonblocking(&tap)?;
+    Ok(File::from(tap))
+}
+
+/// Take ownership of an fd inherited from the caller (`--netns-type=tapfd`).
+pub fn adopt_fd(fd: RawFd) -> Result<OwnedFd, SetupError> {
+    // Check first, so that a bad number is an error rather than UB.
+    fcntl(fd, FcntlArg::F_GETFD).map_err(|err| SetupError::BadFd { fd, err })?;
+    // SAFETY: the fd is open (checked above) and was handed to us by the
+    // caller for our exclusive use; nothing else in netferry owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether `fd` is an open descriptor.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    fcntl(fd, FcntlArg::F_GETFD).is_ok()
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), SetupError> {
+    let raw = fd.as_raw_fd();
+    let bad = |err| SetupError::BadFd { fd: raw, err };
+    let flags = fcntl(raw, FcntlArg::F_GETFL).map_err(bad)?;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+    fcntl(raw, FcntlArg::F_SETFL(flags)).map_err(bad)?;
+    Ok(())
+}
+
+fn from_child(cfg: &Config, netns: PathBuf) -> Result<OwnedFd, SetupError> {
+    let (parent_end, child_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(SetupError::SocketPair)?;
+
+    // SAFETY: netferry has started no threads yet (main calls this before
+    // anything else that could), so the child is a full copy that may
+    // allocate and run ordinary code. It leaves with _exit.
+    match unsafe { fork() }.map_err(SetupError::Fork)? {
+        ForkResult::Child => {
+            drop(parent_end);
+            let code = match child(cfg, &netns, &child_end) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("netferry: {e}");
+                    1
+                }
+            };
+            // SAFETY: _exit ends the child without running the parent's
+            // atexit handlers or flushing buffers it shares with the parent.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(child_end);
+            let received = recv_fd(&parent_end);
+            let status = waitpid(child, None);
+            match (received, status) {
+                (Ok(Some(fd)), Ok(WaitStatus::Exited(_, 0))) => Ok(fd),
+                (Err(e), _) => Err(SetupError::PassFd(e)),
+                (_, Ok(WaitStatus::Exited(_, code))) => {
+                    Err(SetupError::Child(format!("exit status {code}")))
+                }
+                (_, other) => Err(SetupError::Child(format!("{other:?}"))),
+            }
+        }
+    }
+}
+
+/// The child: join, open, configure, send.
+fn child(cfg: &Config, netns: &Path, sock: &OwnedFd) -> Result<(), SetupError> {
+    let open = |path: &Path| {
+        File::open(path).map_err(|err| SetupError::OpenNs {
+            path: path.to_path_buf(),
+            err,
+        })
+    };
+    // Open both before joining either: after the userns join, paths under
+    // /proc may resolve differently.
+    let userns = cfg.userns_path.as_deref().map(open).transpose()?;
+    let netns_file = open(netns)?;
+    if let Some(userns) = userns {
+        // Ignored on purpose: the caller may already be in that namespace
+        // (EINVAL), and the netns join below reports the real problem.
+        if let Err(e) = setns(&userns, CloneFlags::CLONE_NEWUSER) {
+            log::debug!("joining the user namespace failed ({e}); continuing");
+        }
+    }
+    setns(&netns_file, CloneFlags::CLONE_NEWNET).map_err(|err| SetupError::JoinNetns {
+        path: netns.to_path_buf(),
+        err,
+    })?;
+    let name = cfg.tap_name.as_deref().unwrap_or("tap0");
+    let tap = open_tap(name)?;
+    if cfg.configure {
+        configure(&IfConfig {
+            name,
+            mtu: cfg.mtu,
+            mac: cfg.mac,
+            net: &cfg.net,
+        })?;
+    }
+    send_fd(sock, tap.as_raw_fd()).map_err(SetupError::PassFd)?;
+    log::info!("sent tapfd={} for {name}", tap.as_raw_fd());
+    Ok(())
+}
+
+fn send_fd(sock: &OwnedFd, fd: RawFd) -> nix::Result<()> {
+    let fds = [fd];
+    let iov = [IoSlice::new(b"\0")];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// `Ok(None)` when the child closed the socket without sending (it failed).
+fn recv_fd(sock: &OwnedFd) -> nix::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd in our table for
+            // us; nothing else refers to it.
+            return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(None)
+}
+
+/// Write the single byte `1` to the ready fd and close it.
+pub fn signal_ready(fd: RawFd) -> io::Result<()> {
+    use std::io::Write;
+    // Check first so that a bad fd is an error, not an fd we do not own.
+    if !fd_is_open(fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: the fd is open and the caller gave it to us to write and
+    // close; File takes ownership and closes it on drop.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(b"1")
+}
+
+/// Borrow an fd the caller handed us for watching (the exit fd).
+pub fn borrow_fd(fd: RawFd) -> Option<BorrowedFd<'static>> {
+    // SAFETY: only called after fd_is_open; the exit fd stays open for the
+    // life of the process because netferry never closes it.
+    fd_is_open(fd).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
+}
