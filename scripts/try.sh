@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build netferry and run it for a fresh network namespace, as a newcomer's
+# first look: the namespace gets tap0 with 10.0.2.100, pings the gateway
+# and takes a DHCP lease. Everything stays inside the namespace; it cleans
+# up after itself. Needs: cargo, util-linux (unshare, nsenter), iproute2,
+# busybox; and a /dev/net/tun you can open.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release
+bin=target/release/netferry
+
+unshare -Urn sleep infinity &
+holder=$!
+trap 'kill $netferry $holder 2>/dev/null || true' EXIT
+# Wait until unshare has made the namespace (its net ns differs from ours).
+while [ "$(readlink /proc/$holder/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do sleep 0.05; done
+
+"$bin" -c "$holder" tap0 &
+netferry=$!
+in_ns() { nsenter -t "$holder" -U -n -- "$@"; }
+until in_ns ip -4 addr show tap0 2>/dev/null | grep -q 10.0.2.100; do sleep 0.05; done
+
+echo "== inside the namespace"
+in_ns ip addr show tap0
+in_ns ip route
+echo "== ping the gateway (10.0.2.2) and the DNS address (10.0.2.3)"
+in_ns busybox ping -c 2 10.0.2.2
+in_ns busybox ping -c 1 10.0.2.3
+echo "== DHCP: the first lease is 10.0.2.15"
+in_ns ip addr flush dev tap0
+in_ns busybox udhcpc -i tap0 -f -q -n -s /bin/true

@@ -1,0 +1,374 @@
+//! Shared pieces of the integration tests: a real network namespace to
+//! stand in for a container, and a real netferry process serving it.
+//!
+//! Everything here touches only namespaces the test creates itself (see
+//! DESIGN.md, "Tests that touch namespaces"). Waits have deadlines and
+//! poll for the condition; no test depends on a fixed sleep being enough.
+
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::pipe2;
+
+pub const NOBODY: u32 = 65534;
+/// Fd numbers the ready and exit pipes get in netferry; high enough not
+/// to collide with anything the test harness has open.
+pub const READY_FD: RawFd = 100;
+pub const EXIT_FD: RawFd = 101;
+
+pub fn netferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_netferry")
+}
+
+/// A scratch directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("netferry-{tag}-{}-{n}", std::process::id()));
+        fs::create_dir_all(&path).unwrap();
+        // World-accessible so unprivileged runs can use it too.
+        Command::new("chmod")
+            .arg("0777")
+            .arg(&path)
+            .status()
+            .unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Wait until `cond` holds, up to `limit`; false on time-out.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn ns_link(pid: u32, kind: &str) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()
+}
+
+/// A fresh user+network namespace held open by `sleep`: the "container".
+pub struct Namespace {
+    child: Child,
+    pub pid: u32,
+}
+
+impl Namespace {
+    /// As root (the test's own user).
+    pub fn new() -> Self {
+        Self::spawn(Command::new("unshare"))
+    }
+
+    /// Created by an unprivileged user, as rootless podman does.
+    pub fn new_as(uid: u32) -> Self {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(as_user_args(uid)).arg("unshare");
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        let child = cmd
+            .args(["-Urn", "sleep", "3600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("cannot run unshare (util-linux)");
+        let pid = child.id();
+        let ours = ns_link(std::process::id(), "net");
+        // unshare execs sleep in the same process once the namespaces
+        // exist; until then /proc/PID/ns/net still shows ours.
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let theirs = ns_link(pid, "net");
+                theirs.is_some() && theirs != ours && proc_comm(pid) == "sleep"
+            }),
+            "namespace holder {pid} never entered its namespace"
+        );
+        Namespace { child, pid }
+    }
+
+    /// A command line run inside the namespace (user and network).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.pid.to_string(), "-U", "-n", "--"])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("cannot run nsenter")
+    }
+
+    /// Run and insist on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed in the namespace: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -j ...` parsed.
+    pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["ip", "-j"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).expect("ip -j printed no JSON")
+    }
+
+    /// One `busybox ping` of `addr`; true when it was answered.
+    pub fn ping(&self, addr: &str) -> bool {
+        self.run(&["busybox", "ping", "-c", "1", "-W", "2", addr])
+            .status
+            .success()
+    }
+
+    pub fn net_path(&self) -> String {
+        format!("/proc/{}/ns/net", self.pid)
+    }
+
+    pub fn user_path(&self) -> String {
+        format!("/proc/{}/ns/user", self.pid)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+pub fn as_user_args(uid: u32) -> Vec<String> {
+    vec![
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        "--".into(),
+    ]
+}
+
+/// How to start netferry.
+#[derive(Default)]
+pub struct Options {
+    pub args: Vec<String>,
+    /// Pass a ready pipe as `-r 100`.
+    pub ready_fd: bool,
+    /// Pass an exit pipe as `-e 101`.
+    pub exit_fd: bool,
+    /// Run as this user instead of root.
+    pub uid: Option<u32>,
+}
+
+impl Options {
+    pub fn args(args: &[&str]) -> Self {
+        Options {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ready_fd: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// A running netferry; killed on drop. stdout and stderr go to files so a
+/// failing test can show them.
+pub struct Netferry {
+    pub child: Option<Child>,
+    ready: Option<OwnedFd>,
+    exit_writer: Option<OwnedFd>,
+    dir: TempDir,
+}
+
+impl Netferry {
+    pub fn spawn(opts: Options) -> Self {
+        let dir = TempDir::new("nf");
+        let mut cmd = match opts.uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args(as_user_args(uid)).arg(netferry_bin());
+                c
+            }
+            None => Command::new(netferry_bin()),
+        };
+        let mut fd_map: Vec<(RawFd, RawFd)> = Vec::new();
+        let mut ready = None;
+        let mut exit_writer = None;
+        let mut keep: Vec<OwnedFd> = Vec::new();
+        if opts.ready_fd {
+            let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+            fd_map.push((w.as_raw_fd(), READY_FD));
+            cmd.args(["-r", &READY_FD.to_string()]);
+            ready = Some(r);
+            keep.push(w);
+        }
+        if opts.exit_fd {
+            let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+            fd_map.push((r.as_raw_fd(), EXIT_FD));
+            cmd.args(["-e", &EXIT_FD.to_string()]);
+            exit_writer = Some(w);
+            keep.push(r);
+        }
+        cmd.args(&opts.args)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.path("stdout")).unwrap())
+            .stderr(File::create(dir.path("stderr")).unwrap())
+            .env("RUST_LOG", "debug");
+        // SAFETY: dup2 is async-signal-safe, and the closure touches only
+        // the fd numbers captured by value. The pipes are O_CLOEXEC in the
+        // test process so that no other concurrently spawned child inherits
+        // them; only this child gets copies, at the numbers it was told.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(src, dst) in &fd_map {
+                    if libc::dup2(src, dst) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("cannot start netferry");
+        drop(keep); // the child has its copies; ours would hold pipes open
+        Netferry {
+            child: Some(child),
+            ready,
+            exit_writer,
+            dir,
+        }
+    }
+
+    /// Wait for the ready byte; panics with netferry's output on failure.
+    pub fn wait_ready(&mut self) {
+        let fd = self.ready.take().expect("started without a ready fd");
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::from(15_000u16)).unwrap();
+        let mut byte = Vec::new();
+        if n > 0 {
+            File::from(fd).read_to_end(&mut byte).unwrap();
+        }
+        assert_eq!(
+            byte,
+            b"1",
+            "no ready byte; netferry said:\n{}",
+            self.output()
+        );
+    }
+
+    /// Close our end of the exit pipe, as podman does when the container
+    /// stops.
+    pub fn hang_up_exit_fd(&mut self) {
+        self.exit_writer.take().expect("started without an exit fd");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Wait for exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.dir.path("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path("stderr")).unwrap_or_default()
+    }
+
+    pub fn output(&self) -> String {
+        format!("--- stdout\n{}--- stderr\n{}", self.stdout(), self.stderr())
+    }
+}
+
+impl Drop for Netferry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Start netferry for `ns` with `-c` and extra flags, and wait until ready.
+pub fn serve(ns: &Namespace, extra: &[&str]) -> Netferry {
+    let mut args: Vec<&str> = vec!["-c"];
+    args.extend_from_slice(extra);
+    let pid = ns.pid.to_string();
+    args.extend_from_slice(&[&pid, "tap0"]);
+    let mut nf = Netferry::spawn(Options::args(&args));
+    nf.wait_ready();
+    nf
+}
+
+/// Bind-mount a file over `target` (as podman pins namespaces); unmounted
+/// on drop.
+pub struct BindMount(pub PathBuf);
+
+impl BindMount {
+    pub fn new(source: &str, target: &Path) -> Self {
+        File::create(target).unwrap();
+        let st = Command::new("mount")
+            .args(["--bind", source])
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount --bind {source} failed");
+        BindMount(target.to_path_buf())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
