@@ -126,6 +126,10 @@ pub struct Args {
     #[arg(long = "target-type", value_name = "TYPE")]
     pub target_type: Option<String>,
 
+    /// size in bytes of each per-connection TCP buffer, each direction (default 1048576)
+    #[arg(long = "tcp-buffer", value_name = "BYTES")]
+    pub tcp_buffer: Option<String>,
+
     /// log more (the same as RUST_LOG=debug)
     #[arg(long = "debug")]
     pub debug: bool,

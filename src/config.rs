@@ -27,6 +27,11 @@ pub const MAX_MTU: u32 = 65521;
 pub const MAX_PREFIX_LEN: u8 = 25;
 /// `sun_path` is 108 bytes including the terminating NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
+/// Per-connection TCP buffer bounds: below 64 KiB window scaling buys
+/// nothing; above 64 MiB a few connections would eat the machine.
+pub const DEFAULT_TCP_BUFFER: usize = 1024 * 1024;
+pub const MIN_TCP_BUFFER: usize = 64 * 1024;
+pub const MAX_TCP_BUFFER: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -62,6 +67,8 @@ pub enum ConfigError {
     TargetType(String),
     #[error("target-type bess is not supported by netferry")]
     Bess,
+    #[error("--tcp-buffer must be a byte count from 65536 to 67108864, not {0}")]
+    TcpBuffer(String),
     #[error("{0} is not supported yet by this netferry version")]
     NotYet(&'static str),
     /// Missing PID/PATH/FD or TAPNAME: the caller prints the usage.
@@ -155,6 +162,16 @@ pub struct Config {
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,
     pub net: Network,
+    /// The gateway address reaches the host's loopback.
+    pub host_loopback: bool,
+    /// The DNS address forwards to the host's resolver.
+    pub dns: bool,
+    /// `--outbound-addr` / `--outbound-addr6` as given (an address or an
+    /// interface name); resolved at start-up by the setup code.
+    pub outbound_addr: Option<String>,
+    pub outbound_addr6: Option<String>,
+    /// Bytes per TCP buffer, each direction.
+    pub tcp_buffer: usize,
     pub debug: bool,
     /// Non-fatal remarks for the user (deprecated flags, extra arguments).
     pub warnings: Vec<String>,
@@ -250,17 +267,18 @@ impl Config {
                 "--enable-sandbox",
             ),
             (args.enable_seccomp, "--enable-seccomp"),
-            (args.outbound_addr.is_some(), "--outbound-addr"),
-            (args.outbound_addr6.is_some(), "--outbound-addr6"),
-            (args.disable_dns, "--disable-dns"),
-            (
-                args.disable_host_loopback || args.no_host_loopback,
-                "--disable-host-loopback",
-            ),
         ];
         if let Some((_, flag)) = not_yet.iter().find(|(set, _)| *set) {
             return Err(ConfigError::NotYet(flag));
         }
+
+        let tcp_buffer = match args.tcp_buffer.as_deref() {
+            None => DEFAULT_TCP_BUFFER,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (MIN_TCP_BUFFER..=MAX_TCP_BUFFER).contains(&n) => n,
+                _ => return Err(ConfigError::TcpBuffer(s.to_string())),
+            },
+        };
 
         Ok(Config {
             target,
@@ -272,6 +290,11 @@ impl Config {
             mtu,
             mac,
             net,
+            host_loopback: !(args.disable_host_loopback || args.no_host_loopback),
+            dns: !args.disable_dns,
+            outbound_addr: args.outbound_addr.clone(),
+            outbound_addr6: args.outbound_addr6.clone(),
+            tcp_buffer,
             debug: args.debug,
             warnings,
         })
@@ -497,9 +520,6 @@ mod tests {
             "--enable-sandbox",
             "--create-sandbox",
             "--enable-seccomp",
-            "--disable-dns",
-            "--disable-host-loopback",
-            "--no-host-loopback",
         ] {
             let e = config(&[flag, "1", "tap0"]).unwrap_err();
             assert!(matches!(e, ConfigError::NotYet(_)), "{flag}: {e}");
@@ -509,10 +529,44 @@ mod tests {
             config(&["--api-socket=/tmp/x.sock", "1", "tap0"]),
             Err(ConfigError::NotYet("--api-socket"))
         ));
-        assert!(matches!(
-            config(&["--outbound-addr=127.0.0.1", "1", "tap0"]),
-            Err(ConfigError::NotYet("--outbound-addr"))
-        ));
+    }
+
+    #[test]
+    fn outbound_features_are_carried_through() {
+        let c = config(&[
+            "--disable-host-loopback",
+            "--disable-dns",
+            "--outbound-addr=lo",
+            "--outbound-addr6=::1",
+            "1",
+            "tap0",
+        ])
+        .unwrap();
+        assert!(!c.host_loopback && !c.dns);
+        assert_eq!(c.outbound_addr.as_deref(), Some("lo"));
+        assert_eq!(c.outbound_addr6.as_deref(), Some("::1"));
+        let c = config(&["--no-host-loopback", "1", "tap0"]).unwrap();
+        assert!(!c.host_loopback);
+        assert!(c.warnings[0].starts_with("WARNING: --no-host-loopback is deprecated"));
+        let c = config(&["1", "tap0"]).unwrap();
+        assert!(c.host_loopback && c.dns);
+        assert_eq!(c.tcp_buffer, DEFAULT_TCP_BUFFER);
+    }
+
+    #[test]
+    fn tcp_buffer_is_bounded() {
+        assert_eq!(
+            config(&["--tcp-buffer=262144", "1", "tap0"])
+                .unwrap()
+                .tcp_buffer,
+            262144
+        );
+        for bad in ["1000", "x", "999999999999"] {
+            assert!(matches!(
+                config(&["--tcp-buffer", bad, "1", "tap0"]),
+                Err(ConfigError::TcpBuffer(_))
+            ));
+        }
     }
 
     #[test]

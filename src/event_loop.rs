@@ -17,7 +17,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use smoltcp::time::Instant;
 use thiserror::Error;
 
-use crate::engine::{Engine, FrameSink};
+use crate::engine::{Engine, EngineConfig, FLOW_TOKEN_BASE, FrameSink, Readiness};
 
 const TAP: Token = Token(0);
 const EXIT_FD: Token = Token(1);
@@ -68,8 +68,14 @@ pub struct EventLoop {
 impl EventLoop {
     /// Register everything. SIGINT and SIGTERM are blocked and read from
     /// a signalfd, so they are handled between events, never mid-frame.
-    pub fn new(tap: File, engine: Engine, exit_fd: Option<RawFd>) -> Result<Self, LoopError> {
+    pub fn new(
+        tap: File,
+        engine_cfg: &EngineConfig,
+        exit_fd: Option<RawFd>,
+    ) -> Result<Self, LoopError> {
         let poll = Poll::new().map_err(LoopError::Poll)?;
+        let registry = poll.registry().try_clone().map_err(LoopError::Poll)?;
+        let engine = Engine::new(engine_cfg, Instant::from_millis(0), registry);
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGINT);
         mask.add(Signal::SIGTERM);
@@ -150,6 +156,17 @@ impl EventLoop {
                             log::info!("received {sig}; exiting");
                             return Ok(Exit::Signal(sig));
                         }
+                    }
+                    token if token.0 >= FLOW_TOKEN_BASE => {
+                        let ready = Readiness {
+                            readable: event.is_readable()
+                                || event.is_read_closed()
+                                || event.is_error(),
+                            writable: event.is_writable()
+                                || event.is_write_closed()
+                                || event.is_error(),
+                        };
+                        self.engine.host_event(token, ready);
                     }
                     _ => {}
                 }

@@ -19,4 +19,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event_loop;
+pub mod host;
+pub mod resolv;
 pub mod setup;

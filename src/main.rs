@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use netferry::cli::{self, Parsed};
 use netferry::config::{Config, ConfigError, Target};
-use netferry::engine::{Engine, EngineConfig};
+use netferry::engine::EngineConfig;
 use netferry::event_loop::EventLoop;
+use netferry::host::{self, Outbound};
 use netferry::setup;
 
 fn main() -> ExitCode {
@@ -58,21 +59,33 @@ fn init_logging(debug: bool) {
 }
 
 fn run(cfg: &Config) -> anyhow::Result<()> {
+    // Resolved before joining anything, so a bad value fails fast.
+    let outbound = Outbound {
+        v4: cfg
+            .outbound_addr
+            .as_deref()
+            .map(host::resolve_outbound_v4)
+            .transpose()?,
+        v6: cfg
+            .outbound_addr6
+            .as_deref()
+            .map(host::resolve_outbound_v6)
+            .transpose()?,
+    };
     let tap = setup::obtain_tap(cfg).context("cannot get the tap device")?;
     let tap_desc = match (&cfg.target, &cfg.tap_name) {
         (Target::TapFd(fd), _) => format!("tap fd {fd}"),
         (_, Some(name)) => name.clone(),
         (_, None) => "tap".to_string(),
     };
-    let engine_cfg = EngineConfig {
-        net: cfg.net,
-        mtu: cfg.mtu as usize,
-        verify_checksums: false,
-        seed: RandomState::new().build_hasher().finish(),
-    };
-    let engine = Engine::new(&engine_cfg, smoltcp::time::Instant::from_millis(0));
+    let mut engine_cfg = EngineConfig::new(cfg.net, cfg.mtu as usize);
+    engine_cfg.seed = RandomState::new().build_hasher().finish();
+    engine_cfg.host_loopback = cfg.host_loopback;
+    engine_cfg.dns = cfg.dns;
+    engine_cfg.outbound = outbound;
+    engine_cfg.tcp_buffer = cfg.tcp_buffer;
     let mut event_loop =
-        EventLoop::new(tap, engine, cfg.exit_fd).context("cannot start the event loop")?;
+        EventLoop::new(tap, &engine_cfg, cfg.exit_fd).context("cannot start the event loop")?;
 
     print_banner(cfg, &tap_desc);
     if let Some(fd) = cfg.ready_fd {

@@ -1,37 +1,51 @@
-//! The engine: Ethernet frames in, Ethernet frames out.
+//! The engine: Ethernet frames in, Ethernet frames out, flows to the host.
 //!
-//! It owns the smoltcp interface and the virtual hosts of the network (the
-//! gateway, the DNS address, the DHCP server). Each frame from the guest is
+//! It owns the smoltcp interface, the virtual hosts of the network (the
+//! gateway, the DNS address, the DHCP server) and the flow table that maps
+//! each guest flow to a host socket. Each frame from the guest is
 //! classified before smoltcp sees it: ARP for a virtual address and TCP go
-//! into smoltcp; DHCP and ICMP echo to a virtual address are answered here;
-//! everything else is dropped with a trace line. The engine does no I/O of
-//! its own and reads no clock: the caller passes the time and a sink for
-//! outgoing frames, so tests drive it with literal frames.
+//! into smoltcp; UDP, ICMP and DHCP are handled here. The engine never
+//! touches the tap and reads no clock: the caller passes the time and a
+//! sink for outgoing frames, and tells it which host sockets are ready.
 
 mod dhcp;
+mod flows;
+mod icmp;
 mod port;
+mod tcp;
+#[cfg(test)]
+mod tests;
+mod udp;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
+use mio::{Registry, Token};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpOption, DhcpPacket,
-    DhcpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress,
-    Icmpv4Packet, Icmpv4Repr, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr,
 };
 
 pub use dhcp::{Answer as DhcpAnswer, DhcpServer, LEASE_SECS};
+pub use flows::FLOW_TOKEN_BASE;
 pub use port::{ETHERNET_HEADER_LEN, FrameSink};
+pub use udp::{UDP_FLOW_LIMIT, UDP_IDLE_TIMEOUT};
 
-use crate::config::Network;
+use crate::config::{DEFAULT_TCP_BUFFER, Network};
+use crate::host::Outbound;
+use crate::resolv::Resolver;
+use flows::FlowTable;
 use port::Port;
 
 /// TTL of packets the virtual hosts originate.
 const HOP_LIMIT: u8 = 64;
-/// DHCP option codes smoltcp's Repr has no field for.
-const DHCP_OPT_DNS: u8 = 6;
+/// DNS is served on this port of the DNS address.
+const DNS_PORT: u16 = 53;
+/// How often idle UDP/ICMP flows and finished TCP flows are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -41,8 +55,52 @@ pub struct EngineConfig {
     /// Verify checksums of received frames. Off in production (the guest
     /// kernel made them); on in fuzzing and tests.
     pub verify_checksums: bool,
-    /// Seed for smoltcp's initial sequence numbers and ephemeral ports.
+    /// Seed for smoltcp's initial sequence numbers.
     pub seed: u64,
+    /// The gateway address reaches the host's loopback.
+    pub host_loopback: bool,
+    /// The DNS address forwards to the host's resolver.
+    pub dns: bool,
+    pub outbound: Outbound,
+    /// Bytes per smoltcp TCP buffer, each direction.
+    pub tcp_buffer: usize,
+    pub resolv_conf: PathBuf,
+}
+
+impl EngineConfig {
+    pub fn new(net: Network, mtu: usize) -> Self {
+        EngineConfig {
+            net,
+            mtu,
+            verify_checksums: false,
+            seed: 0,
+            host_loopback: true,
+            dns: true,
+            outbound: Outbound::default(),
+            tcp_buffer: DEFAULT_TCP_BUFFER,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
+}
+
+/// Where a guest's packet to some address goes on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// To this host socket address.
+    Host(SocketAddr),
+    /// Answer with ICMP destination unreachable (net or host).
+    Unreachable(smoltcp::wire::Icmpv4DstUnreachable),
+    /// Answer as a closed port would: TCP RST, ICMP port unreachable.
+    Refused,
+    /// Drop silently (broadcast, multicast, nothing configured).
+    Drop,
+}
+
+/// Readiness of one host socket, as the event loop saw it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
 }
 
 pub struct Engine {
@@ -52,12 +110,23 @@ pub struct Engine {
     iface: Interface,
     sockets: SocketSet<'static>,
     dhcp: DhcpServer,
+    flows: FlowTable,
+    registry: Registry,
+    resolver: Resolver,
+    host_loopback: bool,
+    dns: bool,
+    outbound: Outbound,
+    tcp_buffer: usize,
+    ping_denied_logged: bool,
+    next_sweep: Instant,
     /// Reused buffer for every frame the engine or smoltcp sends.
     tx: Vec<u8>,
+    /// Reused buffer for datagrams read from host sockets.
+    scratch: Vec<u8>,
 }
 
 impl Engine {
-    pub fn new(cfg: &EngineConfig, now: Instant) -> Self {
+    pub fn new(cfg: &EngineConfig, now: Instant, registry: Registry) -> Self {
         let net = cfg.net;
         let mac = EthernetAddress(net.gateway_mac());
         let caps = port::capabilities(cfg.mtu, cfg.verify_checksums);
@@ -91,7 +160,17 @@ impl Engine {
             iface,
             sockets: SocketSet::new(Vec::new()),
             dhcp: DhcpServer::new(net),
+            flows: FlowTable::default(),
+            registry,
+            resolver: Resolver::new(&cfg.resolv_conf),
+            host_loopback: cfg.host_loopback,
+            dns: cfg.dns,
+            outbound: cfg.outbound,
+            tcp_buffer: cfg.tcp_buffer,
+            ping_denied_logged: false,
+            next_sweep: now + SWEEP_INTERVAL,
             tx,
+            scratch: vec![0u8; 65536],
         }
     }
 
@@ -100,8 +179,43 @@ impl Engine {
         self.mac
     }
 
+    /// Number of live flows of each kind: (tcp, udp, icmp).
+    pub fn flow_counts(&self) -> (usize, usize, usize) {
+        self.flows.counts()
+    }
+
     fn is_virtual(&self, addr: Ipv4Addr) -> bool {
         addr == self.net.gateway || addr == self.net.dns
+    }
+
+    /// Where traffic from the guest to `dst:port` goes.
+    fn route(&mut self, now: Instant, dst: Ipv4Addr, port: u16) -> Route {
+        use smoltcp::wire::Icmpv4DstUnreachable as Unreach;
+        if dst == self.net.gateway {
+            return if self.host_loopback {
+                Route::Host(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
+            } else {
+                Route::Unreachable(Unreach::NetUnreachable)
+            };
+        }
+        if dst == self.net.dns {
+            if !self.dns || port != DNS_PORT {
+                return Route::Refused;
+            }
+            return match self.resolver.nameserver(now) {
+                Some(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
+                None => Route::Drop,
+            };
+        }
+        if self.net.contains(dst) {
+            // Nothing else lives on the virtual network; never let such a
+            // destination leak to a host network that happens to use it.
+            return Route::Unreachable(Unreach::HostUnreachable);
+        }
+        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() || dst.is_loopback() {
+            return Route::Drop;
+        }
+        Route::Host(SocketAddr::new(dst.into(), port))
     }
 
     /// Handle one frame from the guest.
@@ -116,7 +230,7 @@ impl Engine {
                     self.feed_smoltcp(now, frame, sink);
                 }
             }
-            EthernetProtocol::Ipv4 => self.process_ipv4(now, &eth, sink),
+            EthernetProtocol::Ipv4 => self.process_ipv4(now, frame, sink),
             other => log::trace!("dropping an ethertype {other} frame"),
         }
     }
@@ -141,12 +255,10 @@ impl Engine {
         }
     }
 
-    fn process_ipv4<S: FrameSink>(
-        &mut self,
-        now: Instant,
-        eth: &EthernetFrame<&[u8]>,
-        sink: &mut S,
-    ) {
+    fn process_ipv4<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return;
+        };
         let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
             log::trace!("dropping a malformed IPv4 packet");
             return;
@@ -155,166 +267,19 @@ impl Engine {
             log::trace!("dropping an IPv4 packet that does not parse");
             return;
         };
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            log::debug!("dropping an IPv4 fragment to {}", ip_repr.dst_addr);
+            return;
+        }
+        let guest_mac = eth.src_addr();
         match ip_repr.next_header {
-            IpProtocol::Tcp => self.feed_smoltcp(now, eth.as_ref(), sink),
-            IpProtocol::Udp => self.process_udp(eth.src_addr(), &ip_repr, ip.payload(), sink),
-            IpProtocol::Icmp => self.process_icmp(eth.src_addr(), &ip_repr, ip.payload(), sink),
+            IpProtocol::Tcp => self.process_tcp(now, frame, &ip_repr, ip.payload(), sink),
+            IpProtocol::Udp => self.process_udp(now, guest_mac, &ip, &ip_repr, ip.payload(), sink),
+            IpProtocol::Icmp => {
+                self.process_icmp(now, guest_mac, &ip, &ip_repr, ip.payload(), sink)
+            }
             other => log::trace!("dropping IP protocol {other} to {}", ip_repr.dst_addr),
         }
-    }
-
-    fn process_udp<S: FrameSink>(
-        &mut self,
-        src_mac: EthernetAddress,
-        ip: &Ipv4Repr,
-        payload: &[u8],
-        sink: &mut S,
-    ) {
-        let Ok(udp) = UdpPacket::new_checked(payload) else {
-            return;
-        };
-        let src = ip.src_addr.into();
-        let dst = ip.dst_addr.into();
-        if UdpRepr::parse(&udp, &src, &dst, &self.caps.checksum).is_err() {
-            log::trace!("dropping a UDP datagram with a bad header or checksum");
-            return;
-        }
-        if udp.dst_port() == DHCP_SERVER_PORT {
-            self.process_dhcp(src_mac, udp.payload(), sink);
-            return;
-        }
-        log::trace!("dropping UDP to {}:{}", ip.dst_addr, udp.dst_port());
-    }
-
-    fn process_dhcp<S: FrameSink>(&mut self, src_mac: EthernetAddress, data: &[u8], sink: &mut S) {
-        let Ok(packet) = DhcpPacket::new_checked(data) else {
-            return;
-        };
-        let Ok(req) = DhcpRepr::parse(&packet) else {
-            log::debug!("dhcp: ignoring a request that does not parse");
-            return;
-        };
-        let Some(answer) = self.dhcp.handle(&req) else {
-            return;
-        };
-        log::debug!(
-            "dhcp: {:?} {} to {}",
-            answer.message_type,
-            answer.your_ip,
-            answer.client_mac
-        );
-        self.send_dhcp(src_mac, &answer, sink);
-    }
-
-    fn send_dhcp<S: FrameSink>(&mut self, dst_mac: EthernetAddress, a: &DhcpAnswer, sink: &mut S) {
-        let net = self.net;
-        let ack_or_offer = a.message_type != smoltcp::wire::DhcpMessageType::Nak;
-        let dns = net.dns.octets();
-        let dns_opt = [DhcpOption {
-            kind: DHCP_OPT_DNS,
-            data: &dns,
-        }];
-        let repr = DhcpRepr {
-            message_type: a.message_type,
-            transaction_id: a.transaction_id,
-            secs: 0,
-            client_hardware_address: a.client_mac,
-            client_ip: Ipv4Addr::UNSPECIFIED,
-            your_ip: a.your_ip,
-            server_ip: net.gateway,
-            router: ack_or_offer.then_some(net.gateway),
-            subnet_mask: ack_or_offer.then_some(net.netmask),
-            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
-            broadcast: a.broadcast,
-            requested_ip: None,
-            client_identifier: None,
-            server_identifier: Some(net.gateway),
-            parameter_request_list: None,
-            dns_servers: None,
-            max_size: None,
-            lease_duration: ack_or_offer.then_some(LEASE_SECS),
-            renew_duration: None,
-            rebind_duration: None,
-            additional_options: if ack_or_offer { &dns_opt } else { &[] },
-        };
-        let dst_ip = if a.client_ip.is_unspecified() || !ack_or_offer {
-            Ipv4Addr::BROADCAST
-        } else {
-            a.client_ip
-        };
-        let udp = UdpRepr {
-            src_port: DHCP_SERVER_PORT,
-            dst_port: DHCP_CLIENT_PORT,
-        };
-        let dhcp_len = repr.buffer_len();
-        let ip = Ipv4Repr {
-            src_addr: net.gateway,
-            dst_addr: dst_ip,
-            next_header: IpProtocol::Udp,
-            payload_len: udp.header_len() + dhcp_len,
-            hop_limit: HOP_LIMIT,
-        };
-        let caps = ChecksumCapabilities::default();
-        self.send_ipv4(dst_mac, &ip, sink, |buf| {
-            let mut packet = UdpPacket::new_unchecked(buf);
-            udp.emit(
-                &mut packet,
-                &ip.src_addr.into(),
-                &ip.dst_addr.into(),
-                dhcp_len,
-                |payload| {
-                    // Cannot fail: the buffer was sized by buffer_len.
-                    let _ = repr.emit(&mut DhcpPacket::new_unchecked(payload));
-                },
-                &caps,
-            );
-        });
-    }
-
-    fn process_icmp<S: FrameSink>(
-        &mut self,
-        src_mac: EthernetAddress,
-        ip: &Ipv4Repr,
-        payload: &[u8],
-        sink: &mut S,
-    ) {
-        let Ok(packet) = Icmpv4Packet::new_checked(payload) else {
-            return;
-        };
-        let Ok(repr) = Icmpv4Repr::parse(&packet, &self.caps.checksum) else {
-            log::trace!("dropping an ICMP message that does not parse");
-            return;
-        };
-        let Icmpv4Repr::EchoRequest {
-            ident,
-            seq_no,
-            data,
-        } = repr
-        else {
-            return;
-        };
-        if !self.is_virtual(ip.dst_addr) {
-            log::trace!("dropping echo request to {}", ip.dst_addr);
-            return;
-        }
-        let reply = Icmpv4Repr::EchoReply {
-            ident,
-            seq_no,
-            data,
-        };
-        let reply_ip = Ipv4Repr {
-            src_addr: ip.dst_addr,
-            dst_addr: ip.src_addr,
-            next_header: IpProtocol::Icmp,
-            payload_len: reply.buffer_len(),
-            hop_limit: HOP_LIMIT,
-        };
-        self.send_ipv4(src_mac, &reply_ip, sink, |buf| {
-            reply.emit(
-                &mut Icmpv4Packet::new_unchecked(buf),
-                &ChecksumCapabilities::default(),
-            );
-        });
     }
 
     /// Build an IPv4 frame from the gateway's MAC in the reused buffer.
@@ -354,9 +319,18 @@ impl Engine {
             .poll_ingress_single(now, &mut dev, &mut self.sockets);
     }
 
-    /// Let smoltcp send what its sockets have queued and run its timers.
-    /// Call after each batch of frames and when `poll_at` comes due.
+    /// A host socket is ready. The event loop calls this for tokens from
+    /// `FLOW_TOKEN_BASE` up; the work happens in the next `poll`.
+    pub fn host_event(&mut self, token: Token, ready: Readiness) {
+        self.flows.mark_ready(token, ready);
+    }
+
+    /// Move data between flows and their host sockets, let smoltcp send
+    /// what it has queued and run its timers, and retire finished flows.
+    /// Call after each batch of frames and host events, and when
+    /// `poll_at` comes due.
     pub fn poll<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        self.service_flows(now, sink);
         let mut dev = Port {
             rx: None,
             tx: &mut self.tx,
@@ -364,13 +338,58 @@ impl Engine {
             caps: &self.caps,
         };
         self.iface.poll(now, &mut dev, &mut self.sockets);
+        // Sending may have freed room (a closed window reopened by the
+        // ACKs just processed); serve those flows once more.
+        self.service_flows(now, sink);
+        let mut dev = Port {
+            rx: None,
+            tx: &mut self.tx,
+            sink,
+            caps: &self.caps,
+        };
+        self.iface.poll(now, &mut dev, &mut self.sockets);
+        self.reap_tcp();
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_INTERVAL;
+            self.sweep(now);
+        }
     }
 
-    /// When `poll` must next run, if smoltcp has a timer pending.
+    /// When `poll` must next run.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        self.iface.poll_at(now, &self.sockets)
+        let smol = self.iface.poll_at(now, &self.sockets);
+        let sweep = (!self.flows.is_empty()).then_some(self.next_sweep);
+        match (smol, sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Serve every flow that had a frame or a host event since last time.
+    fn service_flows<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        while let Some(slot) = self.flows.next_dirty() {
+            match self.flows.kind(slot) {
+                Some(flows::Kind::Tcp) => self.pump_tcp(slot, sink),
+                Some(flows::Kind::Udp) => self.pump_udp(now, slot, sink),
+                Some(flows::Kind::Ping) => self.pump_ping(now, slot, sink),
+                None => {}
+            }
+        }
+    }
+
+    /// Retire idle datagram flows and TCP flows smoltcp has finished with.
+    fn sweep(&mut self, now: Instant) {
+        for slot in self.flows.expired(now) {
+            self.remove_flow(slot);
+        }
+        self.flows.mark_all_tcp_for_reaping();
+    }
+
+    fn remove_flow(&mut self, slot: usize) {
+        if let Some(flow) = self.flows.remove(slot, &self.registry)
+            && let Some(handle) = flow.tcp_handle()
+        {
+            self.sockets.remove(handle);
+        }
     }
 }
-
-#[cfg(test)]
-mod tests;

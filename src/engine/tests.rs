@@ -3,7 +3,10 @@
 //! smoltcp's wire types and checked field by field.
 
 use super::*;
-use smoltcp::wire::{DhcpMessageType, DhcpPacket, DhcpRepr};
+use smoltcp::wire::{
+    DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpMessageType, DhcpPacket, DhcpRepr, Icmpv4Packet,
+    Icmpv4Repr, UdpPacket, UdpRepr,
+};
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
@@ -13,13 +16,15 @@ fn engine() -> Engine {
 }
 
 fn engine_for(net: Network) -> Engine {
-    let cfg = EngineConfig {
-        net,
-        mtu: 1500,
-        verify_checksums: true,
-        seed: 1,
-    };
-    Engine::new(&cfg, Instant::from_millis(0))
+    let mut cfg = EngineConfig::new(net, 1500);
+    cfg.verify_checksums = true;
+    cfg.seed = 1;
+    let poll = mio::Poll::new().unwrap();
+    Engine::new(
+        &cfg,
+        Instant::from_millis(0),
+        poll.registry().try_clone().unwrap(),
+    )
 }
 
 fn feed(e: &mut Engine, frame: &[u8]) -> Vec<Vec<u8>> {

@@ -1,0 +1,265 @@
+//! The flow table: every guest flow and the host socket that carries it.
+//!
+//! Flows live in a slab whose index is also the mio token of their host
+//! socket (plus `FLOW_TOKEN_BASE`), so a host event finds its flow in O(1),
+//! and a hash map per protocol finds the flow of a guest packet in O(1).
+//! Work is driven by a dirty list: only flows that saw a frame or a host
+//! event are served, never a scan over all flows per packet.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddrV4;
+
+use mio::{Interest, Registry, Token};
+use smoltcp::iface::SocketHandle;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, TcpSeqNumber};
+
+use super::Readiness;
+use super::udp::{UDP_FLOW_LIMIT, UDP_IDLE_TIMEOUT};
+
+/// Tokens below this belong to the event loop (tap, exit fd, signals...).
+pub const FLOW_TOKEN_BASE: usize = 16;
+
+/// A guest flow: the guest's endpoint and the destination it addressed.
+/// For ICMP echo the ports hold the guest's echo identifier and 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub guest: SocketAddrV4,
+    pub dst: SocketAddrV4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    Udp,
+    Ping,
+}
+
+pub struct TcpFlow {
+    pub key: FlowKey,
+    pub handle: SocketHandle,
+    pub host: mio::net::TcpStream,
+    /// The host connect has not completed; the SYN-ACK is held.
+    pub connecting: bool,
+    /// The guest side reached ESTABLISHED at least once.
+    pub established: bool,
+    pub readable: bool,
+    pub writable: bool,
+    /// The host sent EOF; the guest side was closed after the data.
+    pub read_eof: bool,
+    /// The guest sent FIN; the host side was shut for writing.
+    pub write_shut: bool,
+    /// While connecting: the guest's SYN (IP header and the first 8 bytes
+    /// of TCP), to quote in an ICMP error, and its sequence number.
+    pub syn_quote: Vec<u8>,
+    pub syn_seq: TcpSeqNumber,
+    pub guest_mac: EthernetAddress,
+}
+
+/// A UDP flow or an ICMP echo flow: a connected datagram socket.
+pub struct DgramFlow {
+    pub key: FlowKey,
+    pub sock: mio::net::UdpSocket,
+    pub guest_mac: EthernetAddress,
+    pub last_used: Instant,
+    pub readable: bool,
+}
+
+pub enum Flow {
+    Tcp(TcpFlow),
+    Udp(DgramFlow),
+    Ping(DgramFlow),
+}
+
+impl Flow {
+    fn kind(&self) -> Kind {
+        match self {
+            Flow::Tcp(_) => Kind::Tcp,
+            Flow::Udp(_) => Kind::Udp,
+            Flow::Ping(_) => Kind::Ping,
+        }
+    }
+
+    fn key(&self) -> FlowKey {
+        match self {
+            Flow::Tcp(f) => f.key,
+            Flow::Udp(f) | Flow::Ping(f) => f.key,
+        }
+    }
+
+    pub fn tcp_handle(&self) -> Option<SocketHandle> {
+        match self {
+            Flow::Tcp(f) => Some(f.handle),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct FlowTable {
+    slots: Vec<Option<Flow>>,
+    free: Vec<usize>,
+    tcp: HashMap<FlowKey, usize>,
+    udp: HashMap<FlowKey, usize>,
+    ping: HashMap<FlowKey, usize>,
+    queued: Vec<bool>,
+    dirty: Vec<usize>,
+    /// TCP flows to check for completion after the next egress.
+    reap: Vec<usize>,
+}
+
+impl FlowTable {
+    fn map(&self, kind: Kind) -> &HashMap<FlowKey, usize> {
+        match kind {
+            Kind::Tcp => &self.tcp,
+            Kind::Udp => &self.udp,
+            Kind::Ping => &self.ping,
+        }
+    }
+
+    fn map_mut(&mut self, kind: Kind) -> &mut HashMap<FlowKey, usize> {
+        match kind {
+            Kind::Tcp => &mut self.tcp,
+            Kind::Udp => &mut self.udp,
+            Kind::Ping => &mut self.ping,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tcp.is_empty() && self.udp.is_empty() && self.ping.is_empty()
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.tcp.len(), self.udp.len(), self.ping.len())
+    }
+
+    pub fn find(&self, kind: Kind, key: &FlowKey) -> Option<usize> {
+        self.map(kind).get(key).copied()
+    }
+
+    pub fn kind(&self, slot: usize) -> Option<Kind> {
+        self.slots.get(slot)?.as_ref().map(Flow::kind)
+    }
+
+    /// Add a flow and register its host socket for both directions.
+    pub fn insert(&mut self, mut flow: Flow, registry: &Registry) -> io::Result<usize> {
+        let slot = self.free.pop().unwrap_or(self.slots.len());
+        let token = Token(FLOW_TOKEN_BASE + slot);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match &mut flow {
+            Flow::Tcp(f) => registry.register(&mut f.host, token, interest)?,
+            Flow::Udp(f) | Flow::Ping(f) => {
+                registry.register(&mut f.sock, token, Interest::READABLE)?
+            }
+        }
+        let kind = flow.kind();
+        let key = flow.key();
+        if slot == self.slots.len() {
+            self.slots.push(Some(flow));
+            self.queued.push(false);
+        } else {
+            self.slots[slot] = Some(flow);
+        }
+        self.map_mut(kind).insert(key, slot);
+        Ok(slot)
+    }
+
+    /// Take a flow out and deregister its host socket; dropping the flow
+    /// closes the socket.
+    pub fn remove(&mut self, slot: usize, registry: &Registry) -> Option<Flow> {
+        let mut flow = self.slots.get_mut(slot)?.take()?;
+        let _ = match &mut flow {
+            Flow::Tcp(f) => registry.deregister(&mut f.host),
+            Flow::Udp(f) | Flow::Ping(f) => registry.deregister(&mut f.sock),
+        };
+        let key = flow.key();
+        self.map_mut(flow.kind()).remove(&key);
+        self.free.push(slot);
+        Some(flow)
+    }
+
+    pub fn tcp_mut(&mut self, slot: usize) -> Option<&mut TcpFlow> {
+        match self.slots.get_mut(slot)? {
+            Some(Flow::Tcp(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn dgram_mut(&mut self, slot: usize) -> Option<&mut DgramFlow> {
+        match self.slots.get_mut(slot)? {
+            Some(Flow::Udp(f)) | Some(Flow::Ping(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn mark_dirty(&mut self, slot: usize) {
+        if let Some(q) = self.queued.get_mut(slot)
+            && !*q
+        {
+            *q = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    pub fn mark_ready(&mut self, token: Token, ready: Readiness) {
+        let Some(slot) = token.0.checked_sub(FLOW_TOKEN_BASE) else {
+            return;
+        };
+        match self.slots.get_mut(slot) {
+            Some(Some(Flow::Tcp(f))) => {
+                f.readable |= ready.readable;
+                f.writable |= ready.writable;
+            }
+            Some(Some(Flow::Udp(f))) | Some(Some(Flow::Ping(f))) => f.readable |= ready.readable,
+            _ => return,
+        }
+        self.mark_dirty(slot);
+    }
+
+    pub fn next_dirty(&mut self) -> Option<usize> {
+        let slot = self.dirty.pop()?;
+        self.queued[slot] = false;
+        Some(slot)
+    }
+
+    pub fn queue_reap(&mut self, slot: usize) {
+        self.reap.push(slot);
+    }
+
+    pub fn take_reap(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.reap)
+    }
+
+    pub fn mark_all_tcp_for_reaping(&mut self) {
+        self.reap.extend(self.tcp.values().copied());
+    }
+
+    /// Datagram flows idle for longer than the timeout.
+    pub fn expired(&self, now: Instant) -> Vec<usize> {
+        self.udp
+            .values()
+            .chain(self.ping.values())
+            .copied()
+            .filter(|&slot| match &self.slots[slot] {
+                Some(Flow::Udp(f)) | Some(Flow::Ping(f)) => now - f.last_used > UDP_IDLE_TIMEOUT,
+                _ => false,
+            })
+            .collect()
+    }
+
+    /// When datagram flows of `kind` are at the cap, the least recently
+    /// used one, to make room. A scan, but only when the table is full.
+    pub fn evict_candidate(&self, kind: Kind) -> Option<usize> {
+        let map = self.map(kind);
+        if map.len() < UDP_FLOW_LIMIT {
+            return None;
+        }
+        map.values()
+            .copied()
+            .min_by_key(|&slot| match &self.slots[slot] {
+                Some(Flow::Udp(f)) | Some(Flow::Ping(f)) => f.last_used,
+                _ => Instant::from_millis(i64::MAX),
+            })
+    }
+}
