@@ -196,6 +196,11 @@ pub struct Options {
     pub exit_fd: bool,
     /// Run as this user instead of root.
     pub uid: Option<u32>,
+    /// Run inside this test-made host namespace (`ip netns` name), so its
+    /// host sockets can reach only the test's own peers. Without one,
+    /// netferry runs in a fresh empty network namespace: whatever it
+    /// might send goes nowhere.
+    pub host_netns: Option<String>,
 }
 
 impl Options {
@@ -220,14 +225,25 @@ pub struct Netferry {
 impl Netferry {
     pub fn spawn(opts: Options) -> Self {
         let dir = TempDir::new("nf");
-        let mut cmd = match opts.uid {
-            Some(uid) => {
-                let mut c = Command::new("setpriv");
-                c.args(as_user_args(uid)).arg(netferry_bin());
+        // ip netns exec also bind-mounts /etc/netns/NAME/resolv.conf over
+        // /etc/resolv.conf, which is how DNS tests point netferry at their
+        // own server.
+        let mut cmd = match &opts.host_netns {
+            Some(name) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name]);
                 c
             }
-            None => Command::new(netferry_bin()),
+            None => {
+                let mut c = Command::new("unshare");
+                c.arg("-n");
+                c
+            }
         };
+        if let Some(uid) = opts.uid {
+            cmd.arg("setpriv").args(as_user_args(uid));
+        }
+        cmd.arg(netferry_bin());
         let mut fd_map: Vec<(RawFd, RawFd)> = Vec::new();
         let mut ready = None;
         let mut exit_writer = None;
@@ -341,13 +357,141 @@ impl Drop for Netferry {
 
 /// Start netferry for `ns` with `-c` and extra flags, and wait until ready.
 pub fn serve(ns: &Namespace, extra: &[&str]) -> Netferry {
+    serve_from(None, ns, extra)
+}
+
+/// The same, with netferry inside the test's host namespace `host`.
+pub fn serve_from(host: Option<&TestNet>, ns: &Namespace, extra: &[&str]) -> Netferry {
     let mut args: Vec<&str> = vec!["-c"];
     args.extend_from_slice(extra);
     let pid = ns.pid.to_string();
     args.extend_from_slice(&[&pid, "tap0"]);
-    let mut nf = Netferry::spawn(Options::args(&args));
+    let mut opts = Options::args(&args);
+    opts.host_netns = host.map(|h| h.host.clone());
+    let mut nf = Netferry::spawn(opts);
     nf.wait_ready();
     nf
+}
+
+/// Run `f` on a thread inside the network namespace at `path` and return
+/// its result. Sockets keep the namespace they were made in, so a socket
+/// created here can be used from any thread afterwards.
+pub fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .expect("namespace thread panicked")
+}
+
+/// The test's own little internet: a "host" namespace, where netferry
+/// runs and whose loopback plays the host's, and a "remote" namespace
+/// behind a veth pair on 198.51.100.0/24 (a documentation prefix). The
+/// host has no other route, so nothing can leave the machine.
+pub struct TestNet {
+    pub host: String,
+    pub remote: String,
+    pub host_veth: String,
+}
+
+pub const HOST_ADDR: &str = "198.51.100.1";
+pub const REMOTE_ADDR: &str = "198.51.100.2";
+
+impl TestNet {
+    pub fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let net = TestNet {
+            host: format!("nfh{id}"),
+            remote: format!("nfr{id}"),
+            host_veth: format!("vh{id}"),
+        };
+        let remote_veth = format!("vr{id}");
+        let resolv_dir = format!("/etc/netns/{}", net.host);
+        fs::create_dir_all(&resolv_dir).unwrap();
+        fs::write(
+            format!("{resolv_dir}/resolv.conf"),
+            "nameserver 127.0.0.1\n",
+        )
+        .unwrap();
+        let (h, r, hv) = (&net.host, &net.remote, &net.host_veth);
+        let host_cidr = format!("{HOST_ADDR}/24");
+        let remote_cidr = format!("{REMOTE_ADDR}/24");
+        for args in [
+            vec!["netns", "add", h],
+            vec!["netns", "add", r],
+            vec!["-n", h, "link", "set", "lo", "up"],
+            vec!["-n", r, "link", "set", "lo", "up"],
+            vec![
+                "link",
+                "add",
+                hv,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &remote_veth,
+            ],
+            vec!["link", "set", hv, "netns", h],
+            vec!["link", "set", &remote_veth, "netns", r],
+            vec!["-n", h, "addr", "add", &host_cidr, "dev", hv],
+            vec!["-n", r, "addr", "add", &remote_cidr, "dev", &remote_veth],
+            vec!["-n", h, "link", "set", hv, "up"],
+            vec!["-n", r, "link", "set", &remote_veth, "up"],
+        ] {
+            run_ok("ip", &args);
+        }
+        net
+    }
+
+    pub fn host_path(&self) -> String {
+        format!("/run/netns/{}", self.host)
+    }
+
+    pub fn remote_path(&self) -> String {
+        format!("/run/netns/{}", self.remote)
+    }
+
+    /// A command run inside the host namespace.
+    pub fn host_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host]).args(args);
+        cmd
+    }
+
+    pub fn host_ok(&self, args: &[&str]) {
+        let st = self.host_cmd(args).status().unwrap();
+        assert!(st.success(), "{args:?} failed in the host namespace");
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.host])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.remote])
+            .status();
+        let _ = fs::remove_dir_all(format!("/etc/netns/{}", self.host));
+    }
+}
+
+pub fn run_ok(prog: &str, args: &[&str]) {
+    let out = Command::new(prog).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Bind-mount a file over `target` (as podman pins namespaces); unmounted
