@@ -172,6 +172,8 @@ pub struct Config {
     pub outbound_addr6: Option<String>,
     /// Bytes per TCP buffer, each direction.
     pub tcp_buffer: usize,
+    /// The JSON control socket's path.
+    pub api_socket: Option<PathBuf>,
     pub debug: bool,
     /// Non-fatal remarks for the user (deprecated flags, extra arguments).
     pub warnings: Vec<String>,
@@ -260,7 +262,6 @@ impl Config {
         // Parsed and validated above; refused until their feature lands,
         // so that nobody believes they are in effect.
         let not_yet = [
-            (args.api_socket.is_some(), "--api-socket"),
             (args.enable_ipv6, "--enable-ipv6"),
             (
                 args.enable_sandbox || args.create_sandbox,
@@ -295,6 +296,7 @@ impl Config {
             outbound_addr: args.outbound_addr.clone(),
             outbound_addr6: args.outbound_addr6.clone(),
             tcp_buffer,
+            api_socket: args.api_socket.as_ref().map(PathBuf::from),
             debug: args.debug,
             warnings,
         })
@@ -525,10 +527,12 @@ mod tests {
             assert!(matches!(e, ConfigError::NotYet(_)), "{flag}: {e}");
             assert!(e.to_string().contains("not supported yet"));
         }
-        assert!(matches!(
-            config(&["--api-socket=/tmp/x.sock", "1", "tap0"]),
-            Err(ConfigError::NotYet("--api-socket"))
-        ));
+        assert_eq!(
+            config(&["--api-socket=/tmp/x.sock", "1", "tap0"])
+                .unwrap()
+                .api_socket,
+            Some(PathBuf::from("/tmp/x.sock"))
+        );
     }
 
     #[test]

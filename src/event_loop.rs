@@ -17,6 +17,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use smoltcp::time::Instant;
 use thiserror::Error;
 
+use crate::api::ApiServer;
 use crate::engine::{Engine, EngineConfig, FLOW_TOKEN_BASE, FrameSink, Readiness};
 
 const TAP: Token = Token(0);
@@ -61,6 +62,7 @@ pub struct EventLoop {
     engine: Engine,
     signals: SignalFd,
     exit_fd: Option<RawFd>,
+    api: Option<ApiServer>,
     start: StdInstant,
     rx: Vec<u8>,
 }
@@ -72,6 +74,7 @@ impl EventLoop {
         tap: File,
         engine_cfg: &EngineConfig,
         exit_fd: Option<RawFd>,
+        mut api: Option<ApiServer>,
     ) -> Result<Self, LoopError> {
         let poll = Poll::new().map_err(LoopError::Poll)?;
         let registry = poll.registry().try_clone().map_err(LoopError::Poll)?;
@@ -93,12 +96,16 @@ impl EventLoop {
                 Interest::READABLE,
             )
             .map_err(LoopError::Poll)?;
+        if let Some(api) = &mut api {
+            api.register(registry).map_err(LoopError::Poll)?;
+        }
         let mut this = EventLoop {
             poll,
             tap,
             engine,
             signals,
             exit_fd: None,
+            api,
             start: StdInstant::now(),
             rx: vec![0; RX_BUFFER_LEN],
         };
@@ -155,6 +162,11 @@ impl EventLoop {
                         {
                             log::info!("received {sig}; exiting");
                             return Ok(Exit::Signal(sig));
+                        }
+                    }
+                    token if ApiServer::is_ours(token) => {
+                        if let Some(api) = &mut self.api {
+                            api.handle(token, self.poll.registry(), &mut self.engine);
                         }
                     }
                     token if token.0 >= FLOW_TOKEN_BASE => {

@@ -15,6 +15,7 @@
 //!   DHCP) and smoltcp. No I/O and no clock of its own, so tests drive it
 //!   with literal frames.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;

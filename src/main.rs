@@ -7,6 +7,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use netferry::api::ApiServer;
 use netferry::cli::{self, Parsed};
 use netferry::config::{Config, ConfigError, Target};
 use netferry::engine::EngineConfig;
@@ -84,8 +85,12 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     engine_cfg.dns = cfg.dns;
     engine_cfg.outbound = outbound;
     engine_cfg.tcp_buffer = cfg.tcp_buffer;
-    let mut event_loop =
-        EventLoop::new(tap, &engine_cfg, cfg.exit_fd).context("cannot start the event loop")?;
+    let api = match &cfg.api_socket {
+        Some(path) => Some(ApiServer::bind(path).context("cannot create the API socket")?),
+        None => None,
+    };
+    let mut event_loop = EventLoop::new(tap, &engine_cfg, cfg.exit_fd, api)
+        .context("cannot start the event loop")?;
 
     print_banner(cfg, &tap_desc);
     if let Some(fd) = cfg.ready_fd {
@@ -107,7 +112,7 @@ fn print_banner(cfg: &Config, tap: &str) {
          * DNS:             {}\n\
          * DHCP begin:      {}\n\
          * DHCP end:        {}\n\
-         * Recommended IP:  {}",
+         * Recommended IP:  {}{}",
         env!("CARGO_PKG_VERSION"),
         cfg.mtu,
         n.network,
@@ -116,6 +121,10 @@ fn print_banner(cfg: &Config, tap: &str) {
         n.dns,
         n.dhcp_start,
         n.dhcp_end,
-        n.guest
+        n.guest,
+        cfg.api_socket
+            .as_ref()
+            .map(|p| format!("\n* API Socket:      {}", p.display()))
+            .unwrap_or_default()
     );
 }

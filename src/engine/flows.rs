@@ -20,6 +20,8 @@ use super::udp::{UDP_FLOW_LIMIT, UDP_IDLE_TIMEOUT};
 
 /// Tokens below this belong to the event loop (tap, exit fd, signals...).
 pub const FLOW_TOKEN_BASE: usize = 16;
+/// Flow tokens stay below this; the API's connections use tokens above.
+pub const FLOW_TOKEN_END: usize = 1 << 32;
 
 /// A guest flow: the guest's endpoint and the destination it addressed.
 /// For ICMP echo the ports hold the guest's echo identifier and 0.
@@ -34,6 +36,8 @@ pub enum Kind {
     Tcp,
     Udp,
     Ping,
+    /// A port forward's host listener (TCP or UDP).
+    Listener,
 }
 
 pub struct TcpFlow {
@@ -66,10 +70,24 @@ pub struct DgramFlow {
     pub readable: bool,
 }
 
+/// The host socket of a port forward.
+pub enum ListenSocket {
+    Tcp(mio::net::TcpListener),
+    Udp(mio::net::UdpSocket),
+}
+
+pub struct Listener {
+    pub sock: ListenSocket,
+    /// Where in the guest its connections and datagrams go.
+    pub guest: SocketAddrV4,
+    pub readable: bool,
+}
+
 pub enum Flow {
     Tcp(TcpFlow),
     Udp(DgramFlow),
     Ping(DgramFlow),
+    Listener(Listener),
 }
 
 impl Flow {
@@ -78,13 +96,15 @@ impl Flow {
             Flow::Tcp(_) => Kind::Tcp,
             Flow::Udp(_) => Kind::Udp,
             Flow::Ping(_) => Kind::Ping,
+            Flow::Listener(_) => Kind::Listener,
         }
     }
 
-    fn key(&self) -> FlowKey {
+    fn key(&self) -> Option<FlowKey> {
         match self {
-            Flow::Tcp(f) => f.key,
-            Flow::Udp(f) | Flow::Ping(f) => f.key,
+            Flow::Tcp(f) => Some(f.key),
+            Flow::Udp(f) | Flow::Ping(f) => Some(f.key),
+            Flow::Listener(_) => None,
         }
     }
 
@@ -110,19 +130,21 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    fn map(&self, kind: Kind) -> &HashMap<FlowKey, usize> {
+    fn map(&self, kind: Kind) -> Option<&HashMap<FlowKey, usize>> {
         match kind {
-            Kind::Tcp => &self.tcp,
-            Kind::Udp => &self.udp,
-            Kind::Ping => &self.ping,
+            Kind::Tcp => Some(&self.tcp),
+            Kind::Udp => Some(&self.udp),
+            Kind::Ping => Some(&self.ping),
+            Kind::Listener => None,
         }
     }
 
-    fn map_mut(&mut self, kind: Kind) -> &mut HashMap<FlowKey, usize> {
+    fn map_mut(&mut self, kind: Kind) -> Option<&mut HashMap<FlowKey, usize>> {
         match kind {
-            Kind::Tcp => &mut self.tcp,
-            Kind::Udp => &mut self.udp,
-            Kind::Ping => &mut self.ping,
+            Kind::Tcp => Some(&mut self.tcp),
+            Kind::Udp => Some(&mut self.udp),
+            Kind::Ping => Some(&mut self.ping),
+            Kind::Listener => None,
         }
     }
 
@@ -135,7 +157,7 @@ impl FlowTable {
     }
 
     pub fn find(&self, kind: Kind, key: &FlowKey) -> Option<usize> {
-        self.map(kind).get(key).copied()
+        self.map(kind)?.get(key).copied()
     }
 
     pub fn kind(&self, slot: usize) -> Option<Kind> {
@@ -152,6 +174,10 @@ impl FlowTable {
             Flow::Udp(f) | Flow::Ping(f) => {
                 registry.register(&mut f.sock, token, Interest::READABLE)?
             }
+            Flow::Listener(l) => match &mut l.sock {
+                ListenSocket::Tcp(s) => registry.register(s, token, Interest::READABLE)?,
+                ListenSocket::Udp(s) => registry.register(s, token, Interest::READABLE)?,
+            },
         }
         let kind = flow.kind();
         let key = flow.key();
@@ -161,7 +187,9 @@ impl FlowTable {
         } else {
             self.slots[slot] = Some(flow);
         }
-        self.map_mut(kind).insert(key, slot);
+        if let (Some(map), Some(key)) = (self.map_mut(kind), key) {
+            map.insert(key, slot);
+        }
         Ok(slot)
     }
 
@@ -172,9 +200,16 @@ impl FlowTable {
         let _ = match &mut flow {
             Flow::Tcp(f) => registry.deregister(&mut f.host),
             Flow::Udp(f) | Flow::Ping(f) => registry.deregister(&mut f.sock),
+            Flow::Listener(l) => match &mut l.sock {
+                ListenSocket::Tcp(s) => registry.deregister(s),
+                ListenSocket::Udp(s) => registry.deregister(s),
+            },
         };
-        let key = flow.key();
-        self.map_mut(flow.kind()).remove(&key);
+        if let (Some(key), kind) = (flow.key(), flow.kind())
+            && let Some(map) = self.map_mut(kind)
+        {
+            map.remove(&key);
+        }
         self.free.push(slot);
         Some(flow)
     }
@@ -189,6 +224,13 @@ impl FlowTable {
     pub fn dgram_mut(&mut self, slot: usize) -> Option<&mut DgramFlow> {
         match self.slots.get_mut(slot)? {
             Some(Flow::Udp(f)) | Some(Flow::Ping(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn listener_mut(&mut self, slot: usize) -> Option<&mut Listener> {
+        match self.slots.get_mut(slot)? {
+            Some(Flow::Listener(l)) => Some(l),
             _ => None,
         }
     }
@@ -212,6 +254,7 @@ impl FlowTable {
                 f.writable |= ready.writable;
             }
             Some(Some(Flow::Udp(f))) | Some(Some(Flow::Ping(f))) => f.readable |= ready.readable,
+            Some(Some(Flow::Listener(l))) => l.readable |= ready.readable,
             _ => return,
         }
         self.mark_dirty(slot);
@@ -251,7 +294,7 @@ impl FlowTable {
     /// When datagram flows of `kind` are at the cap, the least recently
     /// used one, to make room. A scan, but only when the table is full.
     pub fn evict_candidate(&self, kind: Kind) -> Option<usize> {
-        let map = self.map(kind);
+        let map = self.map(kind)?;
         if map.len() < UDP_FLOW_LIMIT {
             return None;
         }

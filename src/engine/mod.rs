@@ -10,6 +10,7 @@
 
 mod dhcp;
 mod flows;
+mod forward;
 mod icmp;
 mod port;
 mod tcp;
@@ -17,6 +18,7 @@ mod tcp;
 mod tests;
 mod udp;
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -30,7 +32,8 @@ use smoltcp::wire::{
 };
 
 pub use dhcp::{Answer as DhcpAnswer, DhcpServer, LEASE_SECS};
-pub use flows::FLOW_TOKEN_BASE;
+pub use flows::{FLOW_TOKEN_BASE, FLOW_TOKEN_END};
+pub use forward::{Forward, ForwardError, ForwardSpec, Proto};
 pub use port::{ETHERNET_HEADER_LEN, FrameSink};
 pub use udp::{UDP_FLOW_LIMIT, UDP_IDLE_TIMEOUT};
 
@@ -111,6 +114,12 @@ pub struct Engine {
     sockets: SocketSet<'static>,
     dhcp: DhcpServer,
     flows: FlowTable,
+    forwards: forward::Forwards,
+    /// MAC of each guest address we have heard from, for frames we
+    /// originate (forwarded connections); `last_guest` spares the map a
+    /// write per frame.
+    guest_macs: HashMap<Ipv4Addr, EthernetAddress>,
+    last_guest: Option<(Ipv4Addr, EthernetAddress)>,
     registry: Registry,
     resolver: Resolver,
     host_loopback: bool,
@@ -161,6 +170,9 @@ impl Engine {
             sockets: SocketSet::new(Vec::new()),
             dhcp: DhcpServer::new(net),
             flows: FlowTable::default(),
+            forwards: forward::Forwards::default(),
+            guest_macs: HashMap::new(),
+            last_guest: None,
             registry,
             resolver: Resolver::new(&cfg.resolv_conf),
             host_loopback: cfg.host_loopback,
@@ -177,6 +189,10 @@ impl Engine {
     /// The gateway's MAC address, the source of every frame we send.
     pub fn mac(&self) -> EthernetAddress {
         self.mac
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.net
     }
 
     /// Number of live flows of each kind: (tcp, udp, icmp).
@@ -272,6 +288,13 @@ impl Engine {
             return;
         }
         let guest_mac = eth.src_addr();
+        if self.last_guest != Some((ip_repr.src_addr, guest_mac))
+            && self.net.contains(ip_repr.src_addr)
+            && guest_mac.is_unicast()
+        {
+            self.last_guest = Some((ip_repr.src_addr, guest_mac));
+            self.guest_macs.insert(ip_repr.src_addr, guest_mac);
+        }
         match ip_repr.next_header {
             IpProtocol::Tcp => self.process_tcp(now, frame, &ip_repr, ip.payload(), sink),
             IpProtocol::Udp => self.process_udp(now, guest_mac, &ip, &ip_repr, ip.payload(), sink),
@@ -372,6 +395,7 @@ impl Engine {
                 Some(flows::Kind::Tcp) => self.pump_tcp(slot, sink),
                 Some(flows::Kind::Udp) => self.pump_udp(now, slot, sink),
                 Some(flows::Kind::Ping) => self.pump_ping(now, slot, sink),
+                Some(flows::Kind::Listener) => self.pump_listener(now, slot, sink),
                 None => {}
             }
         }
@@ -382,6 +406,7 @@ impl Engine {
         for slot in self.flows.expired(now) {
             self.remove_flow(slot);
         }
+        self.expire_forwarded_udp(now);
         self.flows.mark_all_tcp_for_reaping();
     }
 

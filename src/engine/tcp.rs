@@ -12,7 +12,7 @@ use std::net::{Shutdown, SocketAddrV4};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::time::{Duration, Instant};
+use smoltcp::time::Instant;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, Icmpv4DstUnreachable, IpListenEndpoint, IpProtocol, Ipv4Repr,
     TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
@@ -22,8 +22,6 @@ use super::flows::{Flow, FlowKey, Kind, TcpFlow};
 use super::{Engine, FrameSink, HOP_LIMIT, Route};
 use crate::host;
 
-/// Keep-alive toward the guest, so a vanished guest frees its flow.
-const KEEP_ALIVE: Duration = Duration::from_secs(60);
 /// Bytes of the offending packet an ICMP error quotes: the IP header
 /// (without options) and the first 8 bytes of its payload.
 const QUOTE_LEN: usize = 28;
@@ -109,7 +107,6 @@ impl Engine {
         sock.pause_synack(true);
         sock.set_ack_delay(None);
         sock.set_nagle_enabled(false);
-        sock.set_keep_alive(Some(KEEP_ALIVE));
         let handle = self.sockets.add(sock);
         let flow = TcpFlow {
             key,
@@ -315,7 +312,10 @@ impl Engine {
             };
             let sock = self.sockets.get::<tcp::Socket>(flow.handle);
             match sock.state() {
-                State::Closed | State::TimeWait => {
+                // Listen: the guest reset a connection still waiting for
+                // its host side, and smoltcp went back to listening; such
+                // a socket must not catch the next guest connection.
+                State::Closed | State::TimeWait | State::Listen => {
                     let clean = flow.write_shut && flow.read_eof;
                     if !clean && !flow.connecting {
                         // The guest reset (or we aborted): reset the host

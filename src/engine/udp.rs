@@ -62,6 +62,7 @@ impl Engine {
         };
         let slot = match self.flows.find(Kind::Udp, &key) {
             Some(slot) => slot,
+            None if self.reply_forwarded_udp(now, &key, udp.payload()) => return,
             None => match self.route(now, ip.dst_addr, udp.dst_port()) {
                 Route::Host(target) => match self.open_udp(now, key, guest_mac, target) {
                     Some(slot) => slot,
