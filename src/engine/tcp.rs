@@ -248,7 +248,12 @@ impl Engine {
                 }
             }
         }
-        if sock.state() == State::Established {
+        // Past the handshake. Not just ESTABLISHED: the guest's ACK, data
+        // and FIN can all arrive in one batch, straight into CLOSE-WAIT.
+        if !matches!(
+            sock.state(),
+            State::Listen | State::SynSent | State::SynReceived | State::Closed
+        ) {
             flow.established = true;
         }
 
