@@ -475,6 +475,14 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        // Anything a test left running in its namespaces goes with them.
+        for ns in [&self.host, &self.remote] {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.host])
             .status();

@@ -1,0 +1,474 @@
+//! Port forwarding through the JSON control socket, as podman and
+//! rootlesskit use it, and rootlesskit itself running netferry.
+//!
+//! netferry runs in a test-made host namespace; clients connect from its
+//! loopback or from the remote namespace behind the veth, and servers run
+//! inside the container namespace.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    HOST_ADDR, Namespace, Netferry, Options, REMOTE_ADDR, TempDir, TestNet, in_netns, wait_until,
+};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Setup {
+    net: TestNet,
+    ns: Namespace,
+    nf: Netferry,
+    sock: PathBuf,
+    _dir: TempDir,
+}
+
+fn setup() -> Setup {
+    let net = TestNet::new();
+    let ns = Namespace::new();
+    let dir = TempDir::new("api");
+    let sock = dir.path("api.sock");
+    let pid = ns.pid.to_string();
+    let mut opts = Options::args(&["-c", "-a", sock.to_str().unwrap(), &pid, "tap0"]);
+    opts.host_netns = Some(net.host.clone());
+    let mut nf = Netferry::spawn(opts);
+    nf.wait_ready();
+    Setup {
+        net,
+        ns,
+        nf,
+        sock,
+        _dir: dir,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Style {
+    /// podman: the request and a newline, then wait for the reply.
+    Podman,
+    /// rootlesskit: the request, half-close, read to EOF.
+    Rootlesskit,
+}
+
+fn api(sock: &Path, req: &str, style: Style) -> String {
+    let mut c = UnixStream::connect(sock).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    match style {
+        Style::Podman => c.write_all(format!("{req}\n").as_bytes()).unwrap(),
+        Style::Rootlesskit => {
+            c.write_all(req.as_bytes()).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+        }
+    }
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+impl Setup {
+    fn api(&self, req: &str) -> String {
+        api(&self.sock, req, Style::Rootlesskit)
+    }
+
+    fn add(&self, proto: &str, host_addr: &str, host_port: u16, guest_port: u16) -> String {
+        self.api(&format!(
+            r#"{{"execute":"add_hostfwd","arguments":{{"proto":"{proto}","host_addr":"{host_addr}","host_port":{host_port},"guest_addr":"","guest_port":{guest_port}}}}}"#
+        ))
+    }
+
+    fn guest<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.ns.net_path(), f)
+    }
+
+    fn host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.net.host_path(), f)
+    }
+
+    fn remote<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.net.remote_path(), f)
+    }
+
+    fn host_connect(&self, addr: &str) -> std::io::Result<TcpStream> {
+        let addr: SocketAddr = addr.parse().unwrap();
+        self.host(move || connect(addr))
+    }
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A guest server that reports each client's address and echoes until EOF.
+fn guest_echo(s: &Setup, port: u16) -> std::sync::mpsc::Receiver<SocketAddr> {
+    let listener = s.guest(move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = tx.send(conn.peer_addr().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
+#[test]
+fn both_client_styles_get_exact_replies_and_ids_are_not_reused() {
+    let s = setup();
+    let add = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}}"#;
+    assert_eq!(api(&s.sock, add, Style::Podman), r#"{"return":{"id":1}}"#);
+    let list = api(&s.sock, r#"{"execute":"list_hostfwd"}"#, Style::Rootlesskit);
+    let entry = r#"{"id":1,"proto":"tcp","host_addr":"127.0.0.1","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}"#;
+    assert_eq!(
+        list,
+        format!(r#"{{"return":{{"entries":[{entry}]}},"entries":[{entry}]}}"#)
+    );
+    let remove = r#"{"execute":"remove_hostfwd","arguments":{"id":1}}"#;
+    assert_eq!(api(&s.sock, remove, Style::Podman), r#"{"return":{}}"#);
+    assert_eq!(
+        api(&s.sock, remove, Style::Rootlesskit),
+        r#"{"error":{"desc":"bad request: remove_hostfwd: bad arguments.id"}}"#
+    );
+    let add2 = add.replace("8080", "8081");
+    assert_eq!(api(&s.sock, &add2, Style::Podman), r#"{"return":{"id":2}}"#);
+    assert_eq!(
+        api(&s.sock, "garbage", Style::Rootlesskit),
+        r#"{"error":{"desc":"bad request: cannot parse JSON"}}"#
+    );
+}
+
+#[test]
+fn socket_file_is_private_stale_files_are_replaced_and_it_is_removed_at_exit() {
+    let net = TestNet::new();
+    let ns = Namespace::new();
+    let dir = TempDir::new("stale");
+    let sock = dir.path("api.sock");
+    std::fs::write(&sock, "stale").unwrap();
+    let pid = ns.pid.to_string();
+    let mut opts = Options::args(&["-c", "-a", sock.to_str().unwrap(), &pid, "tap0"]);
+    opts.host_netns = Some(net.host.clone());
+    let mut nf = Netferry::spawn(opts);
+    nf.wait_ready();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    assert!(
+        nf.stdout()
+            .contains(&format!("* API Socket:      {}", sock.display()))
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(nf.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        nf.wait_exit(Duration::from_secs(5)).unwrap().code(),
+        Some(0)
+    );
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+#[test]
+fn tcp_forward_carries_20mb_both_ways_intact() {
+    let s = setup();
+    let _peers = guest_echo(&s, 5000);
+    assert_eq!(
+        s.add("tcp", "127.0.0.1", 7000, 5000),
+        r#"{"return":{"id":1}}"#
+    );
+    let mut c = s.host_connect("127.0.0.1:7000").unwrap();
+    let data = pattern(20 << 20, 9);
+    let sent = data.clone();
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "data corrupted through the forward");
+}
+
+#[test]
+fn guest_sees_the_real_client_address_and_the_gateway_for_loopback() {
+    let s = setup();
+    let peers = guest_echo(&s, 5001);
+    assert_eq!(
+        s.add("tcp", "0.0.0.0", 7001, 5001),
+        r#"{"return":{"id":1}}"#
+    );
+
+    let addr: SocketAddr = format!("{HOST_ADDR}:7001").parse().unwrap();
+    let mut far = s.remote(move || connect(addr)).unwrap();
+    far.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    far.read_exact(&mut b).unwrap();
+    let seen = peers.recv_timeout(IO_TIMEOUT).unwrap();
+    let local = far.local_addr().unwrap();
+    assert_eq!(seen.ip().to_string(), REMOTE_ADDR);
+    assert_eq!(seen.port(), local.port(), "the client's own port too");
+
+    let mut near = s.host_connect("127.0.0.1:7001").unwrap();
+    near.write_all(b"y").unwrap();
+    near.read_exact(&mut b).unwrap();
+    assert_eq!(
+        peers.recv_timeout(IO_TIMEOUT).unwrap().ip().to_string(),
+        "10.0.2.2"
+    );
+}
+
+#[test]
+fn ipv6_listener_and_port_zero() {
+    let s = setup();
+    let _peers = guest_echo(&s, 5002);
+    let reply = s.add("tcp", "::1", 0, 5002);
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let port = v["return"]["host_port"].as_u64().expect("no host_port") as u16;
+    let mut c = s.host_connect(&format!("[::1]:{port}")).unwrap();
+    c.write_all(b"over ipv6").unwrap();
+    let mut b = [0u8; 9];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"over ipv6");
+}
+
+#[test]
+fn guest_refusal_resets_the_host_client() {
+    let s = setup();
+    s.add("tcp", "127.0.0.1", 7003, 5999); // nothing listens on 5999
+    let mut c = s.host_connect("127.0.0.1:7003").unwrap();
+    let mut b = [0u8; 1];
+    let r = c.read(&mut b);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}\n{}",
+        s.nf.output()
+    );
+}
+
+#[test]
+fn udp_forward_keeps_the_client_address() {
+    let s = setup();
+    let guest = s.guest(|| UdpSocket::bind("0.0.0.0:5353").unwrap());
+    guest.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(
+        s.add("udp", "0.0.0.0", 7004, 5353),
+        r#"{"return":{"id":1}}"#
+    );
+    let client = s.remote(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client
+        .send_to(b"query", format!("{HOST_ADDR}:7004"))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = guest
+        .recv_from(&mut buf)
+        .expect("nothing reached the guest");
+    assert_eq!(&buf[..n], b"query");
+    assert_eq!(from.ip().to_string(), REMOTE_ADDR);
+    assert_eq!(from.port(), client.local_addr().unwrap().port());
+    guest.send_to(b"answer", from).unwrap();
+    let (n, back_from) = client.recv_from(&mut buf).expect("no reply");
+    assert_eq!(&buf[..n], b"answer");
+    assert_eq!(back_from.to_string(), format!("{HOST_ADDR}:7004"));
+}
+
+#[test]
+fn a_port_in_use_is_refused_with_slirp4netns_text() {
+    let s = setup();
+    let _taken = s.host(|| TcpListener::bind("127.0.0.1:7005").unwrap());
+    let reply = s.add("tcp", "127.0.0.1", 7005, 80);
+    assert!(
+        reply
+            .starts_with(r#"{"error":{"desc":"bad request: add_hostfwd: slirp_add_hostfwd failed"#),
+        "{reply}"
+    );
+}
+
+#[test]
+fn removal_closes_the_listener_but_open_connections_finish() {
+    let s = setup();
+    let _peers = guest_echo(&s, 5003);
+    s.add("tcp", "127.0.0.1", 7006, 5003);
+    let mut open = s.host_connect("127.0.0.1:7006").unwrap();
+    open.write_all(b"1").unwrap();
+    let mut b = [0u8; 1];
+    open.read_exact(&mut b).unwrap();
+    assert_eq!(
+        s.api(r#"{"execute":"remove_hostfwd","arguments":{"id":1}}"#),
+        r#"{"return":{}}"#
+    );
+    let err = s.host_connect("127.0.0.1:7006").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    open.write_all(b"2").unwrap();
+    open.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"2", "the open connection must keep working");
+}
+
+#[test]
+fn silent_and_slow_api_clients_stall_nothing() {
+    let s = setup();
+    let _peers = guest_echo(&s, 5004);
+    // One client connects and says nothing; another sends half a request;
+    // a third asks for a big reply and never reads it.
+    let _silent = UnixStream::connect(&s.sock).unwrap();
+    let mut half = UnixStream::connect(&s.sock).unwrap();
+    half.write_all(br#"{"execute":"list_"#).unwrap();
+    let mut deaf = UnixStream::connect(&s.sock).unwrap();
+    deaf.write_all(br#"{"execute":"list_hostfwd"}"#).unwrap();
+    // Meanwhile the API answers others and traffic flows.
+    assert_eq!(
+        s.add("tcp", "127.0.0.1", 7007, 5004),
+        r#"{"return":{"id":1}}"#
+    );
+    let mut c = s.host_connect("127.0.0.1:7007").unwrap();
+    let data = pattern(4 << 20, 3);
+    let sent = data.clone();
+    let mut w = c.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    t.join().unwrap();
+    assert!(back == data);
+    assert!(s.ns.ping("10.0.2.2"));
+}
+
+/// rootlesskit (Docker rootless's network helper) with netferry in place
+/// of slirp4netns, as an unprivileged user with subordinate ids: a page
+/// served inside is fetched through `-p`, and inside reaches a host server
+/// through 10.0.2.2.
+#[test]
+fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
+    let user = "nfrootless";
+    let uid = String::from_utf8(
+        Command::new("id")
+            .args(["-u", user])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert!(
+        !uid.is_empty(),
+        "user {user} with subordinate ids is needed (.ci/run creates it)"
+    );
+    let net = TestNet::new();
+    let dir = TempDir::new("rk");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "page from inside\n").unwrap();
+    std::fs::write(www.join("host.txt"), "file from the host\n").unwrap();
+    Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(&dir.0)
+        .status()
+        .unwrap();
+    // A copy the unprivileged user can surely execute.
+    let bin = dir.path("netferry");
+    std::fs::copy(common::netferry_bin(), &bin).unwrap();
+
+    let mut host_httpd = net
+        .host_cmd(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "127.0.0.1:8000",
+            "-h",
+            www.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    let inner = format!(
+        "busybox wget -q -O {out} http://10.0.2.2:8000/host.txt; busybox httpd -f -p 80 -h {www} & sleep 30",
+        out = dir.path("fetched").display(),
+        www = www.display()
+    );
+    let home = dir.0.display().to_string();
+    let mut rk = net
+        .host_cmd(&[
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+            "env",
+            &format!("HOME={home}"),
+            &format!("XDG_RUNTIME_DIR={home}"),
+            "rootlesskit",
+            "--net=slirp4netns",
+            &format!("--slirp4netns-binary={}", bin.display()),
+            "--port-driver=slirp4netns",
+            "-p",
+            "127.0.0.1:8080:80/tcp",
+            &format!("--state-dir={home}/state"),
+            "sh",
+            "-c",
+            &inner,
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path("rk.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path("rk.log")).unwrap_or_default();
+    let mut page = String::new();
+    let got = wait_until(Duration::from_secs(20), || {
+        let out = net
+            .host_cmd(&["curl", "-s", "-m", "2", "http://127.0.0.1:8080/index.html"])
+            .output()
+            .unwrap();
+        page = String::from_utf8_lossy(&out.stdout).into_owned();
+        page == "page from inside\n"
+    });
+    let fetched = std::fs::read_to_string(dir.path("fetched")).unwrap_or_default();
+    // rootlesskit passes SIGTERM on to its child and stops its helper.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rk.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = rk.wait();
+    let _ = host_httpd.kill();
+    let _ = host_httpd.wait();
+    assert!(got, "no page through the forward: {page:?}\n{}", log());
+    assert_eq!(fetched, "file from the host\n", "{}", log());
+}
