@@ -1,67 +1,93 @@
 #!/usr/bin/env bash
-# Compare netferry with slirp4netns (and pasta, when installed) on the same
-# machine in the same run. Each measurement gets a fresh container
-# namespace; tools alternate run by run; the table shows medians and the
-# netferry-to-other ratios.
+# Compare netferry with slirp4netns and pasta on the same machine in the
+# same run: each measurement gets a fresh container namespace, tools take
+# turns run by run, and the table shows medians and netferry-to-other
+# ratios.
 #
 #   sudo bash bench/compare.sh [RUNS] [SECONDS]
 #
 # Everything runs as the unprivileged user nobody (pasta refuses root),
-# inside a host network namespace this script creates and deletes, so no
-# traffic leaves the machine. Needs: iperf3, slirp4netns, iproute2,
-# util-linux, python3; passt (pasta) optional.
+# inside a host network namespace this script creates and deletes; its
+# only other link is a veth to an empty sink namespace (pasta wants a
+# routable interface to copy), so no traffic leaves the machine.
+# Needs: iperf3, sockperf, slirp4netns, iproute2, util-linux, python3;
+# passt (pasta) is measured when installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${1:-3}
 SECS=${2:-5}
-PORT=5201
 HOSTNS=nfbench$$
+SINKNS=nfsink$$
 USER_ARGS=(--reuid=65534 --regid=65534 --clear-groups --)
+IPERF_PORT=5201       # iperf3 on the host's loopback
+FWD_PORT=15201        # host port forwarded to iperf3 in the guest
+LAT_PORT=11111        # sockperf on the host's loopback
+CONN_PORT=12000       # connrate on the host's loopback
 RESULTS=$(mktemp)
 WORK=$(mktemp -d)
 chmod 0777 "$WORK"
 
-cargo build --release --quiet
+cargo build --release --quiet --bin netferry --example connrate
 install -m 0755 target/release/netferry "$WORK/netferry"
+install -m 0755 target/release/examples/connrate "$WORK/connrate"
 
 tools=(netferry slirp4netns)
 command -v pasta >/dev/null && tools+=(pasta)
 
 cleanup() {
     set +e
-    pkill -f "sleep 86400 #$HOSTNS" 2>/dev/null
-    ip netns pids "$HOSTNS" 2>/dev/null | xargs -r kill 2>/dev/null
+    for ns in "$HOSTNS" "$SINKNS"; do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
+    done
+    pkill -9 -f "sleep 86400 #$HOSTNS" 2>/dev/null
     ip netns del "$HOSTNS" 2>/dev/null
+    ip netns del "$SINKNS" 2>/dev/null
     rm -rf "$WORK" "$RESULTS"
 }
 trap cleanup EXIT
 
 ip netns add "$HOSTNS"
+ip netns add "$SINKNS"
 ip -n "$HOSTNS" link set lo up
+ip link add "vb$$" type veth peer name "vs$$"
+ip link set "vb$$" netns "$HOSTNS"
+ip link set "vs$$" netns "$SINKNS"
+ip -n "$HOSTNS" addr add 198.51.100.1/24 dev "vb$$"
+ip -n "$SINKNS" addr add 198.51.100.2/24 dev "vs$$"
+ip -n "$HOSTNS" link set "vb$$" up
+ip -n "$SINKNS" link set "vs$$" up
+ip -n "$HOSTNS" route add default via 198.51.100.2
+
 # Background jobs call ip directly (not through a function) so that $!
 # is the process itself: ip, setpriv and unshare all exec in place.
 NS=(ip netns exec "$HOSTNS" setpriv "${USER_ARGS[@]}")
-"${NS[@]}" iperf3 -s -B 127.0.0.1 -p $PORT >/dev/null 2>&1 &
+"${NS[@]}" iperf3 -s -B 127.0.0.1 -p $IPERF_PORT >/dev/null 2>&1 &
+"${NS[@]}" sockperf sr --tcp -i 127.0.0.1 -p $LAT_PORT >/dev/null 2>&1 &
+"${NS[@]}" "$WORK/connrate" serve 127.0.0.1:$CONN_PORT >/dev/null 2>&1 &
+sleep 0.5
 
-# start TOOL MTU: make a container namespace, attach TOOL to it; sets
-# $holder and $helper.
+in_guest() { nsenter -t "$holder" -U -n "$@"; }
+
+# start TOOL MTU: a fresh container namespace with TOOL attached; sets
+# $holder and $helper (the tool's pid).
 start() {
     local tool=$1 mtu=$2
     "${NS[@]}" unshare -Urn sh -c "exec sleep 86400 #$HOSTNS" &
     holder=$!
     while [ "$(readlink /proc/$holder/ns/net)" = "$(readlink /proc/self/ns/net)" ] ||
           [ "$(cat /proc/$holder/comm 2>/dev/null)" != sleep ]; do sleep 0.02; done
+    api="$WORK/api-$holder.sock"
     case $tool in
-    netferry)    "${NS[@]}" "$WORK/netferry" -c --mtu "$mtu" "$holder" tap0 >/dev/null 2>&1 & ;;
-    slirp4netns) "${NS[@]}" slirp4netns -c --mtu "$mtu" "$holder" tap0 >/dev/null 2>&1 & ;;
+    netferry)    "${NS[@]}" "$WORK/netferry" -c --mtu "$mtu" -a "$api" "$holder" tap0 >/dev/null 2>&1 & ;;
+    slirp4netns) "${NS[@]}" slirp4netns -c --mtu "$mtu" -a "$api" "$holder" tap0 >/dev/null 2>&1 & ;;
     pasta)       "${NS[@]}" pasta --config-net -m "$mtu" -a 10.0.2.100 -n 24 -g 10.0.2.2 \
-                     --map-gw -t none -u none -T none -U none --foreground "$holder" >/dev/null 2>&1 & ;;
+                     -t "$FWD_PORT:$IPERF_PORT" -u none -T none -U none --foreground "$holder" >/dev/null 2>&1 & ;;
     esac
     helper=$!
     local i
     for i in $(seq 200); do
-        nsenter -t "$holder" -U -n ip -4 route 2>/dev/null | grep -q default && return 0
+        in_guest ip -4 route 2>/dev/null | grep -q default && { sleep 0.2; return 0; }
         sleep 0.05
     done
     echo "$tool did not come up" >&2
@@ -73,45 +99,105 @@ stop() {
     wait "$helper" "$holder" 2>/dev/null || true
 }
 
-# iperf3 from the guest to the gateway (= host loopback); prints Gbit/s.
+rss_kb() { awk -v f="$1:" '$1 == f {print $2}' "/proc/$helper/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$helper/stat"; }
+TICKS=$(getconf CLK_TCK)
+
+record() { echo "$1 $2 $3" >>"$RESULTS"; }
+
+# iperf3 from the guest to the gateway (= host loopback) or, with
+# "forward", from the host to the guest through a forwarded port. Records
+# Gbit/s and the helper's CPU seconds per GB moved.
 iperf() {
-    nsenter -t "$holder" -U -n iperf3 -c 10.0.2.2 -p $PORT -t "$SECS" -J "$@" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
+    local tool=$1 name=$2; shift 2
+    local t0 json gbps bytes t1
+    t0=$(cpu_ticks)
+    if [ "$name" = forward ]; then
+        json=$(ip netns exec "$HOSTNS" iperf3 -c 127.0.0.1 -p $FWD_PORT -t "$SECS" -J) || return 0
+    else
+        json=$(in_guest iperf3 -c 10.0.2.2 -p $IPERF_PORT -t "$SECS" -J "$@") || return 0
+    fi
+    t1=$(cpu_ticks)
+    read -r gbps bytes < <(python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(e["bits_per_second"]/1e9, e["bytes"])' <<<"$json")
+    record "$tool" "$name" "$gbps"
+    record "$tool" "cpu_s_per_GB_$name" "$(python3 -c "print(($t1-$t0)/$TICKS/($bytes/1e9))")"
+}
+
+add_forward() {
+    [ "$1" = pasta ] && return 0
+    python3 - "$api" <<EOF
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b'{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":$FWD_PORT,"guest_port":$IPERF_PORT}}')
+s.shutdown(socket.SHUT_WR)
+reply = s.recv(4096)
+assert b"return" in reply, reply
+EOF
 }
 
 for run in $(seq "$RUNS"); do
-    for mtu in 65520 1500; do
-        for tool in "${tools[@]}"; do
+    for tool in "${tools[@]}"; do
+        # Throughput both ways at both MTUs.
+        for mtu in 65520 1500; do
             start "$tool" "$mtu" || { stop; continue; }
-            up=$(iperf) || up=nan
-            down=$(iperf -R) || down=nan
+            iperf "$tool" "up$mtu"
+            iperf "$tool" "down$mtu" -R
             stop
-            echo "$tool up$mtu $up" >>"$RESULTS"
-            echo "$tool down$mtu $down" >>"$RESULTS"
-            echo "run $run: $tool mtu $mtu: up $up down $down Gbit/s" >&2
         done
+        # Through a port forward: host client, iperf3 server in the guest.
+        start "$tool" 65520 || { stop; continue; }
+        in_guest iperf3 -s -p $IPERF_PORT >/dev/null 2>&1 &
+        guest_iperf=$!
+        sleep 0.3
+        if add_forward "$tool"; then iperf "$tool" forward; fi
+        kill $guest_iperf 2>/dev/null; wait $guest_iperf 2>/dev/null || true
+        stop
+        # Idle memory, latency, connection rate, then peak memory.
+        start "$tool" 65520 || { stop; continue; }
+        sleep 1
+        record "$tool" idle_rss_MB "$(python3 -c "print($(rss_kb VmRSS)/1024)")"
+        lat=$(in_guest sockperf pp --tcp -i 10.0.2.2 -p $LAT_PORT -t "$SECS" 2>&1 |
+              sed -n 's/.*Latency is \([0-9.]*\) usec.*/\1/p')
+        [ -n "$lat" ] && record "$tool" latency_us "$lat"
+        conns=$(in_guest "$WORK/connrate" run 10.0.2.2:$CONN_PORT "$SECS") && record "$tool" conn_per_s "$conns"
+        record "$tool" peak_rss_MB "$(python3 -c "print($(rss_kb VmHWM)/1024)")"
+        stop
+        echo "run $run: $tool done" >&2
     done
 done
 
+echo
+echo "$(nproc) cores, $(uname -r), $RUNS runs of ${SECS}s, medians:"
 python3 - "$RESULTS" "${tools[@]}" <<'EOF'
 import statistics, sys
 path, tools = sys.argv[1], sys.argv[2:]
 data = {}
 for line in open(path):
     tool, metric, value = line.split()
-    if value != "nan":
-        data.setdefault((tool, metric), []).append(float(value))
-metrics = ["up65520", "down65520", "up1500", "down1500"]
-med = {k: statistics.median(v) for k, v in data.items()}
-head = f"| metric (Gbit/s, median) | " + " | ".join(tools) + " | " + " | ".join(f"netferry/{t}" for t in tools[1:]) + " |"
-print(head)
-print("|" + "---|" * (1 + len(tools) + len(tools) - 1))
-for m in metrics:
-    row = [f"{med.get((t, m), float('nan')):.2f}" for t in tools]
-    nf = med.get(("netferry", m))
-    ratios = []
-    for t in tools[1:]:
-        o = med.get((t, m))
-        ratios.append(f"{nf / o:.2f}x" if nf and o else "n/a")
-    print(f"| {m} | " + " | ".join(row) + " | " + " | ".join(ratios) + " |")
+    data.setdefault((tool, metric), []).append(float(value))
+rows = [
+    ("up65520", "guest→host Gbit/s, MTU 65520", True),
+    ("down65520", "host→guest Gbit/s, MTU 65520", True),
+    ("up1500", "guest→host Gbit/s, MTU 1500", True),
+    ("down1500", "host→guest Gbit/s, MTU 1500", True),
+    ("forward", "host→guest Gbit/s via port forward", True),
+    ("latency_us", "TCP round trip µs (lower is better)", False),
+    ("conn_per_s", "connections/s", True),
+    ("idle_rss_MB", "idle RSS MB (lower is better)", False),
+    ("peak_rss_MB", "peak RSS MB (lower is better)", False),
+    ("cpu_s_per_GB_up65520", "CPU s/GB guest→host 65520 (lower is better)", False),
+    ("cpu_s_per_GB_down65520", "CPU s/GB host→guest 65520 (lower is better)", False),
+]
+others = tools[1:]
+print("| metric | " + " | ".join(tools) + " | " + " | ".join(f"netferry/{t}" for t in others) + " |")
+print("|---" * (1 + len(tools) + len(others)) + "|")
+for key, label, _ in rows:
+    med = {t: statistics.median(data[(t, key)]) for t in tools if (t, key) in data}
+    if not med:
+        continue
+    cells = [f"{med[t]:.2f}" if t in med else "n/a" for t in tools]
+    nf = med.get("netferry")
+    ratios = [f"{nf / med[t]:.2f}x" if nf is not None and med.get(t) else "n/a" for t in others]
+    print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
 EOF

@@ -177,6 +177,7 @@ impl EventLoop {
                             writable: event.is_writable()
                                 || event.is_write_closed()
                                 || event.is_error(),
+                            read_closed: event.is_read_closed() || event.is_error(),
                         };
                         self.engine.host_event(token, ready);
                     }

@@ -50,6 +50,9 @@ pub struct TcpFlow {
     pub established: bool,
     pub readable: bool,
     pub writable: bool,
+    /// Epoll reported the host's FIN (EPOLLRDHUP); data before it must be
+    /// read to the end.
+    pub host_closed: bool,
     /// The host sent EOF; the guest side was closed after the data.
     pub read_eof: bool,
     /// The guest sent FIN; the host side was shut for writing.
@@ -252,6 +255,7 @@ impl FlowTable {
             Some(Some(Flow::Tcp(f))) => {
                 f.readable |= ready.readable;
                 f.writable |= ready.writable;
+                f.host_closed |= ready.read_closed;
             }
             Some(Some(Flow::Udp(f))) | Some(Some(Flow::Ping(f))) => f.readable |= ready.readable,
             Some(Some(Flow::Listener(l))) => l.readable |= ready.readable,

@@ -244,6 +244,7 @@ impl Engine {
             established: false,
             readable: false,
             writable: true,
+            host_closed: false,
             read_eof: false,
             write_shut: false,
             syn_quote: Vec::new(),

@@ -104,6 +104,8 @@ enum Route {
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The peer shut its side (EPOLLRDHUP) or the socket failed.
+    pub read_closed: bool,
 }
 
 pub struct Engine {
@@ -353,16 +355,6 @@ impl Engine {
     /// Call after each batch of frames and host events, and when
     /// `poll_at` comes due.
     pub fn poll<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
-        self.service_flows(now, sink);
-        let mut dev = Port {
-            rx: None,
-            tx: &mut self.tx,
-            sink,
-            caps: &self.caps,
-        };
-        self.iface.poll(now, &mut dev, &mut self.sockets);
-        // Sending may have freed room (a closed window reopened by the
-        // ACKs just processed); serve those flows once more.
         self.service_flows(now, sink);
         let mut dev = Port {
             rx: None,

@@ -116,6 +116,7 @@ impl Engine {
             established: false,
             readable: false,
             writable: false,
+            host_closed: false,
             read_eof: false,
             write_shut: false,
             syn_quote: quote.to_vec(),
@@ -286,6 +287,11 @@ impl Engine {
         while flow.readable && !flow.read_eof && sock.can_send() {
             let res = sock.send(|buf| match (&flow.host).read(buf) {
                 Ok(0) => (0, Pump::Eof),
+                // A short read emptied the socket: skip the read that
+                // would only say EAGAIN (epoll is edge-triggered on every
+                // arrival, so new data wakes us again). Not once the peer
+                // has closed: its FIN raises no new edge, so read on to 0.
+                Ok(n) if n < buf.len() && !flow.host_closed => (n, Pump::Blocked),
                 Ok(n) => (n, Pump::More),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Pump::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Pump::More),
