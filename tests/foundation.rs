@@ -221,3 +221,30 @@ fn runs_as_an_unprivileged_user() {
     assert_eq!(ipv4_addrs(&addr_info(&ns, "tap0")), ["10.0.2.100/24"]);
     assert!(ns.ping("10.0.2.2"), "{}", nf.output());
 }
+
+#[test]
+fn adopts_an_inherited_tap_fd() {
+    // A caller that opened the tap itself hands netferry the fd
+    // (--netns-type=tapfd): here a few lines of Python inside the
+    // namespace do TUNSETIFF and exec netferry with the fd inherited.
+    let ns = Namespace::new();
+    let script = "import fcntl, os, struct, sys\n\
+        fd = os.open('/dev/net/tun', os.O_RDWR)\n\
+        fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'tap0', 0x0002 | 0x1000))\n\
+        os.set_inheritable(fd, True)\n\
+        os.execv(sys.argv[1], sys.argv[1:] + [str(fd)])\n";
+    let pid = ns.pid.to_string();
+    let mut opts = Options::args(&["--netns-type=tapfd"]);
+    opts.exec_via = [
+        "nsenter", "-t", &pid, "-U", "-n", "--", "python3", "-c", script,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut nf = Netferry::spawn(opts);
+    nf.wait_ready();
+    ns.ok(&["ip", "link", "set", "tap0", "up"]);
+    ns.ok(&["ip", "addr", "add", "10.0.2.100/24", "dev", "tap0"]);
+    assert!(ns.ping("10.0.2.2"), "{}", nf.output());
+    assert!(nf.stdout().contains("serving tap fd"), "{}", nf.output());
+}

@@ -201,6 +201,9 @@ pub struct Options {
     /// netferry runs in a fresh empty network namespace: whatever it
     /// might send goes nowhere.
     pub host_netns: Option<String>,
+    /// Run netferry through this command line instead (it gets netferry's
+    /// path and arguments appended), e.g. to hand it an inherited fd.
+    pub exec_via: Vec<String>,
 }
 
 impl Options {
@@ -229,6 +232,11 @@ impl Netferry {
         // /etc/resolv.conf, which is how DNS tests point netferry at their
         // own server.
         let mut cmd = match &opts.host_netns {
+            _ if !opts.exec_via.is_empty() => {
+                let mut c = Command::new(&opts.exec_via[0]);
+                c.args(&opts.exec_via[1..]);
+                c
+            }
             Some(name) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", name]);
