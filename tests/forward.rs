@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    HOST_ADDR, Namespace, Netferry, Options, REMOTE_ADDR, TempDir, TestNet, in_netns, wait_until,
+    HOST_ADDR, Namespace, Netferry, Options, REMOTE_ADDR, TempDir, TestNet, in_netns, pattern,
+    wait_until,
 };
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -101,22 +102,7 @@ impl Setup {
 }
 
 fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(s)
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    common::connect(addr, IO_TIMEOUT)
 }
 
 /// A guest server that reports each client's address and echoes until EOF.

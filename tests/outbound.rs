@@ -12,7 +12,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{HOST_ADDR, Namespace, Netferry, REMOTE_ADDR, TempDir, TestNet, in_netns, serve_from};
+use common::{
+    HOST_ADDR, Namespace, Netferry, REMOTE_ADDR, TempDir, TestNet, in_netns, pattern, serve_from,
+};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -44,12 +46,7 @@ impl Setup {
 
     fn guest_connect(&self, addr: &str) -> std::io::Result<TcpStream> {
         let addr: SocketAddr = addr.parse().unwrap();
-        self.guest(move || {
-            let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-            s.set_read_timeout(Some(IO_TIMEOUT))?;
-            s.set_write_timeout(Some(IO_TIMEOUT))?;
-            Ok(s)
-        })
+        self.guest(move || common::connect(addr, IO_TIMEOUT))
     }
 
     fn guest_udp(&self) -> UdpSocket {
@@ -63,19 +60,6 @@ impl Setup {
 
 fn listen(addr: &str) -> TcpListener {
     TcpListener::bind(addr).unwrap()
-}
-
-/// Deterministic bytes that no off-by-one or reordering survives.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 fn sha256(path: &std::path::Path) -> String {

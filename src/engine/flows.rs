@@ -86,6 +86,47 @@ pub struct Listener {
     pub readable: bool,
 }
 
+/// One step of reading a datagram flow's host socket.
+pub enum Recv {
+    Data(usize),
+    /// Drained (or not readable): wait for the next event.
+    Done,
+    Failed(io::Error),
+}
+
+impl DgramFlow {
+    pub fn new(
+        key: FlowKey,
+        sock: mio::net::UdpSocket,
+        guest_mac: EthernetAddress,
+        now: Instant,
+    ) -> Self {
+        DgramFlow {
+            key,
+            sock,
+            guest_mac,
+            last_used: now,
+            readable: false,
+        }
+    }
+
+    /// Read one datagram into `buf` if the socket is ready.
+    pub fn recv(&mut self, buf: &mut [u8], now: Instant) -> Recv {
+        while self.readable {
+            match self.sock.recv(buf) {
+                Ok(n) => {
+                    self.last_used = now;
+                    return Recv::Data(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Recv::Failed(e),
+            }
+        }
+        Recv::Done
+    }
+}
+
 pub enum Flow {
     Tcp(TcpFlow),
     Udp(DgramFlow),

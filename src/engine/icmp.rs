@@ -6,7 +6,6 @@
 //! user's group. Where they do not, pings to the outside go unanswered
 //! (one log line), as a firewall would leave them.
 
-use std::io;
 use std::net::SocketAddrV4;
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -16,7 +15,7 @@ use smoltcp::wire::{
     Ipv4Address, Ipv4Packet, Ipv4Repr,
 };
 
-use super::flows::{DgramFlow, Flow, FlowKey, Kind};
+use super::flows::{DgramFlow, Flow, FlowKey, Kind, Recv};
 use super::{Engine, FrameSink, HOP_LIMIT, Route};
 use crate::host;
 
@@ -110,13 +109,7 @@ impl Engine {
                 return None;
             }
         };
-        let flow = DgramFlow {
-            key,
-            sock,
-            guest_mac,
-            last_used: now,
-            readable: false,
-        };
+        let flow = DgramFlow::new(key, sock, guest_mac, now);
         self.flows
             .insert(Flow::Ping(flow), &self.registry)
             .map_err(|e| log::warn!("cannot watch a ping socket: {e}"))
@@ -130,23 +123,16 @@ impl Engine {
             let Some(flow) = self.flows.dgram_mut(slot) else {
                 return;
             };
-            if !flow.readable {
-                return;
-            }
-            let n = match flow.sock.recv(&mut self.scratch) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let (guest_mac, key) = (flow.guest_mac, flow.key);
+            let n = match flow.recv(&mut self.scratch, now) {
+                Recv::Data(n) => n,
+                Recv::Done => return,
+                Recv::Failed(e) => {
+                    log::debug!("ping socket error: {e}");
                     flow.readable = false;
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("ping socket error: {e}");
-                    return;
-                }
             };
-            flow.last_used = now;
-            let (guest_mac, key) = (flow.guest_mac, flow.key);
             // Borrow the datagram out of self while building the frame.
             let scratch = std::mem::take(&mut self.scratch);
             if let Ok(packet) = Icmpv4Packet::new_checked(&scratch[..n])

@@ -18,7 +18,7 @@ use smoltcp::wire::{
     EthernetAddress, Icmpv4DstUnreachable, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
-use super::flows::{DgramFlow, Flow, FlowKey, Kind};
+use super::flows::{DgramFlow, Flow, FlowKey, Kind, Recv};
 use super::icmp::quote_of;
 use super::{DhcpAnswer, Engine, FrameSink, HOP_LIMIT, LEASE_SECS, Route};
 use crate::host;
@@ -122,13 +122,7 @@ impl Engine {
                 return None;
             }
         };
-        let flow = DgramFlow {
-            key,
-            sock,
-            guest_mac,
-            last_used: now,
-            readable: false,
-        };
+        let flow = DgramFlow::new(key, sock, guest_mac, now);
         log::debug!("udp {} -> {target}: new flow", key.guest);
         self.flows
             .insert(Flow::Udp(flow), &self.registry)
@@ -143,30 +137,23 @@ impl Engine {
             let Some(flow) = self.flows.dgram_mut(slot) else {
                 return;
             };
-            if !flow.readable {
-                return;
-            }
             let (guest_mac, key) = (flow.guest_mac, flow.key);
-            let n = match flow.sock.recv(&mut self.scratch) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    flow.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            let n = match flow.recv(&mut self.scratch, now) {
+                Recv::Data(n) => n,
+                Recv::Done => return,
+                Recv::Failed(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     // The host got ICMP port unreachable for our datagram.
                     let quote = udp_quote(&key);
                     let reason = Icmpv4DstUnreachable::PortUnreachable;
                     self.send_icmp_unreachable(guest_mac, *key.dst.ip(), reason, &quote, sink);
                     continue;
                 }
-                Err(e) => {
+                Recv::Failed(e) => {
                     log::debug!("udp {} -> {}: recv failed: {e}", key.guest, key.dst);
-                    continue;
+                    flow.readable = false;
+                    return;
                 }
             };
-            flow.last_used = now;
             if n + IPV4_UDP_OVERHEAD > self.caps.max_transmission_unit - super::ETHERNET_HEADER_LEN
             {
                 log::debug!(

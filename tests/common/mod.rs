@@ -532,3 +532,28 @@ impl Drop for BindMount {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Deterministic bytes that no off-by-one or reordering survives.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A TCP connection whose connect, reads and writes all give up after
+/// `limit`, so a broken path fails the test instead of hanging it.
+pub fn connect(
+    addr: std::net::SocketAddr,
+    limit: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect_timeout(&addr, limit)?;
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
+    Ok(s)
+}
