@@ -132,7 +132,11 @@ pub fn tcp_connect(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::n
         Ok(()) | Err(nix::Error::EINPROGRESS) => {}
         Err(e) => return Err(e.into()),
     }
-    Ok(mio::net::TcpStream::from_std(std::net::TcpStream::from(fd)))
+    let stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(fd));
+    // The guest's own stack already decided when to send; a second Nagle
+    // here would only add delay.
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// A UDP socket connected to `dst`, so the kernel filters replies for us

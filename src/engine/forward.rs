@@ -204,6 +204,8 @@ impl Engine {
                     return;
                 }
             };
+            // As for outbound flows: the guest's stack does the batching.
+            let _ = stream.set_nodelay(true);
             self.connect_to_guest(stream, client, guest);
         }
     }
