@@ -236,10 +236,6 @@ impl ApiServer {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
         registry.register(&mut self.listener, API_LISTENER, Interest::READABLE)
     }

@@ -196,10 +196,6 @@ impl FlowTable {
         self.tcp.is_empty() && self.udp.is_empty() && self.ping.is_empty()
     }
 
-    pub fn counts(&self) -> (usize, usize, usize) {
-        (self.tcp.len(), self.udp.len(), self.ping.len())
-    }
-
     pub fn find(&self, kind: Kind, key: &FlowKey) -> Option<usize> {
         self.map(kind)?.get(key).copied()
     }

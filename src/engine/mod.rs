@@ -188,18 +188,8 @@ impl Engine {
         }
     }
 
-    /// The gateway's MAC address, the source of every frame we send.
-    pub fn mac(&self) -> EthernetAddress {
-        self.mac
-    }
-
     pub fn network(&self) -> &Network {
         &self.net
-    }
-
-    /// Number of live flows of each kind: (tcp, udp, icmp).
-    pub fn flow_counts(&self) -> (usize, usize, usize) {
-        self.flows.counts()
     }
 
     fn is_virtual(&self, addr: Ipv4Addr) -> bool {

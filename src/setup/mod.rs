@@ -12,7 +12,7 @@ mod tap;
 
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -212,11 +212,4 @@ pub fn signal_ready(fd: RawFd) -> io::Result<()> {
     // close; File takes ownership and closes it on drop.
     let mut file = unsafe { File::from_raw_fd(fd) };
     file.write_all(b"1")
-}
-
-/// Borrow an fd the caller handed us for watching (the exit fd).
-pub fn borrow_fd(fd: RawFd) -> Option<BorrowedFd<'static>> {
-    // SAFETY: only called after fd_is_open; the exit fd stays open for the
-    // life of the process because netferry never closes it.
-    fd_is_open(fd).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
 }
