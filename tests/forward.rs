@@ -16,8 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    HOST_ADDR, Namespace, Netferry, Options, REMOTE_ADDR, TempDir, TestNet, in_netns, pattern,
-    wait_until,
+    HOST_ADDR, Namespace, Netferry, Options, REMOTE_ADDR, TempDir, TestNet, pattern, wait_until,
 };
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -83,21 +82,9 @@ impl Setup {
         ))
     }
 
-    fn guest<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        in_netns(&self.ns.net_path(), f)
-    }
-
-    fn host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        in_netns(&self.net.host_path(), f)
-    }
-
-    fn remote<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        in_netns(&self.net.remote_path(), f)
-    }
-
     fn host_connect(&self, addr: &str) -> std::io::Result<TcpStream> {
         let addr: SocketAddr = addr.parse().unwrap();
-        self.host(move || connect(addr))
+        self.net.in_host(move || connect(addr))
     }
 }
 
@@ -107,7 +94,8 @@ fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// A guest server that reports each client's address and echoes until EOF.
 fn guest_echo(s: &Setup, port: u16) -> std::sync::mpsc::Receiver<SocketAddr> {
-    let listener = s.guest(move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+    let listener =
+        s.ns.in_ns(move || TcpListener::bind(("0.0.0.0", port)).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -219,7 +207,7 @@ fn guest_sees_the_real_client_address_and_the_gateway_for_loopback() {
     );
 
     let addr: SocketAddr = format!("{HOST_ADDR}:7001").parse().unwrap();
-    let mut far = s.remote(move || connect(addr)).unwrap();
+    let mut far = s.net.in_remote(move || connect(addr)).unwrap();
     far.write_all(b"x").unwrap();
     let mut b = [0u8; 1];
     far.read_exact(&mut b).unwrap();
@@ -270,13 +258,13 @@ fn guest_refusal_resets_the_host_client() {
 #[test]
 fn udp_forward_keeps_the_client_address() {
     let s = setup();
-    let guest = s.guest(|| UdpSocket::bind("0.0.0.0:5353").unwrap());
+    let guest = s.ns.in_ns(|| UdpSocket::bind("0.0.0.0:5353").unwrap());
     guest.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     assert_eq!(
         s.add("udp", "0.0.0.0", 7004, 5353),
         r#"{"return":{"id":1}}"#
     );
-    let client = s.remote(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let client = s.net.in_remote(|| UdpSocket::bind("0.0.0.0:0").unwrap());
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -299,7 +287,9 @@ fn udp_forward_keeps_the_client_address() {
 #[test]
 fn a_port_in_use_is_refused_with_slirp4netns_text() {
     let s = setup();
-    let _taken = s.host(|| TcpListener::bind("127.0.0.1:7005").unwrap());
+    let _taken = s
+        .net
+        .in_host(|| TcpListener::bind("127.0.0.1:7005").unwrap());
     let reply = s.add("tcp", "127.0.0.1", 7005, 80);
     assert!(
         reply

@@ -12,9 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    HOST_ADDR, Namespace, Netferry, REMOTE_ADDR, TempDir, TestNet, in_netns, pattern, serve_from,
-};
+use common::{HOST_ADDR, Namespace, Netferry, REMOTE_ADDR, TempDir, TestNet, pattern, serve_from};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -32,25 +30,13 @@ fn setup(extra: &[&str]) -> Setup {
 }
 
 impl Setup {
-    fn guest<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        in_netns(&self.ns.net_path(), f)
-    }
-
-    fn host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        in_netns(&self.net.host_path(), f)
-    }
-
-    fn remote<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        in_netns(&self.net.remote_path(), f)
-    }
-
     fn guest_connect(&self, addr: &str) -> std::io::Result<TcpStream> {
         let addr: SocketAddr = addr.parse().unwrap();
-        self.guest(move || common::connect(addr, IO_TIMEOUT))
+        self.ns.in_ns(move || common::connect(addr, IO_TIMEOUT))
     }
 
     fn guest_udp(&self) -> UdpSocket {
-        self.guest(|| {
+        self.ns.in_ns(|| {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             s
@@ -108,7 +94,7 @@ fn tcp_20mb_guest_to_host_arrives_intact() {
     let dir = TempDir::new("up");
     let blob = pattern(20 << 20, 1);
     std::fs::write(dir.path("blob"), &blob).unwrap();
-    let listener = s.host(|| listen("127.0.0.1:5001"));
+    let listener = s.net.in_host(|| listen("127.0.0.1:5001"));
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         let mut got = Vec::new();
@@ -134,7 +120,7 @@ fn tcp_20mb_host_to_guest_arrives_intact() {
     let dir = TempDir::new("down");
     let blob = pattern(20 << 20, 2);
     std::fs::write(dir.path("blob"), &blob).unwrap();
-    let listener = s.host(|| listen("127.0.0.1:5002"));
+    let listener = s.net.in_host(|| listen("127.0.0.1:5002"));
     std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         conn.write_all(&blob).unwrap();
@@ -152,7 +138,7 @@ fn tcp_20mb_host_to_guest_arrives_intact() {
 #[test]
 fn two_hundred_concurrent_connections_stay_intact() {
     let s = setup(&[]);
-    echo_tcp(s.host(|| listen("127.0.0.1:5003")));
+    echo_tcp(s.net.in_host(|| listen("127.0.0.1:5003")));
     // All 200 open at once, then each carries its own data both ways.
     let mut conns: Vec<TcpStream> = (0..200)
         .map(|i| {
@@ -200,7 +186,7 @@ fn refused_connect_is_reported_at_once() {
 #[test]
 fn half_close_both_ways() {
     let s = setup(&[]);
-    let listener = s.host(|| listen("127.0.0.1:5004"));
+    let listener = s.net.in_host(|| listen("127.0.0.1:5004"));
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         let mut got = Vec::new();
@@ -220,7 +206,7 @@ fn half_close_both_ways() {
 #[test]
 fn host_reset_reaches_the_guest() {
     let s = setup(&[]);
-    let listener = s.host(|| listen("127.0.0.1:5005"));
+    let listener = s.net.in_host(|| listen("127.0.0.1:5005"));
     std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
         // Unread data at close makes the kernel send RST.
@@ -240,7 +226,7 @@ fn host_reset_reaches_the_guest() {
 #[test]
 fn disable_host_loopback_says_network_unreachable_but_gateway_pings() {
     let s = setup(&["--disable-host-loopback"]);
-    let _listener = s.host(|| listen("127.0.0.1:5006"));
+    let _listener = s.net.in_host(|| listen("127.0.0.1:5006"));
     let err = s.guest_connect("10.0.2.2:5006").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
     // What a user sees from a real client.
@@ -253,7 +239,7 @@ fn disable_host_loopback_says_network_unreachable_but_gateway_pings() {
 #[test]
 fn udp_echo_to_the_host() {
     let s = setup(&[]);
-    echo_udp(s.host(|| UdpSocket::bind("127.0.0.1:5007").unwrap()));
+    echo_udp(s.net.in_host(|| UdpSocket::bind("127.0.0.1:5007").unwrap()));
     let sock = s.guest_udp();
     sock.send_to(b"hello host", "10.0.2.2:5007").unwrap();
     let mut buf = [0u8; 64];
@@ -283,7 +269,7 @@ fn udp_to_a_closed_port_is_refused() {
 #[test]
 fn tcp_and_udp_reach_a_remote_host() {
     let s = setup(&[]);
-    let listener = s.remote(|| listen("0.0.0.0:6001"));
+    let listener = s.net.in_remote(|| listen("0.0.0.0:6001"));
     let server = std::thread::spawn(move || {
         let (mut conn, peer) = listener.accept().unwrap();
         conn.write_all(b"remote says hi").unwrap();
@@ -300,7 +286,7 @@ fn tcp_and_udp_reach_a_remote_host() {
         "the remote sees the host's address"
     );
 
-    echo_udp(s.remote(|| UdpSocket::bind("0.0.0.0:6002").unwrap()));
+    echo_udp(s.net.in_remote(|| UdpSocket::bind("0.0.0.0:6002").unwrap()));
     let sock = s.guest_udp();
     sock.send_to(b"udp far", format!("{REMOTE_ADDR}:6002"))
         .unwrap();
@@ -330,12 +316,12 @@ fn outbound_addr_is_the_source_for_tcp_and_udp() {
     let nf = serve_from(Some(&net), &ns, &["--outbound-addr=198.51.100.11"]);
     let s = Setup { net, ns, nf };
 
-    let listener = s.remote(|| listen("0.0.0.0:6003"));
+    let listener = s.net.in_remote(|| listen("0.0.0.0:6003"));
     let server = std::thread::spawn(move || listener.accept().unwrap().1);
     let _c = s.guest_connect(&format!("{REMOTE_ADDR}:6003")).unwrap();
     assert_eq!(server.join().unwrap().ip().to_string(), "198.51.100.11");
 
-    let remote = s.remote(|| UdpSocket::bind("0.0.0.0:6004").unwrap());
+    let remote = s.net.in_remote(|| UdpSocket::bind("0.0.0.0:6004").unwrap());
     remote
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -358,7 +344,7 @@ fn outbound_addr_accepts_an_interface_name_and_rejects_nonsense() {
     let iface = format!("--outbound-addr={}", net.host_veth);
     let nf = serve_from(Some(&net), &ns, &[&iface]);
     let s = Setup { net, ns, nf };
-    let listener = s.remote(|| listen("0.0.0.0:6005"));
+    let listener = s.net.in_remote(|| listen("0.0.0.0:6005"));
     let server = std::thread::spawn(move || listener.accept().unwrap().1);
     let _c = s.guest_connect(&format!("{REMOTE_ADDR}:6005")).unwrap();
     assert_eq!(server.join().unwrap().ip().to_string(), HOST_ADDR);
@@ -492,7 +478,7 @@ fn disable_dns_stops_serving_the_dns_address() {
 #[test]
 fn custom_cidr_carries_traffic_too() {
     let s = setup(&["--cidr=172.31.0.0/16"]);
-    echo_tcp(s.host(|| listen("127.0.0.1:5008")));
+    echo_tcp(s.net.in_host(|| listen("127.0.0.1:5008")));
     let mut c = s.guest_connect("172.31.0.2:5008").unwrap();
     c.write_all(b"cidr").unwrap();
     let mut back = [0u8; 4];

@@ -158,6 +158,11 @@ impl Namespace {
         format!("/proc/{}/ns/net", self.pid)
     }
 
+    /// Run `f` inside this namespace's network (see `in_netns`).
+    pub fn in_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.net_path(), f)
+    }
+
     pub fn user_path(&self) -> String {
         format!("/proc/{}/ns/user", self.pid)
     }
@@ -462,6 +467,16 @@ impl TestNet {
 
     pub fn host_path(&self) -> String {
         format!("/run/netns/{}", self.host)
+    }
+
+    /// Run `f` inside the host namespace (see `in_netns`).
+    pub fn in_host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.host_path(), f)
+    }
+
+    /// Run `f` inside the remote namespace (see `in_netns`).
+    pub fn in_remote<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.remote_path(), f)
     }
 
     pub fn remote_path(&self) -> String {
