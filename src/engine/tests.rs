@@ -5,7 +5,7 @@
 use super::*;
 use smoltcp::wire::{
     DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpMessageType, DhcpPacket, DhcpRepr, Icmpv4Packet,
-    Icmpv4Repr, UdpPacket, UdpRepr,
+    Icmpv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
@@ -327,5 +327,193 @@ fn malformed_frames_are_dropped_quietly() {
     assert_eq!(
         feed(&mut e, &echo_request(Ipv4Addr::new(10, 0, 2, 2))).len(),
         1
+    );
+}
+
+/// An engine plus the poll its host sockets are registered with, so a
+/// test can hand it real host events: TCP flows go to real sockets on the
+/// host's loopback (the gateway address maps there).
+struct Rig {
+    engine: Engine,
+    poll: mio::Poll,
+}
+
+impl Rig {
+    fn new(host_loopback: bool) -> Self {
+        let mut cfg = EngineConfig::new(Network::default(), 1500);
+        cfg.verify_checksums = true;
+        cfg.host_loopback = host_loopback;
+        let poll = mio::Poll::new().unwrap();
+        let engine = Engine::new(
+            &cfg,
+            Instant::from_millis(0),
+            poll.registry().try_clone().unwrap(),
+        );
+        let mut rig = Rig { engine, poll };
+        // The guest resolves the gateway first, as a real one does; this
+        // also gives smoltcp the guest's MAC.
+        rig.feed(&arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        rig
+    }
+
+    fn feed(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
+        feed(&mut self.engine, frame)
+    }
+
+    /// Hand the engine host events until it sends something, up to 5 s.
+    fn until_output(&mut self) -> Vec<Vec<u8>> {
+        let mut events = mio::Events::with_capacity(16);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < end {
+            self.poll
+                .poll(&mut events, Some(std::time::Duration::from_millis(50)))
+                .unwrap();
+            for ev in events.iter() {
+                let ready = Readiness {
+                    readable: ev.is_readable() || ev.is_error(),
+                    writable: ev.is_writable() || ev.is_error(),
+                    read_closed: ev.is_read_closed() || ev.is_error(),
+                };
+                self.engine.host_event(ev.token(), ready);
+            }
+            let mut out = Vec::new();
+            self.engine.poll(Instant::from_millis(2), &mut out);
+            if !out.is_empty() {
+                return out;
+            }
+        }
+        Vec::new()
+    }
+}
+
+const GUEST_PORT: u16 = 40000;
+const GUEST_ISN: u32 = 1000;
+
+fn syn_to(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: GUEST_PORT,
+        dst_port: port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(GUEST_ISN as i32),
+        ack_number: None,
+        window_len: 64240,
+        window_scale: Some(7),
+        max_seg_size: Some(1460),
+        sack_permitted: true,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let mut seg = vec![0u8; tcp.buffer_len()];
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut seg[..]),
+        &GUEST_IP.into(),
+        &dst.into(),
+        &ChecksumCapabilities::default(),
+    );
+    let ip = ipv4(GUEST_IP, dst, IpProtocol::Tcp, &seg);
+    eth(
+        EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
+        EthernetProtocol::Ipv4,
+        &ip,
+    )
+}
+
+/// The TCP segments among `frames`, as (src port, dst port, syn, ack, rst,
+/// ack number).
+fn tcp_segments(frames: &[Vec<u8>]) -> Vec<(u16, u16, bool, bool, bool, u32)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let eth = EthernetFrame::new_checked(&f[..]).ok()?;
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+            assert!(tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+            Some((
+                tcp.src_port(),
+                tcp.dst_port(),
+                tcp.syn(),
+                tcp.ack(),
+                tcp.rst(),
+                tcp.ack_number().0 as u32,
+            ))
+        })
+        .collect()
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn refused_connect_sends_rst() {
+    let mut rig = Rig::new(true);
+    let port = closed_port();
+    let mut out = rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), port));
+    if out.is_empty() {
+        out = rig.until_output(); // the refusal came back asynchronously
+    }
+    let segs = tcp_segments(&out);
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let (src, dst, syn, ack, rst, ack_no) = segs[0];
+    assert_eq!((src, dst), (port, GUEST_PORT));
+    assert!(rst && ack && !syn);
+    assert_eq!(ack_no, GUEST_ISN + 1, "the RST must acknowledge the SYN");
+}
+
+#[test]
+fn syn_ack_waits_for_the_host_connect() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut rig = Rig::new(true);
+    let out = rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), port));
+    assert!(tcp_segments(&out).is_empty(), "answered before connecting");
+    let segs = tcp_segments(&rig.until_output());
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let (src, dst, syn, ack, rst, ack_no) = segs[0];
+    assert_eq!((src, dst), (port, GUEST_PORT));
+    assert!(syn && ack && !rst);
+    assert_eq!(ack_no, GUEST_ISN + 1);
+    // The host really has the connection waiting.
+    listener.set_nonblocking(false).unwrap();
+    let (_conn, peer) = listener.accept().unwrap();
+    assert!(peer.ip().is_loopback());
+}
+
+#[test]
+fn disabled_host_loopback_answers_net_unreachable() {
+    let mut rig = Rig::new(false);
+    let out = rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), 80));
+    assert_eq!(out.len(), 1);
+    let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!(ip.src_addr(), Ipv4Addr::new(10, 0, 2, 2));
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(
+        icmp.msg_type(),
+        smoltcp::wire::Icmpv4Message::DstUnreachable
+    );
+    assert_eq!(icmp.msg_code(), 0, "code 0: network unreachable");
+    // The quote: the SYN's IP header and the first 8 bytes of its TCP
+    // header. (smoltcp's own parser wants the whole original packet, so
+    // read the quote field by field.)
+    let quoted = Ipv4Packet::new_unchecked(icmp.data());
+    assert_eq!(
+        (quoted.src_addr(), quoted.dst_addr()),
+        (GUEST_IP, ip.src_addr())
+    );
+    assert_eq!(quoted.next_header(), IpProtocol::Tcp);
+    let ports = &icmp.data()[quoted.header_len() as usize..][..4];
+    assert_eq!(
+        ports,
+        [&GUEST_PORT.to_be_bytes()[..], &80u16.to_be_bytes()[..]].concat()
     );
 }
