@@ -13,8 +13,8 @@
 # inside a host network namespace this script creates and deletes; its
 # only other link is a veth to an empty sink namespace (pasta wants a
 # routable interface to copy), so no traffic leaves the machine.
-# Needs: iperf3, sockperf, slirp4netns, iproute2, util-linux, python3;
-# passt (pasta) is measured when installed.
+# Installs what it needs from Debian when missing: iperf3, sockperf,
+# slirp4netns, passt (pasta), iproute2, util-linux, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +32,17 @@ CONN_PORT=12000       # connrate on the host's loopback
 RESULTS=$(mktemp)
 WORK=$(mktemp -d)
 chmod 0777 "$WORK"
+
+# Install what is missing (Debian), so the script runs on a fresh machine.
+missing=()
+for p in iperf3 sockperf slirp4netns passt iproute2 util-linux python3; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing: ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
 
 cargo build --release --quiet --bin netferry --example connrate
 install -m 0755 target/release/netferry "$WORK/netferry"
@@ -67,9 +78,11 @@ ip -n "$HOSTNS" route add default via 198.51.100.2
 # Background jobs call ip directly (not through a function) so that $!
 # is the process itself: ip, setpriv and unshare all exec in place.
 NS=(ip netns exec "$HOSTNS" setpriv "${USER_ARGS[@]}")
-"${NS[@]}" iperf3 -s -B 127.0.0.1 -p $IPERF_PORT >/dev/null 2>&1 &
-"${NS[@]}" sockperf sr --tcp -i 127.0.0.1 -p $LAT_PORT >/dev/null 2>&1 &
-"${NS[@]}" "$WORK/connrate" serve 127.0.0.1:$CONN_PORT >/dev/null 2>&1 &
+# The servers live as long as the host namespace (cleanup kills what is
+# in it); started from subshells so the shell does not report their end.
+("${NS[@]}" iperf3 -s -B 127.0.0.1 -p $IPERF_PORT >/dev/null 2>&1 &)
+("${NS[@]}" sockperf sr --tcp -i 127.0.0.1 -p $LAT_PORT >/dev/null 2>&1 &)
+("${NS[@]}" "$WORK/connrate" serve 127.0.0.1:$CONN_PORT >/dev/null 2>&1 &)
 sleep 0.5
 
 in_guest() { nsenter -t "$holder" -U -n "$@"; }
