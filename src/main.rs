@@ -74,6 +74,10 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
             .transpose()?,
     };
     let tap = setup::obtain_tap(cfg).context("cannot get the tap device")?;
+    match setup::raise_fd_limit() {
+        Ok(limit) => log::debug!("open file limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open file limit: {e}"),
+    }
     let tap_desc = match (&cfg.target, &cfg.tap_name) {
         (Target::TapFd(fd), _) => format!("tap fd {fd}"),
         (_, Some(name)) => name.clone(),

@@ -248,3 +248,17 @@ fn adopts_an_inherited_tap_fd() {
     assert!(ns.ping("10.0.2.2"), "{}", nf.output());
     assert!(nf.stdout().contains("serving tap fd"), "{}", nf.output());
 }
+
+#[test]
+fn open_file_limit_is_raised_to_the_hard_limit() {
+    // Every guest flow holds a host socket; 1024 is soon too few.
+    let ns = Namespace::new();
+    let nf = serve(&ns, &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", nf.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums[0], nums[1], "soft limit not raised: {line}");
+}

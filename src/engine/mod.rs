@@ -47,6 +47,8 @@ use port::Port;
 const HOP_LIMIT: u8 = 64;
 /// DNS is served on this port of the DNS address.
 const DNS_PORT: u16 = 53;
+/// Guest addresses whose MAC is remembered (see `guest_macs`).
+const GUEST_MAC_LIMIT: usize = 256;
 /// How often idle UDP/ICMP flows and finished TCP flows are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -285,6 +287,11 @@ impl Engine {
             && guest_mac.is_unicast()
         {
             self.last_guest = Some((ip_repr.src_addr, guest_mac));
+            if self.guest_macs.len() >= GUEST_MAC_LIMIT {
+                // A guest spraying source addresses must not grow this
+                // without bound; real guests have a handful.
+                self.guest_macs.clear();
+            }
             self.guest_macs.insert(ip_repr.src_addr, guest_mac);
         }
         match ip_repr.next_header {

@@ -213,3 +213,16 @@ pub fn signal_ready(fd: RawFd) -> io::Result<()> {
     let mut file = unsafe { File::from_raw_fd(fd) };
     file.write_all(b"1")
 }
+
+/// Raise the soft limit on open files to the hard limit: every guest
+/// connection and datagram flow holds a host socket, and the usual soft
+/// limit of 1024 is soon reached by a busy container. Returns the limit
+/// now in force.
+pub fn raise_fd_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
