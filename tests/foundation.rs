@@ -251,14 +251,31 @@ fn adopts_an_inherited_tap_fd() {
 
 #[test]
 fn open_file_limit_is_raised_to_the_hard_limit() {
-    // Every guest flow holds a host socket; 1024 is soon too few.
+    // Every guest flow holds a host socket; 1024 is soon too few. Start
+    // netferry with a low soft limit, as a login session would.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    assert!(hard > 512, "hard limit {hard} leaves nothing to raise");
     let ns = Namespace::new();
-    let nf = serve(&ns, &[]);
+    let pid = ns.pid.to_string();
+    let mut opts = Options::args(&["-c", &pid, "tap0"]);
+    opts.exec_via = [
+        "unshare",
+        "-n",
+        "prlimit",
+        &format!("--nofile=512:{hard}"),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut nf = Netferry::spawn(opts);
+    nf.wait_ready();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", nf.pid())).unwrap();
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .unwrap();
-    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
-    assert_eq!(nums[0], nums[1], "soft limit not raised: {line}");
+    let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(soft, hard, "soft limit not raised: {line}");
 }
