@@ -74,6 +74,7 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
             .transpose()?,
     };
     let tap = setup::obtain_tap(cfg).context("cannot get the tap device")?;
+    setup::prefer_mmap_for_buffers();
     match setup::raise_fd_limit() {
         Ok(limit) => log::debug!("open file limit: {limit}"),
         Err(e) => log::warn!("cannot raise the open file limit: {e}"),

@@ -226,3 +226,18 @@ pub fn raise_fd_limit() -> nix::Result<u64> {
     }
     Ok(hard)
 }
+
+/// Serve large allocations (the per-connection TCP buffers) from fresh
+/// mmap()ed pages. glibc otherwise raises its mmap threshold after the
+/// first such buffer is freed and hands out recycled heap memory, which
+/// calloc must then clear: 2 MiB of memset per connection. Fresh pages
+/// are zero already and only the pages a connection uses are touched.
+pub fn prefer_mmap_for_buffers() {
+    const THRESHOLD: libc::c_int = 256 * 1024;
+    // SAFETY: mallopt only adjusts allocator tuning; it is called before
+    // any thread exists and takes plain integers.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
+    if ok != 1 {
+        log::debug!("mallopt(M_MMAP_THRESHOLD) was refused");
+    }
+}
