@@ -3,9 +3,19 @@
 # first look: the namespace gets tap0 with 10.0.2.100, pings the gateway
 # and takes a DHCP lease. Everything stays inside the namespace; it cleans
 # up after itself. Needs: cargo, util-linux (unshare, nsenter), iproute2,
-# busybox; and a /dev/net/tun you can open.
+# busybox (installed when missing and run as root); and a /dev/net/tun you
+# can open.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v busybox >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static
+    else
+        echo "try.sh needs busybox (apt-get install busybox-static)" >&2
+        exit 1
+    fi
+fi
 cargo build --release
 bin=target/release/netferry
 
