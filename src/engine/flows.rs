@@ -319,6 +319,18 @@ impl FlowTable {
         self.reap.extend(self.tcp.values().copied());
     }
 
+    /// Try every listener again: one that stopped on an error (EMFILE on
+    /// accept, say) still has clients queued, and epoll will not report
+    /// them a second time.
+    pub fn retry_listeners(&mut self) {
+        for slot in 0..self.slots.len() {
+            if let Some(Flow::Listener(l)) = &mut self.slots[slot] {
+                l.readable = true;
+                self.mark_dirty(slot);
+            }
+        }
+    }
+
     /// Datagram flows idle for longer than the timeout.
     pub fn expired(&self, now: Instant) -> Vec<usize> {
         self.udp

@@ -282,8 +282,11 @@ impl Engine {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    // Stop rather than loop on an error that may repeat;
+                    // the next event (or sweep) tries again.
                     log::debug!("forward: UDP receive failed: {e}");
-                    continue;
+                    l.readable = false;
+                    return;
                 }
             };
             let src = self.seen_source(client);

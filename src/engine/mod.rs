@@ -397,6 +397,7 @@ impl Engine {
         }
         self.expire_forwarded_udp(now);
         self.flows.mark_all_tcp_for_reaping();
+        self.flows.retry_listeners();
     }
 
     fn remove_flow(&mut self, slot: usize) {
