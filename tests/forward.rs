@@ -99,21 +99,9 @@ fn guest_echo(s: &Setup, port: u16) -> std::sync::mpsc::Receiver<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
+            let Ok(conn) = conn else { return };
             let _ = tx.send(conn.peer_addr().unwrap());
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
+            std::thread::spawn(move || common::echo_until_eof(conn));
         }
     });
     rx

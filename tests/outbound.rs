@@ -61,20 +61,8 @@ fn sha256(path: &std::path::Path) -> String {
 fn echo_tcp(listener: TcpListener) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || common::echo_until_eof(conn));
         }
     });
 }

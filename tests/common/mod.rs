@@ -572,3 +572,11 @@ pub fn connect(
     s.set_write_timeout(Some(limit))?;
     Ok(s)
 }
+
+/// Echo everything `conn` receives back to it until EOF or an error.
+pub fn echo_until_eof(conn: std::net::TcpStream) {
+    if let Ok(mut reader) = conn.try_clone() {
+        let mut writer = conn;
+        let _ = std::io::copy(&mut reader, &mut writer);
+    }
+}
