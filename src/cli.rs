@@ -130,6 +130,18 @@ pub struct Args {
     #[arg(long = "tcp-buffer", value_name = "BYTES")]
     pub tcp_buffer: Option<String>,
 
+    /// most TCP connections at once; a guest's further SYNs get RST (default 16384)
+    #[arg(long = "max-tcp-flows", value_name = "N")]
+    pub max_tcp_flows: Option<String>,
+
+    /// most TCP connections whose host connect is still under way (default 1024)
+    #[arg(long = "max-pending-connects", value_name = "N")]
+    pub max_pending_connects: Option<String>,
+
+    /// seconds an idle UDP or ICMP echo flow is kept (default 120)
+    #[arg(long = "udp-timeout", value_name = "SECONDS")]
+    pub udp_timeout: Option<String>,
+
     /// log more (the same as RUST_LOG=debug)
     #[arg(long = "debug")]
     pub debug: bool,

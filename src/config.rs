@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::cli::Args;
+use crate::engine::Limits;
 
 /// Offsets from the network address (CONTRACT.md section 3).
 pub const GATEWAY_OFFSET: u32 = 2;
@@ -32,6 +33,10 @@ pub const MAX_SOCKET_PATH: usize = 107;
 pub const DEFAULT_TCP_BUFFER: usize = 1024 * 1024;
 pub const MIN_TCP_BUFFER: usize = 64 * 1024;
 pub const MAX_TCP_BUFFER: usize = 64 * 1024 * 1024;
+/// Flow caps above this would outgrow any fd limit a kernel allows.
+pub const MAX_FLOW_CAP: u64 = 1 << 20;
+pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 120;
+pub const MAX_UDP_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -69,6 +74,19 @@ pub enum ConfigError {
     Bess,
     #[error("--tcp-buffer must be a byte count from 65536 to 67108864, not {0}")]
     TcpBuffer(String),
+    #[error("{flag} must be a whole number from {min} to {max}, not {value}")]
+    Count {
+        flag: &'static str,
+        value: String,
+        min: u64,
+        max: u64,
+    },
+    #[error("{first} and {second} name the same fd {fd}; each needs its own")]
+    SameFd {
+        first: &'static str,
+        second: &'static str,
+        fd: RawFd,
+    },
     #[error("{0} is not supported yet by this netferry version")]
     NotYet(&'static str),
     /// Missing PID/PATH/FD or TAPNAME: the caller prints the usage.
@@ -172,6 +190,10 @@ pub struct Config {
     pub outbound_addr6: Option<String>,
     /// Bytes per TCP buffer, each direction.
     pub tcp_buffer: usize,
+    /// Caps on TCP flows and pending connects.
+    pub limits: Limits,
+    /// Seconds an idle UDP or ICMP echo flow is kept.
+    pub udp_timeout: u64,
     /// The JSON control socket's path.
     pub api_socket: Option<PathBuf>,
     pub debug: bool,
@@ -281,6 +303,68 @@ impl Config {
             },
         };
 
+        let count = |flag, value: &Option<String>, default: u64, max: u64| match value {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ConfigError::Count {
+                    flag,
+                    value: s.clone(),
+                    min: 1,
+                    max,
+                }),
+        };
+        let defaults = Limits::default();
+        let limits = Limits {
+            tcp_flows: count(
+                "--max-tcp-flows",
+                &args.max_tcp_flows,
+                defaults.tcp_flows as u64,
+                MAX_FLOW_CAP,
+            )? as usize,
+            pending_connects: count(
+                "--max-pending-connects",
+                &args.max_pending_connects,
+                defaults.pending_connects as u64,
+                MAX_FLOW_CAP,
+            )? as usize,
+        };
+        let udp_timeout = count(
+            "--udp-timeout",
+            &args.udp_timeout,
+            DEFAULT_UDP_TIMEOUT_SECS,
+            MAX_UDP_TIMEOUT_SECS,
+        )?;
+
+        // The same fd given for two roles would be closed by one while
+        // the other still uses it (`-r 3 --netns-type=tapfd 3`).
+        let fds = [
+            ("--ready-fd", ready_fd),
+            ("--exit-fd", exit_fd),
+            (
+                "the tap fd",
+                match target {
+                    Target::TapFd(fd) => Some(fd),
+                    _ => None,
+                },
+            ),
+        ];
+        for (i, (first, a)) in fds.iter().enumerate() {
+            for (second, b) in &fds[i + 1..] {
+                if let (Some(fd), Some(other)) = (a, b)
+                    && fd == other
+                {
+                    return Err(ConfigError::SameFd {
+                        first,
+                        second,
+                        fd: *fd,
+                    });
+                }
+            }
+        }
+
         Ok(Config {
             target,
             tap_name,
@@ -296,6 +380,8 @@ impl Config {
             outbound_addr: args.outbound_addr.clone(),
             outbound_addr6: args.outbound_addr6.clone(),
             tcp_buffer,
+            limits,
+            udp_timeout,
             api_socket: args.api_socket.as_ref().map(PathBuf::from),
             debug: args.debug,
             warnings,
@@ -415,6 +501,50 @@ mod tests {
         );
         let c = config(&["-e", "0", "-r", "7", "1", "tap0"]).unwrap();
         assert_eq!((c.exit_fd, c.ready_fd), (Some(0), Some(7)));
+    }
+
+    #[test]
+    fn one_fd_for_two_roles_is_refused() {
+        assert_eq!(
+            config(&["-r", "3", "--netns-type=tapfd", "3"])
+                .unwrap_err()
+                .to_string(),
+            "--ready-fd and the tap fd name the same fd 3; each needs its own"
+        );
+        assert_eq!(
+            config(&["-r", "4", "-e", "4", "1", "tap0"])
+                .unwrap_err()
+                .to_string(),
+            "--ready-fd and --exit-fd name the same fd 4; each needs its own"
+        );
+        assert!(config(&["-r", "3", "-e", "4", "--netns-type=tapfd", "5"]).is_ok());
+    }
+
+    #[test]
+    fn flow_caps_and_udp_timeout() {
+        let c = config(&["1", "tap0"]).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.udp_timeout, 120);
+        let c = config(&[
+            "--max-tcp-flows=100",
+            "--max-pending-connects",
+            "10",
+            "--udp-timeout=2",
+            "1",
+            "tap0",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.limits.tcp_flows, c.limits.pending_connects, c.udp_timeout),
+            (100, 10, 2)
+        );
+        assert_eq!(
+            config(&["--max-tcp-flows=0", "1", "tap0"])
+                .unwrap_err()
+                .to_string(),
+            "--max-tcp-flows must be a whole number from 1 to 1048576, not 0"
+        );
+        assert!(config(&["--udp-timeout=x", "1", "tap0"]).is_err());
     }
 
     #[test]

@@ -1,32 +1,36 @@
 //! The one thread that runs netferry once setup is done.
 //!
-//! A `mio::Poll` over the tap, the exit fd and a signalfd, with smoltcp's
-//! next deadline as the timeout. On each wake-up it drains the tap until
-//! WouldBlock, feeding every frame to the engine, then lets the engine
-//! flush. It never blocks on anything but `poll` itself.
+//! It owns the `mio::Poll` over the tap, the exit fd, a signalfd, the API
+//! socket and every host socket (through [`NetHost`]'s registry clone),
+//! with the engine's next deadline as the timeout. On each wake-up it
+//! reads a bounded batch of frames from the tap, hands host readiness to
+//! the engine by flow id, then lets the engine flush. It never blocks on
+//! anything but `poll` itself.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 use std::time::{Duration, Instant as StdInstant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use smoltcp::time::Instant;
 use thiserror::Error;
 
 use crate::api::ApiServer;
-use crate::engine::{Engine, EngineConfig, FLOW_TOKEN_BASE, FrameSink, Readiness};
-
-const TAP: Token = Token(0);
-const EXIT_FD: Token = Token(1);
-const SIGNALS: Token = Token(2);
+use crate::engine::{Engine, EngineConfig, FrameSink, Readiness};
+use crate::host::{NetHost, Outbound};
+use crate::tokens::{self, EXIT_FD, SIGNALS, TAP};
 
 /// Large enough for any frame a tap can hold (MTU 65521 plus headers), so
 /// a guest with a larger MTU than ours never has frames cut short.
 const RX_BUFFER_LEN: usize = 65536 + 64;
+/// Frames read from the tap per wake-up before host sockets, the API and
+/// timers get their turn: a guest sending flat out must not starve them.
+const TAP_BATCH: usize = 256;
 
 #[derive(Debug, Error)]
 pub enum LoopError {
@@ -56,10 +60,21 @@ impl FrameSink for TapSink<'_> {
     }
 }
 
+/// What reading a batch from the tap found.
+enum TapRead {
+    Drained,
+    /// The batch ran out before the tap did.
+    More,
+    Gone,
+}
+
 pub struct EventLoop {
     poll: Poll,
     tap: File,
-    engine: Engine,
+    /// The tap may still hold frames (epoll is edge-triggered: no new
+    /// event comes for frames already waiting).
+    tap_pending: bool,
+    engine: Engine<NetHost>,
     signals: SignalFd,
     exit_fd: Option<RawFd>,
     api: Option<ApiServer>,
@@ -73,12 +88,15 @@ impl EventLoop {
     pub fn new(
         tap: File,
         engine_cfg: &EngineConfig,
+        host: (Outbound, &Path),
         exit_fd: Option<RawFd>,
         mut api: Option<ApiServer>,
     ) -> Result<Self, LoopError> {
         let poll = Poll::new().map_err(LoopError::Poll)?;
         let registry = poll.registry().try_clone().map_err(LoopError::Poll)?;
-        let engine = Engine::new(engine_cfg, Instant::from_millis(0), registry);
+        let (outbound, resolv_conf) = host;
+        let host = NetHost::new(registry, outbound, resolv_conf);
+        let engine = Engine::new(engine_cfg, Instant::from_millis(0), host);
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGINT);
         mask.add(Signal::SIGTERM);
@@ -102,6 +120,7 @@ impl EventLoop {
         let mut this = EventLoop {
             poll,
             tap,
+            tap_pending: true,
             engine,
             signals,
             exit_fd: None,
@@ -136,13 +155,16 @@ impl EventLoop {
         if self.exit_fd == Some(-1) {
             return Ok(Exit::ExitFd);
         }
-        let mut events = Events::with_capacity(64);
+        let mut events = Events::with_capacity(256);
         loop {
             let now = self.now();
-            let timeout = self
-                .engine
-                .poll_at(now)
-                .map(|at| Duration::from_micros((at - now).total_micros()));
+            let timeout = if self.tap_pending {
+                Some(Duration::ZERO)
+            } else {
+                self.engine
+                    .poll_delay(now)
+                    .map(|d| Duration::from_micros(d.total_micros()))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -151,7 +173,7 @@ impl EventLoop {
             }
             for event in events.iter() {
                 match event.token() {
-                    TAP if self.drain_tap() => return Ok(Exit::TapGone),
+                    TAP => self.tap_pending = true,
                     EXIT_FD => {
                         log::info!("exit fd hung up; exiting");
                         return Ok(Exit::ExitFd);
@@ -169,7 +191,10 @@ impl EventLoop {
                             api.handle(token, self.poll.registry(), &mut self.engine);
                         }
                     }
-                    token if token.0 >= FLOW_TOKEN_BASE => {
+                    token => {
+                        let Some(id) = tokens::flow_of(token) else {
+                            continue;
+                        };
                         let ready = Readiness {
                             readable: event.is_readable()
                                 || event.is_read_closed()
@@ -179,9 +204,15 @@ impl EventLoop {
                                 || event.is_error(),
                             read_closed: event.is_read_closed() || event.is_error(),
                         };
-                        self.engine.host_event(token, ready);
+                        self.engine.host_event(id, ready);
                     }
-                    _ => {}
+                }
+            }
+            if self.tap_pending {
+                match self.read_tap() {
+                    TapRead::Gone => return Ok(Exit::TapGone),
+                    TapRead::Drained => self.tap_pending = false,
+                    TapRead::More => {}
                 }
             }
             let now = self.now();
@@ -189,29 +220,30 @@ impl EventLoop {
         }
     }
 
-    /// Read frames until WouldBlock. Returns true when the tap is gone.
-    fn drain_tap(&mut self) -> bool {
-        loop {
+    /// Read up to a batch of frames.
+    fn read_tap(&mut self) -> TapRead {
+        for _ in 0..TAP_BATCH {
             match (&self.tap).read(&mut self.rx) {
-                Ok(0) => return false,
+                Ok(0) => return TapRead::Drained,
                 Ok(n) => {
                     let now = self.now();
                     self.engine
                         .process_frame(now, &self.rx[..n], &mut TapSink(&self.tap));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TapRead::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // EBADFD: the interface was deleted (or its namespace
                 // destroyed) under us.
                 Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
                     log::warn!("the tap device is gone ({e}); exiting");
-                    return true;
+                    return TapRead::Gone;
                 }
                 Err(e) => {
                     log::warn!("tap read failed: {e}");
-                    return false;
+                    return TapRead::Drained;
                 }
             }
         }
+        TapRead::More
     }
 }

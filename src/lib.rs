@@ -13,7 +13,10 @@
 //! - [`event_loop`]: one thread, `mio`, tap and control fds, timers;
 //! - [`engine`]: frames in, frames out; the virtual hosts (gateway, DNS,
 //!   DHCP) and smoltcp. No I/O and no clock of its own, so tests drive it
-//!   with literal frames.
+//!   with literal frames;
+//! - [`host`]: what the engine asks of the host, behind a trait: real
+//!   sockets ([`host::NetHost`]) or a simulation ([`host::SimHost`]);
+//! - [`api`]: the JSON control socket.
 
 pub mod api;
 pub mod cli;
@@ -23,3 +26,4 @@ pub mod event_loop;
 pub mod host;
 pub mod resolv;
 pub mod setup;
+pub mod tokens;

@@ -4,6 +4,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -14,6 +15,9 @@ use netferry::engine::EngineConfig;
 use netferry::event_loop::EventLoop;
 use netferry::host::{self, Outbound};
 use netferry::setup;
+
+/// The host's resolver configuration, re-read when it changes.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os()) {
@@ -88,13 +92,15 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     engine_cfg.seed = RandomState::new().build_hasher().finish();
     engine_cfg.host_loopback = cfg.host_loopback;
     engine_cfg.dns = cfg.dns;
-    engine_cfg.outbound = outbound;
     engine_cfg.tcp_buffer = cfg.tcp_buffer;
+    engine_cfg.limits = cfg.limits;
+    engine_cfg.udp_idle_timeout = smoltcp::time::Duration::from_secs(cfg.udp_timeout);
     let api = match &cfg.api_socket {
         Some(path) => Some(ApiServer::bind(path).context("cannot create the API socket")?),
         None => None,
     };
-    let mut event_loop = EventLoop::new(tap, &engine_cfg, cfg.exit_fd, api)
+    let host = (outbound, Path::new(RESOLV_CONF));
+    let mut event_loop = EventLoop::new(tap, &engine_cfg, host, cfg.exit_fd, api)
         .context("cannot start the event loop")?;
 
     print_banner(cfg, &tap_desc);

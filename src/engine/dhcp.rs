@@ -2,15 +2,24 @@
 //!
 //! A pool of network+15..=network+30 with one stable lease per MAC address:
 //! a guest that asks again (or reboots) gets the address it had. Offers the
-//! netmask, the gateway as router and the DNS address as name server. Pure
-//! logic: it takes a parsed request and says what to answer; the engine
-//! builds the frame.
+//! netmask, the gateway as router and the DNS address as name server.
+//! `DhcpServer` is pure logic: it takes a parsed request and says what to
+//! answer; the engine part below parses the request and builds the reply.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use smoltcp::wire::{DhcpMessageType, DhcpRepr, EthernetAddress};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr,
+    EthernetAddress, IpProtocol, UdpPacket, UdpRepr,
+};
 
+use super::{Engine, FrameSink};
 use crate::config::Network;
+use crate::host::Host;
+
+/// DHCP option code smoltcp's Repr has no field for.
+const DHCP_OPT_DNS: u8 = 6;
 
 /// Lease time offered to clients; libslirp offers a day too.
 pub const LEASE_SECS: u32 = 24 * 60 * 60;
@@ -110,6 +119,97 @@ impl DhcpServer {
             // Leases stay with their MAC; nothing to do on release.
             _ => None,
         }
+    }
+}
+
+impl<H: Host> Engine<H> {
+    pub(super) fn process_dhcp<S: FrameSink>(
+        &mut self,
+        src_mac: EthernetAddress,
+        data: &[u8],
+        sink: &mut S,
+    ) {
+        let Ok(packet) = DhcpPacket::new_checked(data) else {
+            return;
+        };
+        let Ok(req) = DhcpRepr::parse(&packet) else {
+            log::debug!("dhcp: ignoring a request that does not parse");
+            return;
+        };
+        let Some(answer) = self.dhcp.handle(&req) else {
+            return;
+        };
+        log::debug!(
+            "dhcp: {:?} {} to {}",
+            answer.message_type,
+            answer.your_ip,
+            answer.client_mac
+        );
+        self.send_dhcp(src_mac, &answer, sink);
+    }
+
+    fn send_dhcp<S: FrameSink>(&mut self, dst_mac: EthernetAddress, a: &Answer, sink: &mut S) {
+        let net = self.net;
+        let ack_or_offer = a.message_type != DhcpMessageType::Nak;
+        let dns = net.dns.octets();
+        let dns_opt = [DhcpOption {
+            kind: DHCP_OPT_DNS,
+            data: &dns,
+        }];
+        let repr = DhcpRepr {
+            message_type: a.message_type,
+            transaction_id: a.transaction_id,
+            secs: 0,
+            client_hardware_address: a.client_mac,
+            client_ip: Ipv4Addr::UNSPECIFIED,
+            your_ip: a.your_ip,
+            server_ip: net.gateway,
+            router: ack_or_offer.then_some(net.gateway),
+            subnet_mask: ack_or_offer.then_some(net.netmask),
+            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+            broadcast: a.broadcast,
+            requested_ip: None,
+            client_identifier: None,
+            server_identifier: Some(net.gateway),
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: ack_or_offer.then_some(LEASE_SECS),
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: if ack_or_offer { &dns_opt } else { &[] },
+        };
+        let dst_ip = if a.client_ip.is_unspecified() || !ack_or_offer {
+            Ipv4Addr::BROADCAST
+        } else {
+            a.client_ip
+        };
+        let udp = UdpRepr {
+            src_port: DHCP_SERVER_PORT,
+            dst_port: DHCP_CLIENT_PORT,
+        };
+        let dhcp_len = repr.buffer_len();
+        let (src, dst) = (IpAddr::V4(net.gateway), IpAddr::V4(dst_ip));
+        self.send_ip(
+            dst_mac,
+            (src, dst),
+            IpProtocol::Udp,
+            udp.header_len() + dhcp_len,
+            sink,
+            |buf| {
+                udp.emit(
+                    &mut UdpPacket::new_unchecked(buf),
+                    &src.into(),
+                    &dst.into(),
+                    dhcp_len,
+                    |payload| {
+                        // Cannot fail: the buffer was sized by buffer_len.
+                        let _ = repr.emit(&mut DhcpPacket::new_unchecked(payload));
+                    },
+                    &ChecksumCapabilities::default(),
+                );
+            },
+        );
     }
 }
 

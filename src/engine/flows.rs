@@ -1,34 +1,52 @@
-//! The flow table: every guest flow and the host socket that carries it.
+//! The flow table: every guest flow, keyed for the guest's packets and by
+//! flow id for the host's events.
 //!
-//! Flows live in a slab whose index is also the mio token of their host
-//! socket (plus `FLOW_TOKEN_BASE`), so a host event finds its flow in O(1),
-//! and a hash map per protocol finds the flow of a guest packet in O(1).
-//! Work is driven by a dirty list: only flows that saw a frame or a host
-//! event are served, never a scan over all flows per packet.
+//! Flows live in a slab whose index is the flow id the host names its
+//! socket by, so a host event finds its flow in O(1), and a hash map per
+//! protocol finds the flow of a guest packet in O(1). Work is driven by a
+//! dirty list: only flows that saw a frame or a host event are served,
+//! never a scan over all flows per packet. This module owns no sockets.
 
 use std::collections::HashMap;
-use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
-use mio::{Interest, Registry, Token};
 use smoltcp::iface::SocketHandle;
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, TcpSeqNumber};
 
-use super::Readiness;
-use super::udp::{UDP_FLOW_LIMIT, UDP_IDLE_TIMEOUT};
+use crate::host::{FlowId, Readiness};
 
-/// Tokens below this belong to the event loop (tap, exit fd, signals...).
-pub const FLOW_TOKEN_BASE: usize = 16;
-/// Flow tokens stay below this; the API's connections use tokens above.
-pub const FLOW_TOKEN_END: usize = 1 << 32;
+/// At most this many UDP flows (and as many echo flows) at once; the least
+/// recently used one is evicted to make room.
+pub const UDP_FLOW_LIMIT: usize = 1024;
+
+/// Caps on what a guest can make netferry hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP flows at once (each holds a host socket and a smoltcp socket).
+    pub tcp_flows: usize,
+    /// TCP flows whose host connect is still under way.
+    pub pending_connects: usize,
+}
+
+pub const DEFAULT_MAX_TCP_FLOWS: usize = 16384;
+pub const DEFAULT_MAX_PENDING_CONNECTS: usize = 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tcp_flows: DEFAULT_MAX_TCP_FLOWS,
+            pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
+        }
+    }
+}
 
 /// A guest flow: the guest's endpoint and the destination it addressed.
 /// For ICMP echo the ports hold the guest's echo identifier and 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub guest: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub guest: SocketAddr,
+    pub dst: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,91 +58,65 @@ pub enum Kind {
     Listener,
 }
 
-pub struct TcpFlow {
-    pub key: FlowKey,
-    pub handle: SocketHandle,
-    pub host: mio::net::TcpStream,
-    /// The host connect has not completed; the SYN-ACK is held.
-    pub connecting: bool,
-    /// The guest side reached ESTABLISHED at least once.
-    pub established: bool,
+/// Readiness seen on a host socket and not yet used up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ready {
     pub readable: bool,
     pub writable: bool,
-    /// Epoll reported the host's FIN (EPOLLRDHUP); data before it must be
-    /// read to the end.
-    pub host_closed: bool,
-    /// The host sent EOF; the guest side was closed after the data.
-    pub read_eof: bool,
-    /// The guest sent FIN; the host side was shut for writing.
-    pub write_shut: bool,
-    /// While connecting: the guest's SYN (IP header and the first 8 bytes
-    /// of TCP), to quote in an ICMP error, and its sequence number.
-    pub syn_quote: Vec<u8>,
-    pub syn_seq: TcpSeqNumber,
+    /// The host's FIN was reported (EPOLLRDHUP): data before it must be
+    /// read to the end, since no new edge will come.
+    pub read_closed: bool,
+}
+
+/// Where a TCP flow stands. Each direction of an open flow ends on its
+/// own (half-close); the flow is retired once smoltcp is done with it.
+#[derive(Debug)]
+pub enum TcpPhase {
+    /// Outbound, host connect under way. No smoltcp socket exists yet: the
+    /// guest's SYN frame waits here and is handed to a fresh socket once
+    /// the host side is up, so nothing asks smoltcp for service meanwhile.
+    Connecting { syn: Box<[u8]>, seq: TcpSeqNumber },
+    /// smoltcp is handshaking with the guest.
+    Handshake(SocketHandle),
+    Open {
+        handle: SocketHandle,
+        /// The host sent FIN; the guest side was closed after the data.
+        host_eof: bool,
+        /// The guest sent FIN; the host side was shut for writing.
+        guest_fin: bool,
+    },
+}
+
+pub struct TcpFlow {
+    pub key: FlowKey,
     pub guest_mac: EthernetAddress,
+    pub ready: Ready,
+    pub phase: TcpPhase,
+}
+
+impl TcpFlow {
+    pub fn handle(&self) -> Option<SocketHandle> {
+        match self.phase {
+            TcpPhase::Connecting { .. } => None,
+            TcpPhase::Handshake(h) | TcpPhase::Open { handle: h, .. } => Some(h),
+        }
+    }
 }
 
 /// A UDP flow or an ICMP echo flow: a connected datagram socket.
 pub struct DgramFlow {
     pub key: FlowKey,
-    pub sock: mio::net::UdpSocket,
     pub guest_mac: EthernetAddress,
     pub last_used: Instant,
     pub readable: bool,
 }
 
 /// The host socket of a port forward.
-pub enum ListenSocket {
-    Tcp(mio::net::TcpListener),
-    Udp(mio::net::UdpSocket),
-}
-
 pub struct Listener {
-    pub sock: ListenSocket,
+    pub proto: crate::host::Proto,
     /// Where in the guest its connections and datagrams go.
-    pub guest: SocketAddrV4,
+    pub guest: SocketAddr,
     pub readable: bool,
-}
-
-/// One step of reading a datagram flow's host socket.
-pub enum Recv {
-    Data(usize),
-    /// Drained (or not readable): wait for the next event.
-    Done,
-    Failed(io::Error),
-}
-
-impl DgramFlow {
-    pub fn new(
-        key: FlowKey,
-        sock: mio::net::UdpSocket,
-        guest_mac: EthernetAddress,
-        now: Instant,
-    ) -> Self {
-        DgramFlow {
-            key,
-            sock,
-            guest_mac,
-            last_used: now,
-            readable: false,
-        }
-    }
-
-    /// Read one datagram into `buf` if the socket is ready.
-    pub fn recv(&mut self, buf: &mut [u8], now: Instant) -> Recv {
-        while self.readable {
-            match self.sock.recv(buf) {
-                Ok(n) => {
-                    self.last_used = now;
-                    return Recv::Data(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Recv::Failed(e),
-            }
-        }
-        Recv::Done
-    }
 }
 
 pub enum Flow {
@@ -152,9 +144,19 @@ impl Flow {
         }
     }
 
+    fn is_connecting(&self) -> bool {
+        matches!(
+            self,
+            Flow::Tcp(TcpFlow {
+                phase: TcpPhase::Connecting { .. },
+                ..
+            })
+        )
+    }
+
     pub fn tcp_handle(&self) -> Option<SocketHandle> {
         match self {
-            Flow::Tcp(f) => Some(f.handle),
+            Flow::Tcp(f) => f.handle(),
             _ => None,
         }
     }
@@ -163,18 +165,22 @@ impl Flow {
 #[derive(Default)]
 pub struct FlowTable {
     slots: Vec<Option<Flow>>,
-    free: Vec<usize>,
-    tcp: HashMap<FlowKey, usize>,
-    udp: HashMap<FlowKey, usize>,
-    ping: HashMap<FlowKey, usize>,
+    free: Vec<FlowId>,
+    tcp: HashMap<FlowKey, FlowId>,
+    udp: HashMap<FlowKey, FlowId>,
+    ping: HashMap<FlowKey, FlowId>,
+    /// TCP flows in `TcpPhase::Connecting`.
+    connecting: usize,
     queued: Vec<bool>,
-    dirty: Vec<usize>,
+    dirty: Vec<FlowId>,
+    /// Flows whose batch ran out; served again in the next poll.
+    carried: Vec<FlowId>,
     /// TCP flows to check for completion after the next egress.
-    reap: Vec<usize>,
+    reap: Vec<FlowId>,
 }
 
 impl FlowTable {
-    fn map(&self, kind: Kind) -> Option<&HashMap<FlowKey, usize>> {
+    fn map(&self, kind: Kind) -> Option<&HashMap<FlowKey, FlowId>> {
         match kind {
             Kind::Tcp => Some(&self.tcp),
             Kind::Udp => Some(&self.udp),
@@ -183,7 +189,7 @@ impl FlowTable {
         }
     }
 
-    fn map_mut(&mut self, kind: Kind) -> Option<&mut HashMap<FlowKey, usize>> {
+    fn map_mut(&mut self, kind: Kind) -> Option<&mut HashMap<FlowKey, FlowId>> {
         match kind {
             Kind::Tcp => Some(&mut self.tcp),
             Kind::Udp => Some(&mut self.udp),
@@ -196,122 +202,143 @@ impl FlowTable {
         self.tcp.is_empty() && self.udp.is_empty() && self.ping.is_empty()
     }
 
-    pub fn find(&self, kind: Kind, key: &FlowKey) -> Option<usize> {
+    /// (TCP, of which connecting, UDP, ping).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        (
+            self.tcp.len(),
+            self.connecting,
+            self.udp.len(),
+            self.ping.len(),
+        )
+    }
+
+    pub fn find(&self, kind: Kind, key: &FlowKey) -> Option<FlowId> {
         self.map(kind)?.get(key).copied()
     }
 
-    pub fn kind(&self, slot: usize) -> Option<Kind> {
-        self.slots.get(slot)?.as_ref().map(Flow::kind)
+    pub fn kind(&self, id: FlowId) -> Option<Kind> {
+        self.slots.get(id)?.as_ref().map(Flow::kind)
     }
 
-    /// Add a flow and register its host socket for both directions.
-    pub fn insert(&mut self, mut flow: Flow, registry: &Registry) -> io::Result<usize> {
-        let slot = self.free.pop().unwrap_or(self.slots.len());
-        let token = Token(FLOW_TOKEN_BASE + slot);
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        match &mut flow {
-            Flow::Tcp(f) => registry.register(&mut f.host, token, interest)?,
-            Flow::Udp(f) | Flow::Ping(f) => {
-                registry.register(&mut f.sock, token, Interest::READABLE)?
-            }
-            Flow::Listener(l) => match &mut l.sock {
-                ListenSocket::Tcp(s) => registry.register(s, token, Interest::READABLE)?,
-                ListenSocket::Udp(s) => registry.register(s, token, Interest::READABLE)?,
-            },
-        }
+    /// The id the next `insert` will use; the host socket is opened under
+    /// it before the flow goes in.
+    pub fn next_id(&self) -> FlowId {
+        self.free.last().copied().unwrap_or(self.slots.len())
+    }
+
+    pub fn insert(&mut self, flow: Flow) -> FlowId {
+        let id = self.free.pop().unwrap_or(self.slots.len());
         let kind = flow.kind();
         let key = flow.key();
-        if slot == self.slots.len() {
+        if flow.is_connecting() {
+            self.connecting += 1;
+        }
+        if id == self.slots.len() {
             self.slots.push(Some(flow));
             self.queued.push(false);
         } else {
-            self.slots[slot] = Some(flow);
+            self.slots[id] = Some(flow);
         }
         if let (Some(map), Some(key)) = (self.map_mut(kind), key) {
-            map.insert(key, slot);
+            map.insert(key, id);
         }
-        Ok(slot)
+        id
     }
 
-    /// Take a flow out and deregister its host socket; dropping the flow
-    /// closes the socket.
-    pub fn remove(&mut self, slot: usize, registry: &Registry) -> Option<Flow> {
-        let mut flow = self.slots.get_mut(slot)?.take()?;
-        let _ = match &mut flow {
-            Flow::Tcp(f) => registry.deregister(&mut f.host),
-            Flow::Udp(f) | Flow::Ping(f) => registry.deregister(&mut f.sock),
-            Flow::Listener(l) => match &mut l.sock {
-                ListenSocket::Tcp(s) => registry.deregister(s),
-                ListenSocket::Udp(s) => registry.deregister(s),
-            },
-        };
+    /// Take a flow out; its id may be reused from now on.
+    pub fn remove(&mut self, id: FlowId) -> Option<Flow> {
+        let flow = self.slots.get_mut(id)?.take()?;
+        if flow.is_connecting() {
+            self.connecting -= 1;
+        }
         if let (Some(key), kind) = (flow.key(), flow.kind())
             && let Some(map) = self.map_mut(kind)
         {
             map.remove(&key);
         }
-        self.free.push(slot);
+        self.free.push(id);
         Some(flow)
     }
 
-    pub fn tcp_mut(&mut self, slot: usize) -> Option<&mut TcpFlow> {
-        match self.slots.get_mut(slot)? {
+    /// A connecting TCP flow's host side is up: it leaves that count.
+    pub fn connected(&mut self, id: FlowId, handle: SocketHandle) {
+        if let Some(Some(Flow::Tcp(f))) = self.slots.get_mut(id)
+            && matches!(f.phase, TcpPhase::Connecting { .. })
+        {
+            f.phase = TcpPhase::Handshake(handle);
+            self.connecting -= 1;
+        }
+    }
+
+    pub fn tcp_mut(&mut self, id: FlowId) -> Option<&mut TcpFlow> {
+        match self.slots.get_mut(id)? {
             Some(Flow::Tcp(f)) => Some(f),
             _ => None,
         }
     }
 
-    pub fn dgram_mut(&mut self, slot: usize) -> Option<&mut DgramFlow> {
-        match self.slots.get_mut(slot)? {
+    pub fn dgram_mut(&mut self, id: FlowId) -> Option<&mut DgramFlow> {
+        match self.slots.get_mut(id)? {
             Some(Flow::Udp(f)) | Some(Flow::Ping(f)) => Some(f),
             _ => None,
         }
     }
 
-    pub fn listener_mut(&mut self, slot: usize) -> Option<&mut Listener> {
-        match self.slots.get_mut(slot)? {
+    pub fn listener_mut(&mut self, id: FlowId) -> Option<&mut Listener> {
+        match self.slots.get_mut(id)? {
             Some(Flow::Listener(l)) => Some(l),
             _ => None,
         }
     }
 
-    pub fn mark_dirty(&mut self, slot: usize) {
-        if let Some(q) = self.queued.get_mut(slot)
+    pub fn mark_dirty(&mut self, id: FlowId) {
+        if let Some(q) = self.queued.get_mut(id)
             && !*q
         {
             *q = true;
-            self.dirty.push(slot);
+            self.dirty.push(id);
         }
     }
 
-    pub fn mark_ready(&mut self, token: Token, ready: Readiness) {
-        let Some(slot) = token.0.checked_sub(FLOW_TOKEN_BASE) else {
-            return;
-        };
-        match self.slots.get_mut(slot) {
+    pub fn mark_ready(&mut self, id: FlowId, ready: Readiness) {
+        match self.slots.get_mut(id) {
             Some(Some(Flow::Tcp(f))) => {
-                f.readable |= ready.readable;
-                f.writable |= ready.writable;
-                f.host_closed |= ready.read_closed;
+                f.ready.readable |= ready.readable;
+                f.ready.writable |= ready.writable;
+                f.ready.read_closed |= ready.read_closed;
             }
             Some(Some(Flow::Udp(f))) | Some(Some(Flow::Ping(f))) => f.readable |= ready.readable,
             Some(Some(Flow::Listener(l))) => l.readable |= ready.readable,
             _ => return,
         }
-        self.mark_dirty(slot);
+        self.mark_dirty(id);
     }
 
-    pub fn next_dirty(&mut self) -> Option<usize> {
-        let slot = self.dirty.pop()?;
-        self.queued[slot] = false;
-        Some(slot)
+    pub fn next_dirty(&mut self) -> Option<FlowId> {
+        let id = self.dirty.pop()?;
+        self.queued[id] = false;
+        Some(id)
     }
 
-    pub fn queue_reap(&mut self, slot: usize) {
-        self.reap.push(slot);
+    pub fn carry(&mut self, id: FlowId) {
+        self.carried.push(id);
     }
 
-    pub fn take_reap(&mut self) -> Vec<usize> {
+    pub fn has_carried(&self) -> bool {
+        !self.carried.is_empty()
+    }
+
+    pub fn requeue_carried(&mut self) {
+        for id in std::mem::take(&mut self.carried) {
+            self.mark_dirty(id);
+        }
+    }
+
+    pub fn queue_reap(&mut self, id: FlowId) {
+        self.reap.push(id);
+    }
+
+    pub fn take_reap(&mut self) -> Vec<FlowId> {
         std::mem::take(&mut self.reap)
     }
 
@@ -323,22 +350,22 @@ impl FlowTable {
     /// accept, say) still has clients queued, and epoll will not report
     /// them a second time.
     pub fn retry_listeners(&mut self) {
-        for slot in 0..self.slots.len() {
-            if let Some(Flow::Listener(l)) = &mut self.slots[slot] {
+        for id in 0..self.slots.len() {
+            if let Some(Flow::Listener(l)) = &mut self.slots[id] {
                 l.readable = true;
-                self.mark_dirty(slot);
+                self.mark_dirty(id);
             }
         }
     }
 
-    /// Datagram flows idle for longer than the timeout.
-    pub fn expired(&self, now: Instant) -> Vec<usize> {
+    /// Datagram flows idle for longer than `timeout`.
+    pub fn expired(&self, now: Instant, timeout: Duration) -> Vec<FlowId> {
         self.udp
             .values()
             .chain(self.ping.values())
             .copied()
-            .filter(|&slot| match &self.slots[slot] {
-                Some(Flow::Udp(f)) | Some(Flow::Ping(f)) => now - f.last_used > UDP_IDLE_TIMEOUT,
+            .filter(|&id| match &self.slots[id] {
+                Some(Flow::Udp(f)) | Some(Flow::Ping(f)) => now - f.last_used > timeout,
                 _ => false,
             })
             .collect()
@@ -346,14 +373,14 @@ impl FlowTable {
 
     /// When datagram flows of `kind` are at the cap, the least recently
     /// used one, to make room. A scan, but only when the table is full.
-    pub fn evict_candidate(&self, kind: Kind) -> Option<usize> {
+    pub fn evict_candidate(&self, kind: Kind) -> Option<FlowId> {
         let map = self.map(kind)?;
         if map.len() < UDP_FLOW_LIMIT {
             return None;
         }
         map.values()
             .copied()
-            .min_by_key(|&slot| match &self.slots[slot] {
+            .min_by_key(|&id| match &self.slots[id] {
                 Some(Flow::Udp(f)) | Some(Flow::Ping(f)) => f.last_used,
                 _ => Instant::from_millis(i64::MAX),
             })

@@ -4,45 +4,32 @@
 //! A TCP client accepted on the host becomes a smoltcp connection to the
 //! guest whose source is the client's address and port, so the service
 //! inside sees who is really calling; only a client on the host's own
-//! loopback (or one that cannot be shown as IPv4) appears as the gateway.
-//! From then on it is an ordinary TCP flow, pumped like an outbound one.
-//! UDP clients get one flow each, with the same idle timeout and cap as
-//! outbound UDP.
+//! loopback (or one that cannot be shown in the guest's family) appears
+//! as the gateway. From then on it is an ordinary TCP flow, pumped like an
+//! outbound one. UDP clients get one flow each, with the same idle timeout
+//! and cap as outbound UDP.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
-use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, IpEndpoint, IpListenEndpoint};
 use thiserror::Error;
 
-use super::flows::{Flow, FlowKey, Kind, ListenSocket, Listener, TcpFlow};
-use super::udp::{UDP_FLOW_LIMIT, UDP_IDLE_TIMEOUT};
+use super::flows::{Flow, FlowKey, Listener, UDP_FLOW_LIMIT};
+use super::udp::DGRAM_BATCH;
 use super::{Engine, FrameSink};
+use crate::host::{FlowId, Host, Proto, Step};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
+/// Clients accepted from one listener per poll before others get a turn.
+const ACCEPT_BATCH: usize = 64;
 
 /// What to forward: a host address and port to a guest address and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardSpec {
     pub proto: Proto,
     pub host: SocketAddr,
-    pub guest: SocketAddrV4,
+    pub guest: SocketAddr,
 }
 
 /// A forward in place; `spec.host` holds the port actually bound.
@@ -50,7 +37,7 @@ pub struct ForwardSpec {
 pub struct Forward {
     pub id: u64,
     pub spec: ForwardSpec,
-    slot: usize,
+    flow: FlowId,
 }
 
 #[derive(Debug, Error)]
@@ -63,56 +50,49 @@ pub enum ForwardError {
 
 /// A UDP client of a forward.
 pub(super) struct UdpClient {
-    listener_slot: usize,
+    listener: FlowId,
     client: SocketAddr,
     last_used: Instant,
 }
 
 #[derive(Default)]
 pub(super) struct Forwards {
-    by_id: std::collections::BTreeMap<u64, Forward>,
+    by_id: BTreeMap<u64, Forward>,
     last_id: u64,
     /// Keyed like a guest flow: the guest's endpoint and the client's
     /// endpoint as the guest sees it.
-    pub(super) udp_clients: HashMap<FlowKey, UdpClient>,
+    udp_clients: HashMap<FlowKey, UdpClient>,
 }
 
-impl Engine {
+impl Forwards {
+    pub(super) fn has_udp_clients(&self) -> bool {
+        !self.udp_clients.is_empty()
+    }
+}
+
+impl<H: Host> Engine<H> {
     /// Bind the host side of a forward and start accepting. Ids start at 1
     /// and are never reused.
     pub fn add_forward(&mut self, spec: ForwardSpec) -> Result<Forward, ForwardError> {
-        let bind_err = |err| ForwardError::Bind {
-            addr: spec.host,
-            err,
-        };
-        let (sock, bound) = match spec.proto {
-            Proto::Tcp => {
-                let l = std::net::TcpListener::bind(spec.host).map_err(bind_err)?;
-                l.set_nonblocking(true).map_err(bind_err)?;
-                let bound = l.local_addr().map_err(bind_err)?;
-                (ListenSocket::Tcp(mio::net::TcpListener::from_std(l)), bound)
-            }
-            Proto::Udp => {
-                let s = std::net::UdpSocket::bind(spec.host).map_err(bind_err)?;
-                s.set_nonblocking(true).map_err(bind_err)?;
-                let bound = s.local_addr().map_err(bind_err)?;
-                (ListenSocket::Udp(mio::net::UdpSocket::from_std(s)), bound)
-            }
-        };
-        let id = self.forwards.last_id + 1;
-        let listener = Listener {
-            sock,
+        let flow = self.flows.next_id();
+        let bound = self
+            .host
+            .listen(flow, spec.proto, spec.host)
+            .map_err(|err| ForwardError::Bind {
+                addr: spec.host,
+                err,
+            })?;
+        let inserted = self.flows.insert(Flow::Listener(Listener {
+            proto: spec.proto,
             guest: spec.guest,
             readable: false,
-        };
-        let slot = self
-            .flows
-            .insert(Flow::Listener(listener), &self.registry)
-            .map_err(bind_err)?;
+        }));
+        debug_assert_eq!(inserted, flow);
+        let id = self.forwards.last_id + 1;
         self.forwards.last_id = id;
         let mut spec = spec;
         spec.host.set_port(bound.port());
-        let fwd = Forward { id, spec, slot };
+        let fwd = Forward { id, spec, flow };
         self.forwards.by_id.insert(id, fwd);
         log::info!(
             "forwarding {} {} to {}",
@@ -130,10 +110,10 @@ impl Engine {
             .by_id
             .remove(&id)
             .ok_or(ForwardError::NoSuchId(id))?;
-        self.remove_flow(fwd.slot);
+        self.remove_flow(fwd.flow, false);
         self.forwards
             .udp_clients
-            .retain(|_, c| c.listener_slot != fwd.slot);
+            .retain(|_, c| c.listener != fwd.flow);
         log::info!("removed forward {id}");
         Ok(())
     }
@@ -144,152 +124,109 @@ impl Engine {
     }
 
     /// How a host client appears inside the guest: itself when it is an
-    /// outside IPv4 address, else the gateway.
-    fn seen_source(&self, client: SocketAddr) -> SocketAddrV4 {
-        let ip = match client.ip() {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(a) => a.to_ipv4_mapped(),
+    /// outside address of the guest's family, else the gateway.
+    fn seen_source(&self, client: SocketAddr, guest: SocketAddr) -> SocketAddr {
+        let ip = match (client.ip(), guest.ip()) {
+            (IpAddr::V4(a), IpAddr::V4(_)) => Some(IpAddr::V4(a)),
+            (IpAddr::V6(a), IpAddr::V4(_)) => a.to_ipv4_mapped().map(IpAddr::V4),
+            (IpAddr::V6(a), IpAddr::V6(_)) => Some(IpAddr::V6(a)),
+            (IpAddr::V4(a), IpAddr::V6(_)) => Some(IpAddr::V6(a.to_ipv6_mapped())),
         };
-        let ip = match ip {
-            Some(a) if !(a.is_loopback() || a.is_unspecified() || self.net.contains(a)) => a,
-            _ => self.net.gateway,
+        let outside = |a: &IpAddr| match a {
+            IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_unspecified() || self.net.contains(*v4)),
+            IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified()),
         };
-        SocketAddrV4::new(ip, client.port())
+        let ip = ip
+            .filter(outside)
+            .unwrap_or_else(|| self.gateway_for(guest.ip()));
+        SocketAddr::new(ip, client.port())
     }
 
-    /// The guest's MAC for frames we originate toward `ip`; broadcast when
-    /// we have not heard from it yet (the guest still takes the packet,
-    /// since it is addressed to its IP).
-    pub(super) fn guest_mac_for(&self, ip: Ipv4Addr) -> EthernetAddress {
-        self.guest_macs
-            .get(&ip)
-            .copied()
-            .unwrap_or(EthernetAddress::BROADCAST)
-    }
-
-    pub(super) fn pump_listener<S: FrameSink>(&mut self, now: Instant, slot: usize, sink: &mut S) {
-        let Some(l) = self.flows.listener_mut(slot) else {
-            return;
+    /// Serve a listener: accept clients or receive datagrams, a batch at a
+    /// time. True when the batch ran out with more perhaps waiting.
+    pub(super) fn pump_listener<S: FrameSink>(
+        &mut self,
+        now: Instant,
+        id: FlowId,
+        sink: &mut S,
+    ) -> bool {
+        let Some(l) = self.flows.listener_mut(id) else {
+            return false;
         };
-        if !l.readable {
-            return;
+        match l.proto {
+            Proto::Tcp => self.accept_clients(id),
+            Proto::Udp => self.receive_forwarded_udp(now, id, sink),
         }
-        match l.sock {
-            ListenSocket::Tcp(_) => self.accept_tcp(slot),
-            ListenSocket::Udp(_) => self.receive_forwarded_udp(now, slot, sink),
+    }
+
+    /// Stop reading listener `id` until its next event (or the sweep).
+    fn listener_idle(&mut self, id: FlowId) {
+        if let Some(l) = self.flows.listener_mut(id) {
+            l.readable = false;
         }
     }
 
-    fn accept_tcp(&mut self, slot: usize) {
-        loop {
-            let Some(l) = self.flows.listener_mut(slot) else {
-                return;
+    fn accept_clients(&mut self, id: FlowId) -> bool {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(l) = self.flows.listener_mut(id) else {
+                return false;
             };
-            let ListenSocket::Tcp(sock) = &l.sock else {
-                return;
-            };
+            if !l.readable {
+                return false;
+            }
             let guest = l.guest;
-            let (stream, client) = match sock.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    l.readable = false;
-                    return;
+            let new = self.flows.next_id();
+            match Step::from(self.host.accept(id, new)) {
+                Step::Got(client) => {
+                    let src = self.seen_source(client, guest);
+                    log::debug!("forward: {client} accepted");
+                    self.open_inbound(new, src, guest);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+                Step::Retry => {}
+                Step::Drained => {
+                    self.listener_idle(id);
+                    return false;
+                }
+                Step::Failed(e) => {
                     // EMFILE and friends: leave the client queued and
                     // retry on the next sweep rather than spin.
                     log::warn!("accept on a forward failed: {e}");
-                    l.readable = false;
-                    return;
+                    self.listener_idle(id);
+                    return false;
                 }
-            };
-            // As for outbound flows: the guest's stack does the batching.
-            let _ = stream.set_nodelay(true);
-            self.connect_to_guest(stream, client, guest);
+            }
         }
+        true
     }
 
-    fn connect_to_guest(
+    fn receive_forwarded_udp<S: FrameSink>(
         &mut self,
-        stream: mio::net::TcpStream,
-        client: SocketAddr,
-        guest: SocketAddrV4,
-    ) {
-        let src = self.seen_source(client);
-        let key = FlowKey { guest, dst: src };
-        if self.flows.find(Kind::Tcp, &key).is_some() {
-            log::debug!("forward: {client} collides with a live flow as {src}; dropping it");
-            return;
-        }
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]),
-            tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]),
-        );
-        sock.set_ack_delay(None);
-        sock.set_nagle_enabled(false);
-        let remote = IpEndpoint::new((*guest.ip()).into(), guest.port());
-        let local = IpListenEndpoint {
-            addr: Some((*src.ip()).into()),
-            port: src.port(),
-        };
-        if let Err(e) = sock.connect(self.iface.context(), remote, local) {
-            log::debug!("forward: cannot open {src} -> {guest}: {e}");
-            return;
-        }
-        let handle = self.sockets.add(sock);
-        let flow = TcpFlow {
-            key,
-            handle,
-            host: stream,
-            connecting: false,
-            established: false,
-            readable: false,
-            writable: true,
-            host_closed: false,
-            read_eof: false,
-            write_shut: false,
-            syn_quote: Vec::new(),
-            syn_seq: smoltcp::wire::TcpSeqNumber(0),
-            guest_mac: self.guest_mac_for(*guest.ip()),
-        };
-        match self.flows.insert(Flow::Tcp(flow), &self.registry) {
-            Ok(slot) => {
-                self.flows.queue_reap(slot);
-                log::debug!("forward: {client} -> {guest} as {src}");
-            }
-            Err(e) => {
-                log::warn!("cannot watch a forwarded connection: {e}");
-                self.sockets.remove(handle);
-            }
-        }
-    }
-
-    fn receive_forwarded_udp<S: FrameSink>(&mut self, now: Instant, slot: usize, sink: &mut S) {
-        loop {
-            let Some(l) = self.flows.listener_mut(slot) else {
-                return;
+        now: Instant,
+        id: FlowId,
+        sink: &mut S,
+    ) -> bool {
+        for _ in 0..DGRAM_BATCH {
+            let Some(l) = self.flows.listener_mut(id) else {
+                return false;
             };
-            let ListenSocket::Udp(sock) = &l.sock else {
-                return;
-            };
+            if !l.readable {
+                return false;
+            }
             let guest = l.guest;
-            let (n, client) = match sock.recv_from(&mut self.scratch) {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    l.readable = false;
-                    return;
+            let (n, client) = match Step::from(self.host.recv_from(id, &mut self.scratch)) {
+                Step::Got(got) => got,
+                Step::Retry => continue,
+                Step::Drained => {
+                    self.listener_idle(id);
+                    return false;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Stop rather than loop on an error that may repeat;
-                    // the next event (or sweep) tries again.
+                Step::Failed(e) => {
                     log::debug!("forward: UDP receive failed: {e}");
-                    l.readable = false;
-                    return;
+                    self.listener_idle(id);
+                    return false;
                 }
             };
-            let src = self.seen_source(client);
+            let src = self.seen_source(client, guest);
             let key = FlowKey { guest, dst: src };
             let clients = &mut self.forwards.udp_clients;
             if !clients.contains_key(&key) && clients.len() >= UDP_FLOW_LIMIT {
@@ -304,16 +241,17 @@ impl Engine {
             clients.insert(
                 key,
                 UdpClient {
-                    listener_slot: slot,
+                    listener: id,
                     client,
                     last_used: now,
                 },
             );
-            let mac = self.guest_mac_for(*guest.ip());
+            let mac = self.guest_mac_for(guest.ip());
             let scratch = std::mem::take(&mut self.scratch);
             self.send_udp(mac, src, guest, &scratch[..n], sink);
             self.scratch = scratch;
         }
+        true
     }
 
     /// A guest datagram that answers a forwarded UDP client: send it back
@@ -324,13 +262,8 @@ impl Engine {
             return false;
         };
         c.last_used = now;
-        let (slot, client) = (c.listener_slot, c.client);
-        if let Some(Listener {
-            sock: ListenSocket::Udp(sock),
-            ..
-        }) = self.flows.listener_mut(slot)
-            && let Err(e) = sock.send_to(data, client)
-        {
+        let (listener, client) = (c.listener, c.client);
+        if let Err(e) = self.host.send_to(listener, data, client) {
             log::debug!("forward: UDP reply to {client} failed: {e}");
         }
         true
@@ -338,8 +271,9 @@ impl Engine {
 
     /// Forget UDP clients idle past the timeout.
     pub(super) fn expire_forwarded_udp(&mut self, now: Instant) {
+        let timeout = self.udp_idle_timeout;
         self.forwards
             .udp_clients
-            .retain(|_, c| now - c.last_used <= UDP_IDLE_TIMEOUT);
+            .retain(|_, c| now - c.last_used <= timeout);
     }
 }

@@ -6,33 +6,25 @@
 //! user's group. Where they do not, pings to the outside go unanswered
 //! (one log line), as a firewall would leave them.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
 use smoltcp::wire::{
     EthernetAddress, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpProtocol,
-    Ipv4Address, Ipv4Packet, Ipv4Repr,
+    Ipv4Packet, Ipv4Repr,
 };
 
-use super::flows::{DgramFlow, Flow, FlowKey, Kind, Recv};
-use super::{Engine, FrameSink, HOP_LIMIT, Route};
-use crate::host;
+use super::flows::{DgramFlow, Flow, FlowKey, Kind};
+use super::{Engine, FrameSink, HOP_LIMIT, Packet, Route, Unreachable};
+use crate::host::{FlowId, Host};
 
 /// Bytes of an ICMP echo header (type, code, checksum, id, sequence).
 const ECHO_HEADER_LEN: usize = 8;
 
-impl Engine {
-    pub(super) fn process_icmp<S: FrameSink>(
-        &mut self,
-        now: Instant,
-        guest_mac: EthernetAddress,
-        _packet: &Ipv4Packet<&[u8]>,
-        ip: &Ipv4Repr,
-        payload: &[u8],
-        sink: &mut S,
-    ) {
-        let Ok(packet) = Icmpv4Packet::new_checked(payload) else {
+impl<H: Host> Engine<H> {
+    pub(super) fn process_icmp<S: FrameSink>(&mut self, now: Instant, pkt: &Packet, sink: &mut S) {
+        let Ok(packet) = Icmpv4Packet::new_checked(pkt.payload) else {
             return;
         };
         let Ok(repr) = Icmpv4Repr::parse(&packet, &self.caps.checksum) else {
@@ -47,7 +39,7 @@ impl Engine {
         else {
             return;
         };
-        if self.is_virtual(ip.dst_addr) {
+        if self.is_virtual(pkt.dst) {
             // Answered even with host loopback disabled: the gateway is
             // still there, it just does not lead to the host.
             let reply = Icmpv4Repr::EchoReply {
@@ -55,31 +47,29 @@ impl Engine {
                 seq_no,
                 data,
             };
-            return self.send_icmp(guest_mac, ip.dst_addr, ip.src_addr, &reply, sink);
+            return self.send_icmpv4(pkt.guest_mac, (pkt.dst, pkt.src), &reply, sink);
         }
-        match self.route(now, ip.dst_addr, 0) {
+        match self.route(now, pkt.dst, 0) {
             Route::Host(_) => {}
             Route::Unreachable(reason) => {
-                let quote = quote_of(ip, payload);
-                let src = self.net.gateway;
-                return self.send_icmp_unreachable(guest_mac, src, reason, &quote, sink);
+                let src = self.gateway_for(pkt.dst);
+                return self.send_unreachable(pkt.guest_mac, src, reason, pkt.quote, sink);
             }
             Route::Refused | Route::Drop => return,
         }
         let key = FlowKey {
-            guest: SocketAddrV4::new(ip.src_addr, ident),
-            dst: SocketAddrV4::new(ip.dst_addr, 0),
+            guest: (pkt.src, ident).into(),
+            dst: (pkt.dst, 0).into(),
         };
-        let Some(slot) = self.ping_flow(now, key, guest_mac) else {
+        let Some(id) = self.ping_flow(now, key, pkt.guest_mac) else {
             return;
         };
-        let Some(flow) = self.flows.dgram_mut(slot) else {
-            return;
-        };
-        flow.last_used = now;
+        if let Some(flow) = self.flows.dgram_mut(id) {
+            flow.last_used = now;
+        }
         // The kernel fills in the identifier (the socket's) and checksum.
-        if let Err(e) = flow.sock.send(payload) {
-            log::debug!("ping to {}: {e}", ip.dst_addr);
+        if let Err(e) = self.host.send(id, pkt.payload) {
+            log::debug!("ping to {}: {e}", pkt.dst);
         }
     }
 
@@ -88,101 +78,95 @@ impl Engine {
         now: Instant,
         key: FlowKey,
         guest_mac: EthernetAddress,
-    ) -> Option<usize> {
-        if let Some(slot) = self.flows.find(Kind::Ping, &key) {
-            return Some(slot);
+    ) -> Option<FlowId> {
+        if let Some(id) = self.flows.find(Kind::Ping, &key) {
+            return Some(id);
         }
         if let Some(old) = self.flows.evict_candidate(Kind::Ping) {
-            self.remove_flow(old);
+            self.remove_flow(old, false);
         }
-        let dst = *key.dst.ip();
-        let sock = match host::ping_connect(dst, self.outbound.for_dst(dst.into())) {
-            Ok(sock) => sock,
-            Err(e) => {
-                if !self.ping_denied_logged {
-                    self.ping_denied_logged = true;
-                    log::warn!(
-                        "ICMP echo to {dst} cannot be forwarded: {e} \
-                         (is the group in net.ipv4.ping_group_range?); pings to the outside will go unanswered"
-                    );
-                }
-                return None;
+        let dst = key.dst.ip();
+        let id = self.flows.next_id();
+        if let Err(e) = self.host.ping_open(id, dst) {
+            if !self.ping_denied_logged {
+                self.ping_denied_logged = true;
+                log::warn!(
+                    "ICMP echo to {dst} cannot be forwarded: {e} \
+                     (is the group in net.ipv4.ping_group_range?); pings to the outside will go unanswered"
+                );
             }
-        };
-        let flow = DgramFlow::new(key, sock, guest_mac, now);
-        self.flows
-            .insert(Flow::Ping(flow), &self.registry)
-            .map_err(|e| log::warn!("cannot watch a ping socket: {e}"))
-            .ok()
+            return None;
+        }
+        Some(self.flows.insert(Flow::Ping(DgramFlow {
+            key,
+            guest_mac,
+            last_used: now,
+            readable: false,
+        })))
     }
 
-    /// Echo replies from the host socket back to the guest, with the
-    /// guest's own identifier.
-    pub(super) fn pump_ping<S: FrameSink>(&mut self, now: Instant, slot: usize, sink: &mut S) {
-        loop {
-            let Some(flow) = self.flows.dgram_mut(slot) else {
-                return;
-            };
-            let (guest_mac, key) = (flow.guest_mac, flow.key);
-            let n = match flow.recv(&mut self.scratch, now) {
-                Recv::Data(n) => n,
-                Recv::Done => return,
-                Recv::Failed(e) => {
-                    log::debug!("ping socket error: {e}");
-                    flow.readable = false;
-                    return;
-                }
-            };
-            // Borrow the datagram out of self while building the frame.
-            let scratch = std::mem::take(&mut self.scratch);
-            if let Ok(packet) = Icmpv4Packet::new_checked(&scratch[..n])
-                && packet.msg_type() == Icmpv4Message::EchoReply
-                && n >= ECHO_HEADER_LEN
-            {
-                let reply = Icmpv4Repr::EchoReply {
-                    ident: key.guest.port(),
-                    seq_no: packet.echo_seq_no(),
-                    data: packet.data(),
-                };
-                self.send_icmp(guest_mac, *key.dst.ip(), *key.guest.ip(), &reply, sink);
-            }
-            self.scratch = scratch;
-        }
-    }
-
-    pub(super) fn send_icmp<S: FrameSink>(
+    /// An echo reply read from a ping socket, to the guest with its own
+    /// identifier (the kernel put the socket's there).
+    pub(super) fn deliver_echo_reply<S: FrameSink>(
         &mut self,
         guest_mac: EthernetAddress,
-        src: Ipv4Address,
-        dst: Ipv4Address,
+        key: &FlowKey,
+        data: &[u8],
+        sink: &mut S,
+    ) {
+        if let Ok(packet) = Icmpv4Packet::new_checked(data)
+            && packet.msg_type() == Icmpv4Message::EchoReply
+            && data.len() >= ECHO_HEADER_LEN
+        {
+            let reply = Icmpv4Repr::EchoReply {
+                ident: key.guest.port(),
+                seq_no: packet.echo_seq_no(),
+                data: packet.data(),
+            };
+            self.send_icmpv4(guest_mac, (key.dst.ip(), key.guest.ip()), &reply, sink);
+        }
+    }
+
+    fn send_icmpv4<S: FrameSink>(
+        &mut self,
+        guest_mac: EthernetAddress,
+        addrs: (IpAddr, IpAddr),
         repr: &Icmpv4Repr<'_>,
         sink: &mut S,
     ) {
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Icmp,
-            payload_len: repr.buffer_len(),
-            hop_limit: HOP_LIMIT,
-        };
-        self.send_ipv4(guest_mac, &ip, sink, |buf| {
-            repr.emit(
-                &mut Icmpv4Packet::new_unchecked(buf),
-                &ChecksumCapabilities::default(),
-            );
-        });
+        self.send_ip(
+            guest_mac,
+            addrs,
+            IpProtocol::Icmp,
+            repr.buffer_len(),
+            sink,
+            |buf| {
+                repr.emit(
+                    &mut Icmpv4Packet::new_unchecked(buf),
+                    &ChecksumCapabilities::default(),
+                );
+            },
+        );
     }
 
     /// Destination unreachable from `src`, quoting the offending packet
     /// (its IP header and at least 8 bytes of its payload).
-    pub(super) fn send_icmp_unreachable<S: FrameSink>(
+    pub(super) fn send_unreachable<S: FrameSink>(
         &mut self,
         guest_mac: EthernetAddress,
-        src: Ipv4Address,
-        reason: Icmpv4DstUnreachable,
+        src: IpAddr,
+        reason: Unreachable,
         quote: &[u8],
         sink: &mut S,
     ) {
+        if !src.is_ipv4() {
+            return;
+        }
+        let reason = match reason {
+            Unreachable::Net => Icmpv4DstUnreachable::NetUnreachable,
+            Unreachable::Host => Icmpv4DstUnreachable::HostUnreachable,
+            Unreachable::Port => Icmpv4DstUnreachable::PortUnreachable,
+        };
         let padded = quote_padded(quote);
         let Ok(orig) = Ipv4Packet::new_checked(padded.as_slice()) else {
             return;
@@ -203,16 +187,21 @@ impl Engine {
             header.src_addr,
             header.dst_addr
         );
-        self.send_icmp(guest_mac, src, header.src_addr, &repr, sink);
+        self.send_icmpv4(guest_mac, (src, header.src_addr.into()), &repr, sink);
     }
 }
 
-/// An IP header plus 8 payload bytes rebuilt from a parsed packet, for
-/// quoting in an ICMP error.
-pub(super) fn quote_of(ip: &Ipv4Repr, payload: &[u8]) -> Vec<u8> {
-    let head = &payload[..payload.len().min(8)];
-    let mut repr = *ip;
-    repr.payload_len = head.len();
+/// An IPv4 header from `src` to `dst` followed by `head` (at most 8
+/// bytes of a payload), for quoting in an ICMP error.
+pub(super) fn ipv4_quote(src: Ipv4Addr, dst: Ipv4Addr, head: &[u8]) -> Vec<u8> {
+    let head = &head[..head.len().min(8)];
+    let repr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: head.len(),
+        hop_limit: HOP_LIMIT,
+    };
     let mut buf = vec![0u8; repr.buffer_len() + head.len()];
     let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
     repr.emit(&mut packet, &ChecksumCapabilities::default());

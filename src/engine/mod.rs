@@ -4,9 +4,13 @@
 //! gateway, the DNS address, the DHCP server) and the flow table that maps
 //! each guest flow to a host socket. Each frame from the guest is
 //! classified before smoltcp sees it: ARP for a virtual address and TCP go
-//! into smoltcp; UDP, ICMP and DHCP are handled here. The engine never
-//! touches the tap and reads no clock: the caller passes the time and a
-//! sink for outgoing frames, and tells it which host sockets are ready.
+//! into smoltcp; UDP, ICMP and DHCP are handled here.
+//!
+//! It performs no I/O of its own and reads no clock: the caller passes the
+//! time, a sink for outgoing frames and a [`Host`] that does what the
+//! engine asks of the host's sockets, and tells it which host sockets are
+//! ready. So the same engine runs on the tap and real sockets in
+//! production, and on literal frames and a simulated host in tests.
 
 mod dhcp;
 mod flows;
@@ -19,27 +23,26 @@ mod tests;
 mod udp;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use mio::{Registry, Token};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    EthernetRepr, HardwareAddress, IpCidr, IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr,
 };
 
 pub use dhcp::{Answer as DhcpAnswer, DhcpServer, LEASE_SECS};
-pub use flows::{FLOW_TOKEN_BASE, FLOW_TOKEN_END};
-pub use forward::{Forward, ForwardError, ForwardSpec, Proto};
+pub use flows::{
+    DEFAULT_MAX_PENDING_CONNECTS, DEFAULT_MAX_TCP_FLOWS, FlowKey, Limits, UDP_FLOW_LIMIT,
+};
+pub use forward::{Forward, ForwardError, ForwardSpec};
 pub use port::{ETHERNET_HEADER_LEN, FrameSink};
-pub use udp::{UDP_FLOW_LIMIT, UDP_IDLE_TIMEOUT};
+
+pub use crate::host::{FlowId, Host, Proto, Readiness};
 
 use crate::config::{DEFAULT_TCP_BUFFER, Network};
-use crate::host::Outbound;
-use crate::resolv::Resolver;
 use flows::FlowTable;
 use port::Port;
 
@@ -51,6 +54,11 @@ const DNS_PORT: u16 = 53;
 const GUEST_MAC_LIMIT: usize = 256;
 /// How often idle UDP/ICMP flows and finished TCP flows are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// A UDP (or ICMP echo) flow with no traffic either way for this long is
+/// closed. DNS answers come in milliseconds; two minutes keeps NAT-style
+/// conversations (NTP, QUIC, games) alive between bursts.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration =
+    Duration::from_secs(crate::config::DEFAULT_UDP_TIMEOUT_SECS);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -66,10 +74,11 @@ pub struct EngineConfig {
     pub host_loopback: bool,
     /// The DNS address forwards to the host's resolver.
     pub dns: bool,
-    pub outbound: Outbound,
     /// Bytes per smoltcp TCP buffer, each direction.
     pub tcp_buffer: usize,
-    pub resolv_conf: PathBuf,
+    /// How long an idle UDP or ICMP echo flow lives.
+    pub udp_idle_timeout: Duration,
+    pub limits: Limits,
 }
 
 impl EngineConfig {
@@ -81,11 +90,19 @@ impl EngineConfig {
             seed: 0,
             host_loopback: true,
             dns: true,
-            outbound: Outbound::default(),
             tcp_buffer: DEFAULT_TCP_BUFFER,
-            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            limits: Limits::default(),
         }
     }
+}
+
+/// Why a destination cannot be reached, in terms either ICMP family has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unreachable {
+    Net,
+    Host,
+    Port,
 }
 
 /// Where a guest's packet to some address goes on the host.
@@ -93,24 +110,26 @@ impl EngineConfig {
 enum Route {
     /// To this host socket address.
     Host(SocketAddr),
-    /// Answer with ICMP destination unreachable (net or host).
-    Unreachable(smoltcp::wire::Icmpv4DstUnreachable),
+    /// Answer with ICMP destination unreachable from the gateway.
+    Unreachable(Unreachable),
     /// Answer as a closed port would: TCP RST, ICMP port unreachable.
     Refused,
     /// Drop silently (broadcast, multicast, nothing configured).
     Drop,
 }
 
-/// Readiness of one host socket, as the event loop saw it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Readiness {
-    pub readable: bool,
-    pub writable: bool,
-    /// The peer shut its side (EPOLLRDHUP) or the socket failed.
-    pub read_closed: bool,
+/// One IP packet from the guest, parsed as far as every protocol needs.
+struct Packet<'a> {
+    guest_mac: EthernetAddress,
+    src: IpAddr,
+    dst: IpAddr,
+    /// The transport header and data.
+    payload: &'a [u8],
+    /// The IP header and the first 8 bytes after it, for ICMP errors.
+    quote: &'a [u8],
 }
 
-pub struct Engine {
+pub struct Engine<H: Host> {
     net: Network,
     mac: EthernetAddress,
     caps: DeviceCapabilities,
@@ -122,14 +141,14 @@ pub struct Engine {
     /// MAC of each guest address we have heard from, for frames we
     /// originate (forwarded connections); `last_guest` spares the map a
     /// write per frame.
-    guest_macs: HashMap<Ipv4Addr, EthernetAddress>,
-    last_guest: Option<(Ipv4Addr, EthernetAddress)>,
-    registry: Registry,
-    resolver: Resolver,
+    guest_macs: HashMap<IpAddr, EthernetAddress>,
+    last_guest: Option<(IpAddr, EthernetAddress)>,
+    host: H,
     host_loopback: bool,
     dns: bool,
-    outbound: Outbound,
     tcp_buffer: usize,
+    udp_idle_timeout: Duration,
+    limits: Limits,
     ping_denied_logged: bool,
     next_sweep: Instant,
     /// Reused buffer for every frame the engine or smoltcp sends.
@@ -138,8 +157,8 @@ pub struct Engine {
     scratch: Vec<u8>,
 }
 
-impl Engine {
-    pub fn new(cfg: &EngineConfig, now: Instant, registry: Registry) -> Self {
+impl<H: Host> Engine<H> {
+    pub fn new(cfg: &EngineConfig, now: Instant, host: H) -> Self {
         let net = cfg.net;
         let mac = EthernetAddress(net.gateway_mac());
         let caps = port::capabilities(cfg.mtu, cfg.verify_checksums);
@@ -177,12 +196,12 @@ impl Engine {
             forwards: forward::Forwards::default(),
             guest_macs: HashMap::new(),
             last_guest: None,
-            registry,
-            resolver: Resolver::new(&cfg.resolv_conf),
+            host,
             host_loopback: cfg.host_loopback,
             dns: cfg.dns,
-            outbound: cfg.outbound,
             tcp_buffer: cfg.tcp_buffer,
+            udp_idle_timeout: cfg.udp_idle_timeout,
+            limits: cfg.limits,
             ping_denied_logged: false,
             next_sweep: now + SWEEP_INTERVAL,
             tx,
@@ -194,25 +213,55 @@ impl Engine {
         &self.net
     }
 
-    fn is_virtual(&self, addr: Ipv4Addr) -> bool {
-        addr == self.net.gateway || addr == self.net.dns
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    pub fn host_mut(&mut self) -> &mut H {
+        &mut self.host
+    }
+
+    /// Live flows by protocol: (TCP, of which still connecting, UDP, ping).
+    pub fn flow_counts(&self) -> (usize, usize, usize, usize) {
+        self.flows.counts()
+    }
+
+    fn is_virtual(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => a == self.net.gateway || a == self.net.dns,
+            IpAddr::V6(_) => false,
+        }
+    }
+
+    /// The gateway's address in `addr`'s family: the source of ICMP
+    /// errors about routing.
+    fn gateway_for(&self, _addr: IpAddr) -> IpAddr {
+        self.net.gateway.into()
     }
 
     /// Where traffic from the guest to `dst:port` goes.
-    fn route(&mut self, now: Instant, dst: Ipv4Addr, port: u16) -> Route {
-        use smoltcp::wire::Icmpv4DstUnreachable as Unreach;
+    fn route(&mut self, now: Instant, dst: IpAddr, port: u16) -> Route {
+        let dst = match dst {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => {
+                if v6.is_loopback() || v6.is_multicast() || v6.is_unspecified() {
+                    return Route::Drop;
+                }
+                return Route::Host(SocketAddr::new(dst, port));
+            }
+        };
         if dst == self.net.gateway {
             return if self.host_loopback {
                 Route::Host(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
             } else {
-                Route::Unreachable(Unreach::NetUnreachable)
+                Route::Unreachable(Unreachable::Net)
             };
         }
         if dst == self.net.dns {
             if !self.dns || port != DNS_PORT {
                 return Route::Refused;
             }
-            return match self.resolver.nameserver(now) {
+            return match self.host.nameserver(now) {
                 Some(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
                 None => Route::Drop,
             };
@@ -220,7 +269,7 @@ impl Engine {
         if self.net.contains(dst) {
             // Nothing else lives on the virtual network; never let such a
             // destination leak to a host network that happens to use it.
-            return Route::Unreachable(Unreach::HostUnreachable);
+            return Route::Unreachable(Unreachable::Host);
         }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() || dst.is_loopback() {
             return Route::Drop;
@@ -256,7 +305,7 @@ impl Engine {
                 operation: ArpOperation::Request,
                 target_protocol_addr,
                 ..
-            } => self.is_virtual(target_protocol_addr),
+            } => self.is_virtual(target_protocol_addr.into()),
             ArpRepr::EthernetIpv4 {
                 operation: ArpOperation::Reply,
                 ..
@@ -282,51 +331,109 @@ impl Engine {
             return;
         }
         let guest_mac = eth.src_addr();
-        if self.last_guest != Some((ip_repr.src_addr, guest_mac))
-            && self.net.contains(ip_repr.src_addr)
-            && guest_mac.is_unicast()
-        {
-            self.last_guest = Some((ip_repr.src_addr, guest_mac));
-            if self.guest_macs.len() >= GUEST_MAC_LIMIT {
-                // A guest spraying source addresses must not grow this
-                // without bound; real guests have a handful.
-                self.guest_macs.clear();
-            }
-            self.guest_macs.insert(ip_repr.src_addr, guest_mac);
+        if self.net.contains(ip_repr.src_addr) {
+            self.learn_guest(ip_repr.src_addr.into(), guest_mac);
         }
+        let total = ip.total_len() as usize;
+        let header = ip.header_len() as usize;
+        let packet = eth.payload();
+        let pkt = Packet {
+            guest_mac,
+            src: ip_repr.src_addr.into(),
+            dst: ip_repr.dst_addr.into(),
+            payload: ip.payload(),
+            quote: &packet[..(header + 8).min(total)],
+        };
         match ip_repr.next_header {
-            IpProtocol::Tcp => self.process_tcp(now, frame, &ip_repr, ip.payload(), sink),
-            IpProtocol::Udp => self.process_udp(now, guest_mac, &ip, &ip_repr, ip.payload(), sink),
-            IpProtocol::Icmp => {
-                self.process_icmp(now, guest_mac, &ip, &ip_repr, ip.payload(), sink)
-            }
+            IpProtocol::Tcp => self.process_tcp(now, frame, &pkt, sink),
+            IpProtocol::Udp => self.process_udp(now, &pkt, sink),
+            IpProtocol::Icmp => self.process_icmp(now, &pkt, sink),
             other => log::trace!("dropping IP protocol {other} to {}", ip_repr.dst_addr),
         }
     }
 
-    /// Build an IPv4 frame from the gateway's MAC in the reused buffer.
-    fn send_ipv4<S: FrameSink>(
+    /// Remember the guest's MAC for an address it sends from.
+    fn learn_guest(&mut self, addr: IpAddr, mac: EthernetAddress) {
+        if self.last_guest == Some((addr, mac)) || !mac.is_unicast() {
+            return;
+        }
+        self.last_guest = Some((addr, mac));
+        if self.guest_macs.len() >= GUEST_MAC_LIMIT {
+            // A guest spraying source addresses must not grow this
+            // without bound; real guests have a handful.
+            self.guest_macs.clear();
+        }
+        self.guest_macs.insert(addr, mac);
+    }
+
+    /// The guest's MAC for frames we originate toward `ip`; broadcast when
+    /// we have not heard from it yet (the guest still takes the packet,
+    /// since it is addressed to its IP).
+    fn guest_mac_for(&self, ip: IpAddr) -> EthernetAddress {
+        self.guest_macs
+            .get(&ip)
+            .copied()
+            .unwrap_or(EthernetAddress::BROADCAST)
+    }
+
+    /// Wrap a payload in an IP header of `src`'s family and an Ethernet
+    /// header from the gateway's MAC, in the reused buffer, and send it.
+    /// The one place every packet the engine originates is framed.
+    fn send_ip<S: FrameSink>(
         &mut self,
         dst_mac: EthernetAddress,
-        ip: &Ipv4Repr,
+        (src, dst): (IpAddr, IpAddr),
+        proto: IpProtocol,
+        payload_len: usize,
         sink: &mut S,
         emit_payload: impl FnOnce(&mut [u8]),
     ) {
+        let (ip, ethertype) = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => (
+                IpRepr::Ipv4(Ipv4Repr {
+                    src_addr: s,
+                    dst_addr: d,
+                    next_header: proto,
+                    payload_len,
+                    hop_limit: HOP_LIMIT,
+                }),
+                EthernetProtocol::Ipv4,
+            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => (
+                IpRepr::Ipv6(smoltcp::wire::Ipv6Repr {
+                    src_addr: s,
+                    dst_addr: d,
+                    next_header: proto,
+                    payload_len,
+                    hop_limit: HOP_LIMIT,
+                }),
+                EthernetProtocol::Ipv6,
+            ),
+            _ => {
+                log::debug!("not sending a packet from {src} to {dst}: families differ");
+                return;
+            }
+        };
         let eth = EthernetRepr {
             src_addr: self.mac,
             dst_addr: dst_mac,
-            ethertype: EthernetProtocol::Ipv4,
+            ethertype,
         };
-        let len = eth.buffer_len() + ip.buffer_len() + ip.payload_len;
+        let header_len = ip.header_len();
+        let len = eth.buffer_len() + header_len + payload_len;
+        if len > self.caps.max_transmission_unit {
+            log::debug!("not sending a {len}-byte frame to {dst}: larger than the MTU");
+            return;
+        }
         if self.tx.len() < len {
             self.tx.resize(len, 0);
         }
         let buf = &mut self.tx[..len];
         let mut frame = EthernetFrame::new_unchecked(&mut *buf);
         eth.emit(&mut frame);
-        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-        ip.emit(&mut packet, &ChecksumCapabilities::default());
-        emit_payload(packet.payload_mut());
+        let packet = frame.payload_mut();
+        ip.emit(&mut *packet, &ChecksumCapabilities::default());
+        emit_payload(&mut packet[header_len..]);
         sink.send_frame(buf);
     }
 
@@ -341,17 +448,17 @@ impl Engine {
             .poll_ingress_single(now, &mut dev, &mut self.sockets);
     }
 
-    /// A host socket is ready. The event loop calls this for tokens from
-    /// `FLOW_TOKEN_BASE` up; the work happens in the next `poll`.
-    pub fn host_event(&mut self, token: Token, ready: Readiness) {
-        self.flows.mark_ready(token, ready);
+    /// Host socket `id` is ready. The work happens in the next `poll`.
+    pub fn host_event(&mut self, id: FlowId, ready: Readiness) {
+        self.flows.mark_ready(id, ready);
     }
 
     /// Move data between flows and their host sockets, let smoltcp send
     /// what it has queued and run its timers, and retire finished flows.
     /// Call after each batch of frames and host events, and when
-    /// `poll_at` comes due.
+    /// `poll_delay` comes due.
     pub fn poll<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        self.flows.requeue_carried();
         self.service_flows(now, sink);
         let mut dev = Port {
             rx: None,
@@ -367,10 +474,21 @@ impl Engine {
         }
     }
 
-    /// When `poll` must next run.
-    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        let smol = self.iface.poll_at(now, &self.sockets);
-        let sweep = (!self.flows.is_empty()).then_some(self.next_sweep);
+    /// How long until `poll` must run again: zero when work is waiting
+    /// (a flow whose batch was cut short, or a smoltcp deadline that has
+    /// passed), `None` when nothing is due until the next event.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        if self.flows.has_carried() {
+            return Some(Duration::ZERO);
+        }
+        let smol = self.iface.poll_delay(now, &self.sockets);
+        let sweep = (!self.flows.is_empty() || self.forwards.has_udp_clients()).then(|| {
+            if self.next_sweep > now {
+                self.next_sweep - now
+            } else {
+                Duration::ZERO
+            }
+        });
         match (smol, sweep) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -379,32 +497,43 @@ impl Engine {
 
     /// Serve every flow that had a frame or a host event since last time.
     fn service_flows<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
-        while let Some(slot) = self.flows.next_dirty() {
-            match self.flows.kind(slot) {
-                Some(flows::Kind::Tcp) => self.pump_tcp(slot, sink),
-                Some(flows::Kind::Udp) => self.pump_udp(now, slot, sink),
-                Some(flows::Kind::Ping) => self.pump_ping(now, slot, sink),
-                Some(flows::Kind::Listener) => self.pump_listener(now, slot, sink),
-                None => {}
+        while let Some(id) = self.flows.next_dirty() {
+            let more = match self.flows.kind(id) {
+                Some(flows::Kind::Tcp) => {
+                    self.pump_tcp(now, id, sink);
+                    false
+                }
+                Some(flows::Kind::Udp) | Some(flows::Kind::Ping) => self.pump_dgram(now, id, sink),
+                Some(flows::Kind::Listener) => self.pump_listener(now, id, sink),
+                None => false,
+            };
+            if more {
+                // Its batch is used up: the rest waits for the next poll,
+                // so one busy socket cannot starve the tap or the others.
+                self.flows.carry(id);
             }
         }
     }
 
     /// Retire idle datagram flows and TCP flows smoltcp has finished with.
     fn sweep(&mut self, now: Instant) {
-        for slot in self.flows.expired(now) {
-            self.remove_flow(slot);
+        for id in self.flows.expired(now, self.udp_idle_timeout) {
+            log::debug!("closing an idle datagram flow");
+            self.remove_flow(id, false);
         }
         self.expire_forwarded_udp(now);
         self.flows.mark_all_tcp_for_reaping();
         self.flows.retry_listeners();
     }
 
-    fn remove_flow(&mut self, slot: usize) {
-        if let Some(flow) = self.flows.remove(slot, &self.registry)
+    /// Take a flow out: free its smoltcp socket and close its host socket
+    /// (with RST for a TCP stream when `reset`).
+    fn remove_flow(&mut self, id: FlowId, reset: bool) {
+        if let Some(flow) = self.flows.remove(id)
             && let Some(handle) = flow.tcp_handle()
         {
             self.sockets.remove(handle);
         }
+        self.host.close(id, reset);
     }
 }

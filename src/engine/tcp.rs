@@ -1,30 +1,34 @@
-//! Guest TCP connections, proxied through host TCP sockets.
+//! Guest TCP connections, proxied through host TCP streams.
 //!
-//! A guest SYN to a new destination starts a non-blocking host connect and
-//! a smoltcp socket listening on that exact destination, with its SYN-ACK
-//! held until the host side connects. A refused connect becomes a RST, an
-//! unreachable one an ICMP error. Once both sides are up, data moves
-//! straight between smoltcp's buffers and the host socket, and each side
-//! stops reading while the other is full.
+//! Outbound: a guest SYN to a new destination starts a host connect and
+//! waits, as a frame, in the flow. Only once the host side is up does a
+//! smoltcp socket listen on that exact destination and take the SYN, so
+//! its SYN-ACK tells the guest the truth; a refused connect becomes a
+//! RST, an unreachable one an ICMP error. Inbound (forwards): a host
+//! client accepted by a listener becomes a smoltcp connect to the guest.
+//! Either way, once both sides are up, data moves straight between
+//! smoltcp's buffers and the host stream, and each side stops reading
+//! while the other is full.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddrV4};
+use std::io;
 
+use smoltcp::iface::SocketHandle;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, Icmpv4DstUnreachable, IpListenEndpoint, IpProtocol, Ipv4Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetAddress, EthernetFrame, IpEndpoint, IpListenEndpoint, IpProtocol, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
-use super::flows::{Flow, FlowKey, Kind, TcpFlow};
-use super::{Engine, FrameSink, HOP_LIMIT, Route};
-use crate::host;
+use super::flows::{Flow, FlowKey, Kind, Ready, TcpFlow, TcpPhase};
+use super::{Engine, FrameSink, Packet, Route, Unreachable};
+use crate::host::{FlowId, Host, Step};
 
-/// Bytes of the offending packet an ICMP error quotes: the IP header
-/// (without options) and the first 8 bytes of its payload.
-const QUOTE_LEN: usize = 28;
+/// A SYN frame kept while its host connect is under way is at most this
+/// long; a SYN carrying more (data on the SYN) is dropped, so a flood of
+/// pending connects holds little memory.
+const MAX_SYN_FRAME: usize = 1536;
 
 enum Pump {
     More,
@@ -33,111 +37,181 @@ enum Pump {
     Failed(io::Error),
 }
 
-impl Engine {
+/// The IP header and first 8 bytes of a kept Ethernet frame, to quote.
+fn quote_of_frame(frame: &[u8]) -> &[u8] {
+    let ip = EthernetFrame::new_checked(frame)
+        .map(|eth| eth.payload().len())
+        .unwrap_or(0);
+    let start = frame.len() - ip;
+    let ip = &frame[start..];
+    let header = ip.first().map_or(0, |b| ((b & 0x0f) as usize) * 4);
+    &ip[..(header + 8).min(ip.len())]
+}
+
+impl<H: Host> Engine<H> {
     pub(super) fn process_tcp<S: FrameSink>(
         &mut self,
         now: Instant,
         frame: &[u8],
-        ip: &Ipv4Repr,
-        payload: &[u8],
+        pkt: &Packet,
         sink: &mut S,
     ) {
-        let Ok(tcp) = TcpPacket::new_checked(payload) else {
+        let Ok(tcp) = TcpPacket::new_checked(pkt.payload) else {
             log::trace!("dropping a malformed TCP segment");
             return;
         };
         let key = FlowKey {
-            guest: SocketAddrV4::new(ip.src_addr, tcp.src_port()),
-            dst: SocketAddrV4::new(ip.dst_addr, tcp.dst_port()),
+            guest: (pkt.src, tcp.src_port()).into(),
+            dst: (pkt.dst, tcp.dst_port()).into(),
         };
-        if let Some(slot) = self.flows.find(Kind::Tcp, &key) {
-            self.flows.mark_dirty(slot);
-            self.feed_smoltcp(now, frame, sink);
-            return;
+        if let Some(id) = self.flows.find(Kind::Tcp, &key) {
+            return self.segment_of_flow(now, id, frame, &tcp, sink);
         }
         if tcp.syn() && !tcp.ack() && !tcp.rst() {
-            self.open_tcp(now, frame, key, tcp.seq_number(), sink);
+            self.open_outbound(now, frame, pkt, key, tcp.seq_number(), sink);
         } else if !tcp.rst() {
             // A segment of no flow we know: smoltcp answers it with RST.
             self.feed_smoltcp(now, frame, sink);
         }
     }
 
-    fn open_tcp<S: FrameSink>(
+    fn segment_of_flow<S: FrameSink>(
         &mut self,
         now: Instant,
+        id: FlowId,
         frame: &[u8],
-        key: FlowKey,
-        syn_seq: TcpSeqNumber,
+        tcp: &TcpPacket<&[u8]>,
         sink: &mut S,
     ) {
-        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        let Some(flow) = self.flows.tcp_mut(id) else {
             return;
         };
-        let guest_mac = eth.src_addr();
-        let quote = &eth.payload()[..QUOTE_LEN.min(eth.payload().len())];
-        let target = match self.route(now, *key.dst.ip(), key.dst.port()) {
-            Route::Host(addr) => addr,
-            Route::Refused => return self.send_rst(guest_mac, &key, syn_seq, sink),
-            Route::Unreachable(reason) => {
-                let src = self.net.gateway;
-                return self.send_icmp_unreachable(guest_mac, src, reason, quote, sink);
+        if let TcpPhase::Connecting { syn, seq } = &mut flow.phase {
+            if tcp.rst() {
+                log::debug!("tcp {}: the guest gave up connecting", flow.key.guest);
+                return self.remove_flow(id, false);
             }
-            Route::Drop => return,
-        };
-        let host = match host::tcp_connect(target, self.outbound.for_dst(target.ip())) {
-            Ok(host) => host,
-            Err(e) => {
-                log::debug!("tcp {} -> {target}: connect failed: {e}", key.guest);
-                return self.fail_connect(guest_mac, &key, syn_seq, quote, &e, sink);
+            if tcp.syn() && !tcp.ack() && frame.len() <= MAX_SYN_FRAME {
+                // A retransmission: keep the newest, it is what the guest
+                // expects an answer to.
+                *syn = frame.into();
+                *seq = tcp.seq_number();
             }
-        };
+            // Anything else has to wait for the handshake.
+            return;
+        }
+        let handshake = matches!(flow.phase, TcpPhase::Handshake(_));
+        let handle = flow.handle();
+        self.flows.mark_dirty(id);
+        self.feed_smoltcp(now, frame, sink);
+        if handshake
+            && let Some(h) = handle
+            && self.sockets.get::<tcp::Socket>(h).state() == State::Listen
+        {
+            // The guest reset the handshake and smoltcp went back to
+            // listening on this exact destination, where it would catch
+            // the guest's next SYN there: retire it now.
+            self.remove_flow(id, true);
+        }
+    }
 
+    /// A new smoltcp socket with netferry's settings, for either direction.
+    fn new_tcp_socket(&self) -> tcp::Socket<'static> {
         let mut sock = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]),
             tcp::SocketBuffer::new(vec![0u8; self.tcp_buffer]),
         );
+        // The guest's stack decides when to ACK and batch; a second delay
+        // here would only add latency.
+        sock.set_ack_delay(None);
+        sock.set_nagle_enabled(false);
+        sock
+    }
+
+    fn tcp_full(&self) -> bool {
+        let (tcp, ..) = self.flows.counts();
+        tcp >= self.limits.tcp_flows
+    }
+
+    /// The outbound constructor: a guest SYN to a new destination.
+    fn open_outbound<S: FrameSink>(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        pkt: &Packet,
+        key: FlowKey,
+        seq: TcpSeqNumber,
+        sink: &mut S,
+    ) {
+        let target = match self.route(now, key.dst.ip(), key.dst.port()) {
+            Route::Host(addr) => addr,
+            Route::Refused => return self.send_rst(pkt.guest_mac, &key, seq, sink),
+            Route::Unreachable(reason) => {
+                let src = self.gateway_for(key.dst.ip());
+                return self.send_unreachable(pkt.guest_mac, src, reason, pkt.quote, sink);
+            }
+            Route::Drop => return,
+        };
+        let (_, connecting, ..) = self.flows.counts();
+        if self.tcp_full() || connecting >= self.limits.pending_connects {
+            // Answer as a busy host would, at no cost to us.
+            log::debug!("tcp {} -> {target}: at the flow cap, refusing", key.guest);
+            return self.send_rst(pkt.guest_mac, &key, seq, sink);
+        }
+        if frame.len() > MAX_SYN_FRAME {
+            log::debug!("tcp {}: dropping a SYN that carries data", key.guest);
+            return;
+        }
+        let id = self.flows.next_id();
+        if let Err(e) = self.host.tcp_connect(id, target) {
+            log::debug!("tcp {} -> {target}: connect failed: {e}", key.guest);
+            return self.fail_connect(pkt.guest_mac, &key, seq, pkt.quote, &e, sink);
+        }
+        log::debug!("tcp {} -> {target}: connecting", key.guest);
+        self.flows.insert(Flow::Tcp(TcpFlow {
+            key,
+            guest_mac: pkt.guest_mac,
+            ready: Ready::default(),
+            phase: TcpPhase::Connecting {
+                syn: frame.into(),
+                seq,
+            },
+        }));
+    }
+
+    /// The host side of a connecting flow is up: hand the guest's SYN to
+    /// a socket listening on exactly its destination. False when the flow
+    /// is gone.
+    fn answer_syn<S: FrameSink>(&mut self, now: Instant, id: FlowId, sink: &mut S) -> bool {
+        let Some(flow) = self.flows.tcp_mut(id) else {
+            return false;
+        };
+        let TcpPhase::Connecting { syn, .. } = &mut flow.phase else {
+            return true;
+        };
+        let syn = std::mem::take(syn);
+        let key = flow.key;
+        let mut sock = self.new_tcp_socket();
         let endpoint = IpListenEndpoint {
-            addr: Some((*key.dst.ip()).into()),
+            addr: Some(key.dst.ip().into()),
             port: key.dst.port(),
         };
         if sock.listen(endpoint).is_err() {
-            return;
+            self.remove_flow(id, true);
+            return false;
         }
-        sock.pause_synack(true);
-        sock.set_ack_delay(None);
-        sock.set_nagle_enabled(false);
         let handle = self.sockets.add(sock);
-        let flow = TcpFlow {
-            key,
-            handle,
-            host,
-            connecting: true,
-            established: false,
-            readable: false,
-            writable: false,
-            host_closed: false,
-            read_eof: false,
-            write_shut: false,
-            syn_quote: quote.to_vec(),
-            syn_seq,
-            guest_mac,
-        };
-        let slot = match self.flows.insert(Flow::Tcp(flow), &self.registry) {
-            Ok(slot) => slot,
-            Err(e) => {
-                log::warn!("cannot watch a host socket: {e}");
-                self.sockets.remove(handle);
-                return self.send_rst(guest_mac, &key, syn_seq, sink);
-            }
-        };
-        log::debug!("tcp {} -> {target}: connecting", key.guest);
-        self.feed_smoltcp(now, frame, sink);
+        self.flows.connected(id, handle);
+        log::debug!("tcp {} -> {}: connected", key.guest, key.dst);
+        self.feed_smoltcp(now, &syn, sink);
         if self.sockets.get::<tcp::Socket>(handle).state() != State::SynReceived {
             // smoltcp did not take the SYN; never leave a listener behind
             // that would catch another guest connection.
-            self.remove_flow(slot);
+            log::debug!("tcp {}: smoltcp did not take the SYN", key.guest);
+            self.remove_flow(id, true);
+            return false;
         }
+        true
     }
 
     /// The host connect failed: tell the guest the way its own kernel
@@ -146,24 +220,19 @@ impl Engine {
         &mut self,
         guest_mac: EthernetAddress,
         key: &FlowKey,
-        syn_seq: TcpSeqNumber,
+        seq: TcpSeqNumber,
         quote: &[u8],
         err: &io::Error,
         sink: &mut S,
     ) {
         let reason = match err.raw_os_error() {
-            Some(libc::ENETUNREACH) => Some(Icmpv4DstUnreachable::NetUnreachable),
-            Some(libc::EHOSTUNREACH) | Some(libc::ETIMEDOUT) => {
-                Some(Icmpv4DstUnreachable::HostUnreachable)
-            }
+            Some(libc::ENETUNREACH) => Some(Unreachable::Net),
+            Some(libc::EHOSTUNREACH) | Some(libc::ETIMEDOUT) => Some(Unreachable::Host),
             _ => None,
         };
         match reason {
-            Some(reason) => {
-                let src = *key.dst.ip();
-                self.send_icmp_unreachable(guest_mac, src, reason, quote, sink)
-            }
-            None => self.send_rst(guest_mac, key, syn_seq, sink),
+            Some(reason) => self.send_unreachable(guest_mac, key.dst.ip(), reason, quote, sink),
+            None => self.send_rst(guest_mac, key, seq, sink),
         }
     }
 
@@ -189,86 +258,139 @@ impl Engine {
             timestamp: None,
             payload: &[],
         };
-        let ip = Ipv4Repr {
-            src_addr: *key.dst.ip(),
-            dst_addr: *key.guest.ip(),
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: HOP_LIMIT,
-        };
-        self.send_ipv4(guest_mac, &ip, sink, |buf| {
-            tcp.emit(
-                &mut TcpPacket::new_unchecked(buf),
-                &ip.src_addr.into(),
-                &ip.dst_addr.into(),
-                &ChecksumCapabilities::default(),
-            );
-        });
+        let (src, dst) = (key.dst.ip(), key.guest.ip());
+        self.send_ip(
+            guest_mac,
+            (src, dst),
+            IpProtocol::Tcp,
+            tcp.buffer_len(),
+            sink,
+            |buf| {
+                tcp.emit(
+                    &mut TcpPacket::new_unchecked(buf),
+                    &src.into(),
+                    &dst.into(),
+                    &ChecksumCapabilities::default(),
+                );
+            },
+        );
     }
 
-    /// Move what can move between the guest socket and the host socket.
-    pub(super) fn pump_tcp<S: FrameSink>(&mut self, slot: usize, sink: &mut S) {
-        self.flows.queue_reap(slot);
-        let Some(flow) = self.flows.tcp_mut(slot) else {
+    /// The inbound constructor: host client `id`, already accepted, is
+    /// carried to `guest` from `src` (its address as the guest sees it).
+    pub(super) fn open_inbound(
+        &mut self,
+        id: FlowId,
+        src: std::net::SocketAddr,
+        guest: std::net::SocketAddr,
+    ) {
+        let key = FlowKey { guest, dst: src };
+        if self.flows.find(Kind::Tcp, &key).is_some() || self.tcp_full() {
+            log::debug!("forward: no room for {src} -> {guest}; dropping it");
+            return self.host.close(id, true);
+        }
+        let mut sock = self.new_tcp_socket();
+        let remote = IpEndpoint::new(guest.ip().into(), guest.port());
+        let local = IpListenEndpoint {
+            addr: Some(src.ip().into()),
+            port: src.port(),
+        };
+        if let Err(e) = sock.connect(self.iface.context(), remote, local) {
+            log::debug!("forward: cannot open {src} -> {guest}: {e}");
+            return self.host.close(id, true);
+        }
+        let handle: SocketHandle = self.sockets.add(sock);
+        let flow = TcpFlow {
+            key,
+            guest_mac: self.guest_mac_for(guest.ip()),
+            // A fresh stream can take data at once.
+            ready: Ready {
+                writable: true,
+                ..Ready::default()
+            },
+            phase: TcpPhase::Handshake(handle),
+        };
+        let inserted = self.flows.insert(Flow::Tcp(flow));
+        debug_assert_eq!(inserted, id);
+        self.flows.queue_reap(id);
+        log::debug!("forward: -> {guest} as {src}");
+    }
+
+    /// Move what can move between the guest socket and the host stream.
+    pub(super) fn pump_tcp<S: FrameSink>(&mut self, now: Instant, id: FlowId, sink: &mut S) {
+        self.flows.queue_reap(id);
+        let Some(flow) = self.flows.tcp_mut(id) else {
             return;
         };
-        let sock = self.sockets.get_mut::<tcp::Socket>(flow.handle);
-
-        if flow.connecting {
-            if !(flow.writable || flow.readable) {
+        if let TcpPhase::Connecting { syn, seq } = &mut flow.phase {
+            if !(flow.ready.writable || flow.ready.readable) {
                 return;
             }
-            let failure = match flow.host.take_error() {
-                Ok(None) => None,
-                Ok(Some(e)) | Err(e) => Some(e),
-            };
-            if let Some(e) = failure {
-                log::debug!(
-                    "tcp {} -> {}: connect failed: {e}",
-                    flow.key.guest,
-                    flow.key.dst
-                );
-                let (mac, key, seq) = (flow.guest_mac, flow.key, flow.syn_seq);
-                let quote = std::mem::take(&mut flow.syn_quote);
-                // Our own RST or ICMP error, rather than smoltcp's RST from
-                // a SYN-RECEIVED socket whose SYN-ACK the guest never saw.
-                self.remove_flow(slot);
-                return self.fail_connect(mac, &key, seq, &quote, &e, sink);
-            }
-            match flow.host.peer_addr() {
-                Ok(_) => {
-                    flow.connecting = false;
-                    flow.syn_quote = Vec::new();
-                    sock.pause_synack(false);
-                    log::debug!("tcp {} -> {}: connected", flow.key.guest, flow.key.dst);
+            match self.host.tcp_connected(id) {
+                Ok(false) => return,
+                Ok(true) => {
+                    if !self.answer_syn(now, id, sink) {
+                        return;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => {
-                    log::debug!("tcp {}: connect state unknown: {e}", flow.key.guest);
-                    return;
+                    log::debug!(
+                        "tcp {} -> {}: connect failed: {e}",
+                        flow.key.guest,
+                        flow.key.dst
+                    );
+                    let (mac, key, seq) = (flow.guest_mac, flow.key, *seq);
+                    let syn = std::mem::take(syn);
+                    // Our own RST or ICMP error: the guest never saw a
+                    // SYN-ACK, so nothing of smoltcp's is involved.
+                    self.remove_flow(id, false);
+                    return self.fail_connect(mac, &key, seq, quote_of_frame(&syn), &e, sink);
                 }
             }
         }
+        let Some(flow) = self.flows.tcp_mut(id) else {
+            return;
+        };
+        let Some(handle) = flow.handle() else {
+            return;
+        };
+        let sock = self.sockets.get_mut::<tcp::Socket>(handle);
         // Past the handshake. Not just ESTABLISHED: the guest's ACK, data
         // and FIN can all arrive in one batch, straight into CLOSE-WAIT.
-        if !matches!(
-            sock.state(),
-            State::Listen | State::SynSent | State::SynReceived | State::Closed
-        ) {
-            flow.established = true;
+        if matches!(flow.phase, TcpPhase::Handshake(_))
+            && !matches!(
+                sock.state(),
+                State::Listen | State::SynSent | State::SynReceived | State::Closed
+            )
+        {
+            flow.phase = TcpPhase::Open {
+                handle,
+                host_eof: false,
+                guest_fin: false,
+            };
         }
+        let TcpPhase::Open {
+            host_eof,
+            guest_fin,
+            ..
+        } = &mut flow.phase
+        else {
+            return;
+        };
+        let host = &mut self.host;
+        let read_closed = flow.ready.read_closed;
 
         // Guest to host.
-        while flow.writable && sock.can_recv() {
-            let res = sock.recv(|buf| match (&flow.host).write(buf) {
-                Ok(n) => (n, if n == 0 { Pump::Blocked } else { Pump::More }),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Pump::Blocked),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Pump::More),
-                Err(e) => (0, Pump::Failed(e)),
+        while flow.ready.writable && sock.can_recv() {
+            let res = sock.recv(|buf| match Step::from(host.tcp_write(id, buf)) {
+                Step::Got(0) | Step::Drained => (0, Pump::Blocked),
+                Step::Got(n) => (n, Pump::More),
+                Step::Retry => (0, Pump::More),
+                Step::Failed(e) => (0, Pump::Failed(e)),
             });
             match res {
                 Ok(Pump::More) => {}
-                Ok(Pump::Blocked) => flow.writable = false,
+                Ok(Pump::Blocked) => flow.ready.writable = false,
                 Ok(Pump::Failed(e)) => {
                     log::debug!("tcp {}: host write failed: {e}", flow.key.guest);
                     sock.abort();
@@ -277,31 +399,31 @@ impl Engine {
                 Ok(Pump::Eof) | Err(_) => break,
             }
         }
-        if flow.established && !flow.write_shut && !sock.may_recv() && !sock.can_recv() {
+        if !*guest_fin && !sock.may_recv() && !sock.can_recv() {
             // The guest sent FIN and everything before it is written.
-            let _ = flow.host.shutdown(Shutdown::Write);
-            flow.write_shut = true;
+            host.tcp_shutdown_write(id);
+            *guest_fin = true;
         }
 
         // Host to guest.
-        while flow.readable && !flow.read_eof && sock.can_send() {
-            let res = sock.send(|buf| match (&flow.host).read(buf) {
-                Ok(0) => (0, Pump::Eof),
+        while flow.ready.readable && !*host_eof && sock.can_send() {
+            let res = sock.send(|buf| match Step::from(host.tcp_read(id, buf)) {
+                Step::Got(0) => (0, Pump::Eof),
                 // A short read emptied the socket: skip the read that
                 // would only say EAGAIN (epoll is edge-triggered on every
                 // arrival, so new data wakes us again). Not once the peer
                 // has closed: its FIN raises no new edge, so read on to 0.
-                Ok(n) if n < buf.len() && !flow.host_closed => (n, Pump::Blocked),
-                Ok(n) => (n, Pump::More),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Pump::Blocked),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Pump::More),
-                Err(e) => (0, Pump::Failed(e)),
+                Step::Got(n) if n < buf.len() && !read_closed => (n, Pump::Blocked),
+                Step::Got(n) => (n, Pump::More),
+                Step::Drained => (0, Pump::Blocked),
+                Step::Retry => (0, Pump::More),
+                Step::Failed(e) => (0, Pump::Failed(e)),
             });
             match res {
                 Ok(Pump::More) => {}
-                Ok(Pump::Blocked) => flow.readable = false,
+                Ok(Pump::Blocked) => flow.ready.readable = false,
                 Ok(Pump::Eof) => {
-                    flow.read_eof = true;
+                    *host_eof = true;
                     sock.close();
                 }
                 Ok(Pump::Failed(e)) => {
@@ -317,37 +439,34 @@ impl Engine {
     /// Remove flows whose guest side is over. Runs after egress, so a RST
     /// from an aborted socket has already been sent.
     pub(super) fn reap_tcp(&mut self) {
-        for slot in self.flows.take_reap() {
-            let Some(flow) = self.flows.tcp_mut(slot) else {
+        for id in self.flows.take_reap() {
+            let Some(flow) = self.flows.tcp_mut(id) else {
                 continue;
             };
-            let sock = self.sockets.get::<tcp::Socket>(flow.handle);
-            match sock.state() {
-                // Listen: the guest reset a connection still waiting for
-                // its host side, and smoltcp went back to listening; such
-                // a socket must not catch the next guest connection.
-                State::Closed | State::TimeWait | State::Listen => {
-                    let clean = flow.write_shut && flow.read_eof;
-                    if !clean && !flow.connecting {
-                        // The guest reset (or we aborted): reset the host
-                        // side too instead of a graceful FIN.
-                        reset_on_close(&flow.host);
-                    }
-                    log::debug!("tcp {} -> {}: done", flow.key.guest, flow.key.dst);
-                    self.remove_flow(slot);
-                }
-                _ => {}
+            let Some(handle) = flow.handle() else {
+                continue;
+            };
+            // Listen: the guest reset the handshake and smoltcp went back
+            // to listening; such a socket must not catch the next
+            // guest connection.
+            if !matches!(
+                self.sockets.get::<tcp::Socket>(handle).state(),
+                State::Closed | State::TimeWait | State::Listen
+            ) {
+                continue;
             }
+            let clean = matches!(
+                flow.phase,
+                TcpPhase::Open {
+                    host_eof: true,
+                    guest_fin: true,
+                    ..
+                }
+            );
+            log::debug!("tcp {} -> {}: done", flow.key.guest, flow.key.dst);
+            // The guest reset (or we aborted): reset the host side too
+            // instead of a graceful FIN.
+            self.remove_flow(id, !clean);
         }
     }
-}
-
-/// SO_LINGER with a zero timeout: close() sends RST.
-fn reset_on_close(stream: &mio::net::TcpStream) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    let _ = setsockopt(stream, sockopt::Linger, &linger);
 }

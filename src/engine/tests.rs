@@ -1,8 +1,11 @@
 //! The engine driven with literal frames, as the guest kernel would send
-//! them. No tap, no mocks: whatever the engine emits is parsed back with
-//! smoltcp's wire types and checked field by field.
+//! them, on the simulated host. No tap, no mocks of the engine: whatever
+//! it emits is parsed back with smoltcp's wire types and checked field by
+//! field.
 
 use super::*;
+use crate::host::SimHost;
+use crate::host::sim::Outcome;
 use smoltcp::wire::{
     DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpMessageType, DhcpPacket, DhcpRepr, Icmpv4Packet,
     Icmpv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
@@ -10,6 +13,8 @@ use smoltcp::wire::{
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+
+type Engine = super::Engine<SimHost>;
 
 fn engine() -> Engine {
     engine_for(Network::default())
@@ -19,12 +24,7 @@ fn engine_for(net: Network) -> Engine {
     let mut cfg = EngineConfig::new(net, 1500);
     cfg.verify_checksums = true;
     cfg.seed = 1;
-    let poll = mio::Poll::new().unwrap();
-    Engine::new(
-        &cfg,
-        Instant::from_millis(0),
-        poll.registry().try_clone().unwrap(),
-    )
+    Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1))
 }
 
 fn feed(e: &mut Engine, frame: &[u8]) -> Vec<Vec<u8>> {
@@ -94,7 +94,7 @@ fn echo_request(dst: Ipv4Addr) -> Vec<u8> {
     )
 }
 
-impl Engine {
+impl<H: Host> super::Engine<H> {
     fn gateway_mac_of(net: &Network) -> EthernetAddress {
         EthernetAddress(net.gateway_mac())
     }
@@ -330,12 +330,12 @@ fn malformed_frames_are_dropped_quietly() {
     );
 }
 
-/// An engine plus the poll its host sockets are registered with, so a
-/// test can hand it real host events: TCP flows go to real sockets on the
-/// host's loopback (the gateway address maps there).
+/// An engine on the simulated host, whose clock the test moves: TCP
+/// flows to the gateway address become the host's connects to its
+/// loopback, finished as the test scripted them.
 struct Rig {
     engine: Engine,
-    poll: mio::Poll,
+    now: Instant,
 }
 
 impl Rig {
@@ -343,46 +343,42 @@ impl Rig {
         let mut cfg = EngineConfig::new(Network::default(), 1500);
         cfg.verify_checksums = true;
         cfg.host_loopback = host_loopback;
-        let poll = mio::Poll::new().unwrap();
-        let engine = Engine::new(
-            &cfg,
-            Instant::from_millis(0),
-            poll.registry().try_clone().unwrap(),
-        );
-        let mut rig = Rig { engine, poll };
+        let engine = Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1));
+        let mut rig = Rig {
+            engine,
+            now: Instant::from_millis(1),
+        };
         // The guest resolves the gateway first, as a real one does; this
         // also gives smoltcp the guest's MAC.
         rig.feed(&arp_request(Ipv4Addr::new(10, 0, 2, 2)));
         rig
     }
 
-    fn feed(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
-        feed(&mut self.engine, frame)
+    fn host(&mut self) -> &mut SimHost {
+        self.engine.host_mut()
     }
 
-    /// Hand the engine host events until it sends something, up to 5 s.
-    fn until_output(&mut self) -> Vec<Vec<u8>> {
-        let mut events = mio::Events::with_capacity(16);
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::time::Instant::now() < end {
-            self.poll
-                .poll(&mut events, Some(std::time::Duration::from_millis(50)))
-                .unwrap();
-            for ev in events.iter() {
-                let ready = Readiness {
-                    readable: ev.is_readable() || ev.is_error(),
-                    writable: ev.is_writable() || ev.is_error(),
-                    read_closed: ev.is_read_closed() || ev.is_error(),
-                };
-                self.engine.host_event(ev.token(), ready);
+    fn feed(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        self.engine.process_frame(self.now, frame, &mut out);
+        self.engine.poll(self.now, &mut out);
+        out
+    }
+
+    /// Let `ms` of virtual time pass in 1 ms steps, handing the host's
+    /// events to the engine; everything the engine sent meanwhile.
+    fn run(&mut self, ms: u64) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for _ in 0..ms {
+            self.now += Duration::from_millis(1);
+            let now = self.now;
+            self.host().tick(now);
+            for (id, ready) in self.host().take_events() {
+                self.engine.host_event(id, ready);
             }
-            let mut out = Vec::new();
-            self.engine.poll(Instant::from_millis(2), &mut out);
-            if !out.is_empty() {
-                return out;
-            }
+            self.engine.poll(now, &mut out);
         }
-        Vec::new()
+        out
     }
 }
 
@@ -444,22 +440,15 @@ fn tcp_segments(frames: &[Vec<u8>]) -> Vec<(u16, u16, bool, bool, bool, u32)> {
         .collect()
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn refused_connect_sends_rst() {
     let mut rig = Rig::new(true);
-    let port = closed_port();
-    let mut out = rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), port));
-    if out.is_empty() {
-        out = rig.until_output(); // the refusal came back asynchronously
-    }
+    rig.host()
+        .set_outcome(Ipv4Addr::LOCALHOST.into(), Outcome::Refuse);
+    let port = 8080;
+    let out = rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), port));
+    assert!(out.is_empty(), "answered before the host did");
+    let out = rig.run(5); // the refusal comes back asynchronously
     let segs = tcp_segments(&out);
     assert_eq!(segs.len(), 1, "{segs:?}");
     let (src, dst, syn, ack, rst, ack_no) = segs[0];
@@ -470,21 +459,22 @@ fn refused_connect_sends_rst() {
 
 #[test]
 fn syn_ack_waits_for_the_host_connect() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let port = 8080;
     let mut rig = Rig::new(true);
+    rig.host().connect_delay = Duration::from_millis(50);
     let out = rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), port));
     assert!(tcp_segments(&out).is_empty(), "answered before connecting");
-    let segs = tcp_segments(&rig.until_output());
+    assert!(tcp_segments(&rig.run(40)).is_empty(), "answered too early");
+    let segs = tcp_segments(&rig.run(20));
     assert_eq!(segs.len(), 1, "{segs:?}");
     let (src, dst, syn, ack, rst, ack_no) = segs[0];
     assert_eq!((src, dst), (port, GUEST_PORT));
     assert!(syn && ack && !rst);
     assert_eq!(ack_no, GUEST_ISN + 1);
-    // The host really has the connection waiting.
-    listener.set_nonblocking(false).unwrap();
-    let (_conn, peer) = listener.accept().unwrap();
-    assert!(peer.ip().is_loopback());
+    // The host's connect went to its loopback.
+    let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let id = rig.host().stream_to(dst).expect("no host connect");
+    assert!(rig.host().stream(id).unwrap().connected());
 }
 
 #[test]

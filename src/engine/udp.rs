@@ -1,104 +1,73 @@
-//! Guest UDP, proxied through connected host UDP sockets.
+//! Guest UDP, proxied through connected host UDP sockets, and the one
+//! loop that carries datagrams from host sockets back to the guest (UDP
+//! and ICMP echo alike).
 //!
 //! One host socket per (guest address and port, destination), so replies
-//! find their way back and come from the address the guest wrote to. Flows
-//! idle for `UDP_IDLE_TIMEOUT` are closed, and at most `UDP_FLOW_LIMIT` live
-//! at once (the least recently used is evicted), so a guest that sprays
-//! datagrams cannot exhaust the process's file descriptors.
+//! find their way back and come from the address the guest wrote to.
+//! Idle flows are closed after the configured timeout, and at most
+//! `UDP_FLOW_LIMIT` live at once (the least recently used is evicted), so
+//! a guest that sprays datagrams cannot exhaust the process's fds.
 
-use std::io;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::time::{Duration, Instant};
-use std::net::Ipv4Addr;
+use smoltcp::time::Instant;
+use smoltcp::wire::{DHCP_SERVER_PORT, EthernetAddress, IpProtocol, UdpPacket, UdpRepr};
 
-use smoltcp::wire::{
-    DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr,
-    EthernetAddress, Icmpv4DstUnreachable, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
-};
+use super::flows::{DgramFlow, Flow, FlowKey, Kind, UDP_FLOW_LIMIT};
+use super::{Engine, FrameSink, Packet, Route, Unreachable};
+use crate::host::{FlowId, Host, Step};
 
-use super::flows::{DgramFlow, Flow, FlowKey, Kind, Recv};
-use super::icmp::quote_of;
-use super::{DhcpAnswer, Engine, FrameSink, HOP_LIMIT, LEASE_SECS, Route};
-use crate::host;
+/// Datagrams read from one host socket per poll before the others (and
+/// the tap) get their turn.
+pub(super) const DGRAM_BATCH: usize = 64;
 
-/// A UDP (or ICMP echo) flow with no traffic either way for this long is
-/// closed. DNS answers come in milliseconds; two minutes keeps NAT-style
-/// conversations (NTP, QUIC, games) alive between bursts.
-pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// At most this many UDP flows (and as many echo flows) at once.
-pub const UDP_FLOW_LIMIT: usize = 1024;
-/// IPv4 header without options plus UDP header.
-const IPV4_UDP_OVERHEAD: usize = 20 + 8;
-/// DHCP option code smoltcp's Repr has no field for.
-const DHCP_OPT_DNS: u8 = 6;
-
-impl Engine {
-    pub(super) fn process_udp<S: FrameSink>(
-        &mut self,
-        now: Instant,
-        guest_mac: EthernetAddress,
-        _packet: &Ipv4Packet<&[u8]>,
-        ip: &Ipv4Repr,
-        payload: &[u8],
-        sink: &mut S,
-    ) {
-        let Ok(udp) = UdpPacket::new_checked(payload) else {
+impl<H: Host> Engine<H> {
+    pub(super) fn process_udp<S: FrameSink>(&mut self, now: Instant, pkt: &Packet, sink: &mut S) {
+        let Ok(udp) = UdpPacket::new_checked(pkt.payload) else {
             return;
         };
-        let src = ip.src_addr.into();
-        let dst = ip.dst_addr.into();
+        let (src, dst) = (pkt.src.into(), pkt.dst.into());
         if UdpRepr::parse(&udp, &src, &dst, &self.caps.checksum).is_err() {
             log::trace!("dropping a UDP datagram with a bad header or checksum");
             return;
         }
-        if udp.dst_port() == DHCP_SERVER_PORT {
-            return self.process_dhcp(guest_mac, udp.payload(), sink);
+        if udp.dst_port() == DHCP_SERVER_PORT && pkt.dst.is_ipv4() {
+            return self.process_dhcp(pkt.guest_mac, udp.payload(), sink);
         }
         let key = FlowKey {
-            guest: SocketAddrV4::new(ip.src_addr, udp.src_port()),
-            dst: SocketAddrV4::new(ip.dst_addr, udp.dst_port()),
+            guest: (pkt.src, udp.src_port()).into(),
+            dst: (pkt.dst, udp.dst_port()).into(),
         };
-        let slot = match self.flows.find(Kind::Udp, &key) {
-            Some(slot) => slot,
+        let id = match self.flows.find(Kind::Udp, &key) {
+            Some(id) => id,
             None if self.reply_forwarded_udp(now, &key, udp.payload()) => return,
-            None => match self.route(now, ip.dst_addr, udp.dst_port()) {
-                Route::Host(target) => match self.open_udp(now, key, guest_mac, target) {
-                    Some(slot) => slot,
+            None => match self.route(now, pkt.dst, udp.dst_port()) {
+                Route::Host(target) => match self.open_udp(now, key, pkt.guest_mac, target) {
+                    Some(id) => id,
                     None => return,
                 },
                 Route::Unreachable(reason) => {
-                    let quote = quote_of(ip, payload);
-                    let gw = self.net.gateway;
-                    return self.send_icmp_unreachable(guest_mac, gw, reason, &quote, sink);
+                    let gw = self.gateway_for(pkt.dst);
+                    return self.send_unreachable(pkt.guest_mac, gw, reason, pkt.quote, sink);
                 }
                 Route::Refused => {
-                    let quote = quote_of(ip, payload);
-                    let reason = Icmpv4DstUnreachable::PortUnreachable;
-                    return self.send_icmp_unreachable(
-                        guest_mac,
-                        ip.dst_addr,
-                        reason,
-                        &quote,
-                        sink,
-                    );
+                    let reason = Unreachable::Port;
+                    return self.send_unreachable(pkt.guest_mac, pkt.dst, reason, pkt.quote, sink);
                 }
                 Route::Drop => return,
             },
         };
-        let Some(flow) = self.flows.dgram_mut(slot) else {
-            return;
-        };
-        flow.last_used = now;
-        match flow.sock.send(udp.payload()) {
+        if let Some(flow) = self.flows.dgram_mut(id) {
+            flow.last_used = now;
+        }
+        match self.host.send(id, udp.payload()) {
             Ok(_) => {}
             // A refusal from an earlier datagram surfaces here; report it
             // like the kernel would.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                let quote = quote_of(ip, payload);
-                let reason = Icmpv4DstUnreachable::PortUnreachable;
-                self.send_icmp_unreachable(guest_mac, ip.dst_addr, reason, &quote, sink);
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let reason = Unreachable::Port;
+                self.send_unreachable(pkt.guest_mac, pkt.dst, reason, pkt.quote, sink);
             }
             Err(e) => log::debug!("udp {} -> {}: send failed: {e}", key.guest, key.dst),
         }
@@ -109,71 +78,83 @@ impl Engine {
         now: Instant,
         key: FlowKey,
         guest_mac: EthernetAddress,
-        target: std::net::SocketAddr,
-    ) -> Option<usize> {
+        target: SocketAddr,
+    ) -> Option<FlowId> {
         if let Some(old) = self.flows.evict_candidate(Kind::Udp) {
-            log::debug!("udp: {} flows open, evicting the oldest", UDP_FLOW_LIMIT);
-            self.remove_flow(old);
+            log::debug!("udp: {UDP_FLOW_LIMIT} flows open, evicting the oldest");
+            self.remove_flow(old, false);
         }
-        let sock = match host::udp_connect(target, self.outbound.for_dst(target.ip())) {
-            Ok(sock) => sock,
-            Err(e) => {
-                log::debug!("udp {} -> {target}: {e}", key.guest);
-                return None;
-            }
-        };
-        let flow = DgramFlow::new(key, sock, guest_mac, now);
+        let id = self.flows.next_id();
+        if let Err(e) = self.host.udp_open(id, target) {
+            log::debug!("udp {} -> {target}: {e}", key.guest);
+            return None;
+        }
         log::debug!("udp {} -> {target}: new flow", key.guest);
-        self.flows
-            .insert(Flow::Udp(flow), &self.registry)
-            .map_err(|e| log::warn!("cannot watch a UDP socket: {e}"))
-            .ok()
+        Some(self.flows.insert(Flow::Udp(DgramFlow {
+            key,
+            guest_mac,
+            last_used: now,
+            readable: false,
+        })))
     }
 
-    /// Datagrams from the host socket back to the guest, sent from the
-    /// address and port the guest wrote to.
-    pub(super) fn pump_udp<S: FrameSink>(&mut self, now: Instant, slot: usize, sink: &mut S) {
-        loop {
-            let Some(flow) = self.flows.dgram_mut(slot) else {
-                return;
+    /// Datagrams from a UDP or echo flow's host socket back to the guest.
+    /// True when the batch ran out with more perhaps waiting.
+    pub(super) fn pump_dgram<S: FrameSink>(
+        &mut self,
+        now: Instant,
+        id: FlowId,
+        sink: &mut S,
+    ) -> bool {
+        let ping = self.flows.kind(id) == Some(Kind::Ping);
+        for _ in 0..DGRAM_BATCH {
+            let Some(flow) = self.flows.dgram_mut(id) else {
+                return false;
             };
+            if !flow.readable {
+                return false;
+            }
             let (guest_mac, key) = (flow.guest_mac, flow.key);
-            let n = match flow.recv(&mut self.scratch, now) {
-                Recv::Data(n) => n,
-                Recv::Done => return,
-                Recv::Failed(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            let n = match Step::from(self.host.recv(id, &mut self.scratch)) {
+                Step::Got(n) => n,
+                Step::Retry => continue,
+                Step::Drained => {
+                    flow.readable = false;
+                    return false;
+                }
+                Step::Failed(e) if !ping && e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     // The host got ICMP port unreachable for our datagram.
                     let quote = udp_quote(&key);
-                    let reason = Icmpv4DstUnreachable::PortUnreachable;
-                    self.send_icmp_unreachable(guest_mac, *key.dst.ip(), reason, &quote, sink);
+                    let reason = Unreachable::Port;
+                    self.send_unreachable(guest_mac, key.dst.ip(), reason, &quote, sink);
                     continue;
                 }
-                Recv::Failed(e) => {
-                    log::debug!("udp {} -> {}: recv failed: {e}", key.guest, key.dst);
+                Step::Failed(e) => {
+                    log::debug!("{} -> {}: receive failed: {e}", key.guest, key.dst);
                     flow.readable = false;
-                    return;
+                    return false;
                 }
             };
-            if n + IPV4_UDP_OVERHEAD > self.caps.max_transmission_unit - super::ETHERNET_HEADER_LEN
-            {
-                log::debug!(
-                    "udp {} -> {}: dropping a {n}-byte reply larger than the MTU",
-                    key.guest,
-                    key.dst
-                );
-                continue;
-            }
+            flow.last_used = now;
+            // Borrow the datagram out of self while building the frame.
             let scratch = std::mem::take(&mut self.scratch);
-            self.send_udp(guest_mac, key.dst, key.guest, &scratch[..n], sink);
+            if ping {
+                self.deliver_echo_reply(guest_mac, &key, &scratch[..n], sink);
+            } else {
+                self.send_udp(guest_mac, key.dst, key.guest, &scratch[..n], sink);
+            }
             self.scratch = scratch;
         }
+        true
     }
 
+    /// One datagram to the guest from `src`. Too large for the guest's
+    /// MTU: dropped (with a log line) rather than cut.
     pub(super) fn send_udp<S: FrameSink>(
         &mut self,
         guest_mac: EthernetAddress,
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
         data: &[u8],
         sink: &mut S,
     ) {
@@ -181,124 +162,36 @@ impl Engine {
             src_port: src.port(),
             dst_port: dst.port(),
         };
-        let ip = Ipv4Repr {
-            src_addr: *src.ip(),
-            dst_addr: *dst.ip(),
-            next_header: IpProtocol::Udp,
-            payload_len: udp.header_len() + data.len(),
-            hop_limit: HOP_LIMIT,
-        };
-        self.send_ipv4(guest_mac, &ip, sink, |buf| {
-            udp.emit(
-                &mut UdpPacket::new_unchecked(buf),
-                &ip.src_addr.into(),
-                &ip.dst_addr.into(),
-                data.len(),
-                |p| p.copy_from_slice(data),
-                &ChecksumCapabilities::default(),
-            );
-        });
-    }
-
-    fn process_dhcp<S: FrameSink>(&mut self, src_mac: EthernetAddress, data: &[u8], sink: &mut S) {
-        let Ok(packet) = DhcpPacket::new_checked(data) else {
-            return;
-        };
-        let Ok(req) = DhcpRepr::parse(&packet) else {
-            log::debug!("dhcp: ignoring a request that does not parse");
-            return;
-        };
-        let Some(answer) = self.dhcp.handle(&req) else {
-            return;
-        };
-        log::debug!(
-            "dhcp: {:?} {} to {}",
-            answer.message_type,
-            answer.your_ip,
-            answer.client_mac
+        let (s, d) = (src.ip(), dst.ip());
+        self.send_ip(
+            guest_mac,
+            (s, d),
+            IpProtocol::Udp,
+            udp.header_len() + data.len(),
+            sink,
+            |buf| {
+                udp.emit(
+                    &mut UdpPacket::new_unchecked(buf),
+                    &s.into(),
+                    &d.into(),
+                    data.len(),
+                    |p| p.copy_from_slice(data),
+                    &ChecksumCapabilities::default(),
+                );
+            },
         );
-        self.send_dhcp(src_mac, &answer, sink);
-    }
-
-    fn send_dhcp<S: FrameSink>(&mut self, dst_mac: EthernetAddress, a: &DhcpAnswer, sink: &mut S) {
-        let net = self.net;
-        let ack_or_offer = a.message_type != DhcpMessageType::Nak;
-        let dns = net.dns.octets();
-        let dns_opt = [DhcpOption {
-            kind: DHCP_OPT_DNS,
-            data: &dns,
-        }];
-        let repr = DhcpRepr {
-            message_type: a.message_type,
-            transaction_id: a.transaction_id,
-            secs: 0,
-            client_hardware_address: a.client_mac,
-            client_ip: Ipv4Addr::UNSPECIFIED,
-            your_ip: a.your_ip,
-            server_ip: net.gateway,
-            router: ack_or_offer.then_some(net.gateway),
-            subnet_mask: ack_or_offer.then_some(net.netmask),
-            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
-            broadcast: a.broadcast,
-            requested_ip: None,
-            client_identifier: None,
-            server_identifier: Some(net.gateway),
-            parameter_request_list: None,
-            dns_servers: None,
-            max_size: None,
-            lease_duration: ack_or_offer.then_some(LEASE_SECS),
-            renew_duration: None,
-            rebind_duration: None,
-            additional_options: if ack_or_offer { &dns_opt } else { &[] },
-        };
-        let dst_ip = if a.client_ip.is_unspecified() || !ack_or_offer {
-            Ipv4Addr::BROADCAST
-        } else {
-            a.client_ip
-        };
-        let udp = UdpRepr {
-            src_port: DHCP_SERVER_PORT,
-            dst_port: DHCP_CLIENT_PORT,
-        };
-        let dhcp_len = repr.buffer_len();
-        let ip = Ipv4Repr {
-            src_addr: net.gateway,
-            dst_addr: dst_ip,
-            next_header: IpProtocol::Udp,
-            payload_len: udp.header_len() + dhcp_len,
-            hop_limit: HOP_LIMIT,
-        };
-        let caps = ChecksumCapabilities::default();
-        self.send_ipv4(dst_mac, &ip, sink, |buf| {
-            let mut packet = UdpPacket::new_unchecked(buf);
-            udp.emit(
-                &mut packet,
-                &ip.src_addr.into(),
-                &ip.dst_addr.into(),
-                dhcp_len,
-                |payload| {
-                    // Cannot fail: the buffer was sized by buffer_len.
-                    let _ = repr.emit(&mut DhcpPacket::new_unchecked(payload));
-                },
-                &caps,
-            );
-        });
     }
 }
 
 /// A header for quoting in an ICMP error about a flow's datagram, when
 /// the original is long gone: guest to destination, UDP, ports filled in.
 fn udp_quote(key: &FlowKey) -> Vec<u8> {
-    let ip = Ipv4Repr {
-        src_addr: *key.guest.ip(),
-        dst_addr: *key.dst.ip(),
-        next_header: IpProtocol::Udp,
-        payload_len: 8,
-        hop_limit: HOP_LIMIT,
-    };
     let mut udp = [0u8; 8];
     udp[0..2].copy_from_slice(&key.guest.port().to_be_bytes());
     udp[2..4].copy_from_slice(&key.dst.port().to_be_bytes());
     udp[4..6].copy_from_slice(&8u16.to_be_bytes());
-    quote_of(&ip, &udp)
+    match (key.guest.ip(), key.dst.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => super::icmp::ipv4_quote(src, dst, &udp),
+        _ => Vec::new(),
+    }
 }

@@ -50,6 +50,10 @@ pub enum SetupError {
     Child(String),
     #[error("fd {fd} is not usable: {err}")]
     BadFd { fd: RawFd, err: nix::Error },
+    #[error(
+        "cannot join namespaces from a process with {0} threads: joining a user namespace needs a single-threaded process"
+    )]
+    Threaded(usize),
 }
 
 /// Get the tap as the configuration says: adopt an inherited fd, or join
@@ -90,7 +94,22 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Threads of this process, from /proc/self/stat (field 20).
+fn thread_count() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(17)?.parse().ok()
+}
+
 fn from_child(cfg: &Config, netns: PathBuf) -> Result<OwnedFd, SetupError> {
+    // Checked, not assumed: the fork below is sound only while this
+    // process has one thread, and setns into a user namespace fails in a
+    // threaded one anyway.
+    match thread_count() {
+        Some(1) | None => {}
+        Some(n) => return Err(SetupError::Threaded(n)),
+    }
     let (parent_end, child_end) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -99,9 +118,9 @@ fn from_child(cfg: &Config, netns: PathBuf) -> Result<OwnedFd, SetupError> {
     )
     .map_err(SetupError::SocketPair)?;
 
-    // SAFETY: netferry has started no threads yet (main calls this before
-    // anything else that could), so the child is a full copy that may
-    // allocate and run ordinary code. It leaves with _exit.
+    // SAFETY: the process has one thread (checked above), so the child is
+    // a full copy that may allocate and run ordinary code. It leaves with
+    // _exit.
     match unsafe { fork() }.map_err(SetupError::Fork)? {
         ForkResult::Child => {
             drop(parent_end);
@@ -232,6 +251,7 @@ pub fn raise_fd_limit() -> nix::Result<u64> {
 /// first such buffer is freed and hands out recycled heap memory, which
 /// calloc must then clear: 2 MiB of memset per connection. Fresh pages
 /// are zero already and only the pages a connection uses are touched.
+#[cfg(target_env = "gnu")]
 pub fn prefer_mmap_for_buffers() {
     const THRESHOLD: libc::c_int = 256 * 1024;
     // SAFETY: mallopt only adjusts allocator tuning; it is called before
@@ -239,5 +259,25 @@ pub fn prefer_mmap_for_buffers() {
     let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
     if ok != 1 {
         log::debug!("mallopt(M_MMAP_THRESHOLD) was refused");
+    }
+}
+
+/// Other C libraries have no `mallopt`; their allocators are left alone.
+#[cfg(not(target_env = "gnu"))]
+pub fn prefer_mmap_for_buffers() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_count_sees_this_threaded_test_process() {
+        let before = thread_count().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(thread_count().unwrap() > before.max(1) - 1);
+        assert!(thread_count().unwrap() >= 2);
+        drop(tx);
+        let _ = t.join();
     }
 }

@@ -1,41 +1,20 @@
-//! The slirp4netns JSON control socket (`--api-socket`).
+//! The API's protocol: one JSON request in, one JSON reply out.
 //!
-//! One request per connection: read until a complete JSON value has
-//! arrived (podman sends a newline and waits; rootlesskit half-closes),
-//! answer, close. Replies and error texts are slirp4netns's, byte for
-//! byte (CONTRACT.md section 5). Every socket is non-blocking and served
-//! from the event loop, so a client that says nothing, or never reads its
-//! answer, holds only its own connection, never the network.
+//! Parsing, executing against a [`Control`] (the engine) and building the
+//! reply; no sockets here. Replies and error texts are slirp4netns's,
+//! byte for byte, built with serde from structs whose field order is the
+//! wire order.
 
-use std::collections::VecDeque;
-use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use mio::net::{UnixListener, UnixStream};
-use mio::{Interest, Registry, Token};
+use serde::Serialize;
 use serde_json::Value;
-use thiserror::Error;
 
-use crate::engine::{Engine, FLOW_TOKEN_END, Forward, ForwardError, ForwardSpec, Proto};
+use crate::engine::{Engine, Forward, ForwardError, ForwardSpec, Proto};
+use crate::host::Host;
 
 /// A request of this many bytes or more is refused.
 pub const MAX_REQUEST: usize = 4096;
-/// Clients served at once; past that the oldest connection is dropped.
-pub const MAX_CLIENTS: usize = 64;
-pub const API_LISTENER: Token = Token(3);
-/// Connection tokens sit above every flow token.
-pub const API_CONN_BASE: usize = FLOW_TOKEN_END;
-
-#[derive(Debug, Error)]
-pub enum ApiError {
-    #[error("cannot remove the stale file {path}: {err}")]
-    Stale { path: PathBuf, err: io::Error },
-    #[error("cannot listen on {path}: {err}")]
-    Bind { path: PathBuf, err: io::Error },
-}
 
 /// What the API asks of the rest of netferry.
 pub trait Control {
@@ -46,7 +25,7 @@ pub trait Control {
     fn default_guest(&self) -> Ipv4Addr;
 }
 
-impl Control for Engine {
+impl<H: Host> Control for Engine<H> {
     fn add_forward(&mut self, spec: ForwardSpec) -> Result<Forward, ForwardError> {
         Engine::add_forward(self, spec)
     }
@@ -61,11 +40,68 @@ impl Control for Engine {
     }
 }
 
+/// `{"return":...}`
+#[derive(Serialize)]
+struct Return<T> {
+    #[serde(rename = "return")]
+    ret: T,
+}
+
+/// `{}`
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct Added {
+    id: u64,
+    /// Only when the request asked for port 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_port: Option<u16>,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    id: u64,
+    proto: &'static str,
+    host_addr: IpAddr,
+    host_port: u16,
+    guest_addr: IpAddr,
+    guest_port: u16,
+}
+
+#[derive(Serialize)]
+struct Entries<'a> {
+    entries: &'a [Entry],
+}
+
+/// slirp4netns emits `entries` at top level while its docs read
+/// `.return.entries`; callers of both kinds exist, so both are there.
+#[derive(Serialize)]
+struct Listed<'a> {
+    #[serde(rename = "return")]
+    ret: Entries<'a>,
+    entries: &'a [Entry],
+}
+
+#[derive(Serialize)]
+struct Desc<'a> {
+    desc: &'a str,
+}
+
+#[derive(Serialize)]
+struct Error<'a> {
+    error: Desc<'a>,
+}
+
+fn json(value: &impl Serialize) -> String {
+    // Serializing these plain structs to a String cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 fn error(desc: &str) -> String {
-    format!(
-        "{{\"error\":{{\"desc\":{}}}}}",
-        serde_json::to_string(desc).unwrap_or_default()
-    )
+    json(&Error {
+        error: Desc { desc },
+    })
 }
 
 /// The answer to the bytes received so far, or `None` while the JSON
@@ -139,15 +175,15 @@ fn add_hostfwd(args: Option<&Value>, ctl: &mut impl Control) -> String {
     let spec = ForwardSpec {
         proto,
         host: SocketAddr::new(host_ip, host_port),
-        guest: SocketAddrV4::new(guest_ip, guest_port),
+        guest: SocketAddr::new(guest_ip.into(), guest_port),
     };
     match ctl.add_forward(spec) {
-        Ok(fwd) if host_port == 0 => format!(
-            "{{\"return\":{{\"id\":{},\"host_port\":{}}}}}",
-            fwd.id,
-            fwd.spec.host.port()
-        ),
-        Ok(fwd) => format!("{{\"return\":{{\"id\":{}}}}}", fwd.id),
+        Ok(fwd) => json(&Return {
+            ret: Added {
+                id: fwd.id,
+                host_port: (host_port == 0).then_some(fwd.spec.host.port()),
+            },
+        }),
         Err(ForwardError::Bind { err, .. }) => error(&format!(
             "bad request: add_hostfwd: slirp_add_hostfwd failed: {err}"
         )),
@@ -158,25 +194,22 @@ fn add_hostfwd(args: Option<&Value>, ctl: &mut impl Control) -> String {
 }
 
 fn list_hostfwd(ctl: &mut impl Control) -> String {
-    let entries: Vec<String> = ctl
+    let entries: Vec<Entry> = ctl
         .list_forwards()
         .iter()
-        .map(|f| {
-            format!(
-                "{{\"id\":{},\"proto\":\"{}\",\"host_addr\":\"{}\",\"host_port\":{},\"guest_addr\":\"{}\",\"guest_port\":{}}}",
-                f.id,
-                f.spec.proto.as_str(),
-                f.spec.host.ip(),
-                f.spec.host.port(),
-                f.spec.guest.ip(),
-                f.spec.guest.port()
-            )
+        .map(|f| Entry {
+            id: f.id,
+            proto: f.spec.proto.as_str(),
+            host_addr: f.spec.host.ip(),
+            host_port: f.spec.host.port(),
+            guest_addr: f.spec.guest.ip(),
+            guest_port: f.spec.guest.port(),
         })
         .collect();
-    let list = entries.join(",");
-    // slirp4netns emits `entries` at top level while its docs read
-    // `.return.entries`; callers of both kinds exist.
-    format!("{{\"return\":{{\"entries\":[{list}]}},\"entries\":[{list}]}}")
+    json(&Listed {
+        ret: Entries { entries: &entries },
+        entries: &entries,
+    })
 }
 
 fn remove_hostfwd(args: Option<&Value>, ctl: &mut impl Control) -> String {
@@ -185,172 +218,9 @@ fn remove_hostfwd(args: Option<&Value>, ctl: &mut impl Control) -> String {
         return bad();
     };
     match ctl.remove_forward(id) {
-        Ok(()) => "{\"return\":{}}".to_string(),
+        Ok(()) => json(&Return { ret: Empty {} }),
         Err(ForwardError::NoSuchId(_)) => bad(),
         Err(_) => error("bad request: remove_hostfwd: slirp_remove_hostfwd failed"),
-    }
-}
-
-struct Client {
-    stream: UnixStream,
-    request: Vec<u8>,
-    eof: bool,
-    reply: Option<Vec<u8>>,
-    written: usize,
-}
-
-/// The listening socket and its connections. Removes the socket file
-/// when dropped.
-pub struct ApiServer {
-    listener: UnixListener,
-    path: PathBuf,
-    clients: Vec<Option<Client>>,
-    /// Slots in the order they were opened, to drop the oldest first.
-    order: VecDeque<usize>,
-}
-
-impl ApiServer {
-    /// Replace a stale file, listen, and allow only our own user in.
-    pub fn bind(path: &Path) -> Result<Self, ApiError> {
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(ApiError::Stale {
-                    path: path.to_path_buf(),
-                    err,
-                });
-            }
-        }
-        let bind_err = |err| ApiError::Bind {
-            path: path.to_path_buf(),
-            err,
-        };
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-        Ok(ApiServer {
-            listener,
-            path: path.to_path_buf(),
-            clients: Vec::new(),
-            order: VecDeque::new(),
-        })
-    }
-
-    pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        registry.register(&mut self.listener, API_LISTENER, Interest::READABLE)
-    }
-
-    pub fn is_ours(token: Token) -> bool {
-        token == API_LISTENER || token.0 >= API_CONN_BASE
-    }
-
-    /// Serve whatever is ready: new connections or one client.
-    pub fn handle(&mut self, token: Token, registry: &Registry, ctl: &mut impl Control) {
-        if token == API_LISTENER {
-            self.accept(registry, ctl);
-        } else {
-            self.serve(token.0 - API_CONN_BASE, registry, ctl);
-        }
-    }
-
-    fn accept(&mut self, registry: &Registry, ctl: &mut impl Control) {
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("api: accept failed: {e}");
-                    return;
-                }
-            };
-            if self.order.len() >= MAX_CLIENTS
-                && let Some(oldest) = self.order.front().copied()
-            {
-                log::debug!("api: too many clients, dropping the oldest");
-                self.close(oldest, registry);
-            }
-            let slot = match self.clients.iter().position(Option::is_none) {
-                Some(i) => i,
-                None => {
-                    self.clients.push(None);
-                    self.clients.len() - 1
-                }
-            };
-            let mut client = Client {
-                stream,
-                request: Vec::new(),
-                eof: false,
-                reply: None,
-                written: 0,
-            };
-            let token = Token(API_CONN_BASE + slot);
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) = registry.register(&mut client.stream, token, interest) {
-                log::warn!("api: cannot watch a client: {e}");
-                continue;
-            }
-            self.clients[slot] = Some(client);
-            self.order.push_back(slot);
-            self.serve(slot, registry, ctl);
-        }
-    }
-
-    fn serve(&mut self, slot: usize, registry: &Registry, ctl: &mut impl Control) {
-        let Some(Some(client)) = self.clients.get_mut(slot) else {
-            return;
-        };
-        if client.reply.is_none() {
-            let mut chunk = [0u8; MAX_REQUEST];
-            while !client.eof && client.request.len() < MAX_REQUEST {
-                match client.stream.read(&mut chunk) {
-                    Ok(0) => client.eof = true,
-                    Ok(n) => client.request.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        log::debug!("api: read failed: {e}");
-                        return self.close(slot, registry);
-                    }
-                }
-            }
-            match respond(&client.request, client.eof, ctl) {
-                Some(reply) => {
-                    log::debug!(
-                        "api: {} -> {reply}",
-                        String::from_utf8_lossy(&client.request).trim()
-                    );
-                    client.reply = Some(reply.into_bytes());
-                }
-                None => return,
-            }
-        }
-        let Some(reply) = &client.reply else { return };
-        while client.written < reply.len() {
-            match client.stream.write(&reply[client.written..]) {
-                Ok(n) => client.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::debug!("api: write failed: {e}");
-                    break;
-                }
-            }
-        }
-        self.close(slot, registry);
-    }
-
-    fn close(&mut self, slot: usize, registry: &Registry) {
-        if let Some(mut client) = self.clients.get_mut(slot).and_then(Option::take) {
-            let _ = registry.deregister(&mut client.stream);
-        }
-        self.order.retain(|&s| s != slot);
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -359,25 +229,27 @@ mod tests {
     use super::*;
     use crate::config::Network;
     use crate::engine::EngineConfig;
+    use crate::host::SimHost;
 
-    /// A real engine (its forwards bind real sockets); only the tap is
-    /// absent, and these requests never need it.
+    type Engine = crate::engine::Engine<SimHost>;
+
+    /// A real engine on the simulated host: listeners are the host's,
+    /// and these requests never need the tap.
     fn engine() -> Engine {
-        let poll = mio::Poll::new().unwrap();
         let cfg = EngineConfig::new(Network::default(), 1500);
         Engine::new(
             &cfg,
             smoltcp::time::Instant::from_millis(0),
-            poll.registry().try_clone().unwrap(),
+            SimHost::new(1),
         )
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        8080
+    }
+
+    fn listening(e: &Engine, port: u16) -> bool {
+        (0..16).any(|id| e.host().listener(id).is_some_and(|l| l.addr.port() == port))
     }
 
     fn ask(e: &mut Engine, req: &str) -> String {
@@ -410,8 +282,8 @@ mod tests {
             ask(&mut e, r#"{"execute":"list_hostfwd"}"#),
             r#"{"return":{"entries":[]},"entries":[]}"#
         );
-        // Removal closed the listener: the port can be bound again.
-        std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        // Removal closed the listener.
+        assert!(!listening(&e, p));
     }
 
     #[test]
@@ -426,6 +298,7 @@ mod tests {
         assert_eq!(list[0].spec.proto, Proto::Udp);
         assert_eq!(list[1].spec.host.ip(), Ipv4Addr::UNSPECIFIED);
         assert_eq!(list[1].spec.guest, "10.0.2.100:2".parse().unwrap());
+        assert_eq!(list[1].spec.host.ip(), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     }
 
     #[test]
@@ -437,7 +310,7 @@ mod tests {
         let port = v["return"]["host_port"].as_u64().unwrap();
         assert_ne!(port, 0);
         // Something really listens there.
-        std::net::TcpStream::connect(("::1", port as u16)).unwrap();
+        assert!(listening(&e, port as u16));
         let list = ask(&mut e, r#"{"execute":"list_hostfwd"}"#);
         assert!(
             list.contains(&format!(r#""host_addr":"::1","host_port":{port}"#)),
@@ -523,14 +396,9 @@ mod tests {
     #[test]
     fn a_port_in_use_is_slirp_add_hostfwd_failed() {
         let mut e = engine();
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = taken.local_addr().unwrap().port();
-        let r = ask(
-            &mut e,
-            &format!(
-                r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"127.0.0.1","host_port":{p},"guest_port":1}}}}"#
-            ),
-        );
+        let add = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":8080,"guest_port":1}}"#;
+        assert_eq!(ask(&mut e, add), r#"{"return":{"id":1}}"#);
+        let r = ask(&mut e, add);
         assert!(
             r.starts_with(
                 r#"{"error":{"desc":"bad request: add_hostfwd: slirp_add_hostfwd failed: "#

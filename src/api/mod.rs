@@ -1,0 +1,198 @@
+//! The slirp4netns JSON control socket (`--api-socket`).
+//!
+//! One request per connection: read until a complete JSON value has
+//! arrived (podman sends a newline and waits; rootlesskit half-closes),
+//! answer, close. Replies and error texts are slirp4netns's, byte for
+//! byte (`protocol` builds them). Every socket is non-blocking and served
+//! from the event loop, so a client that says nothing, or never reads its
+//! answer, holds only its own connection, never the network.
+
+mod protocol;
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use thiserror::Error;
+
+pub use protocol::{Control, MAX_REQUEST, respond};
+
+use crate::tokens::{API_CONN_BASE, API_LISTENER};
+
+/// Clients served at once; past that the oldest connection is dropped.
+pub const MAX_CLIENTS: usize = 64;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("cannot remove the stale file {path}: {err}")]
+    Stale { path: PathBuf, err: io::Error },
+    #[error("cannot listen on {path}: {err}")]
+    Bind { path: PathBuf, err: io::Error },
+}
+
+struct Client {
+    stream: UnixStream,
+    request: Vec<u8>,
+    eof: bool,
+    reply: Option<Vec<u8>>,
+    written: usize,
+}
+
+/// The listening socket and its connections. Removes the socket file
+/// when dropped.
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+    clients: Vec<Option<Client>>,
+    /// Slots in the order they were opened, to drop the oldest first.
+    order: VecDeque<usize>,
+}
+
+impl ApiServer {
+    /// Replace a stale file, listen, and allow only our own user in.
+    pub fn bind(path: &Path) -> Result<Self, ApiError> {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(ApiError::Stale {
+                    path: path.to_path_buf(),
+                    err,
+                });
+            }
+        }
+        let bind_err = |err| ApiError::Bind {
+            path: path.to_path_buf(),
+            err,
+        };
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        Ok(ApiServer {
+            listener,
+            path: path.to_path_buf(),
+            clients: Vec::new(),
+            order: VecDeque::new(),
+        })
+    }
+
+    pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.register(&mut self.listener, API_LISTENER, Interest::READABLE)
+    }
+
+    pub fn is_ours(token: Token) -> bool {
+        token == API_LISTENER || token.0 >= API_CONN_BASE
+    }
+
+    /// Serve whatever is ready: new connections or one client.
+    pub fn handle(&mut self, token: Token, registry: &Registry, ctl: &mut impl Control) {
+        if token == API_LISTENER {
+            self.accept(registry, ctl);
+        } else {
+            self.serve(token.0 - API_CONN_BASE, registry, ctl);
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry, ctl: &mut impl Control) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("api: accept failed: {e}");
+                    return;
+                }
+            };
+            if self.order.len() >= MAX_CLIENTS
+                && let Some(oldest) = self.order.front().copied()
+            {
+                log::debug!("api: too many clients, dropping the oldest");
+                self.close(oldest, registry);
+            }
+            let slot = match self.clients.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    self.clients.push(None);
+                    self.clients.len() - 1
+                }
+            };
+            let mut client = Client {
+                stream,
+                request: Vec::new(),
+                eof: false,
+                reply: None,
+                written: 0,
+            };
+            let token = Token(API_CONN_BASE + slot);
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = registry.register(&mut client.stream, token, interest) {
+                log::warn!("api: cannot watch a client: {e}");
+                continue;
+            }
+            self.clients[slot] = Some(client);
+            self.order.push_back(slot);
+            self.serve(slot, registry, ctl);
+        }
+    }
+
+    fn serve(&mut self, slot: usize, registry: &Registry, ctl: &mut impl Control) {
+        let Some(Some(client)) = self.clients.get_mut(slot) else {
+            return;
+        };
+        if client.reply.is_none() {
+            let mut chunk = [0u8; MAX_REQUEST];
+            while !client.eof && client.request.len() < MAX_REQUEST {
+                match client.stream.read(&mut chunk) {
+                    Ok(0) => client.eof = true,
+                    Ok(n) => client.request.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::debug!("api: read failed: {e}");
+                        return self.close(slot, registry);
+                    }
+                }
+            }
+            match respond(&client.request, client.eof, ctl) {
+                Some(reply) => {
+                    log::debug!(
+                        "api: {} -> {reply}",
+                        String::from_utf8_lossy(&client.request).trim()
+                    );
+                    client.reply = Some(reply.into_bytes());
+                }
+                None => return,
+            }
+        }
+        let Some(reply) = &client.reply else { return };
+        while client.written < reply.len() {
+            match client.stream.write(&reply[client.written..]) {
+                Ok(n) => client.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("api: write failed: {e}");
+                    break;
+                }
+            }
+        }
+        self.close(slot, registry);
+    }
+
+    fn close(&mut self, slot: usize, registry: &Registry) {
+        if let Some(mut client) = self.clients.get_mut(slot).and_then(Option::take) {
+            let _ = registry.deregister(&mut client.stream);
+        }
+        self.order.retain(|&s| s != slot);
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,113 @@
+//! The host side of every flow, behind one small trait.
+//!
+//! The engine decides *what* to do with the guest's traffic; a [`Host`]
+//! does it with sockets: TCP connects, connected UDP and ICMP echo
+//! sockets, listeners for forwards, and the resolver address. Each socket
+//! is named by the engine's flow id, and readiness comes back to the
+//! engine keyed by that id, so the engine itself performs no syscall.
+//!
+//! [`NetHost`] is the real one (mio sockets in the caller's network
+//! namespace); [`SimHost`] is an in-memory one with scripted outcomes and
+//! a virtual clock, for scenario tests and fuzzing.
+
+mod net;
+pub mod sim;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use smoltcp::time::Instant;
+
+pub use net::{NetHost, Outbound, OutboundError, resolve_outbound_v4, resolve_outbound_v6};
+pub use sim::SimHost;
+
+/// The engine's name for a flow, and for the host socket that carries it.
+pub type FlowId = usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// Readiness of one host socket, as the event loop saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer shut its side (EPOLLRDHUP) or the socket failed.
+    pub read_closed: bool,
+}
+
+/// Everything the engine asks of the host. Calls never block: a socket
+/// that cannot make progress says `WouldBlock`, and readiness is reported
+/// later through `Engine::host_event` with the same flow id.
+pub trait Host {
+    /// Start a non-blocking TCP connect for flow `id`; completion (or
+    /// failure) shows as readiness.
+    fn tcp_connect(&mut self, id: FlowId, dst: SocketAddr) -> io::Result<()>;
+    /// Where flow `id`'s connect stands: `Ok(true)` connected, `Ok(false)`
+    /// still under way, `Err` failed (the error the guest should hear of).
+    fn tcp_connected(&mut self, id: FlowId) -> io::Result<bool>;
+    /// Read from flow `id`'s stream; `Ok(0)` is the peer's FIN.
+    fn tcp_read(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize>;
+    fn tcp_write(&mut self, id: FlowId, buf: &[u8]) -> io::Result<usize>;
+    /// Send FIN after what was written.
+    fn tcp_shutdown_write(&mut self, id: FlowId);
+    /// A UDP socket connected to `dst`.
+    fn udp_open(&mut self, id: FlowId, dst: SocketAddr) -> io::Result<()>;
+    /// An unprivileged ICMP echo socket connected to `dst`.
+    fn ping_open(&mut self, id: FlowId, dst: IpAddr) -> io::Result<()>;
+    /// Send on a connected datagram socket (UDP or ping).
+    fn send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize>;
+    /// Receive on a connected datagram socket (UDP or ping).
+    fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize>;
+    /// A listener for a forward; returns the address really bound (port 0
+    /// picks one).
+    fn listen(&mut self, id: FlowId, proto: Proto, addr: SocketAddr) -> io::Result<SocketAddr>;
+    /// Accept a client of TCP listener `listener` as flow `id`; returns
+    /// the client's address.
+    fn accept(&mut self, listener: FlowId, id: FlowId) -> io::Result<SocketAddr>;
+    /// Receive a datagram on UDP listener `id`.
+    fn recv_from(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+    /// Send a datagram from UDP listener `id`.
+    fn send_to(&mut self, id: FlowId, data: &[u8], to: SocketAddr) -> io::Result<usize>;
+    /// Close flow `id`'s socket; with `reset` a TCP stream sends RST
+    /// instead of FIN. Closing an unknown id does nothing.
+    fn close(&mut self, id: FlowId, reset: bool);
+    /// The host's DNS resolver, if it has one now.
+    fn nameserver(&mut self, now: Instant) -> Option<IpAddr>;
+}
+
+/// One policy for every loop that reads a host socket until it is empty:
+/// what to do with the result of one read.
+pub enum Step<T> {
+    Got(T),
+    /// Interrupted: try the same read again.
+    Retry,
+    /// Drained: wait for the next readiness event.
+    Drained,
+    /// Any other error: stop for now (an error that repeats must not
+    /// spin); the caller decides whether it means anything to the guest.
+    Failed(io::Error),
+}
+
+impl<T> From<io::Result<T>> for Step<T> {
+    fn from(r: io::Result<T>) -> Self {
+        match r {
+            Ok(v) => Step::Got(v),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Retry,
+            Err(e) => Step::Failed(e),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The real host: what the guest's flows become on this machine.
+//!
+//! Non-blocking TCP connects, connected UDP sockets, unprivileged ICMP
+//! echo sockets and forward listeners, optionally bound to the
+//! `--outbound-addr` address, each registered with the event loop's mio
+//! registry under its flow's token. Nothing here knows about frames or
+//! the guest.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Interest, Registry};
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrStorage, bind, connect, socket,
+};
+use smoltcp::time::Instant;
+use thiserror::Error;
+
+use super::{FlowId, Host, Proto};
+use crate::resolv::Resolver;
+use crate::tokens;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum OutboundError {
+    #[error("{flag}: {value} is neither an {family} address nor an interface that has one")]
+    Unresolvable {
+        flag: &'static str,
+        value: String,
+        family: &'static str,
+    },
+}
+
+/// Source addresses for host sockets (`--outbound-addr`, `--outbound-addr6`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outbound {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Outbound {
+    /// The address to bind a socket toward `dst` to. Loopback destinations
+    /// (the gateway's host loopback) are bound too, as slirp4netns does:
+    /// the kernel allows a local non-loopback source there, and services
+    /// on 127.0.0.1 then see the outbound address.
+    pub fn for_dst(&self, dst: IpAddr) -> Option<IpAddr> {
+        match dst {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
+}
+
+/// `--outbound-addr=IPv4|IFNAME`: the address itself, or the first IPv4
+/// address of the named interface.
+pub fn resolve_outbound_v4(value: &str) -> Result<Ipv4Addr, OutboundError> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    interface_addr(value, |a| match a {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    })
+    .ok_or_else(|| OutboundError::Unresolvable {
+        flag: "--outbound-addr",
+        value: value.to_string(),
+        family: "IPv4",
+    })
+}
+
+/// `--outbound-addr6=IPv6|IFNAME`, likewise (global addresses preferred by
+/// taking the first one that is not link-local).
+pub fn resolve_outbound_v6(value: &str) -> Result<Ipv6Addr, OutboundError> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    interface_addr(value, |a| match a {
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80 => Some(v6),
+        _ => None,
+    })
+    .ok_or_else(|| OutboundError::Unresolvable {
+        flag: "--outbound-addr6",
+        value: value.to_string(),
+        family: "IPv6",
+    })
+}
+
+fn interface_addr<T>(name: &str, pick: impl Fn(IpAddr) -> Option<T>) -> Option<T> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for ifa in addrs.filter(|i| i.interface_name == name) {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(sin) = addr.as_sockaddr_in() {
+            IpAddr::V4(sin.ip())
+        } else if let Some(sin6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(sin6.ip())
+        } else {
+            continue;
+        };
+        if let Some(found) = pick(ip) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn family(addr: &SocketAddr) -> AddressFamily {
+    match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn new_socket(
+    dst: &SocketAddr,
+    ty: SockType,
+    proto: Option<SockProtocol>,
+    source: Option<IpAddr>,
+) -> io::Result<OwnedFd> {
+    let fd = socket(
+        family(dst),
+        ty,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        proto,
+    )?;
+    if let Some(src) = source {
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrStorage::from(SocketAddr::new(src, 0)),
+        )?;
+    }
+    Ok(fd)
+}
+
+/// Start a non-blocking connect; completion shows as writability.
+fn tcp_connect(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let fd = new_socket(&dst, SockType::Stream, None, source)?;
+    match connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+        Ok(()) | Err(nix::Error::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(fd));
+    // The guest's own stack already decided when to send; a second Nagle
+    // here would only add delay.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A UDP socket connected to `dst`, so the kernel filters replies for us
+/// and reports ICMP errors as ECONNREFUSED and friends.
+fn udp_connect(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket> {
+    let fd = new_socket(&dst, SockType::Datagram, None, source)?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
+    Ok(mio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)))
+}
+
+/// An unprivileged ICMP echo socket connected to `dst`; allowed only when
+/// the caller's group is inside `net.ipv4.ping_group_range`.
+fn ping_connect(dst: IpAddr, source: Option<IpAddr>) -> io::Result<UdpSocket> {
+    let proto = match dst {
+        IpAddr::V4(_) => SockProtocol::Icmp,
+        IpAddr::V6(_) => SockProtocol::IcmpV6,
+    };
+    let dst = SocketAddr::new(dst, 0);
+    let fd = new_socket(&dst, SockType::Datagram, Some(proto), source)?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
+    Ok(mio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)))
+}
+
+/// A host socket, by what it carries.
+enum Sock {
+    Stream(TcpStream),
+    Dgram(UdpSocket),
+    TcpListener(TcpListener),
+    UdpListener(UdpSocket),
+}
+
+/// Sockets in the caller's network namespace, one per flow id, each
+/// registered under that flow's token.
+pub struct NetHost {
+    registry: Registry,
+    socks: Vec<Option<Sock>>,
+    outbound: Outbound,
+    resolver: Resolver,
+}
+
+fn not_open() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "no such host socket")
+}
+
+impl NetHost {
+    pub fn new(registry: Registry, outbound: Outbound, resolv_conf: &Path) -> Self {
+        NetHost {
+            registry,
+            socks: Vec::new(),
+            outbound,
+            resolver: Resolver::new(resolv_conf),
+        }
+    }
+
+    fn add(&mut self, id: FlowId, mut sock: Sock) -> io::Result<()> {
+        let token = tokens::of_flow(id);
+        let r = &self.registry;
+        match &mut sock {
+            Sock::Stream(s) => r.register(s, token, Interest::READABLE | Interest::WRITABLE)?,
+            Sock::Dgram(s) | Sock::UdpListener(s) => r.register(s, token, Interest::READABLE)?,
+            Sock::TcpListener(s) => r.register(s, token, Interest::READABLE)?,
+        }
+        if self.socks.len() <= id {
+            self.socks.resize_with(id + 1, || None);
+        }
+        if let Some(old) = self.socks[id].replace(sock) {
+            // The engine closes a flow before reusing its id; if it ever
+            // did not, do not leak the old socket's registration.
+            self.deregister(old, false);
+        }
+        Ok(())
+    }
+
+    fn get(&self, id: FlowId) -> Option<&Sock> {
+        self.socks.get(id)?.as_ref()
+    }
+
+    fn stream(&self, id: FlowId) -> io::Result<&TcpStream> {
+        match self.get(id) {
+            Some(Sock::Stream(s)) => Ok(s),
+            _ => Err(not_open()),
+        }
+    }
+
+    fn dgram(&self, id: FlowId) -> io::Result<&UdpSocket> {
+        match self.get(id) {
+            Some(Sock::Dgram(s)) | Some(Sock::UdpListener(s)) => Ok(s),
+            _ => Err(not_open()),
+        }
+    }
+
+    fn deregister(&self, sock: Sock, reset: bool) {
+        let r = &self.registry;
+        let _ = match sock {
+            Sock::Stream(mut s) => {
+                if reset {
+                    reset_on_close(&s);
+                }
+                r.deregister(&mut s)
+            }
+            Sock::Dgram(mut s) | Sock::UdpListener(mut s) => r.deregister(&mut s),
+            Sock::TcpListener(mut s) => r.deregister(&mut s),
+        };
+    }
+}
+
+/// SO_LINGER with a zero timeout: close() sends RST.
+fn reset_on_close(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = setsockopt(stream, sockopt::Linger, &linger);
+}
+
+impl Host for NetHost {
+    fn tcp_connect(&mut self, id: FlowId, dst: SocketAddr) -> io::Result<()> {
+        let s = tcp_connect(dst, self.outbound.for_dst(dst.ip()))?;
+        self.add(id, Sock::Stream(s))
+    }
+
+    fn tcp_connected(&mut self, id: FlowId) -> io::Result<bool> {
+        let s = self.stream(id)?;
+        if let Some(e) = s.take_error()? {
+            return Err(e);
+        }
+        match s.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn tcp_read(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream(id)?.read(buf)
+    }
+
+    fn tcp_write(&mut self, id: FlowId, buf: &[u8]) -> io::Result<usize> {
+        self.stream(id)?.write(buf)
+    }
+
+    fn tcp_shutdown_write(&mut self, id: FlowId) {
+        if let Ok(s) = self.stream(id) {
+            let _ = s.shutdown(Shutdown::Write);
+        }
+    }
+
+    fn udp_open(&mut self, id: FlowId, dst: SocketAddr) -> io::Result<()> {
+        let s = udp_connect(dst, self.outbound.for_dst(dst.ip()))?;
+        self.add(id, Sock::Dgram(s))
+    }
+
+    fn ping_open(&mut self, id: FlowId, dst: IpAddr) -> io::Result<()> {
+        let s = ping_connect(dst, self.outbound.for_dst(dst))?;
+        self.add(id, Sock::Dgram(s))
+    }
+
+    fn send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize> {
+        self.dgram(id)?.send(data)
+    }
+
+    fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+        self.dgram(id)?.recv(buf)
+    }
+
+    fn listen(&mut self, id: FlowId, proto: Proto, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let (sock, bound) = match proto {
+            Proto::Tcp => {
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                let bound = l.local_addr()?;
+                (Sock::TcpListener(TcpListener::from_std(l)), bound)
+            }
+            Proto::Udp => {
+                let s = std::net::UdpSocket::bind(addr)?;
+                s.set_nonblocking(true)?;
+                let bound = s.local_addr()?;
+                (Sock::UdpListener(UdpSocket::from_std(s)), bound)
+            }
+        };
+        self.add(id, sock)?;
+        Ok(bound)
+    }
+
+    fn accept(&mut self, listener: FlowId, id: FlowId) -> io::Result<SocketAddr> {
+        let Some(Sock::TcpListener(l)) = self.get(listener) else {
+            return Err(not_open());
+        };
+        let (stream, client) = l.accept()?;
+        // As for outbound flows: the guest's stack does the batching.
+        let _ = stream.set_nodelay(true);
+        self.add(id, Sock::Stream(stream))?;
+        Ok(client)
+    }
+
+    fn recv_from(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.dgram(id)?.recv_from(buf)
+    }
+
+    fn send_to(&mut self, id: FlowId, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.dgram(id)?.send_to(data, to)
+    }
+
+    fn close(&mut self, id: FlowId, reset: bool) {
+        if let Some(sock) = self.socks.get_mut(id).and_then(Option::take) {
+            self.deregister(sock, reset);
+        }
+    }
+
+    fn nameserver(&mut self, now: Instant) -> Option<IpAddr> {
+        self.resolver.nameserver(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_accepts_addresses_and_interface_names() {
+        assert_eq!(
+            resolve_outbound_v4("192.0.2.7"),
+            Ok(Ipv4Addr::new(192, 0, 2, 7))
+        );
+        assert_eq!(resolve_outbound_v4("lo"), Ok(Ipv4Addr::LOCALHOST));
+        assert!(matches!(
+            resolve_outbound_v4("no-such-if0"),
+            Err(OutboundError::Unresolvable { .. })
+        ));
+        assert_eq!(
+            resolve_outbound_v6("2001:db8::1"),
+            Ok("2001:db8::1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn every_destination_of_a_family_is_bound_loopback_included() {
+        let o = Outbound {
+            v4: Some(Ipv4Addr::new(192, 0, 2, 7)),
+            v6: None,
+        };
+        assert_eq!(
+            o.for_dst(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some("192.0.2.7".parse().unwrap())
+        );
+        assert_eq!(
+            o.for_dst("198.51.100.1".parse().unwrap()),
+            Some("192.0.2.7".parse().unwrap())
+        );
+        assert_eq!(o.for_dst("2001:db8::1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn refused_connect_is_reported_not_fatal() {
+        // Bind a listener, learn its port, close it: nothing listens there.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let s = tcp_connect(SocketAddr::from(([127, 0, 0, 1], port)), None).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match s.take_error().unwrap() {
+                Some(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+                    break;
+                }
+                None => assert!(std::time::Instant::now() < deadline, "no error reported"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

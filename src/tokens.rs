@@ -1,0 +1,28 @@
+//! The mio token ranges, defined once.
+//!
+//! The event loop's own fds sit at the bottom, flows (their host sockets)
+//! take one token each from `FLOW_BASE`, and API connections sit above
+//! every flow token. All values fit a 32-bit `usize`.
+
+use mio::Token;
+
+pub const TAP: Token = Token(0);
+pub const EXIT_FD: Token = Token(1);
+pub const SIGNALS: Token = Token(2);
+pub const API_LISTENER: Token = Token(3);
+/// Flow `id` is watched under `Token(FLOW_BASE + id)`.
+pub const FLOW_BASE: usize = 16;
+/// Flow tokens stay below this; API connections use the tokens above.
+pub const FLOW_END: usize = 1 << 30;
+pub const API_CONN_BASE: usize = FLOW_END;
+
+/// The flow a token belongs to, if it is a flow token.
+pub fn flow_of(token: Token) -> Option<usize> {
+    (FLOW_BASE..FLOW_END)
+        .contains(&token.0)
+        .then(|| token.0 - FLOW_BASE)
+}
+
+pub fn of_flow(id: usize) -> Token {
+    Token(FLOW_BASE + id)
+}
