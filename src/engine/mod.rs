@@ -17,6 +17,8 @@ mod flows;
 mod forward;
 mod icmp;
 mod port;
+#[cfg(test)]
+mod scenario;
 mod tcp;
 #[cfg(test)]
 mod tests;

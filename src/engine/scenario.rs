@@ -1,0 +1,669 @@
+//! Scenario tests: the engine between a guest made of a second smoltcp
+//! stack and the simulated host, through minutes of virtual time in
+//! milliseconds of real time. The guest is a real TCP/IP stack, not a
+//! script, so handshakes, retransmissions and window updates happen as
+//! they would with a kernel; the host's part is played through `SimHost`.
+//! No sockets, no sleeps, and the same seed gives the same frames.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+};
+
+use super::{Engine, EngineConfig, Limits};
+use crate::config::Network;
+use crate::host::SimHost;
+use crate::host::sim::Outcome;
+
+const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+
+/// The guest's network card: frames queued each way.
+struct GuestNic {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+    mtu: usize,
+}
+
+struct RxTok(Vec<u8>);
+struct TxTok<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::Device for GuestNic {
+    type RxToken<'a> = RxTok;
+    type TxToken<'a> = TxTok<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(RxTok, TxTok<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((RxTok(frame), TxTok(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<TxTok<'_>> {
+        Some(TxTok(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu + 14;
+        caps
+    }
+}
+
+impl phy::RxToken for RxTok {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxTok<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+struct World {
+    engine: Engine<SimHost>,
+    nic: GuestNic,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    now: Instant,
+    /// Engine-to-guest frames lost, per thousand (seeded, so repeatable).
+    loss_per_mille: u64,
+    /// Every frame the engine sent, in order.
+    trace: Vec<Vec<u8>>,
+    /// How many times the clock moved: a busy loop shows here.
+    wakeups: usize,
+    /// Frames the test writes by hand, as if from the guest's kernel.
+    raw: Vec<Vec<u8>>,
+    /// Whether the guest's stack sees the engine's frames; off for tests
+    /// that play the guest by hand, where it would answer RST to
+    /// segments of connections it knows nothing of.
+    stack: bool,
+}
+
+fn config() -> EngineConfig {
+    let mut cfg = EngineConfig::new(Network::default(), 1500);
+    cfg.verify_checksums = true;
+    cfg.seed = 7;
+    cfg.tcp_buffer = 64 * 1024;
+    cfg
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        Self::with(seed, config())
+    }
+
+    fn with(seed: u64, cfg: EngineConfig) -> Self {
+        let now = Instant::from_millis(0);
+        let mut nic = GuestNic {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            mtu: cfg.mtu,
+        };
+        let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(GUEST_MAC));
+        icfg.random_seed = seed;
+        let mut iface = Interface::new(icfg, &mut nic, now);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(GUEST_IP), 24));
+        });
+        let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY);
+        World {
+            engine: Engine::new(&cfg, now, SimHost::new(seed)),
+            nic,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            now,
+            loss_per_mille: 0,
+            trace: Vec::new(),
+            wakeups: 0,
+            raw: Vec::new(),
+            stack: true,
+        }
+    }
+
+    /// From now on the test writes the guest's frames itself. It starts
+    /// as a kernel does, with an ARP request for the gateway, which also
+    /// tells smoltcp the guest's MAC.
+    fn play_guest_by_hand(&mut self) {
+        self.stack = false;
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: GUEST_MAC,
+            source_protocol_addr: GUEST_IP,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: GATEWAY,
+        };
+        let mut buf = vec![0u8; 14 + arp.buffer_len()];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        EthernetRepr {
+            src_addr: GUEST_MAC,
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        }
+        .emit(&mut f);
+        arp.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
+        self.raw.push(buf);
+    }
+
+    fn host(&mut self) -> &mut SimHost {
+        self.engine.host_mut()
+    }
+
+    /// Exchange frames and events at the current time until all is quiet.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let now = self.now;
+            self.iface.poll(now, &mut self.nic, &mut self.sockets);
+            let mut out = Vec::new();
+            let mut moved = false;
+            let from_guest: Vec<Vec<u8>> =
+                self.raw.drain(..).chain(self.nic.tx.drain(..)).collect();
+            for frame in from_guest {
+                moved = true;
+                self.engine.process_frame(now, &frame, &mut out);
+            }
+            self.engine.host_mut().tick(now);
+            for (id, ready) in self.engine.host_mut().take_events() {
+                moved = true;
+                self.engine.host_event(id, ready);
+            }
+            self.engine.poll(now, &mut out);
+            for frame in out {
+                moved = true;
+                self.trace.push(frame.clone());
+                let lost = self.loss_per_mille > 0
+                    && self.engine.host_mut().random() % 1000 < self.loss_per_mille;
+                if !lost && self.stack {
+                    self.nic.rx.push_back(frame);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the world never settled at {}", self.now);
+    }
+
+    /// Let `d` of virtual time pass, jumping from deadline to deadline as
+    /// the event loop does (at least 1 ms a step).
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.settle();
+            if self.now >= end {
+                return;
+            }
+            let now = self.now;
+            let deadlines = [
+                self.engine.poll_delay(now).map(|d| now + d),
+                self.iface.poll_at(now, &self.sockets),
+                self.engine.host_mut().next_deadline(),
+            ];
+            let next = deadlines.into_iter().flatten().min().unwrap_or(end);
+            self.now = next.max(now + Duration::from_millis(1)).min(end);
+            self.wakeups += 1;
+        }
+    }
+
+    /// A guest TCP socket connecting to `dst`.
+    fn connect(&mut self, dst: SocketAddr, local_port: u16) -> SocketHandle {
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; 128 * 1024]),
+            tcp::SocketBuffer::new(vec![0u8; 128 * 1024]),
+        );
+        sock.connect(self.iface.context(), dst, local_port).unwrap();
+        self.sockets.add(sock)
+    }
+
+    fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    fn tcp_flows(&self) -> usize {
+        self.engine.flow_counts().0
+    }
+}
+
+fn remote(port: u16) -> SocketAddr {
+    SocketAddr::new(REMOTE.into(), port)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Open a guest connection to `dst` and let the host accept it; returns
+/// the guest socket and the host's flow id.
+fn established(w: &mut World, dst: SocketAddr, port: u16) -> (SocketHandle, usize) {
+    let h = w.connect(dst, port);
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.sock(h).state(), tcp::State::Established);
+    let id = w.host().stream_to(dst).expect("no host connect");
+    (h, id)
+}
+
+/// Move `data` from the guest to the host, the host reading at most
+/// `per_step` bytes each `step`; what the host received.
+fn guest_to_host(
+    w: &mut World,
+    h: SocketHandle,
+    id: usize,
+    data: &[u8],
+    per_step: usize,
+    step: Duration,
+) -> Vec<u8> {
+    let mut sent = 0;
+    let mut got = Vec::new();
+    for _ in 0..100_000 {
+        if sent < data.len() {
+            sent += w.sock(h).send_slice(&data[sent..]).unwrap();
+        }
+        w.run_for(step);
+        got.extend(w.host().peer_take(id, per_step));
+        if got.len() >= data.len() {
+            break;
+        }
+    }
+    got
+}
+
+/// Move `data` from the host to the guest, the guest reading at most
+/// `per_step` bytes each `step`.
+fn host_to_guest(
+    w: &mut World,
+    h: SocketHandle,
+    id: usize,
+    data: &[u8],
+    per_step: usize,
+    step: Duration,
+) -> Vec<u8> {
+    w.host().peer_send(id, data);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; per_step];
+    for _ in 0..100_000 {
+        w.run_for(step);
+        if let Ok(n) = w.sock(h).recv_slice(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        if got.len() >= data.len() {
+            break;
+        }
+    }
+    got
+}
+
+#[test]
+fn handshake_then_transfers_both_ways() {
+    let mut w = World::new(1);
+    let h = w.connect(remote(80), 40000);
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.sock(h).state(), tcp::State::Established);
+    let id = w.host().stream_to(remote(80)).unwrap();
+    let up = pattern(300_000, 1);
+    let got = guest_to_host(&mut w, h, id, &up, usize::MAX, Duration::from_millis(1));
+    assert!(got == up, "guest->host bytes differ");
+    let down = pattern(300_000, 2);
+    let got = host_to_guest(&mut w, h, id, &down, 1 << 20, Duration::from_millis(1));
+    assert!(got == down, "host->guest bytes differ");
+}
+
+#[test]
+fn a_slow_host_reader_holds_the_guest_back_without_loss() {
+    let mut w = World::new(2);
+    w.host().stream_limit = 4096;
+    let (h, id) = established(&mut w, remote(80), 40001);
+    let data = pattern(200_000, 3);
+    let got = guest_to_host(&mut w, h, id, &data, 8192, Duration::from_millis(10));
+    assert!(got == data);
+}
+
+#[test]
+fn a_slow_guest_reader_holds_the_host_back_without_loss() {
+    let mut w = World::new(3);
+    let (h, id) = established(&mut w, remote(80), 40002);
+    let data = pattern(200_000, 4);
+    let got = host_to_guest(&mut w, h, id, &data, 3000, Duration::from_millis(10));
+    assert!(got == data);
+}
+
+#[test]
+fn half_close_from_the_guest_then_the_host_finishes() {
+    let mut w = World::new(4);
+    let (h, id) = established(&mut w, remote(80), 40003);
+    w.sock(h).send_slice(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    w.sock(h).close();
+    w.run_for(Duration::from_millis(50));
+    assert_eq!(w.host().peer_take(id, 1000), b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        w.host().stream(id).unwrap().shut_write,
+        "guest FIN not passed on"
+    );
+    // The other direction is still open.
+    w.host().peer_send(id, b"HTTP/1.0 200 OK\r\n\r\nhello");
+    w.host().peer_fin(id);
+    w.run_for(Duration::from_millis(50));
+    let mut buf = [0u8; 100];
+    let n = w.sock(h).recv_slice(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.0 200 OK\r\n\r\nhello");
+    assert!(!w.sock(h).may_recv(), "host FIN not passed on");
+    // Both sides closed cleanly: the flow is retired, its host socket
+    // closed gracefully (TIME-WAIT is not kept).
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.tcp_flows(), 0);
+    assert_eq!(w.host().closed.last(), Some(&(id, false)));
+}
+
+#[test]
+fn a_host_reset_reaches_the_guest() {
+    let mut w = World::new(5);
+    let (h, id) = established(&mut w, remote(80), 40004);
+    w.host().peer_reset(id);
+    w.run_for(Duration::from_millis(50));
+    assert_eq!(w.sock(h).state(), tcp::State::Closed);
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.tcp_flows(), 0);
+}
+
+#[test]
+fn a_guest_reset_resets_the_host_side() {
+    let mut w = World::new(6);
+    let (h, id) = established(&mut w, remote(80), 40005);
+    w.sock(h).abort();
+    w.run_for(Duration::from_millis(50));
+    assert_eq!(w.tcp_flows(), 0);
+    assert_eq!(w.host().closed.last(), Some(&(id, true)));
+}
+
+#[test]
+fn refused_and_unreachable_connects_end_the_guest_connect() {
+    let mut w = World::new(7);
+    w.host().set_outcome(REMOTE.into(), Outcome::Refuse);
+    let h = w.connect(remote(81), 40006);
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.sock(h).state(), tcp::State::Closed, "RST not delivered");
+    assert_eq!(w.tcp_flows(), 0);
+    assert_eq!(w.host().open_count(), 0);
+}
+
+#[test]
+fn transfers_survive_a_lossy_guest_link() {
+    let mut w = World::new(8);
+    let (h, id) = established(&mut w, remote(80), 40007);
+    w.loss_per_mille = 200;
+    let data = pattern(150_000, 5);
+    let got = host_to_guest(&mut w, h, id, &data, 1 << 20, Duration::from_millis(5));
+    assert!(got == data, "retransmission did not repair the loss");
+}
+
+/// A UDP datagram from the guest, as its kernel would frame it.
+fn udp_frame(src_port: u16, dst: Ipv4Addr, dst_port: u16, data: &[u8]) -> Vec<u8> {
+    let udp = UdpRepr { src_port, dst_port };
+    let ip = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: udp.header_len() + data.len(),
+        hop_limit: 64,
+    };
+    frame(&ip, |buf| {
+        udp.emit(
+            &mut UdpPacket::new_unchecked(buf),
+            &GUEST_IP.into(),
+            &dst.into(),
+            data.len(),
+            |p| p.copy_from_slice(data),
+            &ChecksumCapabilities::default(),
+        )
+    })
+}
+
+fn frame(ip: &Ipv4Repr, emit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let eth = EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut buf = vec![0u8; eth.buffer_len() + ip.buffer_len() + ip.payload_len];
+    let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.emit(&mut f);
+    let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+    ip.emit(&mut p, &ChecksumCapabilities::default());
+    emit(p.payload_mut());
+    buf
+}
+
+/// A TCP segment from the guest.
+fn tcp_frame(
+    src_port: u16,
+    dst: SocketAddr,
+    control: TcpControl,
+    seq: i32,
+    ack: Option<i32>,
+) -> Vec<u8> {
+    let IpAddr::V4(dst_ip) = dst.ip() else {
+        unreachable!()
+    };
+    let tcp = TcpRepr {
+        src_port,
+        dst_port: dst.port(),
+        control,
+        seq_number: TcpSeqNumber(seq),
+        ack_number: ack.map(TcpSeqNumber),
+        window_len: 64240,
+        window_scale: None,
+        max_seg_size: (control == TcpControl::Syn).then_some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: dst_ip,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    frame(&ip, |buf| {
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(buf),
+            &GUEST_IP.into(),
+            &dst_ip.into(),
+            &ChecksumCapabilities::default(),
+        )
+    })
+}
+
+/// (src port, dst port, syn, ack, rst) of the TCP segments among frames.
+fn segments(frames: &[Vec<u8>]) -> Vec<(u16, u16, bool, bool, bool, u32)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let eth = EthernetFrame::new_checked(&f[..]).ok()?;
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            (ip.next_header() == IpProtocol::Tcp).then_some(())?;
+            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+            Some((
+                tcp.src_port(),
+                tcp.dst_port(),
+                tcp.syn(),
+                tcp.ack(),
+                tcp.rst(),
+                tcp.seq_number().0 as u32,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn idle_udp_flows_close_after_the_timeout_on_the_1s_sweep() {
+    let mut cfg = config();
+    cfg.udp_idle_timeout = Duration::from_secs(30);
+    let mut w = World::with(9, cfg);
+    w.play_guest_by_hand();
+    w.host().nameserver = Some(Ipv4Addr::new(127, 0, 0, 53).into());
+    w.raw.push(udp_frame(5353, REMOTE, 53, b"query"));
+    w.run_for(Duration::from_millis(10));
+    let id = w.host().dgram_to(remote(53)).expect("no host UDP socket");
+    assert_eq!(w.host().dgram(id).unwrap().sent, vec![b"query".to_vec()]);
+    // A reply comes back from the address the guest wrote to.
+    w.host().dgram_reply(id, b"answer");
+    w.run_for(Duration::from_millis(10));
+    let last = w.trace.last().unwrap().clone();
+    let ip = Ipv4Packet::new_checked(&last[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (REMOTE, GUEST_IP));
+    assert_eq!(
+        &UdpPacket::new_checked(ip.payload()).unwrap().payload(),
+        b"answer"
+    );
+    // Idle: kept until the timeout, closed within the next sweep.
+    w.run_for(Duration::from_secs(29));
+    assert_eq!(w.engine.flow_counts().2, 1);
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.engine.flow_counts().2, 0);
+    assert_eq!(w.host().open_count(), 0);
+}
+
+#[test]
+fn a_timer_fires_on_time_while_a_host_connect_is_pending() {
+    let mut cfg = config();
+    cfg.udp_idle_timeout = Duration::from_secs(5);
+    let mut w = World::with(10, cfg);
+    w.host().set_outcome(REMOTE.into(), Outcome::NeverAnswer);
+    let _h = w.connect(remote(80), 40010);
+    w.raw
+        .push(udp_frame(6000, Ipv4Addr::new(198, 51, 100, 9), 7, b"x"));
+    w.run_for(Duration::from_millis(10));
+    assert_eq!(w.host().pending_connects(), 1);
+    // The pending connect must not make the engine ask for service "now"
+    // (a busy loop), nor hide its other deadlines (the sweep).
+    let now = w.now;
+    let delay = w
+        .engine
+        .poll_delay(now)
+        .expect("no deadline with flows open");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(1),
+        "{delay}"
+    );
+    let before = w.wakeups;
+    w.run_for(Duration::from_millis(5_990));
+    assert_eq!(w.engine.flow_counts().2, 0, "UDP idle timeout missed");
+    assert_eq!(w.host().pending_connects(), 1);
+    // The guest's SYN retransmissions plus one sweep a second: no spin.
+    assert!(w.wakeups - before < 60, "{} wake-ups", w.wakeups - before);
+}
+
+#[test]
+fn syn_floods_stop_at_the_caps_with_rst() {
+    let mut cfg = config();
+    cfg.limits = Limits {
+        tcp_flows: 8,
+        pending_connects: 4,
+    };
+    let mut w = World::with(11, cfg);
+    w.play_guest_by_hand();
+    w.host().set_outcome(REMOTE.into(), Outcome::NeverAnswer);
+    for port in 0..10 {
+        w.raw.push(tcp_frame(
+            20000 + port,
+            remote(443),
+            TcpControl::Syn,
+            1,
+            None,
+        ));
+    }
+    w.run_for(Duration::from_millis(10));
+    assert_eq!(w.host().pending_connects(), 4);
+    let rsts = segments(&w.trace).iter().filter(|s| s.4).count();
+    assert_eq!(
+        rsts,
+        6,
+        "every SYN past the pending cap is refused: {:?}",
+        segments(&w.trace)
+    );
+    // Connects that complete leave the pending count; the flow cap holds.
+    for id in 0..4 {
+        w.host().finish_connect(id, Outcome::Accept);
+    }
+    w.run_for(Duration::from_millis(10));
+    for port in 10..20 {
+        w.raw.push(tcp_frame(
+            20000 + port,
+            remote(443),
+            TcpControl::Syn,
+            1,
+            None,
+        ));
+    }
+    w.run_for(Duration::from_millis(10));
+    assert_eq!(w.tcp_flows(), 8);
+    assert!(w.host().open_count() <= 8);
+}
+
+#[test]
+fn a_guest_reset_during_the_handshake_frees_the_destination_for_its_next_syn() {
+    let mut w = World::new(12);
+    w.play_guest_by_hand();
+    let dst = remote(8080);
+    w.raw
+        .push(tcp_frame(30001, dst, TcpControl::Syn, 100, None));
+    w.run_for(Duration::from_millis(10));
+    let syn_ack = segments(&w.trace)
+        .into_iter()
+        .find(|s| s.2 && s.3)
+        .expect("no SYN-ACK");
+    // The guest resets that handshake and, in the same batch, retries
+    // from another port.
+    let seq_ack = syn_ack.5.wrapping_add(1) as i32;
+    w.raw
+        .push(tcp_frame(30001, dst, TcpControl::Rst, 101, Some(seq_ack)));
+    w.raw
+        .push(tcp_frame(30002, dst, TcpControl::Syn, 500, None));
+    w.trace.clear();
+    w.run_for(Duration::from_millis(10));
+    let answered = segments(&w.trace)
+        .into_iter()
+        .any(|s| s.1 == 30002 && s.2 && s.3);
+    assert!(
+        answered,
+        "the retry was not answered: {:?}",
+        segments(&w.trace)
+    );
+    assert_eq!(
+        w.tcp_flows(),
+        1,
+        "the reset handshake was not retired: {:?}",
+        segments(&w.trace)
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_frames() {
+    let run = |seed| {
+        let mut w = World::new(seed);
+        w.loss_per_mille = 100;
+        let (h, id) = established(&mut w, remote(80), 40020);
+        let data = pattern(50_000, 9);
+        let got = host_to_guest(&mut w, h, id, &data, 4096, Duration::from_millis(3));
+        assert!(got == data);
+        w.trace
+    };
+    assert_eq!(run(42), run(42));
+}
