@@ -507,3 +507,109 @@ fn disabled_host_loopback_answers_net_unreachable() {
         [&GUEST_PORT.to_be_bytes()[..], &80u16.to_be_bytes()[..]].concat()
     );
 }
+
+/// Frames captured from real clients on a tap, byte for byte, so an
+/// error shared by smoltcp's emit and parse cannot cancel out.
+mod golden {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// busybox 1.35 `udhcpc -i tap0`: DISCOVER asking for subnet, router,
+    /// DNS, hostname, domain, broadcast, NTP.
+    const UDHCPC_DISCOVER: &str = "ffffffffffffe610cc2e3e2208004500014800000000401179a600000000ffffffff0044004301347cd2010106009c6ecd430000000000000000000000000000000000000000e610cc2e3e2200000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000638253633501013902024037070103060c0f1c2a3c0c756468637020312e33352e303d0701e610cc2e3e22ff0000000000000000000000000000000000000000";
+    /// busybox `ping -c 1 10.0.2.2`: id 0x37dd, seq 0, 56 data bytes.
+    const BUSYBOX_PING: &str = "52550a00020286b2737e18f7080045000054d656400040014bed0a0002640a000202080009bb37dd0000422f743800000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
+    /// Linux 6.x connect() to 10.0.2.2:8080: SYN with MSS 1460, SACK
+    /// permitted, timestamps and window scale 10.
+    const LINUX_SYN: &str = "52550a00020286b2737e18f708004500003c73c640004006ae900a0002640a000202c1181f90f72edb8b00000000a002faf09fce0000020405b40402080a74166d5e000000000103030a";
+
+    #[test]
+    fn udhcpc_discover_gets_an_offer_of_the_pool_start() {
+        let mut e = engine();
+        let discover = unhex(UDHCPC_DISCOVER);
+        // The capture's own client MAC and transaction id, read from the
+        // BOOTP fields at fixed offsets (Ethernet 14 + IP 20 + UDP 8).
+        let client_mac = EthernetAddress::from_bytes(&discover[6..12]);
+        let xid = u32::from_be_bytes(discover[46..50].try_into().unwrap());
+        assert_eq!(
+            discover[70..76],
+            discover[6..12],
+            "chaddr is the source MAC"
+        );
+        let out = feed(&mut e, &discover);
+        assert_eq!(out.len(), 1);
+        let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+        assert_eq!(eth.dst_addr(), client_mac);
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert!(udp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        let dhcp = DhcpPacket::new_checked(udp.payload()).unwrap();
+        assert_eq!(dhcp.transaction_id(), xid);
+        assert_eq!(dhcp.your_ip(), Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(dhcp.client_hardware_address(), client_mac);
+        let repr = DhcpRepr::parse(&dhcp).unwrap();
+        assert_eq!(repr.message_type, DhcpMessageType::Offer);
+        assert_eq!(repr.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
+    }
+
+    #[test]
+    fn busybox_ping_of_the_gateway_is_echoed_byte_for_byte() {
+        let mut e = engine();
+        let req = unhex(BUSYBOX_PING);
+        let out = feed(&mut e, &req);
+        assert_eq!(out.len(), 1);
+        let reply = &out[0];
+        // Ethernet: addresses swapped.
+        assert_eq!(reply[..6], req[6..12]);
+        assert_eq!(reply[6..12], req[..6]);
+        let ip = Ipv4Packet::new_checked(&reply[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr()),
+            (Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 100))
+        );
+        // ICMP: type 0, the request's id, sequence and data unchanged, and
+        // a checksum that differs from the request's by the type alone.
+        let icmp = &reply[34..];
+        let orig = &req[34..];
+        assert_eq!(icmp[0], 0);
+        assert_eq!(icmp[4..], orig[4..]);
+        let sum = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
+        assert_eq!(sum(icmp), sum(orig).wrapping_add(0x0800));
+    }
+
+    #[test]
+    fn linux_syn_is_answered_with_window_scaling_once_the_host_connects() {
+        let mut rig = Rig::new(true);
+        let syn = unhex(LINUX_SYN);
+        assert!(tcp_segments(&rig.feed(&syn)).is_empty());
+        let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080);
+        assert!(rig.host().stream_to(dst).is_some(), "no host connect");
+        let out = rig.run(5);
+        let frame = out
+            .iter()
+            .find(|f| tcp_segments(std::slice::from_ref(f)).len() == 1)
+            .expect("no SYN-ACK");
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.syn() && tcp.ack());
+        assert_eq!(tcp.ack_number(), TcpSeqNumber(0xf72e_db8bu32 as i32) + 1);
+        assert_eq!((tcp.src_port(), tcp.dst_port()), (8080, 0xc118));
+        let repr = TcpRepr::parse(
+            &tcp,
+            &ip.src_addr().into(),
+            &ip.dst_addr().into(),
+            &ChecksumCapabilities::default(),
+        )
+        .unwrap();
+        assert!(repr.window_scale.is_some(), "no window scaling offered");
+        assert!(repr.max_seg_size.is_some());
+    }
+}
