@@ -323,6 +323,18 @@ fn outbound_addr_is_the_source_for_tcp_and_udp() {
         "198.51.100.11",
         "UDP must use it too"
     );
+
+    // Through the gateway to the host's loopback too, as slirp4netns
+    // does: a server on 127.0.0.1 sees the outbound address.
+    let listener = s.net.in_host(|| listen("127.0.0.1:6005"));
+    let server = std::thread::spawn(move || listener.accept().unwrap().1);
+    let _c = s.guest_connect("10.0.2.2:6005").unwrap();
+    assert_eq!(server.join().unwrap().ip().to_string(), "198.51.100.11");
+    let host = s.net.in_host(|| UdpSocket::bind("127.0.0.1:6006").unwrap());
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.guest_udp().send_to(b"who am i", "10.0.2.2:6006").unwrap();
+    let (_, from) = host.recv_from(&mut buf).expect("no datagram");
+    assert_eq!(from.ip().to_string(), "198.51.100.11");
 }
 
 #[test]
