@@ -2,7 +2,7 @@
 //!
 //! Every address of the virtual network is derived here from `--cidr`, so
 //! the rest of netferry never does address arithmetic of its own. Error
-//! texts are the ones slirp4netns prints (CONTRACT.md section 1); callers
+//! texts are the ones slirp4netns prints; callers
 //! and users match on them.
 
 use std::net::Ipv4Addr;
@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::cli::Args;
 use crate::engine::Limits;
 
-/// Offsets from the network address (CONTRACT.md section 3).
+/// Offsets from the network address, as slirp4netns places them.
 pub const GATEWAY_OFFSET: u32 = 2;
 pub const DNS_OFFSET: u32 = 3;
 pub const DHCP_POOL_START: u32 = 15;

@@ -1,8 +1,8 @@
 //! Shared pieces of the integration tests: a real network namespace to
 //! stand in for a container, and a real netferry process serving it.
 //!
-//! Everything here touches only namespaces the test creates itself (see
-//! DESIGN.md, "Tests that touch namespaces"). Waits have deadlines and
+//! Everything here touches only namespaces the test creates itself, so no
+//! test traffic can leave the machine. Waits have deadlines and
 //! poll for the condition; no test depends on a fixed sleep being enough.
 
 #![allow(dead_code)] // each test binary uses a different part of this
