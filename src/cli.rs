@@ -78,6 +78,10 @@ pub struct Args {
     #[arg(long = "cidr", value_name = "CIDR")]
     pub cidr: Option<String>,
 
+    /// IPv6 prefix of the network with -6, always a /64 (default=fd00::/64)
+    #[arg(long = "cidr6", value_name = "PREFIX/64")]
+    pub cidr6: Option<String>,
+
     /// prohibit connecting to 127.0.0.1:* on the host namespace
     #[arg(long = "disable-host-loopback")]
     pub disable_host_loopback: bool,

@@ -5,7 +5,7 @@
 //! texts are the ones slirp4netns prints; callers
 //! and users match on them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,9 @@ pub const DHCP_POOL_END: u32 = 30;
 pub const GUEST_OFFSET: u32 = 100;
 
 pub const DEFAULT_CIDR: &str = "10.0.2.0/24";
+pub const DEFAULT_CIDR6: &str = "fd00::/64";
+/// SLAAC needs a /64: guests make their address from the other 64 bits.
+pub const PREFIX6_LEN: u8 = 64;
 pub const DEFAULT_MTU: u32 = 1500;
 pub const MAX_MTU: u32 = 65521;
 /// The largest prefix that still leaves room for network+100.
@@ -66,6 +69,8 @@ pub enum ConfigError {
     MacWithoutConfigure,
     #[error("invalid MAC address: {0} (expected xx:xx:xx:xx:xx:xx)")]
     Mac(String),
+    #[error("invalid IPv6 prefix: {0} (expected a /64 network such as fd00::/64)")]
+    InvalidCidr6(String),
     #[error("the API socket path is too long: {0} bytes (the limit is 107)")]
     ApiSocketTooLong(usize),
     #[error("target-type must be netns or bess, not {0}")]
@@ -156,6 +161,58 @@ impl Default for Network {
     }
 }
 
+/// The IPv6 side of the virtual network (`-6`): a /64 whose ::2 is the
+/// gateway (and the host's alias) and ::3 the DNS address, each with a
+/// link-local twin (fe80::2, fe80::3), as a real router has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network6 {
+    pub prefix: Ipv6Addr,
+    pub gateway: Ipv6Addr,
+    pub dns: Ipv6Addr,
+    pub gateway_ll: Ipv6Addr,
+    pub dns_ll: Ipv6Addr,
+}
+
+impl Network6 {
+    /// Parse `PREFIX/64` (the prefix length may be left out).
+    pub fn from_cidr(cidr: &str) -> Result<Self, ConfigError> {
+        let invalid = || ConfigError::InvalidCidr6(cidr.to_string());
+        let (addr, len) = cidr.split_once('/').unwrap_or((cidr, "64"));
+        let prefix: Ipv6Addr = addr.parse().map_err(|_| invalid())?;
+        if len != PREFIX6_LEN.to_string() || u128::from(prefix) & u128::from(u64::MAX) != 0 {
+            return Err(invalid());
+        }
+        if prefix.is_loopback() || prefix.is_multicast() || prefix.is_unspecified() {
+            return Err(invalid());
+        }
+        let at = |offset: u32| Ipv6Addr::from(u128::from(prefix) + u128::from(offset));
+        let ll = |offset: u32| Ipv6Addr::from((0xfe80u128 << 112) + u128::from(offset));
+        Ok(Network6 {
+            prefix,
+            gateway: at(GATEWAY_OFFSET),
+            dns: at(DNS_OFFSET),
+            gateway_ll: ll(GATEWAY_OFFSET),
+            dns_ll: ll(DNS_OFFSET),
+        })
+    }
+
+    /// Whether `addr` is in the /64.
+    pub fn contains(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) >> 64 == u128::from(self.prefix) >> 64
+    }
+
+    /// The virtual hosts' own addresses, global and link-local.
+    pub fn is_virtual(&self, addr: Ipv6Addr) -> bool {
+        [self.gateway, self.dns, self.gateway_ll, self.dns_ll].contains(&addr)
+    }
+}
+
+impl Default for Network6 {
+    fn default() -> Self {
+        Network6::from_cidr(DEFAULT_CIDR6).expect("the default IPv6 prefix is valid")
+    }
+}
+
 /// Where the tap comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -180,6 +237,8 @@ pub struct Config {
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,
     pub net: Network,
+    /// The IPv6 network, with `-6`.
+    pub net6: Option<Network6>,
     /// The gateway address reaches the host's loopback.
     pub host_loopback: bool,
     /// The DNS address forwards to the host's resolver.
@@ -215,6 +274,7 @@ impl Config {
             },
         };
         let net = Network::from_cidr(args.cidr.as_deref().unwrap_or(DEFAULT_CIDR))?;
+        let net6 = Network6::from_cidr(args.cidr6.as_deref().unwrap_or(DEFAULT_CIDR6))?;
         if let Some(path) = &args.api_socket
             && path.len() > MAX_SOCKET_PATH
         {
@@ -284,7 +344,6 @@ impl Config {
         // Parsed and validated above; refused until their feature lands,
         // so that nobody believes they are in effect.
         let not_yet = [
-            (args.enable_ipv6, "--enable-ipv6"),
             (
                 args.enable_sandbox || args.create_sandbox,
                 "--enable-sandbox",
@@ -375,6 +434,7 @@ impl Config {
             mtu,
             mac,
             net,
+            net6: args.enable_ipv6.then_some(net6),
             host_loopback: !(args.disable_host_loopback || args.no_host_loopback),
             dns: !args.disable_dns,
             outbound_addr: args.outbound_addr.clone(),
@@ -647,12 +707,7 @@ mod tests {
 
     #[test]
     fn later_features_are_refused_not_ignored() {
-        for flag in [
-            "--enable-ipv6",
-            "--enable-sandbox",
-            "--create-sandbox",
-            "--enable-seccomp",
-        ] {
+        for flag in ["--enable-sandbox", "--create-sandbox", "--enable-seccomp"] {
             let e = config(&[flag, "1", "tap0"]).unwrap_err();
             assert!(matches!(e, ConfigError::NotYet(_)), "{flag}: {e}");
             assert!(e.to_string().contains("not supported yet"));
@@ -663,6 +718,27 @@ mod tests {
                 .api_socket,
             Some(PathBuf::from("/tmp/x.sock"))
         );
+    }
+
+    #[test]
+    fn ipv6_network_and_its_prefix() {
+        assert_eq!(config(&["1", "tap0"]).unwrap().net6, None);
+        let n = config(&["-6", "1", "tap0"]).unwrap().net6.unwrap();
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(
+            (n.gateway, n.dns, n.gateway_ll, n.dns_ll),
+            (v6("fd00::2"), v6("fd00::3"), v6("fe80::2"), v6("fe80::3"))
+        );
+        assert!(n.contains(v6("fd00::1234:5678")) && !n.contains(v6("fd01::2")));
+        let n = config(&["-6", "--cidr6=fd42:1:2:3::/64", "1", "tap0"])
+            .unwrap()
+            .net6
+            .unwrap();
+        assert_eq!(n.gateway, v6("fd42:1:2:3::2"));
+        for bad in ["fd00::/48", "fd00::1/64", "x::/64", "::1/64", "ff02::/64"] {
+            let e = config(&["-6", &format!("--cidr6={bad}"), "1", "tap0"]).unwrap_err();
+            assert!(matches!(e, ConfigError::InvalidCidr6(_)), "{bad}: {e}");
+        }
     }
 
     #[test]

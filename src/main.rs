@@ -90,6 +90,7 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     };
     let mut engine_cfg = EngineConfig::new(cfg.net, cfg.mtu as usize);
     engine_cfg.seed = RandomState::new().build_hasher().finish();
+    engine_cfg.net6 = cfg.net6;
     engine_cfg.host_loopback = cfg.host_loopback;
     engine_cfg.dns = cfg.dns;
     engine_cfg.tcp_buffer = cfg.tcp_buffer;

@@ -165,8 +165,9 @@ fn add_hostfwd(args: Option<&Value>, ctl: &mut impl Control) -> String {
     let Some(host_port) = port(get("host_port"), true) else {
         return bad("host_port");
     };
+    // beyond slirp4netns: an IPv6 guest address too.
     let guest_ip = match addr_arg(get("guest_addr"), ctl.default_guest().into()) {
-        Some(IpAddr::V4(a)) => a,
+        Some(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_loopback() => a,
         _ => return bad("guest_addr"),
     };
     let Some(guest_port) = port(get("guest_port"), false) else {
@@ -175,7 +176,7 @@ fn add_hostfwd(args: Option<&Value>, ctl: &mut impl Control) -> String {
     let spec = ForwardSpec {
         proto,
         host: SocketAddr::new(host_ip, host_port),
-        guest: SocketAddr::new(guest_ip.into(), guest_port),
+        guest: SocketAddr::new(guest_ip, guest_port),
     };
     match ctl.add_forward(spec) {
         Ok(fwd) => json(&Return {

@@ -123,6 +123,20 @@ impl<H: Host> Engine<H> {
         self.forwards.by_id.values()
     }
 
+    /// Where in the guest a forward's client goes: an IPv6 client reaches
+    /// the guest over IPv6 when the guest has a global address, keeping
+    /// its own address; otherwise the forward's (IPv4) guest address.
+    fn target_for(&self, client: SocketAddr, guest: SocketAddr) -> SocketAddr {
+        match (client.ip(), guest.ip(), self.guest_v6) {
+            (IpAddr::V6(c), IpAddr::V4(g), Some(v6))
+                if c.to_ipv4_mapped().is_none() && g == self.net.guest =>
+            {
+                SocketAddr::new(v6.into(), guest.port())
+            }
+            _ => guest,
+        }
+    }
+
     /// How a host client appears inside the guest: itself when it is an
     /// outside address of the guest's family, else the gateway.
     fn seen_source(&self, client: SocketAddr, guest: SocketAddr) -> SocketAddr {
@@ -178,6 +192,7 @@ impl<H: Host> Engine<H> {
             let new = self.flows.next_id();
             match Step::from(self.host.accept(id, new)) {
                 Step::Got(client) => {
+                    let guest = self.target_for(client, guest);
                     let src = self.seen_source(client, guest);
                     log::debug!("forward: {client} accepted");
                     self.open_inbound(new, src, guest);
@@ -226,6 +241,7 @@ impl<H: Host> Engine<H> {
                     return false;
                 }
             };
+            let guest = self.target_for(client, guest);
             let src = self.seen_source(client, guest);
             let key = FlowKey { guest, dst: src };
             let clients = &mut self.forwards.udp_clients;

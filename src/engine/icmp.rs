@@ -1,6 +1,7 @@
-//! ICMP: echo to the virtual hosts answered here, echo to anywhere else
-//! through unprivileged ICMP sockets, and the errors netferry sends the
-//! guest (destination unreachable).
+//! ICMP and ICMPv6: echo to the virtual hosts answered here, echo to
+//! anywhere else through unprivileged ICMP sockets, and the errors
+//! netferry sends the guest (destination unreachable). Neighbour
+//! discovery is `ipv6.rs`'s.
 //!
 //! Ping sockets exist only where `net.ipv4.ping_group_range` includes the
 //! user's group. Where they do not, pings to the outside go unanswered
@@ -11,8 +12,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    EthernetAddress, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpProtocol,
-    Ipv4Packet, Ipv4Repr,
+    EthernetAddress, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
+    Icmpv6DstUnreachable, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv4Packet,
+    Ipv4Repr, Ipv6Packet, Ipv6Repr,
 };
 
 use super::flows::{DgramFlow, Flow, FlowKey, Kind};
@@ -31,23 +33,38 @@ impl<H: Host> Engine<H> {
             log::trace!("dropping an ICMP message that does not parse");
             return;
         };
-        let Icmpv4Repr::EchoRequest {
+        if let Icmpv4Repr::EchoRequest {
             ident,
             seq_no,
             data,
         } = repr
-        else {
-            return;
-        };
+        {
+            self.process_echo(now, pkt, ident, seq_no, data, sink);
+        }
+    }
+
+    /// An echo request of either family: answered here for the virtual
+    /// hosts, else sent on through a ping socket.
+    pub(super) fn process_echo<S: FrameSink>(
+        &mut self,
+        now: Instant,
+        pkt: &Packet,
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+        sink: &mut S,
+    ) {
         if self.is_virtual(pkt.dst) {
             // Answered even with host loopback disabled: the gateway is
             // still there, it just does not lead to the host.
-            let reply = Icmpv4Repr::EchoReply {
+            return self.send_echo_reply(
+                pkt.guest_mac,
+                (pkt.dst, pkt.src),
                 ident,
                 seq_no,
                 data,
-            };
-            return self.send_icmpv4(pkt.guest_mac, (pkt.dst, pkt.src), &reply, sink);
+                sink,
+            );
         }
         match self.route(now, pkt.dst, 0) {
             Route::Host(_) => {}
@@ -70,6 +87,35 @@ impl<H: Host> Engine<H> {
         // The kernel fills in the identifier (the socket's) and checksum.
         if let Err(e) = self.host.send(id, pkt.payload) {
             log::debug!("ping to {}: {e}", pkt.dst);
+        }
+    }
+
+    fn send_echo_reply<S: FrameSink>(
+        &mut self,
+        guest_mac: EthernetAddress,
+        addrs: (IpAddr, IpAddr),
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+        sink: &mut S,
+    ) {
+        match addrs {
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                let reply = Icmpv6Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                };
+                self.send_icmpv6(guest_mac, (src, dst), &reply, HOP_LIMIT, sink);
+            }
+            _ => {
+                let reply = Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                };
+                self.send_icmpv4(guest_mac, addrs, &reply, sink);
+            }
         }
     }
 
@@ -114,17 +160,29 @@ impl<H: Host> Engine<H> {
         data: &[u8],
         sink: &mut S,
     ) {
-        if let Ok(packet) = Icmpv4Packet::new_checked(data)
-            && packet.msg_type() == Icmpv4Message::EchoReply
-            && data.len() >= ECHO_HEADER_LEN
-        {
-            let reply = Icmpv4Repr::EchoReply {
-                ident: key.guest.port(),
-                seq_no: packet.echo_seq_no(),
-                data: packet.data(),
-            };
-            self.send_icmpv4(guest_mac, (key.dst.ip(), key.guest.ip()), &reply, sink);
+        if data.len() < ECHO_HEADER_LEN {
+            return;
         }
+        let seq_no = match key.dst.ip() {
+            IpAddr::V4(_) => match Icmpv4Packet::new_checked(data) {
+                Ok(p) if p.msg_type() == Icmpv4Message::EchoReply => p.echo_seq_no(),
+                _ => return,
+            },
+            IpAddr::V6(_) => match Icmpv6Packet::new_checked(data) {
+                Ok(p) if p.msg_type() == Icmpv6Message::EchoReply => p.echo_seq_no(),
+                _ => return,
+            },
+        };
+        let addrs = (key.dst.ip(), key.guest.ip());
+        let ident = key.guest.port();
+        self.send_echo_reply(
+            guest_mac,
+            addrs,
+            ident,
+            seq_no,
+            &data[ECHO_HEADER_LEN..],
+            sink,
+        );
     }
 
     fn send_icmpv4<S: FrameSink>(
@@ -159,8 +217,8 @@ impl<H: Host> Engine<H> {
         quote: &[u8],
         sink: &mut S,
     ) {
-        if !src.is_ipv4() {
-            return;
+        if let IpAddr::V6(src) = src {
+            return self.send_unreachable6(guest_mac, src, reason, quote, sink);
         }
         let reason = match reason {
             Unreachable::Net => Icmpv4DstUnreachable::NetUnreachable,
@@ -188,6 +246,47 @@ impl<H: Host> Engine<H> {
             header.dst_addr
         );
         self.send_icmpv4(guest_mac, (src, header.src_addr.into()), &repr, sink);
+    }
+}
+
+impl<H: Host> Engine<H> {
+    /// ICMPv6 destination unreachable from `src`, quoting as much of the
+    /// offending packet as `quote` holds (up to what fits in 1280 bytes).
+    fn send_unreachable6<S: FrameSink>(
+        &mut self,
+        guest_mac: EthernetAddress,
+        src: std::net::Ipv6Addr,
+        reason: Unreachable,
+        quote: &[u8],
+        sink: &mut S,
+    ) {
+        if quote.len() < 40 {
+            return;
+        }
+        let orig = Ipv6Packet::new_unchecked(quote);
+        let header = Ipv6Repr {
+            src_addr: orig.src_addr(),
+            dst_addr: orig.dst_addr(),
+            next_header: orig.next_header(),
+            payload_len: orig.payload_len() as usize,
+            hop_limit: orig.hop_limit(),
+        };
+        let reason = match reason {
+            Unreachable::Net => Icmpv6DstUnreachable::NoRoute,
+            Unreachable::Host => Icmpv6DstUnreachable::AddrUnreachable,
+            Unreachable::Port => Icmpv6DstUnreachable::PortUnreachable,
+        };
+        let repr = Icmpv6Repr::DstUnreachable {
+            reason,
+            header,
+            data: &quote[40..],
+        };
+        log::debug!(
+            "telling {} that {}: {reason}",
+            header.src_addr,
+            header.dst_addr
+        );
+        self.send_icmpv6(guest_mac, (src, header.src_addr), &repr, HOP_LIMIT, sink);
     }
 }
 

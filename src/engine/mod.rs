@@ -15,24 +15,29 @@
 mod dhcp;
 mod flows;
 mod forward;
+mod frag;
 mod icmp;
+mod ipv6;
 mod port;
 #[cfg(test)]
 mod scenario;
 mod tcp;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests6;
 mod udp;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, IpCidr, IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr,
+    EthernetRepr, HardwareAddress, IpCidr, IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr, Ipv6Packet,
+    Ipv6Repr,
 };
 
 pub use dhcp::{Answer as DhcpAnswer, DhcpServer, LEASE_SECS};
@@ -44,7 +49,7 @@ pub use port::{ETHERNET_HEADER_LEN, FrameSink};
 
 pub use crate::host::{FlowId, Host, Proto, Readiness};
 
-use crate::config::{DEFAULT_TCP_BUFFER, Network};
+use crate::config::{DEFAULT_TCP_BUFFER, Network, Network6};
 use flows::FlowTable;
 use port::Port;
 
@@ -65,6 +70,8 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration =
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub net: Network,
+    /// The IPv6 network; `None` leaves IPv6 off.
+    pub net6: Option<Network6>,
     /// The tap's IP MTU.
     pub mtu: usize,
     /// Verify checksums of received frames. Off in production (the guest
@@ -87,6 +94,7 @@ impl EngineConfig {
     pub fn new(net: Network, mtu: usize) -> Self {
         EngineConfig {
             net,
+            net6: None,
             mtu,
             verify_checksums: false,
             seed: 0,
@@ -133,6 +141,17 @@ struct Packet<'a> {
 
 pub struct Engine<H: Host> {
     net: Network,
+    net6: Option<Network6>,
+    /// The guest's global IPv6 address, as last seen (or announced by its
+    /// duplicate address detection): where forwards from IPv6 clients go.
+    guest_v6: Option<Ipv6Addr>,
+    /// When the next unsolicited router advertisement is due.
+    next_ra: Option<Instant>,
+    frags: frag::Reassembly,
+    /// Identification of the next IPv4 datagram we fragment, and IPv6's.
+    frag_id: u32,
+    /// The tap's IP MTU.
+    mtu: usize,
     mac: EthernetAddress,
     caps: DeviceCapabilities,
     iface: Interface,
@@ -181,14 +200,31 @@ impl<H: Host> Engine<H> {
             for addr in [net.gateway, net.dns] {
                 let _ = addrs.push(IpCidr::new(addr.into(), net.prefix_len));
             }
+            if let Some(n6) = cfg.net6 {
+                for addr in [n6.gateway, n6.dns, n6.gateway_ll, n6.dns_ll] {
+                    let _ = addrs.push(IpCidr::new(addr.into(), 64));
+                }
+            }
         });
-        // Any-IP: smoltcp accepts TCP for every destination, so a flow to
-        // any address can terminate here and be proxied.
+        // Any-IP: smoltcp accepts TCP for every destination routed through
+        // one of its own addresses, so a flow to any address can terminate
+        // here and be proxied.
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
+        if let Some(n6) = cfg.net6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(n6.gateway);
+        }
 
         Engine {
             net,
+            net6: cfg.net6,
+            guest_v6: None,
+            // The first one soon after start, in case the guest's
+            // solicitation came before we listened.
+            next_ra: cfg.net6.map(|_| now + Duration::from_secs(1)),
+            frags: frag::Reassembly::default(),
+            frag_id: 0,
+            mtu: cfg.mtu,
             mac,
             caps,
             iface,
@@ -231,26 +267,68 @@ impl<H: Host> Engine<H> {
     fn is_virtual(&self, addr: IpAddr) -> bool {
         match addr {
             IpAddr::V4(a) => a == self.net.gateway || a == self.net.dns,
-            IpAddr::V6(_) => false,
+            IpAddr::V6(a) => self.net6.is_some_and(|n| n.is_virtual(a)),
         }
     }
 
     /// The gateway's address in `addr`'s family: the source of ICMP
-    /// errors about routing.
-    fn gateway_for(&self, _addr: IpAddr) -> IpAddr {
-        self.net.gateway.into()
+    /// errors about routing, and how host-local clients of a forward
+    /// appear.
+    fn gateway_for(&self, addr: IpAddr) -> IpAddr {
+        match (addr, self.net6) {
+            (IpAddr::V6(_), Some(n6)) => n6.gateway.into(),
+            _ => self.net.gateway.into(),
+        }
+    }
+
+    /// Where traffic from the guest to an IPv6 `dst:port` goes: the
+    /// gateway's addresses lead to the host's ::1, the DNS addresses to
+    /// the host's resolver, the rest of the prefix and link-local
+    /// addresses nowhere, anything else out through a host socket.
+    fn route6(&mut self, now: Instant, dst: Ipv6Addr, port: u16) -> Route {
+        let Some(n6) = self.net6 else {
+            return Route::Drop;
+        };
+        if dst == n6.gateway || dst == n6.gateway_ll {
+            return if self.host_loopback {
+                Route::Host(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port))
+            } else {
+                Route::Unreachable(Unreachable::Net)
+            };
+        }
+        if dst == n6.dns || dst == n6.dns_ll {
+            return self.route_dns(now, port);
+        }
+        if n6.contains(dst) || dst.is_unicast_link_local() {
+            return Route::Unreachable(Unreachable::Host);
+        }
+        // A v4-mapped destination would reach IPv4 addresses (the host's
+        // 127.0.0.1 among them) through a dual-stack socket: never.
+        if dst.is_loopback()
+            || dst.is_multicast()
+            || dst.is_unspecified()
+            || dst.to_ipv4_mapped().is_some()
+        {
+            return Route::Drop;
+        }
+        Route::Host(SocketAddr::new(dst.into(), port))
+    }
+
+    fn route_dns(&mut self, now: Instant, port: u16) -> Route {
+        if !self.dns || port != DNS_PORT {
+            return Route::Refused;
+        }
+        match self.host.nameserver(now) {
+            Some(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
+            None => Route::Drop,
+        }
     }
 
     /// Where traffic from the guest to `dst:port` goes.
     fn route(&mut self, now: Instant, dst: IpAddr, port: u16) -> Route {
         let dst = match dst {
             IpAddr::V4(v4) => v4,
-            IpAddr::V6(v6) => {
-                if v6.is_loopback() || v6.is_multicast() || v6.is_unspecified() {
-                    return Route::Drop;
-                }
-                return Route::Host(SocketAddr::new(dst, port));
-            }
+            IpAddr::V6(v6) => return self.route6(now, v6, port),
         };
         if dst == self.net.gateway {
             return if self.host_loopback {
@@ -260,13 +338,7 @@ impl<H: Host> Engine<H> {
             };
         }
         if dst == self.net.dns {
-            if !self.dns || port != DNS_PORT {
-                return Route::Refused;
-            }
-            return match self.host.nameserver(now) {
-                Some(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
-                None => Route::Drop,
-            };
+            return self.route_dns(now, port);
         }
         if self.net.contains(dst) {
             // Nothing else lives on the virtual network; never let such a
@@ -292,6 +364,7 @@ impl<H: Host> Engine<H> {
                 }
             }
             EthernetProtocol::Ipv4 => self.process_ipv4(now, frame, sink),
+            EthernetProtocol::Ipv6 => self.process_ipv6(now, frame, sink),
             other => log::trace!("dropping an ethertype {other} frame"),
         }
     }
@@ -324,14 +397,17 @@ impl<H: Host> Engine<H> {
             log::trace!("dropping a malformed IPv4 packet");
             return;
         };
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            // smoltcp's parser refuses fragments; they are ours to join.
+            if self.caps.checksum.ipv4.rx() && !ip.verify_checksum() {
+                return;
+            }
+            return self.reassemble_v4(now, &eth, &ip, sink);
+        }
         let Ok(ip_repr) = Ipv4Repr::parse(&ip, &self.caps.checksum) else {
             log::trace!("dropping an IPv4 packet that does not parse");
             return;
         };
-        if ip.more_frags() || ip.frag_offset() != 0 {
-            log::debug!("dropping an IPv4 fragment to {}", ip_repr.dst_addr);
-            return;
-        }
         let guest_mac = eth.src_addr();
         if self.net.contains(ip_repr.src_addr) {
             self.learn_guest(ip_repr.src_addr.into(), guest_mac);
@@ -384,6 +460,30 @@ impl<H: Host> Engine<H> {
     fn send_ip<S: FrameSink>(
         &mut self,
         dst_mac: EthernetAddress,
+        addrs: (IpAddr, IpAddr),
+        proto: IpProtocol,
+        payload_len: usize,
+        sink: &mut S,
+        emit_payload: impl FnOnce(&mut [u8]),
+    ) {
+        self.send_ip_with(
+            HOP_LIMIT,
+            dst_mac,
+            addrs,
+            proto,
+            payload_len,
+            sink,
+            emit_payload,
+        )
+    }
+
+    /// `send_ip` with a hop limit of the caller's (neighbour discovery
+    /// needs 255). A datagram larger than the MTU is sent in fragments.
+    #[allow(clippy::too_many_arguments)]
+    fn send_ip_with<S: FrameSink>(
+        &mut self,
+        hop_limit: u8,
+        dst_mac: EthernetAddress,
         (src, dst): (IpAddr, IpAddr),
         proto: IpProtocol,
         payload_len: usize,
@@ -397,17 +497,17 @@ impl<H: Host> Engine<H> {
                     dst_addr: d,
                     next_header: proto,
                     payload_len,
-                    hop_limit: HOP_LIMIT,
+                    hop_limit,
                 }),
                 EthernetProtocol::Ipv4,
             ),
             (IpAddr::V6(s), IpAddr::V6(d)) => (
-                IpRepr::Ipv6(smoltcp::wire::Ipv6Repr {
+                IpRepr::Ipv6(Ipv6Repr {
                     src_addr: s,
                     dst_addr: d,
                     next_header: proto,
                     payload_len,
-                    hop_limit: HOP_LIMIT,
+                    hop_limit,
                 }),
                 EthernetProtocol::Ipv6,
             ),
@@ -424,8 +524,13 @@ impl<H: Host> Engine<H> {
         let header_len = ip.header_len();
         let len = eth.buffer_len() + header_len + payload_len;
         if len > self.caps.max_transmission_unit {
-            log::debug!("not sending a {len}-byte frame to {dst}: larger than the MTU");
-            return;
+            if proto == IpProtocol::Tcp || payload_len > frag::MAX_DATAGRAM {
+                log::debug!("not sending a {len}-byte frame to {dst}: larger than the MTU");
+                return;
+            }
+            let mut payload = vec![0u8; payload_len];
+            emit_payload(&mut payload);
+            return self.send_fragments(&eth, &ip, &payload, sink);
         }
         if self.tx.len() < len {
             self.tx.resize(len, 0);
@@ -437,6 +542,122 @@ impl<H: Host> Engine<H> {
         ip.emit(&mut *packet, &ChecksumCapabilities::default());
         emit_payload(&mut packet[header_len..]);
         sink.send_frame(buf);
+    }
+
+    /// A datagram too large for the guest's MTU, in fragments: IPv4's own,
+    /// or IPv6's fragment header (netferry is the sender on this link).
+    fn send_fragments<S: FrameSink>(
+        &mut self,
+        eth: &EthernetRepr,
+        ip: &IpRepr,
+        payload: &[u8],
+        sink: &mut S,
+    ) {
+        self.frag_id = self.frag_id.wrapping_add(1);
+        let id = self.frag_id;
+        let eth_len = eth.buffer_len();
+        let room = self.caps.max_transmission_unit - eth_len;
+        let mut count = 0;
+        match *ip {
+            IpRepr::Ipv4(repr) => {
+                for (offset, piece, more) in frag::pieces(payload, room - repr.buffer_len()) {
+                    let part = Ipv4Repr {
+                        payload_len: piece.len(),
+                        ..repr
+                    };
+                    let mut buf = vec![0u8; eth_len + part.buffer_len() + piece.len()];
+                    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+                    eth.emit(&mut frame);
+                    let mut p = Ipv4Packet::new_unchecked(frame.payload_mut());
+                    part.emit(&mut p, &ChecksumCapabilities::ignored());
+                    p.set_ident(id as u16);
+                    p.set_dont_frag(false);
+                    p.set_more_frags(more);
+                    p.set_frag_offset(offset as u16);
+                    p.fill_checksum();
+                    p.payload_mut().copy_from_slice(piece);
+                    sink.send_frame(&buf);
+                    count += 1;
+                }
+            }
+            IpRepr::Ipv6(repr) => {
+                let fixed = repr.buffer_len() + frag::IPV6_FRAGMENT_HEADER_LEN;
+                for (offset, piece, more) in frag::pieces(payload, room - fixed) {
+                    let part = Ipv6Repr {
+                        next_header: IpProtocol::Ipv6Frag,
+                        payload_len: frag::IPV6_FRAGMENT_HEADER_LEN + piece.len(),
+                        ..repr
+                    };
+                    let mut buf = vec![0u8; eth_len + fixed + piece.len()];
+                    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+                    eth.emit(&mut frame);
+                    let mut p = Ipv6Packet::new_unchecked(frame.payload_mut());
+                    part.emit(&mut p);
+                    let body = p.payload_mut();
+                    body[0] = u8::from(repr.next_header);
+                    body[1] = 0;
+                    let off_flags = offset as u16 | u16::from(more);
+                    body[2..4].copy_from_slice(&off_flags.to_be_bytes());
+                    body[4..8].copy_from_slice(&id.to_be_bytes());
+                    body[frag::IPV6_FRAGMENT_HEADER_LEN..].copy_from_slice(piece);
+                    sink.send_frame(&buf);
+                    count += 1;
+                }
+            }
+        }
+        log::debug!(
+            "sent a {}-byte datagram in {count} fragments",
+            payload.len()
+        );
+    }
+
+    /// A fragment of a guest IPv4 datagram: once all are in, the whole is
+    /// handled as if it had come in one frame.
+    fn reassemble_v4<S: FrameSink>(
+        &mut self,
+        now: Instant,
+        eth: &EthernetFrame<&[u8]>,
+        ip: &Ipv4Packet<&[u8]>,
+        sink: &mut S,
+    ) {
+        let repr = Ipv4Repr {
+            src_addr: ip.src_addr(),
+            dst_addr: ip.dst_addr(),
+            next_header: ip.next_header(),
+            payload_len: 0,
+            hop_limit: ip.hop_limit(),
+        };
+        let fragment = frag::Fragment {
+            key: frag::FragKey {
+                src: repr.src_addr.into(),
+                dst: repr.dst_addr.into(),
+                proto: u8::from(repr.next_header),
+                id: u32::from(ip.ident()),
+            },
+            offset: ip.frag_offset() as usize,
+            more: ip.more_frags(),
+            data: ip.payload(),
+        };
+        let Some(whole) = self.frags.add(now, fragment) else {
+            return;
+        };
+        let inner = Ipv4Repr {
+            payload_len: whole.len(),
+            ..repr
+        };
+        let mut frame = vec![0u8; 14 + inner.buffer_len() + whole.len()];
+        let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
+        EthernetRepr {
+            src_addr: eth.src_addr(),
+            dst_addr: eth.dst_addr(),
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut f);
+        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+        inner.emit(&mut p, &ChecksumCapabilities::default());
+        p.payload_mut().copy_from_slice(&whole);
+        log::debug!("reassembled a {}-byte IPv4 datagram", whole.len());
+        self.process_ipv4(now, &frame, sink);
     }
 
     fn feed_smoltcp<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
@@ -470,6 +691,7 @@ impl<H: Host> Engine<H> {
         };
         self.iface.poll(now, &mut dev, &mut self.sockets);
         self.reap_tcp();
+        self.advertise_if_due(now, sink);
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_INTERVAL;
             self.sweep(now);
@@ -484,17 +706,19 @@ impl<H: Host> Engine<H> {
             return Some(Duration::ZERO);
         }
         let smol = self.iface.poll_delay(now, &self.sockets);
-        let sweep = (!self.flows.is_empty() || self.forwards.has_udp_clients()).then(|| {
+        let busy =
+            !self.flows.is_empty() || self.forwards.has_udp_clients() || !self.frags.is_empty();
+        let sweep = busy.then(|| {
             if self.next_sweep > now {
                 self.next_sweep - now
             } else {
                 Duration::ZERO
             }
         });
-        match (smol, sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let ra = self
+            .next_ra
+            .map(|at| if at > now { at - now } else { Duration::ZERO });
+        [smol, sweep, ra].into_iter().flatten().min()
     }
 
     /// Serve every flow that had a frame or a host event since last time.
@@ -524,6 +748,7 @@ impl<H: Host> Engine<H> {
             self.remove_flow(id, false);
         }
         self.expire_forwarded_udp(now);
+        self.frags.expire(now);
         self.flows.mark_all_tcp_for_reaping();
         self.flows.retry_listeners();
     }

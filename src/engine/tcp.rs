@@ -44,8 +44,12 @@ fn quote_of_frame(frame: &[u8]) -> &[u8] {
         .unwrap_or(0);
     let start = frame.len() - ip;
     let ip = &frame[start..];
-    let header = ip.first().map_or(0, |b| ((b & 0x0f) as usize) * 4);
-    &ip[..(header + 8).min(ip.len())]
+    let len = match ip.first().map(|b| b >> 4) {
+        Some(4) => ((ip[0] & 0x0f) as usize) * 4 + 8,
+        Some(6) => super::ipv6::QUOTE6_LEN,
+        _ => 0,
+    };
+    &ip[..len.min(ip.len())]
 }
 
 impl<H: Host> Engine<H> {

@@ -192,6 +192,20 @@ fn udp_quote(key: &FlowKey) -> Vec<u8> {
     udp[4..6].copy_from_slice(&8u16.to_be_bytes());
     match (key.guest.ip(), key.dst.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => super::icmp::ipv4_quote(src, dst, &udp),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let repr = smoltcp::wire::Ipv6Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: IpProtocol::Udp,
+                payload_len: udp.len(),
+                hop_limit: super::HOP_LIMIT,
+            };
+            let mut buf = vec![0u8; repr.buffer_len() + udp.len()];
+            let mut p = smoltcp::wire::Ipv6Packet::new_unchecked(&mut buf[..]);
+            repr.emit(&mut p);
+            p.payload_mut().copy_from_slice(&udp);
+            buf
+        }
         _ => Vec::new(),
     }
 }
