@@ -1,0 +1,380 @@
+//! IPv6 through netferry (`-6`) on real namespaces: the guest configures
+//! itself by SLAAC from netferry's router advertisements, then reaches the
+//! host's ::1 through fd00::2, a remote IPv6 network, DNS through fd00::3,
+//! and is reached through an IPv6 port forward; large datagrams cross an
+//! MTU of 1500 in fragments in both families.
+//!
+//! The remote network is 2001:db8:1::/64 (a documentation prefix) on the
+//! test's own veth; nothing can leave the machine.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{Namespace, Netferry, TempDir, TestNet, serve_from, wait_until};
+
+const HOST6: &str = "2001:db8:1::1";
+const REMOTE6: &str = "2001:db8:1::2";
+const IO: Duration = Duration::from_secs(10);
+
+struct Setup {
+    net: TestNet,
+    ns: Namespace,
+    nf: Netferry,
+    /// The guest's SLAAC address.
+    guest6: String,
+}
+
+/// A test network with IPv6 on the veth, a guest, and netferry `-6 -c`,
+/// waited for until the guest has its global address.
+fn setup(extra: &[&str]) -> Setup {
+    setup_with(|_| {}, extra)
+}
+
+/// The same, with `prepare` run on the test network before netferry
+/// starts (addresses it must find at start-up).
+fn setup_with(prepare: impl FnOnce(&TestNet), extra: &[&str]) -> Setup {
+    let net = TestNet::new();
+    let remote_veth = net.host_veth.replacen("vh", "vr", 1);
+    let host_cidr = format!("{HOST6}/64");
+    let remote_cidr = format!("{REMOTE6}/64");
+    for args in [
+        vec![
+            "-n",
+            &net.host,
+            "addr",
+            "add",
+            &host_cidr,
+            "dev",
+            &net.host_veth,
+            "nodad",
+        ],
+        vec![
+            "-n",
+            &net.remote,
+            "addr",
+            "add",
+            &remote_cidr,
+            "dev",
+            &remote_veth,
+            "nodad",
+        ],
+    ] {
+        common::run_ok("ip", &args);
+    }
+    prepare(&net);
+    let ns = Namespace::new();
+    let mut args = vec!["-6"];
+    args.extend_from_slice(extra);
+    let nf = serve_from(Some(&net), &ns, &args);
+    let mut guest6 = String::new();
+    let configured = wait_until(Duration::from_secs(15), || {
+        let v = ns.ip_json(&["-6", "addr", "show", "dev", "tap0", "scope", "global"]);
+        let addr = v[0]["addr_info"].as_array().and_then(|a| {
+            a.iter()
+                .find(|i| i["tentative"].as_bool() != Some(true))
+                .and_then(|i| i["local"].as_str().map(str::to_string))
+        });
+        match addr {
+            Some(a) => {
+                guest6 = a;
+                true
+            }
+            None => false,
+        }
+    });
+    assert!(configured, "no SLAAC address on tap0\n{}", nf.output());
+    Setup {
+        net,
+        ns,
+        nf,
+        guest6,
+    }
+}
+
+impl Setup {
+    fn connect(&self, addr: &str) -> std::io::Result<TcpStream> {
+        let addr: SocketAddr = addr.parse().unwrap();
+        self.ns.in_ns(move || common::connect(addr, IO))
+    }
+
+    fn udp(&self, bind: &str) -> UdpSocket {
+        let bind = bind.to_string();
+        self.ns.in_ns(move || {
+            let s = UdpSocket::bind(bind).unwrap();
+            s.set_read_timeout(Some(IO)).unwrap();
+            s
+        })
+    }
+}
+
+#[test]
+fn slaac_address_default_route_and_rdnss_from_router_advertisements() {
+    let s = setup(&[]);
+    assert!(s.guest6.starts_with("fd00::"), "{}", s.guest6);
+    let routes = s.ns.ip_json(&["-6", "route", "show", "default"]);
+    assert_eq!(routes[0]["gateway"], "fe80::2", "{routes}");
+    assert_eq!(routes[0]["dev"], "tap0");
+    // A real client reads the RA: prefix, MTU and the DNS address.
+    let out = s.ns.ok(&["rdisc6", "-1", "-r", "3", "-w", "2000", "tap0"]);
+    assert!(out.contains("fd00::/64"), "{out}");
+    assert!(
+        out.contains("Recursive DNS server") && out.contains("fd00::3"),
+        "{out}"
+    );
+    assert!(out.contains("MTU") && out.contains("1500"), "{out}");
+    assert!(out.contains("from fe80::2"), "{out}");
+}
+
+#[test]
+fn ping6_of_gateway_dns_and_the_remote() {
+    let s = setup(&[]);
+    s.net
+        .host_ok(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
+    for dst in ["fd00::2", "fd00::3", REMOTE6] {
+        let out = s.ns.run(&["busybox", "ping6", "-c", "1", "-W", "3", dst]);
+        assert!(
+            out.status.success(),
+            "ping6 {dst} failed\n{}",
+            s.nf.output()
+        );
+    }
+}
+
+#[test]
+fn tcp_and_udp_reach_the_hosts_ipv6_loopback_through_fd00_2() {
+    let s = setup(&[]);
+    let listener = s.net.in_host(|| TcpListener::bind("[::1]:6101").unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut c, peer) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(b"pong!").unwrap();
+        (buf, peer)
+    });
+    let mut c = s.connect("[fd00::2]:6101").expect("connect to fd00::2");
+    c.write_all(b"ping!").unwrap();
+    let mut back = [0u8; 5];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"pong!");
+    let (got, peer) = server.join().unwrap();
+    assert_eq!(&got, b"ping!");
+    assert!(peer.ip().is_loopback());
+
+    let host = s.net.in_host(|| UdpSocket::bind("[::1]:6102").unwrap());
+    host.set_read_timeout(Some(IO)).unwrap();
+    let guest = s.udp("[::]:0");
+    guest.send_to(b"udp6", "[fd00::2]:6102").unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = host.recv_from(&mut buf).expect("no datagram on ::1");
+    host.send_to(&buf[..n], from).unwrap();
+    let (n, from) = guest.recv_from(&mut buf).expect("no reply");
+    assert_eq!(&buf[..n], b"udp6");
+    assert_eq!(from, "[fd00::2]:6102".parse().unwrap());
+}
+
+#[test]
+fn disabled_host_loopback_makes_fd00_2_unreachable() {
+    let s = setup(&["--disable-host-loopback"]);
+    let _l = s.net.in_host(|| TcpListener::bind("[::1]:6103").unwrap());
+    let err = s.connect("[fd00::2]:6103").expect_err("reached the host");
+    assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+}
+
+#[test]
+fn tcp_and_udp_reach_a_remote_ipv6_host_from_the_hosts_address() {
+    let s = setup(&[]);
+    let listener = s.net.in_remote(|| TcpListener::bind("[::]:6104").unwrap());
+    let server = std::thread::spawn(move || listener.accept().unwrap().1);
+    let _c = s.connect(&format!("[{REMOTE6}]:6104")).expect("connect");
+    assert_eq!(server.join().unwrap().ip().to_string(), HOST6);
+
+    let remote = s.net.in_remote(|| UdpSocket::bind("[::]:6105").unwrap());
+    remote.set_read_timeout(Some(IO)).unwrap();
+    s.udp("[::]:0")
+        .send_to(b"hi", format!("[{REMOTE6}]:6105"))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    let (_, from) = remote.recv_from(&mut buf).expect("no datagram");
+    assert_eq!(from.ip().to_string(), HOST6);
+}
+
+#[test]
+fn outbound_addr6_is_the_source_for_tcp_and_udp() {
+    let net_probe = "2001:db8:1::11";
+    let flag = format!("--outbound-addr6={net_probe}");
+    let s = setup_with(
+        |net| {
+            let cidr = format!("{net_probe}/64");
+            let args = [
+                "-n",
+                &net.host,
+                "addr",
+                "add",
+                &cidr,
+                "dev",
+                &net.host_veth,
+                "nodad",
+            ];
+            common::run_ok("ip", &args);
+        },
+        &[&flag],
+    );
+    let listener = s.net.in_remote(|| TcpListener::bind("[::]:6106").unwrap());
+    let server = std::thread::spawn(move || listener.accept().unwrap().1);
+    let _c = s.connect(&format!("[{REMOTE6}]:6106")).expect("connect");
+    assert_eq!(server.join().unwrap().ip().to_string(), net_probe);
+    let remote = s.net.in_remote(|| UdpSocket::bind("[::]:6107").unwrap());
+    remote.set_read_timeout(Some(IO)).unwrap();
+    s.udp("[::]:0")
+        .send_to(b"hi", format!("[{REMOTE6}]:6107"))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    let (_, from) = remote.recv_from(&mut buf).expect("no datagram");
+    assert_eq!(from.ip().to_string(), net_probe, "UDP must use it too");
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dns_through_fd00_3_answers_a_and_aaaa_over_udp_and_tcp() {
+    let s = setup(&[]);
+    // The test's resolver on the host's loopback (TestNet's resolv.conf
+    // names 127.0.0.1): never the machine's own.
+    let dnsmasq = s
+        .net
+        .host_cmd(&[
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--port=53",
+            "--address=/probe.netferry.test/198.51.100.2",
+            "--address=/probe.netferry.test/2001:db8:1::2",
+            "--pid-file=",
+            "--user=root",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq");
+    let _guard = KillOnDrop(dnsmasq);
+    for (kind, want) in [("A", "198.51.100.2"), ("AAAA", "2001:db8:1::2")] {
+        for transport in ["+notcp", "+tcp"] {
+            let ok = wait_until(Duration::from_secs(5), || {
+                let out = s.ns.run(&[
+                    "dig",
+                    "+short",
+                    "+tries=1",
+                    "+time=2",
+                    transport,
+                    "@fd00::3",
+                    "probe.netferry.test",
+                    kind,
+                ]);
+                String::from_utf8_lossy(&out.stdout).trim() == want
+            });
+            assert!(ok, "{kind} {transport} through fd00::3\n{}", s.nf.output());
+        }
+    }
+}
+
+fn api(sock: &std::path::Path, req: &str) -> String {
+    let mut c = UnixStream::connect(sock).unwrap();
+    c.write_all(req.as_bytes()).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn an_ipv6_forward_reaches_the_guest_over_ipv6_with_the_clients_address() {
+    let dir = TempDir::new("api6");
+    let sock = dir.path("api.sock");
+    let sock_arg = format!("--api-socket={}", sock.display());
+    let s = setup(&[&sock_arg]);
+    let guest = s.ns.in_ns(|| TcpListener::bind("[::]:8080").unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut c, peer) = guest.accept().unwrap();
+        c.write_all(b"hello from the guest").unwrap();
+        peer
+    });
+    let reply = api(
+        &sock,
+        r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::","host_port":6180,"guest_addr":"","guest_port":8080}}"#,
+    );
+    assert_eq!(reply, r#"{"return":{"id":1}}"#);
+    let mut c = s
+        .net
+        .in_remote(|| common::connect(format!("[{HOST6}]:6180").parse().unwrap(), IO))
+        .expect("connect to the forward");
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "hello from the guest");
+    let peer = server.join().unwrap();
+    assert_eq!(
+        peer.ip().to_string(),
+        REMOTE6,
+        "the guest must see the client's address"
+    );
+}
+
+#[test]
+fn a_4000_byte_udp_reply_reaches_a_guest_at_mtu_1500_in_both_families() {
+    let s = setup(&[]);
+    for (bind, dst, guest_bind) in [
+        ("127.0.0.1:6201", "10.0.2.2:6201", "0.0.0.0:0"),
+        ("[::1]:6202", "[fd00::2]:6202", "[::]:0"),
+    ] {
+        let host = s.net.in_host(move || UdpSocket::bind(bind).unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            if let Ok((_, peer)) = host.recv_from(&mut buf) {
+                let big = common::pattern(4000, 7);
+                let _ = host.send_to(&big, peer);
+            }
+        });
+        let guest = s.udp(guest_bind);
+        guest.send_to(b"big please", dst).unwrap();
+        let mut buf = vec![0u8; 8192];
+        let (n, _) = guest
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{dst}: {e}\n{}", s.nf.output()));
+        assert_eq!(n, 4000, "{dst}");
+        assert_eq!(buf[..n], common::pattern(4000, 7)[..]);
+    }
+}
+
+#[test]
+fn a_fragmented_guest_datagram_arrives_whole_in_both_families() {
+    let s = setup(&[]);
+    for (bind, dst, guest_bind) in [
+        ("127.0.0.1:6203", "10.0.2.2:6203", "0.0.0.0:0"),
+        ("[::1]:6204", "[fd00::2]:6204", "[::]:0"),
+    ] {
+        let host = s.net.in_host(move || UdpSocket::bind(bind).unwrap());
+        host.set_read_timeout(Some(IO)).unwrap();
+        let big = common::pattern(5000, 9);
+        // The guest's kernel fragments it at the tap's MTU of 1500.
+        s.udp(guest_bind).send_to(&big, dst).unwrap();
+        let mut buf = vec![0u8; 8192];
+        let (n, _) = host
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{dst}: {e}\n{}", s.nf.output()));
+        assert_eq!(buf[..n], big[..], "{dst}");
+    }
+}
