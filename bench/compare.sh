@@ -26,6 +26,7 @@ HOSTNS=nfbench$$
 SINKNS=nfsink$$
 USER_ARGS=(--reuid=65534 --regid=65534 --clear-groups --)
 IPERF_PORT=5201       # iperf3 on the host's loopback
+IPERF6_PORT=5202      # iperf3 on the host's ::1
 FWD_PORT=15201        # host port forwarded to iperf3 in the guest
 LAT_PORT=11111        # sockperf on the host's loopback
 CONN_PORT=12000       # connrate on the host's loopback
@@ -81,31 +82,37 @@ NS=(ip netns exec "$HOSTNS" setpriv "${USER_ARGS[@]}")
 # The servers live as long as the host namespace (cleanup kills what is
 # in it); started from subshells so the shell does not report their end.
 ("${NS[@]}" iperf3 -s -B 127.0.0.1 -p $IPERF_PORT >/dev/null 2>&1 &)
+("${NS[@]}" iperf3 -s -B ::1 -p $IPERF6_PORT >/dev/null 2>&1 &)
 ("${NS[@]}" sockperf sr --tcp -i 127.0.0.1 -p $LAT_PORT >/dev/null 2>&1 &)
 ("${NS[@]}" "$WORK/connrate" serve 127.0.0.1:$CONN_PORT >/dev/null 2>&1 &)
 sleep 0.5
 
 in_guest() { nsenter -t "$holder" -U -n "$@"; }
 
-# start TOOL MTU: a fresh container namespace with TOOL attached; sets
+# start TOOL MTU [6]: a fresh container namespace with TOOL attached (and
+# IPv6 on, waiting for the guest's SLAAC default route, with 6); sets
 # $holder and $helper (the tool's pid).
 start() {
-    local tool=$1 mtu=$2
+    local tool=$1 mtu=$2 v6=${3:-}
+    local six=()
+    [ -n "$v6" ] && six=(--enable-ipv6)
     "${NS[@]}" unshare -Urn sh -c "exec sleep 86400 #$HOSTNS" &
     holder=$!
     while [ "$(readlink /proc/$holder/ns/net)" = "$(readlink /proc/self/ns/net)" ] ||
           [ "$(cat /proc/$holder/comm 2>/dev/null)" != sleep ]; do sleep 0.02; done
     api="$WORK/api-$holder.sock"
     case $tool in
-    netferry)    "${NS[@]}" "$WORK/netferry" -c --mtu "$mtu" -a "$api" "$holder" tap0 >/dev/null 2>&1 & ;;
-    slirp4netns) "${NS[@]}" slirp4netns -c --mtu "$mtu" -a "$api" "$holder" tap0 >/dev/null 2>&1 & ;;
+    netferry)    "${NS[@]}" "$WORK/netferry" -c "${six[@]}" --mtu "$mtu" -a "$api" "$holder" tap0 >/dev/null 2>&1 & ;;
+    slirp4netns) "${NS[@]}" slirp4netns -c "${six[@]}" --mtu "$mtu" -a "$api" "$holder" tap0 >/dev/null 2>&1 & ;;
     pasta)       "${NS[@]}" pasta --config-net -m "$mtu" -a 10.0.2.100 -n 24 -g 10.0.2.2 \
                      -t "$FWD_PORT:$IPERF_PORT" -u none -T none -U none --foreground "$holder" >/dev/null 2>&1 & ;;
     esac
     helper=$!
     local i
-    for i in $(seq 200); do
-        in_guest ip -4 route 2>/dev/null | grep -q default && { sleep 0.2; return 0; }
+    local family=-4
+    [ -n "$v6" ] && family=-6
+    for i in $(seq 300); do
+        in_guest ip $family route 2>/dev/null | grep -q default && { sleep 0.2; return 0; }
         sleep 0.05
     done
     echo "$tool did not come up" >&2
@@ -133,7 +140,9 @@ iperf() {
     if [ "$name" = forward ]; then
         json=$(ip netns exec "$HOSTNS" iperf3 -c 127.0.0.1 -p $FWD_PORT -t "$SECS" -J) || return 0
     else
-        json=$(in_guest iperf3 -c 10.0.2.2 -p $IPERF_PORT -t "$SECS" -J "$@") || return 0
+        local dst=10.0.2.2 port=$IPERF_PORT
+        [ "$name" = up6 ] && { dst=fd00::2; port=$IPERF6_PORT; }
+        json=$(in_guest iperf3 -c $dst -p $port -t "$SECS" -J "$@") || return 0
     fi
     t1=$(cpu_ticks)
     read -r gbps bytes < <(python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(e["bits_per_second"]/1e9, e["bytes"])' <<<"$json")
@@ -163,6 +172,12 @@ for run in $(seq "$RUNS"); do
             iperf "$tool" "down$mtu" -R
             stop
         done
+        # IPv6, guest to host through fd00::2 (pasta has no host IPv6
+        # address to copy here).
+        if want throughput && [ "$tool" != pasta ] && start "$tool" 65520 6; then
+            iperf "$tool" up6
+            stop
+        fi
         # Through a port forward: host client, iperf3 server in the guest.
         if want forward && start "$tool" 65520; then
             in_guest iperf3 -s -p $IPERF_PORT >/dev/null 2>&1 &
@@ -203,6 +218,7 @@ rows = [
     ("down65520", "host→guest Gbit/s, MTU 65520", True),
     ("up1500", "guest→host Gbit/s, MTU 1500", True),
     ("down1500", "host→guest Gbit/s, MTU 1500", True),
+    ("up6", "guest→host Gbit/s over IPv6 (fd00::2), MTU 65520", True),
     ("forward", "host→guest Gbit/s via port forward", True),
     ("latency_us", "TCP round trip µs, median (lower is better)", False),
     ("conn_per_s", "connections/s", True),
