@@ -30,6 +30,8 @@ IPERF6_PORT=5202      # iperf3 on the host's ::1
 FWD_PORT=15201        # host port forwarded to iperf3 in the guest
 LAT_PORT=11111        # sockperf on the host's loopback
 CONN_PORT=12000       # connrate on the host's loopback
+HOLD_PORT=12001       # accepts and holds idle connections on the host's loopback
+IDLE=${IDLE:-5000}    # idle connections open beside one transfer
 RESULTS=$(mktemp)
 WORK=$(mktemp -d)
 chmod 0777 "$WORK"
@@ -85,6 +87,13 @@ NS=(ip netns exec "$HOSTNS" setpriv "${USER_ARGS[@]}")
 ("${NS[@]}" iperf3 -s -B ::1 -p $IPERF6_PORT >/dev/null 2>&1 &)
 ("${NS[@]}" sockperf sr --tcp -i 127.0.0.1 -p $LAT_PORT >/dev/null 2>&1 &)
 ("${NS[@]}" "$WORK/connrate" serve 127.0.0.1:$CONN_PORT >/dev/null 2>&1 &)
+("${NS[@]}" prlimit --nofile=65536 python3 -c "
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', $HOLD_PORT)); s.listen(4096)
+held = []
+while True: held.append(s.accept()[0])
+" >/dev/null 2>&1 &)
 sleep 0.5
 
 in_guest() { nsenter -t "$holder" -U -n "$@"; }
@@ -172,6 +181,21 @@ for run in $(seq "$RUNS"); do
             iperf "$tool" "down$mtu" -R
             stop
         done
+        # The same transfer with $IDLE idle connections open beside it:
+        # the cost of a flow must not grow with the number of flows.
+        if want throughput && start "$tool" 65520; then
+            in_guest prlimit --nofile=65536 python3 -c "
+import socket, time
+held = [socket.create_connection(('10.0.2.2', $HOLD_PORT)) for _ in range($IDLE)]
+print('open', flush=True); time.sleep(3600)
+" >"$WORK/idle.out" 2>/dev/null &
+            opener=$!
+            for i in $(seq 600); do grep -q open "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
+            grep -q open "$WORK/idle.out" 2>/dev/null && iperf "$tool" "up_idle"
+            kill $opener 2>/dev/null; wait $opener 2>/dev/null || true
+            rm -f "$WORK/idle.out"
+            stop
+        fi
         # IPv6, guest to host through fd00::2 (pasta has no host IPv6
         # address to copy here).
         if want throughput && [ "$tool" != pasta ] && start "$tool" 65520 6; then
@@ -219,6 +243,7 @@ rows = [
     ("up1500", "guest→host Gbit/s, MTU 1500", True),
     ("down1500", "host→guest Gbit/s, MTU 1500", True),
     ("up6", "guest→host Gbit/s over IPv6 (fd00::2), MTU 65520", True),
+    ("up_idle", "guest→host Gbit/s, MTU 65520, beside idle connections (IDLE, 5000)", True),
     ("forward", "host→guest Gbit/s via port forward", True),
     ("latency_us", "TCP round trip µs, median (lower is better)", False),
     ("conn_per_s", "connections/s", True),

@@ -7,10 +7,11 @@
 //! dirty list: only flows that saw a frame or a host event are served,
 //! never a scan over all flows per packet. This module owns no sockets.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 
-use smoltcp::iface::SocketHandle;
+use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, TcpSeqNumber};
 
@@ -92,6 +93,14 @@ pub struct TcpFlow {
     pub guest_mac: EthernetAddress,
     pub ready: Ready,
     pub phase: TcpPhase,
+    /// The flow's own socket set, holding its one smoltcp socket (none
+    /// while connecting). smoltcp walks every socket of a set on each
+    /// ingress and egress; one set per flow keeps that walk at one socket
+    /// however many flows are open.
+    pub set: SocketSet<'static>,
+    /// When smoltcp next wants this flow served (retransmission, keep
+    /// alive, TIME-WAIT...), as last scheduled.
+    pub timer: Option<Instant>,
 }
 
 impl TcpFlow {
@@ -153,13 +162,6 @@ impl Flow {
             })
         )
     }
-
-    pub fn tcp_handle(&self) -> Option<SocketHandle> {
-        match self {
-            Flow::Tcp(f) => f.handle(),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Default)]
@@ -177,6 +179,9 @@ pub struct FlowTable {
     carried: Vec<FlowId>,
     /// TCP flows to check for completion after the next egress.
     reap: Vec<FlowId>,
+    /// smoltcp's deadlines per flow, earliest first; entries that no
+    /// longer match their flow's `timer` are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, FlowId)>>,
 }
 
 impl FlowTable {
@@ -332,6 +337,42 @@ impl FlowTable {
         for id in std::mem::take(&mut self.carried) {
             self.mark_dirty(id);
         }
+    }
+
+    /// Remember when smoltcp next wants flow `id` served.
+    pub fn schedule(&mut self, id: FlowId, at: Option<Instant>) {
+        let Some(Some(Flow::Tcp(f))) = self.slots.get_mut(id) else {
+            return;
+        };
+        if f.timer == at {
+            return;
+        }
+        f.timer = at;
+        if let Some(at) = at {
+            self.timers.push(Reverse((at, id)));
+        }
+    }
+
+    /// Flows whose smoltcp deadline has come; they are marked dirty.
+    pub fn fire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(Some(Flow::Tcp(f))) = self.slots.get_mut(id)
+                && f.timer == Some(at)
+            {
+                f.timer = None;
+                self.mark_dirty(id);
+            }
+        }
+    }
+
+    /// The earliest smoltcp deadline of any flow (perhaps a stale one,
+    /// which only costs an early wake-up).
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     pub fn queue_reap(&mut self, id: FlowId) {

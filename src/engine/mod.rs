@@ -31,7 +31,7 @@ mod udp;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
 use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -59,6 +59,8 @@ const HOP_LIMIT: u8 = 64;
 const DNS_PORT: u16 = 53;
 /// Guest addresses whose MAC is remembered (see `guest_macs`).
 const GUEST_MAC_LIMIT: usize = 256;
+/// Segments one flow may send per poll before the others get a turn.
+const EGRESS_BURST: usize = 256;
 /// How often idle UDP/ICMP flows and finished TCP flows are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// A UDP (or ICMP echo) flow with no traffic either way for this long is
@@ -155,6 +157,8 @@ pub struct Engine<H: Host> {
     mac: EthernetAddress,
     caps: DeviceCapabilities,
     iface: Interface,
+    /// An empty set for what smoltcp answers without a socket of ours
+    /// (ARP, RST to a segment of no flow); each TCP flow has its own set.
     sockets: SocketSet<'static>,
     dhcp: DhcpServer,
     flows: FlowTable,
@@ -660,6 +664,48 @@ impl<H: Host> Engine<H> {
         self.process_ipv4(now, &frame, sink);
     }
 
+    /// A frame of TCP flow `id`, into its own socket set.
+    fn feed_flow<S: FrameSink>(&mut self, now: Instant, id: FlowId, frame: &[u8], sink: &mut S) {
+        let Some(flow) = self.flows.tcp_mut(id) else {
+            return;
+        };
+        let mut dev = Port {
+            rx: Some(frame),
+            tx: &mut self.tx,
+            sink,
+            caps: &self.caps,
+        };
+        self.iface.poll_ingress_single(now, &mut dev, &mut flow.set);
+    }
+
+    /// Let flow `id`'s socket send what it has, then note its next
+    /// deadline. Only flows that were served or whose deadline came are
+    /// polled, so idle flows cost nothing per packet.
+    fn flow_egress<S: FrameSink>(&mut self, now: Instant, id: FlowId, sink: &mut S) {
+        let Some(flow) = self.flows.tcp_mut(id) else {
+            return;
+        };
+        if flow.set.iter().next().is_none() {
+            return;
+        }
+        let mut dev = Port {
+            rx: None,
+            tx: &mut self.tx,
+            sink,
+            caps: &self.caps,
+        };
+        // Each call sends at most one segment per socket.
+        for _ in 0..EGRESS_BURST {
+            if self.iface.poll_egress(now, &mut dev, &mut flow.set) == PollResult::None {
+                break;
+            }
+        }
+        let at = self.iface.poll_at(now, &flow.set);
+        self.flows.schedule(id, at);
+    }
+
+    /// A frame smoltcp answers on its own (ARP, neighbour advertisements,
+    /// RST for a segment of no flow), against the shared empty set.
     fn feed_smoltcp<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
         let mut dev = Port {
             rx: Some(frame),
@@ -682,6 +728,7 @@ impl<H: Host> Engine<H> {
     /// `poll_delay` comes due.
     pub fn poll<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
         self.flows.requeue_carried();
+        self.flows.fire_timers(now);
         self.service_flows(now, sink);
         let mut dev = Port {
             rx: None,
@@ -706,6 +753,10 @@ impl<H: Host> Engine<H> {
             return Some(Duration::ZERO);
         }
         let smol = self.iface.poll_delay(now, &self.sockets);
+        let flows = self
+            .flows
+            .next_timer()
+            .map(|at| if at > now { at - now } else { Duration::ZERO });
         let busy =
             !self.flows.is_empty() || self.forwards.has_udp_clients() || !self.frags.is_empty();
         let sweep = busy.then(|| {
@@ -718,7 +769,7 @@ impl<H: Host> Engine<H> {
         let ra = self
             .next_ra
             .map(|at| if at > now { at - now } else { Duration::ZERO });
-        [smol, sweep, ra].into_iter().flatten().min()
+        [smol, flows, sweep, ra].into_iter().flatten().min()
     }
 
     /// Serve every flow that had a frame or a host event since last time.
@@ -727,6 +778,7 @@ impl<H: Host> Engine<H> {
             let more = match self.flows.kind(id) {
                 Some(flows::Kind::Tcp) => {
                     self.pump_tcp(now, id, sink);
+                    self.flow_egress(now, id, sink);
                     false
                 }
                 Some(flows::Kind::Udp) | Some(flows::Kind::Ping) => self.pump_dgram(now, id, sink),
@@ -756,11 +808,8 @@ impl<H: Host> Engine<H> {
     /// Take a flow out: free its smoltcp socket and close its host socket
     /// (with RST for a TCP stream when `reset`).
     fn remove_flow(&mut self, id: FlowId, reset: bool) {
-        if let Some(flow) = self.flows.remove(id)
-            && let Some(handle) = flow.tcp_handle()
-        {
-            self.sockets.remove(handle);
-        }
+        // A TCP flow's socket set goes with it.
+        self.flows.remove(id);
         self.host.close(id, reset);
     }
 }

@@ -12,7 +12,7 @@
 
 use std::io;
 
-use smoltcp::iface::SocketHandle;
+use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Instant;
@@ -107,10 +107,11 @@ impl<H: Host> Engine<H> {
         let handshake = matches!(flow.phase, TcpPhase::Handshake(_));
         let handle = flow.handle();
         self.flows.mark_dirty(id);
-        self.feed_smoltcp(now, frame, sink);
+        self.feed_flow(now, id, frame, sink);
         if handshake
             && let Some(h) = handle
-            && self.sockets.get::<tcp::Socket>(h).state() == State::Listen
+            && let Some(flow) = self.flows.tcp_mut(id)
+            && flow.set.get::<tcp::Socket>(h).state() == State::Listen
         {
             // The guest reset the handshake and smoltcp went back to
             // listening on this exact destination, where it would catch
@@ -173,6 +174,8 @@ impl<H: Host> Engine<H> {
         }
         log::debug!("tcp {} -> {target}: connecting", key.guest);
         self.flows.insert(Flow::Tcp(TcpFlow {
+            set: SocketSet::new(Vec::new()),
+            timer: None,
             key,
             guest_mac: pkt.guest_mac,
             ready: Ready::default(),
@@ -204,11 +207,18 @@ impl<H: Host> Engine<H> {
             self.remove_flow(id, true);
             return false;
         }
-        let handle = self.sockets.add(sock);
+        let Some(flow) = self.flows.tcp_mut(id) else {
+            return false;
+        };
+        let handle = flow.set.add(sock);
         self.flows.connected(id, handle);
         log::debug!("tcp {} -> {}: connected", key.guest, key.dst);
-        self.feed_smoltcp(now, &syn, sink);
-        if self.sockets.get::<tcp::Socket>(handle).state() != State::SynReceived {
+        self.feed_flow(now, id, &syn, sink);
+        let taken = self
+            .flows
+            .tcp_mut(id)
+            .is_some_and(|f| f.set.get::<tcp::Socket>(handle).state() == State::SynReceived);
+        if !taken {
             // smoltcp did not take the SYN; never leave a listener behind
             // that would catch another guest connection.
             log::debug!("tcp {}: smoltcp did not take the SYN", key.guest);
@@ -303,8 +313,11 @@ impl<H: Host> Engine<H> {
             log::debug!("forward: cannot open {src} -> {guest}: {e}");
             return self.host.close(id, true);
         }
-        let handle: SocketHandle = self.sockets.add(sock);
+        let mut set = SocketSet::new(Vec::new());
+        let handle: SocketHandle = set.add(sock);
         let flow = TcpFlow {
+            set,
+            timer: None,
             key,
             guest_mac: self.guest_mac_for(guest.ip()),
             // A fresh stream can take data at once.
@@ -316,7 +329,8 @@ impl<H: Host> Engine<H> {
         };
         let inserted = self.flows.insert(Flow::Tcp(flow));
         debug_assert_eq!(inserted, id);
-        self.flows.queue_reap(id);
+        // Served at once: its SYN goes out in this poll's egress.
+        self.flows.mark_dirty(id);
         log::debug!("forward: -> {guest} as {src}");
     }
 
@@ -358,7 +372,7 @@ impl<H: Host> Engine<H> {
         let Some(handle) = flow.handle() else {
             return;
         };
-        let sock = self.sockets.get_mut::<tcp::Socket>(handle);
+        let sock = flow.set.get_mut::<tcp::Socket>(handle);
         // Past the handshake. Not just ESTABLISHED: the guest's ACK, data
         // and FIN can all arrive in one batch, straight into CLOSE-WAIT.
         if matches!(flow.phase, TcpPhase::Handshake(_))
@@ -454,7 +468,7 @@ impl<H: Host> Engine<H> {
             // to listening; such a socket must not catch the next
             // guest connection.
             if !matches!(
-                self.sockets.get::<tcp::Socket>(handle).state(),
+                flow.set.get::<tcp::Socket>(handle).state(),
                 State::Closed | State::TimeWait | State::Listen
             ) {
                 continue;
