@@ -168,10 +168,58 @@ pub fn command() -> clap::Command {
     Args::command()
 }
 
+const RUN_ABOUT: &str = "Run CMD (default: $SHELL) as an unprivileged user in new user, network and \
+mount namespaces, networked by netferry: tap0 gets 10.0.2.100 and (unless --no-ipv6) an IPv6 \
+address by SLAAC, /etc/resolv.conf names 10.0.2.3 inside, and netferry exits with CMD's status \
+when it ends.";
+
+/// `netferry run`: raw values, before validation.
+#[derive(Parser, Debug, Default)]
+#[command(name = "netferry run", about = RUN_ABOUT, max_term_width = 100)]
+pub struct RunArgs {
+    /// publish a port: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]; ports may be ranges (8000-8009:80-89), IPv6 host addresses in brackets
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+
+    /// also open the API socket at PATH
+    #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
+    pub api_socket: Option<String>,
+
+    /// IPv4 only
+    #[arg(long = "no-ipv6")]
+    pub no_ipv6: bool,
+
+    /// keep the caller's own user and group ids inside (default: map the caller to root)
+    #[arg(long = "map-user")]
+    pub map_user: bool,
+
+    /// MTU of tap0 (default 65520)
+    #[arg(short = 'm', long = "mtu", value_name = "MTU")]
+    pub mtu: Option<String>,
+
+    /// the gateway does not lead to the host's loopback
+    #[arg(long = "disable-host-loopback")]
+    pub disable_host_loopback: bool,
+
+    /// log more (the same as RUST_LOG=debug)
+    #[arg(long = "debug")]
+    pub debug: bool,
+
+    /// the command and its arguments (after --)
+    #[arg(
+        value_name = "CMD",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub cmd: Vec<String>,
+}
+
 /// What the command line asks for before any validation.
 pub enum Parsed {
     /// Run with these arguments.
     Run(Box<Args>),
+    /// `netferry run ...`.
+    RunCommand(Box<RunArgs>),
     /// Print this text on stdout and exit 0 (help or version).
     Print(String),
     /// Print this text on stderr and exit 1 (unknown flag, missing value).
@@ -185,6 +233,19 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    // A subcommand only as the very first argument: a PID, path or fd
+    // never reads "run" there, and every slirp4netns command line stays
+    // as it was.
+    if argv.get(1).is_some_and(|a| a == "run") {
+        return match RunArgs::try_parse_from(argv.iter().skip(1)) {
+            Ok(args) => Parsed::RunCommand(Box::new(args)),
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+                Parsed::Print(e.render().to_string())
+            }
+            Err(e) => Parsed::Usage(e.render().to_string()),
+        };
+    }
     match Args::try_parse_from(argv) {
         Ok(args) if args.version => Parsed::Print(VERSION_TEXT.to_string()),
         Ok(args) => Parsed::Run(Box::new(args)),

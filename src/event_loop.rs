@@ -15,8 +15,10 @@ use std::time::{Duration, Instant as StdInstant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 use smoltcp::time::Instant;
 use thiserror::Error;
 
@@ -41,11 +43,13 @@ pub enum LoopError {
 }
 
 /// Why the loop ended; all of these are a clean exit.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Exit {
     ExitFd,
     Signal(Signal),
     TapGone,
+    /// The command of `netferry run` ended with this status.
+    Child(WaitStatus),
 }
 
 /// Frames out to the tap. A full or failing tap drops the frame: TCP
@@ -78,6 +82,8 @@ pub struct EventLoop {
     signals: SignalFd,
     exit_fd: Option<RawFd>,
     api: Option<ApiServer>,
+    /// `netferry run`'s command: signals go to it, and its end is ours.
+    child: Option<Pid>,
     start: StdInstant,
     rx: Vec<u8>,
 }
@@ -100,6 +106,8 @@ impl EventLoop {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGINT);
         mask.add(Signal::SIGTERM);
+        // Only `netferry run` has a child to hear of; otherwise ignored.
+        mask.add(Signal::SIGCHLD);
         mask.thread_block().map_err(LoopError::Signals)?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(LoopError::Signals)?;
@@ -125,6 +133,7 @@ impl EventLoop {
             signals,
             exit_fd: None,
             api,
+            child: None,
             start: StdInstant::now(),
             rx: vec![0; RX_BUFFER_LEN],
         };
@@ -146,6 +155,25 @@ impl EventLoop {
         Ok(this)
     }
 
+    /// Serve until `child` ends; SIGINT and SIGTERM are passed to it.
+    pub fn watch_child(&mut self, child: Pid) {
+        self.child = Some(child);
+    }
+
+    /// Whether the child has ended, reaped.
+    fn child_status(&self) -> Option<WaitStatus> {
+        let child = self.child?;
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => None,
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => Some(status),
+            Ok(_) => None,
+        }
+    }
+
+    pub fn engine_mut(&mut self) -> &mut Engine<NetHost> {
+        &mut self.engine
+    }
+
     fn now(&self) -> Instant {
         Instant::from_micros(self.start.elapsed().as_micros() as i64)
     }
@@ -154,6 +182,10 @@ impl EventLoop {
     pub fn run(&mut self) -> Result<Exit, LoopError> {
         if self.exit_fd == Some(-1) {
             return Ok(Exit::ExitFd);
+        }
+        // A command that ended before we listened for it.
+        if let Some(status) = self.child_status() {
+            return Ok(Exit::Child(status));
         }
         let mut events = Events::with_capacity(256);
         loop {
@@ -179,11 +211,26 @@ impl EventLoop {
                         return Ok(Exit::ExitFd);
                     }
                     SIGNALS => {
-                        if let Ok(Some(info)) = self.signals.read_signal()
-                            && let Ok(sig) = Signal::try_from(info.ssi_signo as i32)
-                        {
-                            log::info!("received {sig}; exiting");
-                            return Ok(Exit::Signal(sig));
+                        while let Ok(Some(info)) = self.signals.read_signal() {
+                            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                                continue;
+                            };
+                            match (sig, self.child) {
+                                (Signal::SIGCHLD, _) => {
+                                    if let Some(status) = self.child_status() {
+                                        log::debug!("the command ended: {status:?}");
+                                        return Ok(Exit::Child(status));
+                                    }
+                                }
+                                (_, Some(child)) => {
+                                    log::debug!("passing {sig} to the command");
+                                    let _ = kill(child, sig);
+                                }
+                                (_, None) => {
+                                    log::info!("received {sig}; exiting");
+                                    return Ok(Exit::Signal(sig));
+                                }
+                            }
                         }
                     }
                     token if ApiServer::is_ours(token) => {

@@ -25,5 +25,6 @@ pub mod engine;
 pub mod event_loop;
 pub mod host;
 pub mod resolv;
+pub mod run;
 pub mod setup;
 pub mod tokens;

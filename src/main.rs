@@ -30,6 +30,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         Parsed::Run(args) => args,
+        Parsed::RunCommand(args) => {
+            // The terminal is the command's: only warnings unless asked.
+            init_logging_at(if args.debug { "debug" } else { "warn" });
+            return match netferry::run::run_command(&args) {
+                // An exit status is a byte; the shell's 128+N convention
+                // for signals fits.
+                Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("netferry run: {e:#}");
+                    ExitCode::from(125)
+                }
+            };
+        }
     };
     let cfg = match Config::from_args(&args) {
         Ok(cfg) => cfg,
@@ -56,7 +69,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
+    init_logging_at(if debug { "debug" } else { "info" });
+}
+
+fn init_logging_at(default: &str) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format_timestamp(None)
         .target(env_logger::Target::Stderr)

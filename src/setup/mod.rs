@@ -9,6 +9,7 @@
 
 mod ifconfig;
 mod tap;
+mod userns;
 
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -27,6 +28,7 @@ use thiserror::Error;
 
 pub use ifconfig::{IfConfig, IfconfigError, configure};
 pub use tap::{TapError, open_tap};
+pub use userns::{Namespaced, spawn_namespaced};
 
 use crate::config::{Config, Target};
 
@@ -54,6 +56,8 @@ pub enum SetupError {
         "cannot join namespaces from a process with {0} threads: joining a user namespace needs a single-threaded process"
     )]
     Threaded(usize),
+    #[error("{0}")]
+    Run(String),
 }
 
 /// Get the tap as the configuration says: adopt an inherited fd, or join

@@ -1,0 +1,290 @@
+//! `netferry run [OPTIONS] [-- CMD [ARGS...]]`: one command for a
+//! networked rootless namespace.
+//!
+//! It makes a child in new user, network and mount namespaces (see
+//! `setup::spawn_namespaced`), serves that child's network exactly as
+//! `netferry -c -6 PID tap0` would, publishes the `-p` ports, then lets
+//! the child exec CMD and exits with CMD's status. Nothing outlives it:
+//! the namespaces belong to the child alone.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::WaitStatus;
+use thiserror::Error;
+
+use crate::api::ApiServer;
+use crate::cli::{Args, RunArgs};
+use crate::config::Config;
+use crate::engine::{EngineConfig, ForwardSpec, Proto};
+use crate::event_loop::{EventLoop, Exit};
+use crate::host::Outbound;
+use crate::setup;
+
+/// tap0's MTU unless `--mtu` says otherwise: the fast one.
+pub const RUN_MTU: &str = "65520";
+/// The status a shell gives a command it could not run.
+const STATUS_FAILED: i32 = 125;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PublishError {
+    #[error("-p {spec}: expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]")]
+    Shape { spec: String },
+    #[error("-p {spec}: {what} is not a port or a range of ports (1-65535)")]
+    Port { spec: String, what: String },
+    #[error("-p {spec}: {what} is not an IP address")]
+    Addr { spec: String, what: String },
+    #[error("-p {spec}: protocol must be tcp or udp, not {what}")]
+    Proto { spec: String, what: String },
+    #[error("-p {spec}: the host and guest ranges differ in length")]
+    Ranges { spec: String },
+}
+
+fn ports(spec: &str, what: &str) -> Result<(u16, u16), PublishError> {
+    let bad = || PublishError::Port {
+        spec: spec.to_string(),
+        what: what.to_string(),
+    };
+    let one = |s: &str| s.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad);
+    match what.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (one(a)?, one(b)?);
+            if a > b {
+                return Err(bad());
+            }
+            Ok((a, b))
+        }
+        None => one(what).map(|p| (p, p)),
+    }
+}
+
+/// One `-p` spec, as the forwards it asks for (`guest` is the guest's
+/// default address).
+pub fn parse_publish(spec: &str, guest: Ipv4Addr) -> Result<Vec<ForwardSpec>, PublishError> {
+    let (rest, proto) = match spec.rsplit_once('/') {
+        Some((rest, "tcp")) => (rest, Proto::Tcp),
+        Some((rest, "udp")) => (rest, Proto::Udp),
+        Some((_, other)) => {
+            return Err(PublishError::Proto {
+                spec: spec.to_string(),
+                what: other.to_string(),
+            });
+        }
+        None => (spec, Proto::Tcp),
+    };
+    let shape = || PublishError::Shape {
+        spec: spec.to_string(),
+    };
+    let (addr, ports_part) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (addr, after) = bracketed.split_once("]:").ok_or_else(shape)?;
+        (Some(addr), after)
+    } else {
+        match rest.matches(':').count() {
+            1 => (None, rest),
+            2 => {
+                let (addr, after) = rest.split_once(':').ok_or_else(shape)?;
+                (Some(addr), after)
+            }
+            _ => return Err(shape()),
+        }
+    };
+    let host_ip: IpAddr = match addr {
+        None | Some("") => Ipv4Addr::UNSPECIFIED.into(),
+        Some(a) => a.parse().map_err(|_| PublishError::Addr {
+            spec: spec.to_string(),
+            what: a.to_string(),
+        })?,
+    };
+    let (hp, gp) = ports_part.split_once(':').ok_or_else(shape)?;
+    let (h0, h1) = ports(spec, hp)?;
+    let (g0, g1) = ports(spec, gp)?;
+    if h1 - h0 != g1 - g0 {
+        return Err(PublishError::Ranges {
+            spec: spec.to_string(),
+        });
+    }
+    Ok((0..=h1 - h0)
+        .map(|i| ForwardSpec {
+            proto,
+            host: SocketAddr::new(host_ip, h0 + i),
+            guest: SocketAddr::new(guest.into(), g0 + i),
+        })
+        .collect())
+}
+
+/// The slirp4netns-style configuration that serves `pid`.
+fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::config::ConfigError> {
+    let raw = Args {
+        configure: true,
+        enable_ipv6: !args.no_ipv6,
+        mtu: Some(args.mtu.clone().unwrap_or_else(|| RUN_MTU.to_string())),
+        api_socket: args.api_socket.clone(),
+        disable_host_loopback: args.disable_host_loopback,
+        debug: args.debug,
+        positional: vec![pid.to_string(), "tap0".to_string()],
+        ..Args::default()
+    };
+    Config::from_args(&raw)
+}
+
+/// The engine's settings for a validated configuration.
+pub fn engine_config(cfg: &Config) -> EngineConfig {
+    let mut e = EngineConfig::new(cfg.net, cfg.mtu as usize);
+    e.seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    e.net6 = cfg.net6;
+    e.host_loopback = cfg.host_loopback;
+    e.dns = cfg.dns;
+    e.tcp_buffer = cfg.tcp_buffer;
+    e.limits = cfg.limits;
+    e.udp_idle_timeout = smoltcp::time::Duration::from_secs(cfg.udp_timeout);
+    e
+}
+
+/// Run the command; the status to exit with.
+pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
+    // Everything that can be checked is checked before any namespace.
+    let precheck = config_for(args, 1)?;
+    let mut forwards = Vec::new();
+    for spec in &args.publish {
+        forwards.extend(parse_publish(spec, precheck.net.guest)?);
+    }
+    let cmd = if args.cmd.is_empty() {
+        vec![std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into())]
+    } else {
+        args.cmd.clone()
+    };
+    let resolv = ResolvFile::write(&precheck)?;
+    let mut child = setup::spawn_namespaced(&cmd, args.map_user, &resolv.0)
+        .context("cannot create the namespaces")?;
+    drop(resolv); // the child's bind mount keeps it
+    match serve(args, &mut child, &forwards) {
+        Ok(status) => Ok(status),
+        Err(e) => {
+            let _ = kill(child.pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child.pid, None);
+            Err(e)
+        }
+    }
+}
+
+fn serve(
+    args: &RunArgs,
+    child: &mut setup::Namespaced,
+    forwards: &[ForwardSpec],
+) -> anyhow::Result<i32> {
+    let cfg = config_for(args, child.pid.as_raw())?;
+    let tap = setup::obtain_tap(&cfg).context("cannot get the tap device")?;
+    setup::prefer_mmap_for_buffers();
+    let _ = setup::raise_fd_limit();
+    let api = match &cfg.api_socket {
+        Some(path) => Some(ApiServer::bind(path).context("cannot create the API socket")?),
+        None => None,
+    };
+    let host = (Outbound::default(), Path::new("/etc/resolv.conf"));
+    let mut event_loop = EventLoop::new(tap, &engine_config(&cfg), host, None, api)
+        .context("cannot start the event loop")?;
+    for spec in forwards {
+        event_loop
+            .engine_mut()
+            .add_forward(*spec)
+            .with_context(|| {
+                format!("cannot publish {} port {}", spec.proto.as_str(), spec.host)
+            })?;
+    }
+    event_loop.watch_child(child.pid);
+    child.start().context("cannot start the command")?;
+    Ok(match event_loop.run()? {
+        Exit::Child(WaitStatus::Exited(_, code)) => code,
+        Exit::Child(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+        other => {
+            log::warn!("stopped serving ({other:?}); ending the command");
+            let _ = kill(child.pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child.pid, None);
+            STATUS_FAILED
+        }
+    })
+}
+
+/// The resolv.conf the command sees: the virtual DNS addresses. Removed
+/// on drop (the child's bind mount keeps its own reference).
+struct ResolvFile(PathBuf);
+
+impl ResolvFile {
+    fn write(cfg: &Config) -> anyhow::Result<Self> {
+        let mut text = format!("nameserver {}\n", cfg.net.dns);
+        if let Some(n6) = cfg.net6 {
+            text.push_str(&format!("nameserver {}\n", n6.dns));
+        }
+        let path =
+            std::env::temp_dir().join(format!("netferry-run-{}.resolv.conf", std::process::id()));
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(ResolvFile(path))
+    }
+}
+
+impl Drop for ResolvFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+
+    fn one(spec: &str) -> ForwardSpec {
+        let v = parse_publish(spec, GUEST).unwrap();
+        assert_eq!(v.len(), 1);
+        v[0]
+    }
+
+    #[test]
+    fn publish_specs() {
+        let f = one("8080:80");
+        assert_eq!(
+            (f.proto, f.host, f.guest),
+            (
+                Proto::Tcp,
+                "0.0.0.0:8080".parse().unwrap(),
+                "10.0.2.100:80".parse().unwrap()
+            )
+        );
+        let f = one("127.0.0.1:8091:80/udp");
+        assert_eq!(
+            (f.proto, f.host),
+            (Proto::Udp, "127.0.0.1:8091".parse().unwrap())
+        );
+        let f = one("[::1]:8092:80/tcp");
+        assert_eq!(f.host, "[::1]:8092".parse().unwrap());
+        let v = parse_publish("8000-8002:90-92", GUEST).unwrap();
+        assert_eq!(
+            v.iter()
+                .map(|f| (f.host.port(), f.guest.port()))
+                .collect::<Vec<_>>(),
+            [(8000, 90), (8001, 91), (8002, 92)]
+        );
+    }
+
+    #[test]
+    fn bad_publish_specs_say_what_is_wrong() {
+        for (spec, want) in [
+            ("80", "expected [HOST_ADDR:]HOST_PORT:GUEST_PORT"),
+            ("0:80", "0 is not a port"),
+            ("x:1:2", "x is not an IP address"),
+            ("1:2/sctp", "protocol must be tcp or udp"),
+            ("8000-8002:80", "ranges differ"),
+            ("70000:80", "70000 is not a port"),
+            ("::1:80:80", "expected"),
+        ] {
+            let e = parse_publish(spec, GUEST).unwrap_err().to_string();
+            assert!(e.contains(want), "{spec}: {e}");
+        }
+    }
+}

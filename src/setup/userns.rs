@@ -1,0 +1,147 @@
+//! The namespaces of `netferry run`: a child process in a new user,
+//! network and mount namespace, held until its network is ready, then
+//! turned into the user's command.
+//!
+//! The child maps the caller to root (or to itself with `map_user`),
+//! makes its mounts private, and bind-mounts a resolv.conf naming the
+//! virtual DNS addresses over /etc/resolv.conf, visible in its own mount
+//! namespace only. It waits on a pipe for the parent to finish setting up
+//! the network, then execs the command.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::unistd::{ForkResult, Pid, fork, getgid, getuid, pipe2};
+
+use super::SetupError;
+
+/// A namespaced child waiting for `start`.
+pub struct Namespaced {
+    pub pid: Pid,
+    go: Option<OwnedFd>,
+}
+
+impl Namespaced {
+    /// Let the child run its command.
+    pub fn start(&mut self) -> std::io::Result<()> {
+        match self.go.take() {
+            Some(fd) => fs::File::from(fd).write_all(b"1"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Fork the child; returns once its namespaces exist (or it failed).
+pub fn spawn_namespaced(
+    cmd: &[String],
+    map_user: bool,
+    resolv_conf: &Path,
+) -> Result<Namespaced, SetupError> {
+    // Everything the child needs, prepared before the fork.
+    let argv: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| SetupError::Run("the command has a NUL byte".into()))?;
+    if argv.is_empty() {
+        return Err(SetupError::Run("no command to run".into()));
+    }
+    let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
+    let (inner_uid, inner_gid) = if map_user { (uid, gid) } else { (0, 0) };
+    let uid_map = format!("{inner_uid} {uid} 1\n");
+    let gid_map = format!("{inner_gid} {gid} 1\n");
+    let pipe = || {
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SetupError::Run(format!("cannot create a pipe: {e}")))
+    };
+    let (ready_r, ready_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    if super::thread_count().is_some_and(|n| n > 1) {
+        return Err(SetupError::Threaded(super::thread_count().unwrap_or(0)));
+    }
+    // SAFETY: the process has one thread (checked above), so the child is
+    // a full copy that may allocate and run ordinary code. It leaves by
+    // exec or _exit.
+    match unsafe { fork() }.map_err(SetupError::Fork)? {
+        ForkResult::Child => {
+            drop((ready_r, go_w));
+            let err = child(&ready_w, go_r, &argv, &uid_map, &gid_map, resolv_conf);
+            eprintln!("netferry run: {err}");
+            // SAFETY: _exit ends the child without running the parent's
+            // atexit handlers or flushing buffers it shares with it.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            drop((ready_w, go_r));
+            let mut byte = [0u8; 1];
+            match fs::File::from(ready_r).read(&mut byte) {
+                Ok(1) => Ok(Namespaced {
+                    pid: child,
+                    go: Some(go_w),
+                }),
+                _ => {
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    Err(SetupError::Run(
+                        "the namespaced child failed; its error is above".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// In the child: set up, report ready, wait, exec. Returns only on error.
+fn child(
+    ready: &OwnedFd,
+    go: OwnedFd,
+    argv: &[CString],
+    uid_map: &str,
+    gid_map: &str,
+    resolv_conf: &Path,
+) -> String {
+    let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
+    if let Err(e) = unshare(flags) {
+        return format!(
+            "cannot create user, network and mount namespaces: {e} \
+             (are unprivileged user namespaces allowed on this host?)"
+        );
+    }
+    for (file, text) in [
+        ("/proc/self/setgroups", "deny"),
+        ("/proc/self/uid_map", uid_map),
+        ("/proc/self/gid_map", gid_map),
+    ] {
+        if let Err(e) = fs::write(file, text) {
+            return format!("cannot write {file}: {e}");
+        }
+    }
+    let none: Option<&str> = None;
+    if let Err(e) = mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none) {
+        return format!("cannot make the mounts private: {e}");
+    }
+    if let Err(e) = mount(
+        Some(resolv_conf),
+        "/etc/resolv.conf",
+        none,
+        MsFlags::MS_BIND,
+        none,
+    ) {
+        return format!("cannot put a resolv.conf over /etc/resolv.conf: {e}");
+    }
+    if let Err(e) = nix::unistd::write(ready, b"1") {
+        return format!("cannot report ready: {e}");
+    }
+    let mut byte = [0u8; 1];
+    if !matches!(fs::File::from(go).read(&mut byte), Ok(1)) {
+        return "the network was not set up; not running the command".into();
+    }
+    match nix::unistd::execvp(&argv[0], argv) {
+        Err(e) => format!("cannot run {}: {e}", argv[0].to_string_lossy()),
+        Ok(never) => match never {},
+    }
+}
