@@ -214,6 +214,12 @@ pub struct RunArgs {
     pub cmd: Vec<String>,
 }
 
+/// The `run` subcommand's clap command: the source of its `--help` and
+/// of its part of the man page.
+pub fn run_subcommand() -> clap::Command {
+    RunArgs::command()
+}
+
 /// What the command line asks for before any validation.
 pub enum Parsed {
     /// Run with these arguments.
