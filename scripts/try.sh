@@ -17,7 +17,8 @@ if ! command -v busybox >/dev/null; then
     fi
 fi
 cargo build --release
-bin=target/release/netferry
+# Wherever cargo put it (CARGO_TARGET_DIR moves it).
+bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/netferry"
 
 unshare -Urn sleep infinity &
 holder=$!
@@ -28,7 +29,15 @@ while [ "$(readlink /proc/$holder/ns/net)" = "$(readlink /proc/self/ns/net)" ]; 
 "$bin" -c "$holder" tap0 &
 netferry=$!
 in_ns() { nsenter -t "$holder" -U -n -- "$@"; }
-until in_ns ip -4 addr show tap0 2>/dev/null | grep -q 10.0.2.100; do sleep 0.05; done
+for _ in $(seq 200); do
+    in_ns ip -4 addr show tap0 2>/dev/null | grep -q 10.0.2.100 && break
+    if ! kill -0 "$netferry" 2>/dev/null; then
+        echo "netferry exited before tap0 was up; its error is above" >&2
+        exit 1
+    fi
+    sleep 0.05
+done
+in_ns ip -4 addr show tap0 2>/dev/null | grep -q 10.0.2.100 || { echo "tap0 never came up" >&2; exit 1; }
 
 echo "== inside the namespace"
 in_ns ip addr show tap0
