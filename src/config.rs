@@ -174,6 +174,11 @@ pub struct Config {
     pub tcp_buffer: usize,
     /// The JSON control socket's path.
     pub api_socket: Option<PathBuf>,
+    /// `--enable-sandbox` (or its old name `--create-sandbox`): a mount
+    /// namespace of its own and no capabilities but binding low ports.
+    pub sandbox: bool,
+    /// `--enable-seccomp`: a syscall filter once setup is done.
+    pub seccomp: bool,
     pub debug: bool,
     /// Non-fatal remarks for the user (deprecated flags, extra arguments).
     pub warnings: Vec<String>,
@@ -261,14 +266,7 @@ impl Config {
 
         // Parsed and validated above; refused until their feature lands,
         // so that nobody believes they are in effect.
-        let not_yet = [
-            (args.enable_ipv6, "--enable-ipv6"),
-            (
-                args.enable_sandbox || args.create_sandbox,
-                "--enable-sandbox",
-            ),
-            (args.enable_seccomp, "--enable-seccomp"),
-        ];
+        let not_yet = [(args.enable_ipv6, "--enable-ipv6")];
         if let Some((_, flag)) = not_yet.iter().find(|(set, _)| *set) {
             return Err(ConfigError::NotYet(flag));
         }
@@ -297,6 +295,8 @@ impl Config {
             outbound_addr6: args.outbound_addr6.clone(),
             tcp_buffer,
             api_socket: args.api_socket.as_ref().map(PathBuf::from),
+            sandbox: args.enable_sandbox || args.create_sandbox,
+            seccomp: args.enable_seccomp,
             debug: args.debug,
             warnings,
         })
@@ -517,21 +517,29 @@ mod tests {
 
     #[test]
     fn later_features_are_refused_not_ignored() {
-        for flag in [
-            "--enable-ipv6",
-            "--enable-sandbox",
-            "--create-sandbox",
-            "--enable-seccomp",
-        ] {
-            let e = config(&[flag, "1", "tap0"]).unwrap_err();
-            assert!(matches!(e, ConfigError::NotYet(_)), "{flag}: {e}");
-            assert!(e.to_string().contains("not supported yet"));
-        }
+        let e = config(&["--enable-ipv6", "1", "tap0"]).unwrap_err();
+        assert_eq!(e, ConfigError::NotYet("--enable-ipv6"));
+        assert!(e.to_string().contains("not supported yet"));
         assert_eq!(
             config(&["--api-socket=/tmp/x.sock", "1", "tap0"])
                 .unwrap()
                 .api_socket,
             Some(PathBuf::from("/tmp/x.sock"))
+        );
+    }
+
+    #[test]
+    fn sandbox_and_seccomp_are_accepted_under_both_names() {
+        let plain = config(&["1", "tap0"]).unwrap();
+        assert!(!plain.sandbox && !plain.seccomp);
+        let c = config(&["--enable-sandbox", "--enable-seccomp", "1", "tap0"]).unwrap();
+        assert!(c.sandbox && c.seccomp);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let old = config(&["--create-sandbox", "1", "tap0"]).unwrap();
+        assert!(old.sandbox && !old.seccomp);
+        assert_eq!(
+            old.warnings,
+            ["WARNING: --create-sandbox is deprecated, use --enable-sandbox"]
         );
     }
 
