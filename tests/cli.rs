@@ -105,11 +105,11 @@ fn unknown_flag_exits_1() {
 
 #[test]
 fn unbuilt_features_are_refused_clearly() {
-    let o = run(&["--enable-seccomp", "1", "tap0"]);
+    let o = run(&["--enable-ipv6", "1", "tap0"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
-        "--enable-seccomp is not supported yet by this netferry version\n"
+        "--enable-ipv6 is not supported yet by this netferry version\n"
     );
 }
 
