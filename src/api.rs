@@ -238,12 +238,18 @@ impl ApiServer {
             _ => Path::new("."),
         };
         // O_PATH: a handle to name the directory by, needing no read right.
-        let dir = fs::OpenOptions::new()
+        let dir = match fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
             .open(parent)
-            .map_err(|e| log::warn!("api: cannot open {}: {e}", parent.display()))
-            .ok();
+        {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                // Removal by path still works outside a sandbox.
+                log::warn!("api: cannot open {}: {e}", parent.display());
+                None
+            }
+        };
         Ok(ApiServer {
             listener,
             path: path.to_path_buf(),
