@@ -92,8 +92,6 @@ pub enum ConfigError {
         second: &'static str,
         fd: RawFd,
     },
-    #[error("{0} is not supported yet by this netferry version")]
-    NotYet(&'static str),
     /// Missing PID/PATH/FD or TAPNAME: the caller prints the usage.
     #[error("missing arguments")]
     MissingArguments,
@@ -255,6 +253,11 @@ pub struct Config {
     pub udp_timeout: u64,
     /// The JSON control socket's path.
     pub api_socket: Option<PathBuf>,
+    /// `--enable-sandbox` (or its old name `--create-sandbox`): a mount
+    /// namespace of its own and no capabilities but binding low ports.
+    pub sandbox: bool,
+    /// `--enable-seccomp`: a syscall filter once setup is done.
+    pub seccomp: bool,
     pub debug: bool,
     /// Non-fatal remarks for the user (deprecated flags, extra arguments).
     pub warnings: Vec<String>,
@@ -340,19 +343,6 @@ impl Config {
             (None, Target::Pid(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/user"))),
             (None, _) => None,
         };
-
-        // Parsed and validated above; refused until their feature lands,
-        // so that nobody believes they are in effect.
-        let not_yet = [
-            (
-                args.enable_sandbox || args.create_sandbox,
-                "--enable-sandbox",
-            ),
-            (args.enable_seccomp, "--enable-seccomp"),
-        ];
-        if let Some((_, flag)) = not_yet.iter().find(|(set, _)| *set) {
-            return Err(ConfigError::NotYet(flag));
-        }
 
         let tcp_buffer = match args.tcp_buffer.as_deref() {
             None => DEFAULT_TCP_BUFFER,
@@ -443,6 +433,8 @@ impl Config {
             limits,
             udp_timeout,
             api_socket: args.api_socket.as_ref().map(PathBuf::from),
+            sandbox: args.enable_sandbox || args.create_sandbox,
+            seccomp: args.enable_seccomp,
             debug: args.debug,
             warnings,
         })
@@ -706,12 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn later_features_are_refused_not_ignored() {
-        for flag in ["--enable-sandbox", "--create-sandbox", "--enable-seccomp"] {
-            let e = config(&[flag, "1", "tap0"]).unwrap_err();
-            assert!(matches!(e, ConfigError::NotYet(_)), "{flag}: {e}");
-            assert!(e.to_string().contains("not supported yet"));
-        }
+    fn api_socket_path_is_carried_through() {
         assert_eq!(
             config(&["--api-socket=/tmp/x.sock", "1", "tap0"])
                 .unwrap()
@@ -739,6 +726,21 @@ mod tests {
             let e = config(&["-6", &format!("--cidr6={bad}"), "1", "tap0"]).unwrap_err();
             assert!(matches!(e, ConfigError::InvalidCidr6(_)), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn sandbox_and_seccomp_are_accepted_under_both_names() {
+        let plain = config(&["1", "tap0"]).unwrap();
+        assert!(!plain.sandbox && !plain.seccomp);
+        let c = config(&["--enable-sandbox", "--enable-seccomp", "1", "tap0"]).unwrap();
+        assert!(c.sandbox && c.seccomp);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let old = config(&["--create-sandbox", "1", "tap0"]).unwrap();
+        assert!(old.sandbox && !old.seccomp);
+        assert_eq!(
+            old.warnings,
+            ["WARNING: --create-sandbox is deprecated, use --enable-sandbox"]
+        );
     }
 
     #[test]

@@ -119,6 +119,16 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     let host = (outbound, Path::new(RESOLV_CONF));
     let mut event_loop = EventLoop::new(tap, &engine_cfg, host, cfg.exit_fd, api)
         .context("cannot start the event loop")?;
+    // Last, once every fd the loop needs is open (the API socket is bound:
+    // its directory may lie outside the sandbox) and while netferry is
+    // still single-threaded; before ready, so the caller knows it is in
+    // force.
+    if cfg.sandbox {
+        setup::sandbox::enter(cfg.userns_path.as_deref()).context("--enable-sandbox failed")?;
+    }
+    if cfg.seccomp {
+        setup::seccomp::install().context("--enable-seccomp failed")?;
+    }
 
     print_banner(cfg, &tap_desc);
     if let Some(fd) = cfg.ready_fd {

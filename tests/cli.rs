@@ -104,13 +104,45 @@ fn unknown_flag_exits_1() {
 }
 
 #[test]
-fn unbuilt_features_are_refused_clearly() {
-    let o = run(&["--enable-seccomp", "1", "tap0"]);
+fn the_flags_podman_and_rootlesskit_pass_are_all_accepted() {
+    // podman 4.3's argv, with a namespace path that does not exist: the
+    // only complaint may be about that path, never about a flag.
+    let o = run(&[
+        "--disable-host-loopback",
+        "--mtu=65520",
+        "--enable-sandbox",
+        "--enable-seccomp",
+        "--enable-ipv6",
+        "-c",
+        "-e",
+        "3",
+        "-r",
+        "4",
+        "--api-socket",
+        "/tmp/nf-cli.net",
+        "--netns-type=path",
+        "/nonexistent/netns",
+        "tap0",
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(
-        stderr(&o),
-        "--enable-seccomp is not supported yet by this netferry version\n"
-    );
+    assert_eq!(stderr(&o), "netns path doesn't exist: /nonexistent/netns\n");
+    // rootlesskit 1.x's, with a PID above pid_max.
+    let o = run(&[
+        "--mtu",
+        "65520",
+        "-r",
+        "3",
+        "--disable-host-loopback",
+        "--cidr",
+        "10.0.2.0/24",
+        "--enable-sandbox",
+        "--enable-seccomp",
+        "--enable-ipv6",
+        "99999999",
+        "tap0",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!stderr(&o).contains("not supported"), "{}", stderr(&o));
 }
 
 #[test]

@@ -10,9 +10,10 @@
 mod protocol;
 
 use std::collections::VecDeque;
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mio::net::{UnixListener, UnixStream};
@@ -47,6 +48,10 @@ struct Client {
 pub struct ApiServer {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket's directory, opened at bind time: under
+    /// `--enable-sandbox` the path no longer resolves (the directory may lie
+    /// outside the sandbox's root), so the file is removed relative to this.
+    dir: Option<File>,
     clients: Vec<Option<Client>>,
     /// Slots in the order they were opened, to drop the oldest first.
     order: VecDeque<usize>,
@@ -71,9 +76,27 @@ impl ApiServer {
         };
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        // O_PATH: a handle to name the directory by, needing no read right.
+        let dir = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(parent)
+        {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                // Removal by path still works outside a sandbox.
+                log::warn!("api: cannot open {}: {e}", parent.display());
+                None
+            }
+        };
         Ok(ApiServer {
             listener,
             path: path.to_path_buf(),
+            dir,
             clients: Vec::new(),
             order: VecDeque::new(),
         })
@@ -193,6 +216,17 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        match (&self.dir, self.path.file_name()) {
+            (Some(dir), Some(name)) => {
+                let _ = nix::unistd::unlinkat(
+                    Some(dir.as_raw_fd()),
+                    name,
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+            }
+            _ => {
+                let _ = fs::remove_file(&self.path);
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Everything that happens before the event loop: joining the target's
-//! namespaces, opening the tap, `-c`, and handing the tap fd back.
+//! namespaces, opening the tap, `-c`, and handing the tap fd back; then,
+//! last of all, locking netferry down (`sandbox`, `seccomp`).
 //!
 //! All of netferry's `unsafe` lives in this module. Joining a user
 //! namespace needs a single-threaded process and cannot be undone, and the
@@ -8,6 +9,8 @@
 //! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started.
 
 mod ifconfig;
+pub mod sandbox;
+pub mod seccomp;
 mod tap;
 mod userns;
 
