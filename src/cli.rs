@@ -201,6 +201,14 @@ pub struct RunArgs {
     #[arg(long = "disable-host-loopback")]
     pub disable_host_loopback: bool,
 
+    /// do not lock netferry into its own mount namespace with no capabilities (on by default)
+    #[arg(long = "no-sandbox")]
+    pub no_sandbox: bool,
+
+    /// do not filter netferry's system calls (on by default)
+    #[arg(long = "no-seccomp")]
+    pub no_seccomp: bool,
+
     /// log more (the same as RUST_LOG=debug)
     #[arg(long = "debug")]
     pub debug: bool,

@@ -3,8 +3,9 @@
 //!
 //! It makes a child in new user, network and mount namespaces (see
 //! `setup::spawn_namespaced`), serves that child's network exactly as
-//! `netferry -c -6 PID tap0` would, publishes the `-p` ports, then lets
-//! the child exec CMD and exits with CMD's status. Nothing outlives it:
+//! `netferry -c -6 --enable-sandbox --enable-seccomp PID tap0` would
+//! (`--no-sandbox`, `--no-seccomp` turn those off), publishes the `-p`
+//! ports, then lets the child exec CMD and exits with CMD's status. Nothing outlives it:
 //! the namespaces belong to the child alone.
 
 use std::hash::{BuildHasher, Hasher};
@@ -123,6 +124,8 @@ fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::config::ConfigE
         mtu: Some(args.mtu.clone().unwrap_or_else(|| RUN_MTU.to_string())),
         api_socket: args.api_socket.clone(),
         disable_host_loopback: args.disable_host_loopback,
+        enable_sandbox: !args.no_sandbox,
+        enable_seccomp: !args.no_seccomp,
         debug: args.debug,
         positional: vec![pid.to_string(), "tap0".to_string()],
         ..Args::default()
@@ -195,6 +198,14 @@ fn serve(
             .with_context(|| {
                 format!("cannot publish {} port {}", spec.proto.as_str(), spec.host)
             })?;
+    }
+    // As the slirp4netns mode does, once every fd is open and before the
+    // command runs (it joins the command's user namespace for the rights).
+    if cfg.sandbox {
+        setup::sandbox::enter(cfg.userns_path.as_deref()).context("--enable-sandbox failed")?;
+    }
+    if cfg.seccomp {
+        setup::seccomp::install().context("--enable-seccomp failed")?;
     }
     event_loop.watch_child(child.pid);
     child.start().context("cannot start the command")?;

@@ -153,6 +153,14 @@ fn a_published_port_serves_the_host_and_sigterm_reaches_the_command() {
             .unwrap_or(false)
     });
     assert!(served, "the published port did not serve");
+    // Sandboxed and filtered by default, as podman runs netferry.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert!(
+        status.contains("CapEff:\t0000000000000400")
+            || status.contains("CapEff:\t0000000000000000"),
+        "{status}"
+    );
     // The command (httpd) gets the SIGTERM and netferry leaves with its
     // status; no process of its stays behind.
     let children =

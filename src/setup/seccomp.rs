@@ -220,6 +220,10 @@ fn allowed() -> BTreeMap<i64, Vec<SeccompRule>> {
         any(SYS_gettid),
         // abort() re-raising a signal on a panic.
         any(SYS_tgkill),
+        // `netferry run`: passing SIGINT/SIGTERM to its command, and
+        // reaping it.
+        any(SYS_kill),
+        any(SYS_wait4),
         any(SYS_exit),
         any(SYS_exit_group),
     ]
