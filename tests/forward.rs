@@ -386,8 +386,11 @@ fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
         .spawn()
         .unwrap();
     let inner = format!(
-        "busybox wget -q -O {out} http://10.0.2.2:8000/host.txt; busybox httpd -f -p 80 -h {www} & sleep 30",
+        "busybox wget -q -O {out} http://10.0.2.2:8000/host.txt; busybox httpd -f -p 80 -h {www} & \
+         for i in $(seq 50); do ip -6 addr show tap0 scope global | grep -q fd00 && break; sleep 0.1; done; \
+         ip -6 addr show tap0 scope global > {ip6}; sleep 30",
         out = dir.path("fetched").display(),
+        ip6 = dir.path("ip6").display(),
         www = www.display()
     );
     let home = dir.0.display().to_string();
@@ -404,6 +407,8 @@ fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
             "rootlesskit",
             "--net=slirp4netns",
             &format!("--slirp4netns-binary={}", bin.display()),
+            // rootlesskit passes --enable-ipv6 on.
+            "--ipv6",
             "--port-driver=slirp4netns",
             "-p",
             "127.0.0.1:8080:80/tcp",
@@ -427,6 +432,10 @@ fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
         page == "page from inside\n"
     });
     let fetched = std::fs::read_to_string(dir.path("fetched")).unwrap_or_default();
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.path("ip6")).is_ok_and(|s| !s.is_empty())
+    });
+    let ip6 = std::fs::read_to_string(dir.path("ip6")).unwrap_or_default();
     // rootlesskit passes SIGTERM on to its child and stops its helper.
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(rk.id() as i32),
@@ -437,4 +446,9 @@ fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
     let _ = host_httpd.wait();
     assert!(got, "no page through the forward: {page:?}\n{}", log());
     assert_eq!(fetched, "file from the host\n", "{}", log());
+    assert!(
+        ip6.contains("inet6 fd00::"),
+        "no SLAAC address with --ipv6: {ip6:?}\n{}",
+        log()
+    );
 }
