@@ -298,6 +298,14 @@ impl Config {
                 "WARNING: --no-host-loopback is deprecated, use --disable-host-loopback".into(),
             );
         }
+        if !(args.disable_host_loopback || args.no_host_loopback) {
+            // slirp4netns says so too; a user should know what the
+            // container can reach.
+            warnings.push(format!(
+                "WARNING: 127.0.0.1:* on the host is accessible as {} (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)",
+                net.gateway
+            ));
+        }
         if args.create_sandbox {
             warnings.push("WARNING: --create-sandbox is deprecated, use --enable-sandbox".into());
         }
@@ -618,7 +626,7 @@ mod tests {
     fn missing_arguments_and_extra_arguments() {
         assert_eq!(config(&["1"]), Err(ConfigError::MissingArguments));
         assert_eq!(config(&[]), Err(ConfigError::MissingArguments));
-        let c = config(&["1", "tap0", "junk"]).unwrap();
+        let c = config(&["--disable-host-loopback", "1", "tap0", "junk"]).unwrap();
         assert_eq!(c.warnings, ["WARNING: ignoring extra arguments: junk"]);
     }
 
@@ -734,12 +742,32 @@ mod tests {
         assert!(!plain.sandbox && !plain.seccomp);
         let c = config(&["--enable-sandbox", "--enable-seccomp", "1", "tap0"]).unwrap();
         assert!(c.sandbox && c.seccomp);
-        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("deprecated")),
+            "{:?}",
+            c.warnings
+        );
         let old = config(&["--create-sandbox", "1", "tap0"]).unwrap();
         assert!(old.sandbox && !old.seccomp);
+        assert!(old.warnings.contains(
+            &"WARNING: --create-sandbox is deprecated, use --enable-sandbox".to_string()
+        ));
+    }
+
+    #[test]
+    fn host_loopback_is_announced_as_slirp4netns_does() {
+        let c = config(&["1", "tap0"]).unwrap();
         assert_eq!(
-            old.warnings,
-            ["WARNING: --create-sandbox is deprecated, use --enable-sandbox"]
+            c.warnings,
+            [
+                "WARNING: 127.0.0.1:* on the host is accessible as 10.0.2.2 (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)"
+            ]
+        );
+        assert!(
+            config(&["--disable-host-loopback", "1", "tap0"])
+                .unwrap()
+                .warnings
+                .is_empty()
         );
     }
 

@@ -12,21 +12,34 @@ use netferry::api::ApiServer;
 use netferry::cli::{self, Parsed};
 use netferry::config::{Config, ConfigError, Target};
 use netferry::engine::EngineConfig;
-use netferry::event_loop::EventLoop;
+use netferry::event_loop::{EventLoop, Exit};
 use netferry::host::{self, Outbound};
 use netferry::setup;
 
 /// The host's resolver configuration, re-read when it changes.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
+/// Print to stdout or stderr without ever panicking: a caller that closed
+/// the pipe must not turn a banner or a log line into an abort.
+macro_rules! say {
+    (out, $($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+    (err, $($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os()) {
         Parsed::Print(text) => {
-            print!("{text}");
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             return ExitCode::SUCCESS;
         }
         Parsed::Usage(text) => {
-            eprint!("{text}");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
             return ExitCode::FAILURE;
         }
         Parsed::Run(args) => args,
@@ -38,7 +51,7 @@ fn main() -> ExitCode {
                 // for signals fits.
                 Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
                 Err(e) => {
-                    eprintln!("netferry run: {e:#}");
+                    say!(err, "netferry run: {e:#}");
                     ExitCode::from(125)
                 }
             };
@@ -47,22 +60,25 @@ fn main() -> ExitCode {
     let cfg = match Config::from_args(&args) {
         Ok(cfg) => cfg,
         Err(ConfigError::MissingArguments) => {
-            eprint!("{}", cli::usage());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), cli::usage().as_bytes());
             return ExitCode::FAILURE;
         }
         Err(e) => {
-            eprintln!("{e}");
+            say!(err, "{e}");
             return ExitCode::FAILURE;
         }
     };
     init_logging(cfg.debug);
     for w in &cfg.warnings {
-        eprintln!("{w}");
+        say!(err, "{w}");
     }
     match run(&cfg) {
-        Ok(()) => ExitCode::SUCCESS,
+        // Cleanup is done (the API socket is gone); now die by the signal,
+        // as slirp4netns does, so callers see the status they expect.
+        Ok(Exit::Signal(sig)) => setup::die_by(sig),
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("netferry: {e:#}");
+            say!(err, "netferry: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -79,7 +95,7 @@ fn init_logging_at(default: &str) {
         .init();
 }
 
-fn run(cfg: &Config) -> anyhow::Result<()> {
+fn run(cfg: &Config) -> anyhow::Result<Exit> {
     // Resolved before joining anything, so a bad value fails fast.
     let outbound = Outbound {
         v4: cfg
@@ -136,12 +152,13 @@ fn run(cfg: &Config) -> anyhow::Result<()> {
     }
     let exit = event_loop.run()?;
     log::debug!("event loop ended: {exit:?}");
-    Ok(())
+    Ok(exit)
 }
 
 fn print_banner(cfg: &Config, tap: &str) {
     let n = &cfg.net;
-    println!(
+    say!(
+        out,
         "netferry {} serving {tap}\n\
          * MTU:             {}\n\
          * Network:         {}\n\

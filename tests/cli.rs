@@ -146,13 +146,13 @@ fn the_flags_podman_and_rootlesskit_pass_are_all_accepted() {
 }
 
 #[test]
-fn missing_process_is_a_setup_error_naming_the_namespace() {
+fn missing_process_says_no_such_process() {
     // PIDs above pid_max never exist.
     let o = run(&["99999999", "tap0"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("/proc/99999999/ns/"), "{err}");
-    assert!(err.contains("cannot get the tap device"), "{err}");
+    assert!(err.contains("no such process: 99999999"), "{err}");
+    assert!(!err.contains("its error is above"), "{err}");
 }
 
 /// Sections of the man page that are prose, not flags.
@@ -256,4 +256,53 @@ fn man_page_is_generated_from_the_flags() {
         committed == rendered,
         "man/netferry.1 is stale: run `NETFERRY_UPDATE_MAN=1 cargo test --test cli`"
     );
+}
+
+#[test]
+fn typos_fail_before_anything_is_joined() {
+    // Our own network namespace as the target: refused, nothing touched.
+    let o = run(&["--netns-type=path", "/proc/self/ns/net", "tap0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is netferry's own network namespace"),
+        "{}",
+        stderr(&o)
+    );
+    // A tap name too long for the kernel, a missing API directory, a
+    // ready fd that is not open: each one line, before the fork.
+    let pid = std::process::id().to_string();
+    for (args, want) in [
+        (
+            vec![pid.as_str(), "a-very-long-tap-name0"],
+            "a-very-long-tap-name0",
+        ),
+        (
+            vec!["-a", "/nonexistent-dir/api.sock", pid.as_str(), "tap0"],
+            "the directory /nonexistent-dir does not exist",
+        ),
+        (
+            vec!["-r", "99", pid.as_str(), "tap0"],
+            "fd 99 is not usable",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert!(
+            !o.stdout.starts_with(b"netferry"),
+            "banner printed: {args:?}"
+        );
+    }
+}
+
+#[test]
+fn a_closed_stdout_does_not_abort() {
+    use std::os::unix::process::ExitStatusExt;
+    // --help with stdout closed: exit 0, not an abort (134).
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("{} --help >&-; echo $?", netferry_bin())])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&status.stdout).trim().to_string();
+    assert_eq!(code, "0", "{:?}", status.status.signal());
 }

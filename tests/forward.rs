@@ -155,9 +155,10 @@ fn socket_file_is_private_stale_files_are_replaced_and_it_is_removed_at_exit() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    use std::os::unix::process::ExitStatusExt;
     assert_eq!(
-        nf.wait_exit(Duration::from_secs(5)).unwrap().code(),
-        Some(0)
+        nf.wait_exit(Duration::from_secs(5)).unwrap().signal(),
+        Some(libc::SIGTERM)
     );
     assert!(!sock.exists(), "socket file left behind");
 }

@@ -353,15 +353,22 @@ impl Run {
         );
     }
 
-    /// SIGTERM: exit 0, API socket removed from inside the sandbox.
+    /// SIGTERM: death by SIGTERM once the API socket is removed from
+    /// inside the sandbox.
     fn assert_sigterm_cleans_up(&mut self) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid()),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
+        use std::os::unix::process::ExitStatusExt;
         let st = self.nf.wait_exit(Duration::from_secs(10));
-        assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", self.nf.output());
+        assert_eq!(
+            st.and_then(|s| s.signal()),
+            Some(libc::SIGTERM),
+            "{}",
+            self.nf.output()
+        );
         assert!(!self.sock.exists(), "API socket left behind");
         assert_no_denials(&self.nf);
     }

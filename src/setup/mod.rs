@@ -67,6 +67,7 @@ pub enum SetupError {
 /// the namespace in a child and receive the fd from it. The file returned
 /// is non-blocking.
 pub fn obtain_tap(cfg: &Config) -> Result<File, SetupError> {
+    precheck(cfg)?;
     let tap = match &cfg.target {
         Target::TapFd(fd) => adopt_fd(*fd)?,
         Target::Pid(pid) => {
@@ -76,6 +77,80 @@ pub fn obtain_tap(cfg: &Config) -> Result<File, SetupError> {
     };
     set_nonblocking(&tap)?;
     Ok(File::from(tap))
+}
+
+/// What can be checked before forking or joining anything, so a typo
+/// fails at once with one clear line and leaves nothing half done.
+fn precheck(cfg: &Config) -> Result<(), SetupError> {
+    if let Some(name) = &cfg.tap_name
+        && tap::ifreq_for(name).is_none()
+    {
+        return Err(SetupError::Tap(TapError::Name(name.clone())));
+    }
+    // (An exit fd that is not open means "exit at once, with 0", as the
+    // slirp4netns contract has it; only the ready fd is checked here.)
+    if let Some(fd) = cfg.ready_fd
+        && !fd_is_open(fd)
+    {
+        return Err(SetupError::BadFd {
+            fd,
+            err: nix::Error::EBADF,
+        });
+    }
+    if let Some(path) = &cfg.api_socket {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(SetupError::Run(format!(
+                "cannot create the API socket {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+    }
+    let netns = match &cfg.target {
+        Target::Pid(pid) => {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(SetupError::Run(format!("no such process: {pid}")));
+            }
+            PathBuf::from(format!("/proc/{pid}/ns/net"))
+        }
+        Target::Path(path) => path.clone(),
+        Target::TapFd(_) => return Ok(()),
+    };
+    // A PID typo (or a wait too short for unshare) names netferry's own
+    // namespace: as root it would then add tap0 and a default route to
+    // the host's own network. Refuse.
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(target), Ok(own)) = (
+        std::fs::metadata(&netns),
+        std::fs::metadata("/proc/self/ns/net"),
+    ) && (target.dev(), target.ino()) == (own.dev(), own.ino())
+    {
+        return Err(SetupError::Run(format!(
+            "{} is netferry's own network namespace, not a container's; \
+             is the PID right, and has the container made its namespace yet?",
+            netns.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Leave as the signal `sig` would have ended the process, once cleanup
+/// is done: callers (and shells) then see what slirp4netns gives them,
+/// death by that signal (status 143 for SIGTERM).
+pub fn die_by(sig: nix::sys::signal::Signal) -> ! {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, raise, signal, sigprocmask};
+    // SAFETY: restoring the default disposition installs no handler code.
+    let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    let mut set = SigSet::empty();
+    set.add(sig);
+    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    let _ = raise(sig);
+    // Not reached unless the signal was ignored by force.
+    std::process::exit(128 + sig as i32)
 }
 
 /// Take ownership of an fd inherited from the caller (`--netns-type=tapfd`).
