@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::cli::Args;
-use crate::engine::Limits;
+use crate::engine::{EngineConfig, Limits};
 
 /// Offsets from the network address, as slirp4netns places them.
 pub const GATEWAY_OFFSET: u32 = 2;
@@ -264,6 +264,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// The engine's settings for this configuration (with a fresh random
+    /// seed for smoltcp's initial sequence numbers).
+    pub fn engine_config(&self) -> EngineConfig {
+        use std::hash::{BuildHasher, Hasher};
+        let mut e = EngineConfig::new(self.net, self.mtu as usize);
+        e.seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        e.net6 = self.net6;
+        e.host_loopback = self.host_loopback;
+        e.dns = self.dns;
+        e.tcp_buffer = self.tcp_buffer;
+        e.limits = self.limits;
+        e.udp_idle_timeout = smoltcp::time::Duration::from_secs(self.udp_timeout);
+        e
+    }
+
     /// Validate raw arguments, in the order slirp4netns checks them.
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
         let mut warnings = Vec::new();

@@ -2,8 +2,6 @@
 //! run the loop. Setup failures exit 1 with a message that says what
 //! failed; the loop's own ends (exit fd, signal, tap gone) exit 0.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,7 +9,6 @@ use anyhow::Context;
 use netferry::api::ApiServer;
 use netferry::cli::{self, Parsed};
 use netferry::config::{Config, ConfigError, Target};
-use netferry::engine::EngineConfig;
 use netferry::event_loop::{EventLoop, Exit};
 use netferry::host::{self, Outbound};
 use netferry::setup;
@@ -120,14 +117,7 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
         (_, Some(name)) => name.clone(),
         (_, None) => "tap".to_string(),
     };
-    let mut engine_cfg = EngineConfig::new(cfg.net, cfg.mtu as usize);
-    engine_cfg.seed = RandomState::new().build_hasher().finish();
-    engine_cfg.net6 = cfg.net6;
-    engine_cfg.host_loopback = cfg.host_loopback;
-    engine_cfg.dns = cfg.dns;
-    engine_cfg.tcp_buffer = cfg.tcp_buffer;
-    engine_cfg.limits = cfg.limits;
-    engine_cfg.udp_idle_timeout = smoltcp::time::Duration::from_secs(cfg.udp_timeout);
+    let engine_cfg = cfg.engine_config();
     let api = match &cfg.api_socket {
         Some(path) => Some(ApiServer::bind(path).context("cannot create the API socket")?),
         None => None,
@@ -135,16 +125,7 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
     let host = (outbound, Path::new(RESOLV_CONF));
     let mut event_loop = EventLoop::new(tap, &engine_cfg, host, cfg.exit_fd, api)
         .context("cannot start the event loop")?;
-    // Last, once every fd the loop needs is open (the API socket is bound:
-    // its directory may lie outside the sandbox) and while netferry is
-    // still single-threaded; before ready, so the caller knows it is in
-    // force.
-    if cfg.sandbox {
-        setup::sandbox::enter(cfg.userns_path.as_deref()).context("--enable-sandbox failed")?;
-    }
-    if cfg.seccomp {
-        setup::seccomp::install().context("--enable-seccomp failed")?;
-    }
+    setup::lock_down(cfg)?;
 
     print_banner(cfg, &tap_desc);
     if let Some(fd) = cfg.ready_fd {

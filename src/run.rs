@@ -8,7 +8,6 @@
 //! ports, then lets the child exec CMD and exits with CMD's status. Nothing outlives it:
 //! the namespaces belong to the child alone.
 
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -20,7 +19,7 @@ use thiserror::Error;
 use crate::api::ApiServer;
 use crate::cli::{Args, RunArgs};
 use crate::config::Config;
-use crate::engine::{EngineConfig, ForwardSpec, Proto};
+use crate::engine::{ForwardSpec, Proto};
 use crate::event_loop::{EventLoop, Exit};
 use crate::host::Outbound;
 use crate::setup;
@@ -133,21 +132,6 @@ fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::config::ConfigE
     Config::from_args(&raw)
 }
 
-/// The engine's settings for a validated configuration.
-pub fn engine_config(cfg: &Config) -> EngineConfig {
-    let mut e = EngineConfig::new(cfg.net, cfg.mtu as usize);
-    e.seed = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    e.net6 = cfg.net6;
-    e.host_loopback = cfg.host_loopback;
-    e.dns = cfg.dns;
-    e.tcp_buffer = cfg.tcp_buffer;
-    e.limits = cfg.limits;
-    e.udp_idle_timeout = smoltcp::time::Duration::from_secs(cfg.udp_timeout);
-    e
-}
-
 /// Run the command; the status to exit with.
 pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
     // Everything that can be checked is checked before any namespace.
@@ -189,7 +173,7 @@ fn serve(
         None => None,
     };
     let host = (Outbound::default(), Path::new("/etc/resolv.conf"));
-    let mut event_loop = EventLoop::new(tap, &engine_config(&cfg), host, None, api)
+    let mut event_loop = EventLoop::new(tap, &cfg.engine_config(), host, None, api)
         .context("cannot start the event loop")?;
     for spec in forwards {
         event_loop
@@ -199,14 +183,9 @@ fn serve(
                 format!("cannot publish {} port {}", spec.proto.as_str(), spec.host)
             })?;
     }
-    // As the slirp4netns mode does, once every fd is open and before the
-    // command runs (it joins the command's user namespace for the rights).
-    if cfg.sandbox {
-        setup::sandbox::enter(cfg.userns_path.as_deref()).context("--enable-sandbox failed")?;
-    }
-    if cfg.seccomp {
-        setup::seccomp::install().context("--enable-seccomp failed")?;
-    }
+    // Before the command runs (the sandbox joins its user namespace for
+    // the rights).
+    setup::lock_down(&cfg)?;
     event_loop.watch_child(child.pid);
     child.start().context("cannot start the command")?;
     Ok(match event_loop.run()? {

@@ -12,7 +12,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::{Namespace, Netferry, TempDir, TestNet, serve_from, wait_until};
@@ -238,40 +237,12 @@ fn outbound_addr6_is_the_source_for_tcp_and_udp() {
     assert_eq!(from.ip().to_string(), net_probe, "UDP must use it too");
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn dns_through_fd00_3_answers_a_and_aaaa_over_udp_and_tcp() {
     let s = setup(&[]);
     // The test's resolver on the host's loopback (TestNet's resolv.conf
     // names 127.0.0.1): never the machine's own.
-    let dnsmasq = s
-        .net
-        .host_cmd(&[
-            "dnsmasq",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--port=53",
-            "--address=/probe.netferry.test/198.51.100.2",
-            "--address=/probe.netferry.test/2001:db8:1::2",
-            "--pid-file=",
-            "--user=root",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq");
-    let _guard = KillOnDrop(dnsmasq);
+    let _dns = common::dns_server(&s.net, "127.0.0.1", &["198.51.100.2", "2001:db8:1::2"]);
     for (kind, want) in [("A", "198.51.100.2"), ("AAAA", "2001:db8:1::2")] {
         for transport in ["+notcp", "+tcp"] {
             let ok = wait_until(Duration::from_secs(5), || {

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{HOST_ADDR, Namespace, Netferry, REMOTE_ADDR, TempDir, TestNet, pattern, serve_from};
@@ -388,52 +388,6 @@ fn ping_without_ping_sockets_goes_unanswered_and_nothing_breaks() {
     );
 }
 
-/// dnsmasq on the host namespace's loopback, answering one name.
-fn dns_server(net: &TestNet) -> KillOnDrop {
-    let child = net
-        .host_cmd(&[
-            "dnsmasq",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--port=53",
-            "--address=/probe.netferry.test/198.51.100.2",
-            "--pid-file=",
-            "--user=root",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq (package dnsmasq-base) is needed");
-    let guard = KillOnDrop(child);
-    let ready = common::wait_until(Duration::from_secs(5), || {
-        net.host_cmd(&[
-            "dig",
-            "+short",
-            "+tries=1",
-            "+time=1",
-            "@127.0.0.1",
-            "probe.netferry.test",
-        ])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("198.51.100.2"))
-        .unwrap_or(false)
-    });
-    assert!(ready, "dnsmasq did not come up");
-    guard
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn dig(ns: &Namespace, extra: &str) -> std::process::Output {
     ns.run(&[
         "dig",
@@ -449,7 +403,7 @@ fn dig(ns: &Namespace, extra: &str) -> std::process::Output {
 #[test]
 fn dns_over_udp_and_tcp_reaches_the_hosts_resolver() {
     let s = setup(&[]);
-    let _dns = dns_server(&s.net);
+    let _dns = common::dns_server(&s.net, "127.0.0.1", &["198.51.100.2"]);
     for mode in ["+notcp", "+tcp"] {
         let out = dig(&s.ns, mode);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -464,7 +418,7 @@ fn dns_over_udp_and_tcp_reaches_the_hosts_resolver() {
 #[test]
 fn disable_dns_stops_serving_the_dns_address() {
     let s = setup(&["--disable-dns"]);
-    let _dns = dns_server(&s.net);
+    let _dns = common::dns_server(&s.net, "127.0.0.1", &["198.51.100.2"]);
     for mode in ["+notcp", "+tcp"] {
         let out = dig(&s.ns, mode);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -484,7 +438,7 @@ fn custom_cidr_carries_traffic_too() {
     let mut back = [0u8; 4];
     c.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"cidr");
-    let _dns = dns_server(&s.net);
+    let _dns = common::dns_server(&s.net, "127.0.0.1", &["198.51.100.2"]);
     let out = s.ns.run(&[
         "dig",
         "+short",

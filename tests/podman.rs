@@ -43,7 +43,7 @@ struct Podman {
     dir: TempDir,
     bin: PathBuf,
     uid: u32,
-    _dns: Child,
+    _dns: common::KillOnDrop,
 }
 
 struct Child(std::process::Child);
@@ -82,29 +82,13 @@ impl Podman {
             .status()
             .unwrap();
         // The test's DNS server, named by the host namespace's resolv.conf.
-        let dns = net
-            .host_cmd(&[
-                "dnsmasq",
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--port=53",
-                "--address=/probe.netferry.test/198.51.100.2",
-                "--pid-file=",
-                "--user=root",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq");
+        let dns = common::dns_server(&net, "127.0.0.1", &["198.51.100.2"]);
         let p = Podman {
             net,
             dir,
             bin,
             uid,
-            _dns: Child(dns),
+            _dns: dns,
         };
         let exists = p.podman(&["image", "exists", IMAGE]);
         if !exists.status.success() {

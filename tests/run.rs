@@ -78,23 +78,7 @@ fn the_command_is_networked_and_its_status_becomes_ours() {
 #[test]
 fn dns_inside_goes_to_10_0_2_3_and_on_to_the_hosts_resolver() {
     let net = TestNet::new();
-    let mut dns = net
-        .host_cmd(&[
-            "dnsmasq",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--port=53",
-            "--address=/probe.netferry.test/198.51.100.2",
-            "--pid-file=",
-            "--user=root",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _dns = common::dns_server(&net, "127.0.0.1", &["198.51.100.2"]);
     let mut answered = false;
     for _ in 0..25 {
         let o = output(
@@ -115,8 +99,6 @@ fn dns_inside_goes_to_10_0_2_3_and_on_to_the_hosts_resolver() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = dns.kill();
-    let _ = dns.wait();
     assert!(answered, "no answer through 10.0.2.3");
 }
 

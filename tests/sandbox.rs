@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{NOBODY, Namespace, Netferry, Options, TempDir, TestNet, as_user_args, wait_until};
@@ -41,7 +41,7 @@ struct Run {
     nf: Netferry,
     dir: TempDir,
     sock: PathBuf,
-    _dns: Vec<KillOnDrop>,
+    _dns: Vec<common::KillOnDrop>,
 }
 
 /// A container namespace, DNS servers, and netferry serving it with
@@ -56,8 +56,8 @@ fn start(uid: Option<u32>, target: Target, flags: &[&str]) -> Run {
     let dir = TempDir::new("sbx");
     let sock = dir.path("api.sock");
     let dns = vec![
-        dns_server(&net, "127.0.0.1", "198.51.100.2"),
-        dns_server(&net, "127.0.0.2", "198.51.100.7"),
+        common::dns_server(&net, "127.0.0.1", &["198.51.100.2"]),
+        common::dns_server(&net, "127.0.0.2", &["198.51.100.7"]),
     ];
     // The resolv.conf netferry sees: /etc/resolv.conf -> DIR/dns/resolv.conf.
     std::fs::create_dir_all(dir.path("dns")).unwrap();
@@ -114,46 +114,6 @@ fn start(uid: Option<u32>, target: Target, flags: &[&str]) -> Run {
         sock,
         _dns: dns,
     }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// dnsmasq on `addr` port 53 of the host namespace, answering
-/// probe.netferry.test with `answer`.
-fn dns_server(net: &TestNet, addr: &str, answer: &str) -> KillOnDrop {
-    let child = net
-        .host_cmd(&[
-            "dnsmasq",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            &format!("--listen-address={addr}"),
-            "--bind-interfaces",
-            "--port=53",
-            &format!("--address=/probe.netferry.test/{answer}"),
-            "--pid-file=",
-            "--user=root",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq (package dnsmasq-base) is needed");
-    let guard = KillOnDrop(child);
-    let up = wait_until(Duration::from_secs(5), || {
-        net.host_cmd(&["dig", "+short", "+tries=1", "+time=1", &format!("@{addr}")])
-            .arg("probe.netferry.test")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(answer))
-    });
-    assert!(up, "dnsmasq on {addr} did not come up");
-    guard
 }
 
 fn status(pid: i32) -> String {

@@ -138,6 +138,28 @@ fn precheck(cfg: &Config) -> Result<(), SetupError> {
     Ok(())
 }
 
+#[derive(Debug, Error)]
+pub enum LockDownError {
+    #[error("--enable-sandbox failed: {0}")]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error("--enable-seccomp failed: {0}")]
+    Seccomp(#[from] seccomp::SeccompError),
+}
+
+/// `--enable-sandbox`, then `--enable-seccomp`: the last of setup, once
+/// every fd the loop needs is open (the API socket is bound: its
+/// directory may lie outside the sandbox) and while netferry is still
+/// single-threaded; before ready, so the caller knows they are in force.
+pub fn lock_down(cfg: &Config) -> Result<(), LockDownError> {
+    if cfg.sandbox {
+        sandbox::enter(cfg.userns_path.as_deref())?;
+    }
+    if cfg.seccomp {
+        seccomp::install()?;
+    }
+    Ok(())
+}
+
 /// Leave as the signal `sig` would have ended the process, once cleanup
 /// is done: callers (and shells) then see what slirp4netns gives them,
 /// death by that signal (status 143 for SIGTERM).
