@@ -87,8 +87,10 @@ NS=(ip netns exec "$HOSTNS" setpriv "${USER_ARGS[@]}")
 ("${NS[@]}" iperf3 -s -B ::1 -p $IPERF6_PORT >/dev/null 2>&1 &)
 ("${NS[@]}" sockperf sr --tcp -i 127.0.0.1 -p $LAT_PORT >/dev/null 2>&1 &)
 ("${NS[@]}" "$WORK/connrate" serve 127.0.0.1:$CONN_PORT >/dev/null 2>&1 &)
-("${NS[@]}" prlimit --nofile=65536 python3 -c "
-import socket
+("${NS[@]}" /usr/bin/python3 -c "
+import resource, socket
+# Unprivileged: the soft limit may rise to the hard one, no further.
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('127.0.0.1', $HOLD_PORT)); s.listen(4096)
 held = []
@@ -184,15 +186,17 @@ for run in $(seq "$RUNS"); do
         # The same transfer with $IDLE idle connections open beside it:
         # the cost of a flow must not grow with the number of flows.
         if want throughput && start "$tool" 65520; then
-            in_guest prlimit --nofile=65536 python3 -c "
-import socket, time
+            in_guest /usr/bin/python3 -c "
+import resource, socket, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 held = [socket.create_connection(('10.0.2.2', $HOLD_PORT)) for _ in range($IDLE)]
 print('open', flush=True); time.sleep(3600)
 " >"$WORK/idle.out" 2>/dev/null &
             opener=$!
             for i in $(seq 600); do grep -q open "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
             grep -q open "$WORK/idle.out" 2>/dev/null && iperf "$tool" "up_idle"
-            kill $opener 2>/dev/null; wait $opener 2>/dev/null || true
+            kill $opener 2>/dev/null || true
+            wait $opener 2>/dev/null || true
             rm -f "$WORK/idle.out"
             stop
         fi
