@@ -443,6 +443,11 @@ fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = rk.wait();
+    // The server was started in the background, so rootlesskit's SIGTERM
+    // to its child leaves it running: end it by its unique directory.
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("httpd -f -p 80 -h {}", www.display())])
+        .status();
     let _ = host_httpd.kill();
     let _ = host_httpd.wait();
     assert!(got, "no page through the forward: {page:?}\n{}", log());

@@ -585,6 +585,11 @@ fn rootlesskit_with_sandbox_and_seccomp_serves_a_published_port() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = rk.wait();
+    // The server was started in the background, so rootlesskit's SIGTERM
+    // to its child leaves it running: end it by its unique directory.
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("httpd -f -p 80 -h {}", www.display())])
+        .status();
     assert!(got, "no page through the forward: {page:?}\n{}", log());
     assert_eq!(field(&helper_status, "Seccomp"), "2", "{helper_status}");
     assert_eq!(
