@@ -12,7 +12,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{
@@ -344,36 +344,16 @@ fn silent_and_slow_api_clients_stall_nothing() {
 /// through 10.0.2.2.
 #[test]
 fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
-    let user = "nfrootless";
-    let uid = String::from_utf8(
-        Command::new("id")
-            .args(["-u", user])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
-    assert!(
-        !uid.is_empty(),
-        "user {user} with subordinate ids is needed (.ci/run creates it)"
-    );
     let net = TestNet::new();
-    let dir = TempDir::new("rk");
-    let www = dir.path("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "page from inside\n").unwrap();
-    std::fs::write(www.join("host.txt"), "file from the host\n").unwrap();
+    let dir = TempDir::new("rk-out");
     Command::new("chmod")
-        .args(["-R", "a+rwX"])
+        .arg("0777")
         .arg(&dir.0)
         .status()
         .unwrap();
-    // A copy the unprivileged user can surely execute.
-    let bin = dir.path("netferry");
-    std::fs::copy(common::netferry_bin(), &bin).unwrap();
-
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("host.txt"), "file from the host\n").unwrap();
     let mut host_httpd = net
         .host_cmd(&[
             "busybox",
@@ -386,75 +366,84 @@ fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
         ])
         .spawn()
         .unwrap();
-    let inner = format!(
-        "busybox wget -q -O {out} http://10.0.2.2:8000/host.txt; busybox httpd -f -p 80 -h {www} & \
-         for i in $(seq 50); do ip -6 addr show tap0 scope global | grep -q fd00 && break; sleep 0.1; done; \
-         ip -6 addr show tap0 scope global > {ip6}; sleep 30",
+    // The guest fetches from the host through 10.0.2.2 and waits for its
+    // SLAAC address (rootlesskit passes --enable-ipv6 on with --ipv6).
+    let script = format!(
+        "busybox wget -q -O {out} http://10.0.2.2:8000/host.txt; \
+         (for i in $(seq 50); do ip -6 addr show tap0 scope global | grep -q fd00 && break; sleep 0.1; done; \
+         ip -6 addr show tap0 scope global > {ip6}) &",
         out = dir.path("fetched").display(),
         ip6 = dir.path("ip6").display(),
-        www = www.display()
     );
-    let home = dir.0.display().to_string();
-    let mut rk = net
-        .host_cmd(&[
-            "setpriv",
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "--",
-            "env",
-            &format!("HOME={home}"),
-            &format!("XDG_RUNTIME_DIR={home}"),
-            "rootlesskit",
-            "--net=slirp4netns",
-            &format!("--slirp4netns-binary={}", bin.display()),
-            // rootlesskit passes --enable-ipv6 on.
+    let rk = common::Rootlesskit::spawn(
+        &net,
+        &[
             "--ipv6",
             "--port-driver=slirp4netns",
             "-p",
             "127.0.0.1:8080:80/tcp",
-            &format!("--state-dir={home}/state"),
-            "sh",
-            "-c",
-            &inner,
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path("rk.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let log = || std::fs::read_to_string(dir.path("rk.log")).unwrap_or_default();
-    let mut page = String::new();
-    let got = wait_until(Duration::from_secs(20), || {
-        let out = net
-            .host_cmd(&["curl", "-s", "-m", "2", "http://127.0.0.1:8080/index.html"])
-            .output()
-            .unwrap();
-        page = String::from_utf8_lossy(&out.stdout).into_owned();
-        page == "page from inside\n"
-    });
-    let fetched = std::fs::read_to_string(dir.path("fetched")).unwrap_or_default();
+        ],
+        "page from inside\n",
+        &script,
+    );
+    let got = rk.serves(
+        &net,
+        "http://127.0.0.1:8080/index.html",
+        "page from inside\n",
+    );
     wait_until(Duration::from_secs(10), || {
         std::fs::read_to_string(dir.path("ip6")).is_ok_and(|s| !s.is_empty())
     });
+    let fetched = std::fs::read_to_string(dir.path("fetched")).unwrap_or_default();
     let ip6 = std::fs::read_to_string(dir.path("ip6")).unwrap_or_default();
-    // rootlesskit passes SIGTERM on to its child and stops its helper.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(rk.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = rk.wait();
-    // The server was started in the background, so rootlesskit's SIGTERM
-    // to its child leaves it running: end it by its unique directory.
-    let _ = Command::new("pkill")
-        .args(["-f", &format!("httpd -f -p 80 -h {}", www.display())])
-        .status();
     let _ = host_httpd.kill();
     let _ = host_httpd.wait();
-    assert!(got, "no page through the forward: {page:?}\n{}", log());
-    assert_eq!(fetched, "file from the host\n", "{}", log());
+    assert!(got, "no page through the forward\n{}", rk.log());
+    assert_eq!(fetched, "file from the host\n", "{}", rk.log());
     assert!(
         ip6.contains("inet6 fd00::"),
         "no SLAAC address with --ipv6: {ip6:?}\n{}",
-        log()
+        rk.log()
     );
+}
+
+#[test]
+fn rootlesskit_with_disable_host_loopback_and_its_builtin_port_driver() {
+    let net = TestNet::new();
+    let dir = TempDir::new("rk-out");
+    Command::new("chmod")
+        .arg("0777")
+        .arg(&dir.0)
+        .status()
+        .unwrap();
+    let _host = net.in_host(|| std::net::TcpListener::bind("127.0.0.1:8002").unwrap());
+    // The host's loopback must be out of reach from inside.
+    let script = format!(
+        "busybox nc -w 3 10.0.2.2 8002 </dev/null && echo REACHED > {out} || echo REFUSED > {out};",
+        out = dir.path("loopback").display()
+    );
+    let rk = common::Rootlesskit::spawn(
+        &net,
+        &[
+            "--disable-host-loopback",
+            "--port-driver=builtin",
+            "-p",
+            "127.0.0.1:8081:80/tcp",
+        ],
+        "builtin driver page\n",
+        &script,
+    );
+    let got = rk.serves(
+        &net,
+        "http://127.0.0.1:8081/index.html",
+        "builtin driver page\n",
+    );
+    wait_until(Duration::from_secs(10), || dir.path("loopback").exists());
+    let loopback = std::fs::read_to_string(dir.path("loopback")).unwrap_or_default();
+    assert!(
+        got,
+        "no page through rootlesskit's builtin port driver\n{}",
+        rk.log()
+    );
+    assert_eq!(loopback.trim(), "REFUSED", "{}", rk.log());
 }

@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{NOBODY, Namespace, Netferry, Options, TempDir, TestNet, as_user_args, wait_until};
@@ -512,67 +512,23 @@ fn tapfd_as_an_unprivileged_user_outside_any_user_namespace() {
 /// inside.
 #[test]
 fn rootlesskit_with_sandbox_and_seccomp_serves_a_published_port() {
-    let user = "nfrootless";
-    let out = Command::new("id").args(["-u", user]).output().unwrap();
-    let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        !uid.is_empty(),
-        "user {user} with subordinate ids is needed (.ci/run creates it)"
-    );
     let net = TestNet::new();
-    let dir = TempDir::new("rksbx");
-    let www = dir.path("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "sandboxed page\n").unwrap();
-    Command::new("chmod")
-        .args(["-R", "a+rwX"])
-        .arg(&dir.0)
-        .status()
-        .unwrap();
-    let bin = dir.path("netferry");
-    std::fs::copy(common::netferry_bin(), &bin).unwrap();
-    let home = dir.0.display().to_string();
-    let inner = format!("busybox httpd -f -p 80 -h {} & sleep 30", www.display());
-    let mut rk = net
-        .host_cmd(&[
-            "setpriv",
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "--",
-            "env",
-            &format!("HOME={home}"),
-            &format!("XDG_RUNTIME_DIR={home}"),
-            "rootlesskit",
-            "--net=slirp4netns",
-            &format!("--slirp4netns-binary={}", bin.display()),
+    let rk = common::Rootlesskit::spawn(
+        &net,
+        &[
             "--slirp4netns-sandbox=true",
             "--slirp4netns-seccomp=true",
             "--port-driver=slirp4netns",
             "-p",
             "127.0.0.1:8080:80/tcp",
-            &format!("--state-dir={home}/state"),
-            "sh",
-            "-c",
-            &inner,
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path("rk.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let log = || std::fs::read_to_string(dir.path("rk.log")).unwrap_or_default();
-    let mut page = String::new();
-    let got = wait_until(Duration::from_secs(20), || {
-        let out = net
-            .host_cmd(&["curl", "-s", "-m", "2", "http://127.0.0.1:8080/index.html"])
-            .output()
-            .unwrap();
-        page = String::from_utf8_lossy(&out.stdout).into_owned();
-        page == "sandboxed page\n"
-    });
+        ],
+        "sandboxed page\n",
+        "",
+    );
+    let got = rk.serves(&net, "http://127.0.0.1:8080/index.html", "sandboxed page\n");
     // The helper rootlesskit started really is locked down.
     let helper = Command::new("pgrep")
-        .args(["-f", &format!("^{} ", bin.display())])
+        .args(["-f", &format!("^{} ", rk.bin.display())])
         .output()
         .unwrap();
     let helper_pid: Option<i32> = String::from_utf8_lossy(&helper.stdout)
@@ -580,17 +536,7 @@ fn rootlesskit_with_sandbox_and_seccomp_serves_a_published_port() {
         .next()
         .and_then(|p| p.parse().ok());
     let helper_status = helper_pid.map(status).unwrap_or_default();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(rk.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = rk.wait();
-    // The server was started in the background, so rootlesskit's SIGTERM
-    // to its child leaves it running: end it by its unique directory.
-    let _ = Command::new("pkill")
-        .args(["-f", &format!("httpd -f -p 80 -h {}", www.display())])
-        .status();
-    assert!(got, "no page through the forward: {page:?}\n{}", log());
+    assert!(got, "no page through the forward\n{}", rk.log());
     assert_eq!(field(&helper_status, "Seccomp"), "2", "{helper_status}");
     assert_eq!(
         field(&helper_status, "CapEff"),

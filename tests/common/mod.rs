@@ -630,3 +630,96 @@ pub fn dns_server(net: &TestNet, addr: &str, answers: &[&str]) -> KillOnDrop {
     assert!(up, "dnsmasq on {addr} did not come up");
     guard
 }
+
+/// rootlesskit (Docker rootless) running netferry as its slirp4netns, as
+/// the unprivileged user `nfrootless` (made by .ci/run) inside the test's
+/// host namespace. The child runs `busybox httpd` on port 80 serving
+/// `www` (holding `index.html` with `page`), after `script`. Ended, with
+/// its background server, on drop.
+pub struct Rootlesskit {
+    pub child: Child,
+    pub dir: TempDir,
+    pub bin: PathBuf,
+}
+
+impl Rootlesskit {
+    pub fn spawn(net: &TestNet, flags: &[&str], page: &str, script: &str) -> Self {
+        let user = "nfrootless";
+        let out = Command::new("id").args(["-u", user]).output().unwrap();
+        let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            !uid.is_empty(),
+            "user {user} with subordinate ids is needed (.ci/run creates it)"
+        );
+        let dir = TempDir::new("rk");
+        let www = dir.path("www");
+        fs::create_dir_all(&www).unwrap();
+        fs::write(www.join("index.html"), page).unwrap();
+        // A copy the unprivileged user can surely execute.
+        let bin = dir.path("netferry");
+        fs::copy(netferry_bin(), &bin).unwrap();
+        Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(&dir.0)
+            .status()
+            .unwrap();
+        let home = dir.0.display().to_string();
+        let inner = format!(
+            "{script} busybox httpd -f -p 80 -h {} & sleep 30",
+            www.display()
+        );
+        let mut args: Vec<String> = vec![
+            "setpriv".into(),
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            "--".into(),
+            "env".into(),
+            format!("HOME={home}"),
+            format!("XDG_RUNTIME_DIR={home}"),
+            "rootlesskit".into(),
+            "--net=slirp4netns".into(),
+            format!("--slirp4netns-binary={}", bin.display()),
+            format!("--state-dir={home}/state"),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args.extend(["sh".into(), "-c".into(), inner]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = net
+            .host_cmd(&args)
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.path("rk.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Rootlesskit { child, dir, bin }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path("rk.log")).unwrap_or_default()
+    }
+
+    /// Wait until `url`, fetched in the host namespace, gives `want`.
+    pub fn serves(&self, net: &TestNet, url: &str, want: &str) -> bool {
+        wait_until(Duration::from_secs(20), || {
+            net.host_cmd(&["curl", "-s", "-m", "2", url])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == want)
+        })
+    }
+}
+
+impl Drop for Rootlesskit {
+    fn drop(&mut self) {
+        // rootlesskit passes SIGTERM on to its child and stops its helper;
+        // the server was started in the background and needs its own end.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let www = self.dir.path("www");
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("httpd -f -p 80 -h {}", www.display())])
+            .status();
+    }
+}
