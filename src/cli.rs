@@ -222,6 +222,11 @@ pub struct RunArgs {
     pub cmd: Vec<String>,
 }
 
+/// `netferry status` has one argument and no options.
+pub const STATUS_USAGE: &str = "Usage: netferry status API_SOCKET\n\n\
+Show what the netferry serving API_SOCKET is doing: forwards, flows by \
+protocol, bytes each way, frames dropped and connections refused at a cap.\n";
+
 /// The `run` subcommand's clap command: the source of its `--help` and
 /// of its part of the man page.
 pub fn run_subcommand() -> clap::Command {
@@ -234,6 +239,8 @@ pub enum Parsed {
     Run(Box<Args>),
     /// `netferry run ...`.
     RunCommand(Box<RunArgs>),
+    /// `netferry status API_SOCKET`.
+    Status(std::path::PathBuf),
     /// Print this text on stdout and exit 0 (help or version).
     Print(String),
     /// Print this text on stderr and exit 1 (unknown flag, missing value).
@@ -251,6 +258,12 @@ where
     // A subcommand only as the very first argument: a PID, path or fd
     // never reads "run" there, and every slirp4netns command line stays
     // as it was.
+    if argv.get(1).is_some_and(|a| a == "status") {
+        return match argv.get(2) {
+            Some(a) if a != "-h" && a != "--help" => Parsed::Status(a.into()),
+            _ => Parsed::Print(STATUS_USAGE.to_string()),
+        };
+    }
     if argv.get(1).is_some_and(|a| a == "run") {
         return match RunArgs::try_parse_from(argv.iter().skip(1)) {
             Ok(args) => Parsed::RunCommand(Box::new(args)),

@@ -40,6 +40,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         Parsed::Run(args) => args,
+        Parsed::Status(socket) => {
+            return match netferry::api::status_text(&socket) {
+                Ok(text) => {
+                    say!(out, "{}", text.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    say!(err, "netferry status: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Parsed::RunCommand(args) => {
             // The terminal is the command's: only warnings unless asked.
             init_logging_at(if args.debug { "debug" } else { "warn" });

@@ -167,7 +167,7 @@ With \fB\-\-api\-socket\fR PATH, netferry listens on a Unix socket (mode 0600) f
 {"return":{}}
 .fi
 .PP
-Errors are {"error":{"desc":"..."}} with slirp4netns's texts. \fIhost_port\fR 0 picks a free port; \fIhost_addr\fR and \fIguest_addr\fR may be IPv6.
+{"execute":"status"} answers flows by protocol, forwards, bytes each way, frames dropped and connections refused at a cap; \fBnetferry status\fR PATH prints that for people. Errors are {"error":{"desc":"..."}} with slirp4netns's texts. \fIhost_port\fR 0 picks a free port; \fIhost_addr\fR and \fIguest_addr\fR may be IPv6.
 .SH "EXIT STATUS"
 0 after \fB\-\-help\fR, \fB\-\-version\fR, or when the exit fd hangs up; 1 on any error. \fBnetferry run\fR exits with its command's status (128+N when signal N ended it) and 125 when it could not start it.
 .SH ENVIRONMENT

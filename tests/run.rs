@@ -182,3 +182,54 @@ fn bad_publish_specs_are_refused_before_anything_starts() {
         text(&o)
     );
 }
+
+#[test]
+fn status_shows_a_forward_and_a_live_flow() {
+    let net = TestNet::new();
+    let held = net.in_host(|| std::net::TcpListener::bind("127.0.0.1:6310").unwrap());
+    let holder = std::thread::spawn(move || held.accept().map(|(c, _)| c));
+    let dir = TempDir::new("status");
+    let sock = dir.path("api.sock");
+    let sock_arg = sock.to_str().unwrap().to_string();
+    let mut nf = netferry_run(
+        &net,
+        &[
+            "-a",
+            &sock_arg,
+            "-p",
+            "127.0.0.1:8093:80",
+            "--",
+            "sh",
+            "-c",
+            "busybox nc 10.0.2.2 6310 </dev/null & sleep 20",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let _conn = holder.join().unwrap().expect("the command never connected");
+    let mut shown = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let o = Command::new(common::netferry_bin())
+            .args(["status", &sock_arg])
+            .output()
+            .unwrap();
+        shown = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success() && shown.contains("flows:     1 TCP")
+    });
+    let _ = nf.kill();
+    let _ = nf.wait();
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains("#1 tcp 127.0.0.1:8093 -> 10.0.2.100:80"),
+        "{shown}"
+    );
+    assert!(shown.contains("forwards:  1"), "{shown}");
+    let o = Command::new(common::netferry_bin())
+        .args(["status", "/nonexistent.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("netferry status:"));
+}

@@ -20,7 +20,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use thiserror::Error;
 
-pub use protocol::{Control, MAX_REQUEST, respond};
+pub use protocol::{Control, FlowCounts, MAX_REQUEST, StatusReply, respond};
 
 use crate::tokens::{API_CONN_BASE, API_LISTENER};
 
@@ -229,4 +229,72 @@ impl Drop for ApiServer {
             }
         }
     }
+}
+
+/// Ask the netferry serving `socket` for its status and say it for people
+/// (`netferry status`).
+pub fn status_text(socket: &Path) -> io::Result<String> {
+    use std::os::unix::net::UnixStream as StdStream;
+    let mut c = StdStream::connect(socket)?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    c.write_all(br#"{"execute":"status"}"#)?;
+    c.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply)?;
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected reply: {reply}"),
+        )
+    };
+    let v: serde_json::Value = serde_json::from_str(&reply).map_err(|_| bad())?;
+    let r = v.get("return").ok_or_else(bad)?;
+    let n = |k: &str| r.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let f = |k: &str| {
+        r["flows"]
+            .get(k)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let mut text = format!(
+        "flows:     {} TCP ({} connecting), {} UDP, {} ping\n\
+         forwards:  {}\n\
+         to host:   {} bytes\n\
+         to guest:  {} bytes\n\
+         frames:    {} from the guest, {} dropped as malformed\n\
+         refused:   {} connections at a flow cap\n",
+        f("tcp"),
+        f("tcp_connecting"),
+        f("udp"),
+        f("ping"),
+        n("forwards"),
+        n("bytes_to_host"),
+        n("bytes_to_guest"),
+        n("frames_from_guest"),
+        n("frames_dropped"),
+        n("refused_at_cap"),
+    );
+    // The forwards themselves, as list_hostfwd gives them.
+    let mut c = StdStream::connect(socket)?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    c.write_all(br#"{"execute":"list_hostfwd"}"#)?;
+    c.shutdown(std::net::Shutdown::Write)?;
+    let mut list = String::new();
+    c.read_to_string(&mut list)?;
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&list)
+        && let Some(entries) = v["return"]["entries"].as_array()
+    {
+        for e in entries {
+            text.push_str(&format!(
+                "  #{} {} {}:{} -> {}:{}\n",
+                e["id"],
+                e["proto"].as_str().unwrap_or("?"),
+                e["host_addr"].as_str().unwrap_or("?"),
+                e["host_port"],
+                e["guest_addr"].as_str().unwrap_or("?"),
+                e["guest_port"]
+            ));
+        }
+    }
+    Ok(text)
 }

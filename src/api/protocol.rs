@@ -23,6 +23,31 @@ pub trait Control {
     fn list_forwards(&self) -> Vec<Forward>;
     /// `guest_addr` when the request leaves it out: network+100.
     fn default_guest(&self) -> Ipv4Addr;
+    /// What netferry is doing now, for `status`.
+    fn status(&self) -> StatusReply;
+}
+
+/// The reply to `{"execute":"status"}` (beyond slirp4netns):
+/// `{"return":{"flows":{"tcp":N,"tcp_connecting":N,"udp":N,"ping":N},
+/// "forwards":N,"frames_from_guest":N,"frames_dropped":N,
+/// "bytes_to_host":N,"bytes_to_guest":N,"refused_at_cap":N}}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StatusReply {
+    pub flows: FlowCounts,
+    pub forwards: usize,
+    pub frames_from_guest: u64,
+    pub frames_dropped: u64,
+    pub bytes_to_host: u64,
+    pub bytes_to_guest: u64,
+    pub refused_at_cap: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FlowCounts {
+    pub tcp: usize,
+    pub tcp_connecting: usize,
+    pub udp: usize,
+    pub ping: usize,
 }
 
 impl<H: Host> Control for Engine<H> {
@@ -37,6 +62,24 @@ impl<H: Host> Control for Engine<H> {
     }
     fn default_guest(&self) -> Ipv4Addr {
         self.network().guest
+    }
+    fn status(&self) -> StatusReply {
+        let (tcp, tcp_connecting, udp, ping) = self.flow_counts();
+        let s = self.stats();
+        StatusReply {
+            flows: FlowCounts {
+                tcp,
+                tcp_connecting,
+                udp,
+                ping,
+            },
+            forwards: self.forwards().count(),
+            frames_from_guest: s.frames_from_guest,
+            frames_dropped: s.frames_dropped,
+            bytes_to_host: s.bytes_to_host,
+            bytes_to_guest: s.bytes_to_guest,
+            refused_at_cap: s.refused_at_cap,
+        }
     }
 }
 
@@ -131,6 +174,7 @@ fn execute(req: &Value, ctl: &mut impl Control) -> String {
         "add_hostfwd" => add_hostfwd(args, ctl),
         "list_hostfwd" => list_hostfwd(ctl),
         "remove_hostfwd" => remove_hostfwd(args, ctl),
+        "status" => json(&Return { ret: ctl.status() }),
         _ => error("bad request: unknown execute"),
     }
 }
@@ -379,6 +423,17 @@ mod tests {
                 "request {req:?}"
             );
         }
+    }
+
+    #[test]
+    fn status_counts_forwards_and_flows() {
+        let mut e = engine();
+        let add = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":0,"guest_port":80}}"#;
+        ask(&mut e, add);
+        let v: Value = serde_json::from_str(&ask(&mut e, r#"{"execute":"status"}"#)).unwrap();
+        assert_eq!(v["return"]["forwards"], 1);
+        assert_eq!(v["return"]["flows"]["tcp"], 0);
+        assert_eq!(v["return"]["bytes_to_host"], 0);
     }
 
     #[test]

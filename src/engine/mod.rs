@@ -109,6 +109,20 @@ impl EngineConfig {
     }
 }
 
+/// What the engine has done so far, for `netferry status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub frames_from_guest: u64,
+    /// Frames too short or malformed to use, dropped.
+    pub frames_dropped: u64,
+    /// Payload bytes written to host sockets (TCP and datagrams).
+    pub bytes_to_host: u64,
+    /// Payload bytes from host sockets queued toward the guest.
+    pub bytes_to_guest: u64,
+    /// Guest connections refused at a flow cap.
+    pub refused_at_cap: u64,
+}
+
 /// Why a destination cannot be reached, in terms either ICMP family has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unreachable {
@@ -175,6 +189,7 @@ pub struct Engine<H: Host> {
     udp_idle_timeout: Duration,
     limits: Limits,
     ping_denied_logged: bool,
+    stats: Stats,
     next_sweep: Instant,
     /// Reused buffer for every frame the engine or smoltcp sends.
     tx: Vec<u8>,
@@ -245,6 +260,7 @@ impl<H: Host> Engine<H> {
             udp_idle_timeout: cfg.udp_idle_timeout,
             limits: cfg.limits,
             ping_denied_logged: false,
+            stats: Stats::default(),
             next_sweep: now + SWEEP_INTERVAL,
             tx,
             scratch: vec![0u8; 65536],
@@ -261,6 +277,10 @@ impl<H: Host> Engine<H> {
 
     pub fn host_mut(&mut self) -> &mut H {
         &mut self.host
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// Live flows by protocol: (TCP, of which still connecting, UDP, ping).
@@ -357,7 +377,9 @@ impl<H: Host> Engine<H> {
 
     /// Handle one frame from the guest.
     pub fn process_frame<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
+        self.stats.frames_from_guest += 1;
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.stats.frames_dropped += 1;
             log::trace!("dropping a runt frame of {} bytes", frame.len());
             return;
         };
@@ -398,6 +420,7 @@ impl<H: Host> Engine<H> {
             return;
         };
         let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+            self.stats.frames_dropped += 1;
             log::trace!("dropping a malformed IPv4 packet");
             return;
         };

@@ -161,6 +161,7 @@ impl<H: Host> Engine<H> {
         if self.tcp_full() || connecting >= self.limits.pending_connects {
             // Answer as a busy host would, at no cost to us.
             log::debug!("tcp {} -> {target}: at the flow cap, refusing", key.guest);
+            self.stats.refused_at_cap += 1;
             return self.send_rst(pkt.guest_mac, &key, seq, sink);
         }
         if frame.len() > MAX_SYN_FRAME {
@@ -397,6 +398,7 @@ impl<H: Host> Engine<H> {
         };
         let host = &mut self.host;
         let read_closed = flow.ready.read_closed;
+        let (rx_before, tx_before) = (sock.recv_queue(), sock.send_queue());
 
         // Guest to host.
         while flow.ready.writable && sock.can_recv() {
@@ -417,6 +419,7 @@ impl<H: Host> Engine<H> {
                 Ok(Pump::Eof) | Err(_) => break,
             }
         }
+        self.stats.bytes_to_host += rx_before.saturating_sub(sock.recv_queue()) as u64;
         if !*guest_fin && !sock.may_recv() && !sock.can_recv() {
             // The guest sent FIN and everything before it is written.
             host.tcp_shutdown_write(id);
@@ -452,6 +455,7 @@ impl<H: Host> Engine<H> {
                 Err(_) => break,
             }
         }
+        self.stats.bytes_to_guest += sock.send_queue().saturating_sub(tx_before) as u64;
     }
 
     /// Remove flows whose guest side is over. Runs after egress, so a RST

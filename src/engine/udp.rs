@@ -62,7 +62,7 @@ impl<H: Host> Engine<H> {
             flow.last_used = now;
         }
         match self.host.send(id, udp.payload()) {
-            Ok(_) => {}
+            Ok(n) => self.stats.bytes_to_host += n as u64,
             // A refusal from an earlier datagram surfaces here; report it
             // like the kernel would.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -136,6 +136,7 @@ impl<H: Host> Engine<H> {
                 }
             };
             flow.last_used = now;
+            self.stats.bytes_to_guest += n as u64;
             // Borrow the datagram out of self while building the frame.
             let scratch = std::mem::take(&mut self.scratch);
             if ping {
