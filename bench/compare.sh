@@ -156,7 +156,9 @@ iperf() {
         json=$(in_guest iperf3 -c $dst -p $port -t "$SECS" -J "$@") || return 0
     fi
     t1=$(cpu_ticks)
-    read -r gbps bytes < <(python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(e["bits_per_second"]/1e9, e["bytes"])' <<<"$json")
+    # A failed run (iperf3 reports an error instead of a sum) is left out.
+    read -r gbps bytes < <(python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(e["bits_per_second"]/1e9, e["bytes"])' <<<"$json" 2>/dev/null) || true
+    [ -n "${gbps:-}" ] && [ -n "${bytes:-}" ] || return 0
     record "$tool" "$name" "$gbps"
     record "$tool" "cpu_s_per_GB_$name" "$(python3 -c "print(($t1-$t0)/$TICKS/($bytes/1e9))")"
 }
@@ -197,6 +199,7 @@ print('open', flush=True); time.sleep(3600)
             grep -q open "$WORK/idle.out" 2>/dev/null && iperf "$tool" "up_idle"
             kill $opener 2>/dev/null || true
             wait $opener 2>/dev/null || true
+            pkill -f "for _ in range($IDLE)" 2>/dev/null || true
             rm -f "$WORK/idle.out"
             stop
         fi
