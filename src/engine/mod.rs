@@ -553,14 +553,32 @@ impl<H: Host> Engine<H> {
         payload: &[u8],
         sink: &mut S,
     ) {
+        let eth_len = eth.buffer_len();
+        let fixed = match ip {
+            IpRepr::Ipv4(repr) => repr.buffer_len(),
+            IpRepr::Ipv6(repr) => repr.buffer_len() + frag::IPV6_FRAGMENT_HEADER_LEN,
+        };
+        // An MTU the command line accepts (down to 1) may leave no room
+        // for a fragment's headers and one unit of data.
+        let Some(room) = self
+            .caps
+            .max_transmission_unit
+            .checked_sub(eth_len + fixed)
+            .filter(|&room| room >= frag::FRAGMENT_UNIT)
+        else {
+            log::debug!(
+                "not sending a {}-byte datagram: MTU {} is too small to fragment it",
+                payload.len(),
+                self.mtu
+            );
+            return;
+        };
         self.frag_id = self.frag_id.wrapping_add(1);
         let id = self.frag_id;
-        let eth_len = eth.buffer_len();
-        let room = self.caps.max_transmission_unit - eth_len;
         let mut count = 0;
         match *ip {
             IpRepr::Ipv4(repr) => {
-                for (offset, piece, more) in frag::pieces(payload, room - repr.buffer_len()) {
+                for (offset, piece, more) in frag::pieces(payload, room) {
                     let part = Ipv4Repr {
                         payload_len: piece.len(),
                         ..repr
@@ -581,8 +599,7 @@ impl<H: Host> Engine<H> {
                 }
             }
             IpRepr::Ipv6(repr) => {
-                let fixed = repr.buffer_len() + frag::IPV6_FRAGMENT_HEADER_LEN;
-                for (offset, piece, more) in frag::pieces(payload, room - fixed) {
+                for (offset, piece, more) in frag::pieces(payload, room) {
                     let part = Ipv6Repr {
                         next_header: IpProtocol::Ipv6Frag,
                         payload_len: frag::IPV6_FRAGMENT_HEADER_LEN + piece.len(),
