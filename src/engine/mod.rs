@@ -53,6 +53,10 @@ use crate::config::{DEFAULT_TCP_BUFFER, Network, Network6};
 use flows::FlowTable;
 use port::Port;
 
+/// The smallest IP MTU the engine works with: IPv4's minimum (RFC 791),
+/// which every link carries (a Linux tap refuses less). A smaller `--mtu`
+/// is raised to it, since no ARP reply or IP header would fit below.
+pub const MIN_MTU: usize = 68;
 /// TTL of packets the virtual hosts originate.
 const HOP_LIMIT: u8 = 64;
 /// DNS is served on this port of the DNS address.
@@ -182,7 +186,11 @@ impl<H: Host> Engine<H> {
     pub fn new(cfg: &EngineConfig, now: Instant, host: H) -> Self {
         let net = cfg.net;
         let mac = EthernetAddress(net.gateway_mac());
-        let caps = port::capabilities(cfg.mtu, cfg.verify_checksums);
+        let mtu = cfg.mtu.max(MIN_MTU);
+        if mtu != cfg.mtu {
+            log::warn!("MTU {} is below IPv4's minimum; using {mtu}", cfg.mtu);
+        }
+        let caps = port::capabilities(mtu, cfg.verify_checksums);
         let mut tx = vec![0u8; caps.max_transmission_unit];
 
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ethernet(mac));
@@ -224,7 +232,7 @@ impl<H: Host> Engine<H> {
             next_ra: cfg.net6.map(|_| now + Duration::from_secs(1)),
             frags: frag::Reassembly::default(),
             frag_id: 0,
-            mtu: cfg.mtu,
+            mtu,
             mac,
             caps,
             iface,

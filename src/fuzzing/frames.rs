@@ -20,7 +20,7 @@ use smoltcp::wire::{
 
 use super::check::FrameCheck;
 use crate::config::{Network, Network6};
-use crate::engine::{Engine, EngineConfig, ForwardSpec, Limits, Proto, UDP_FLOW_LIMIT};
+use crate::engine::{Engine, EngineConfig, ForwardSpec, Limits, MIN_MTU, Proto, UDP_FLOW_LIMIT};
 use crate::host::SimHost;
 use crate::host::sim::Outcome;
 
@@ -360,7 +360,8 @@ impl Run {
         Run {
             engine,
             now,
-            check: FrameCheck::new(mtu, EthernetAddress(net.gateway_mac())),
+            // The engine raises an MTU below IPv4's minimum to it.
+            check: FrameCheck::new(mtu.max(MIN_MTU), EthernetAddress(net.gateway_mac())),
             mtu,
             segments: Vec::new(),
         }
