@@ -17,12 +17,17 @@
 //! - [`host`]: what the engine asks of the host, behind a trait: real
 //!   sockets ([`host::NetHost`]) or a simulation ([`host::SimHost`]);
 //! - [`api`]: the JSON control socket.
+//!
+//! `fuzzing` holds the fuzz targets' harnesses (see `fuzz/`); it is no
+//! part of the API.
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event_loop;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod resolv;
 pub mod run;

@@ -23,6 +23,9 @@ pub const MAX_DATAGRAM: usize = 65535;
 pub const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// IPv6's fragment header.
 pub const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
+/// Fragment offsets count in units of this many bytes: every piece but
+/// the last carries a multiple of it, so at least this much.
+pub const FRAGMENT_UNIT: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FragKey {
@@ -132,7 +135,7 @@ impl Reassembly {
 /// Split `payload` into pieces of at most `room` bytes, each but the last
 /// a multiple of 8: (offset, piece, more fragments follow).
 pub fn pieces(payload: &[u8], room: usize) -> impl Iterator<Item = (usize, &[u8], bool)> {
-    let step = (room / 8).max(1) * 8;
+    let step = (room / FRAGMENT_UNIT).max(1) * FRAGMENT_UNIT;
     let n = payload.len();
     (0..n.div_ceil(step)).map(move |i| {
         let start = i * step;

@@ -53,6 +53,10 @@ use crate::config::{DEFAULT_TCP_BUFFER, Network, Network6};
 use flows::FlowTable;
 use port::Port;
 
+/// The smallest IP MTU the engine works with: IPv4's minimum (RFC 791),
+/// which every link carries (a Linux tap refuses less). A smaller `--mtu`
+/// is raised to it, since no ARP reply or IP header would fit below.
+pub const MIN_MTU: usize = 68;
 /// TTL of packets the virtual hosts originate.
 const HOP_LIMIT: u8 = 64;
 /// DNS is served on this port of the DNS address.
@@ -201,7 +205,11 @@ impl<H: Host> Engine<H> {
     pub fn new(cfg: &EngineConfig, now: Instant, host: H) -> Self {
         let net = cfg.net;
         let mac = EthernetAddress(net.gateway_mac());
-        let caps = port::capabilities(cfg.mtu, cfg.verify_checksums);
+        let mtu = cfg.mtu.max(MIN_MTU);
+        if mtu != cfg.mtu {
+            log::warn!("MTU {} is below IPv4's minimum; using {mtu}", cfg.mtu);
+        }
+        let caps = port::capabilities(mtu, cfg.verify_checksums);
         let mut tx = vec![0u8; caps.max_transmission_unit];
 
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ethernet(mac));
@@ -243,7 +251,7 @@ impl<H: Host> Engine<H> {
             next_ra: cfg.net6.map(|_| now + Duration::from_secs(1)),
             frags: frag::Reassembly::default(),
             frag_id: 0,
-            mtu: cfg.mtu,
+            mtu,
             mac,
             caps,
             iface,
@@ -580,14 +588,32 @@ impl<H: Host> Engine<H> {
         payload: &[u8],
         sink: &mut S,
     ) {
+        let eth_len = eth.buffer_len();
+        let fixed = match ip {
+            IpRepr::Ipv4(repr) => repr.buffer_len(),
+            IpRepr::Ipv6(repr) => repr.buffer_len() + frag::IPV6_FRAGMENT_HEADER_LEN,
+        };
+        // An MTU the command line accepts (down to 1) may leave no room
+        // for a fragment's headers and one unit of data.
+        let Some(room) = self
+            .caps
+            .max_transmission_unit
+            .checked_sub(eth_len + fixed)
+            .filter(|&room| room >= frag::FRAGMENT_UNIT)
+        else {
+            log::debug!(
+                "not sending a {}-byte datagram: MTU {} is too small to fragment it",
+                payload.len(),
+                self.mtu
+            );
+            return;
+        };
         self.frag_id = self.frag_id.wrapping_add(1);
         let id = self.frag_id;
-        let eth_len = eth.buffer_len();
-        let room = self.caps.max_transmission_unit - eth_len;
         let mut count = 0;
         match *ip {
             IpRepr::Ipv4(repr) => {
-                for (offset, piece, more) in frag::pieces(payload, room - repr.buffer_len()) {
+                for (offset, piece, more) in frag::pieces(payload, room) {
                     let part = Ipv4Repr {
                         payload_len: piece.len(),
                         ..repr
@@ -608,8 +634,7 @@ impl<H: Host> Engine<H> {
                 }
             }
             IpRepr::Ipv6(repr) => {
-                let fixed = repr.buffer_len() + frag::IPV6_FRAGMENT_HEADER_LEN;
-                for (offset, piece, more) in frag::pieces(payload, room - fixed) {
+                for (offset, piece, more) in frag::pieces(payload, room) {
                     let part = Ipv6Repr {
                         next_header: IpProtocol::Ipv6Frag,
                         payload_len: frag::IPV6_FRAGMENT_HEADER_LEN + piece.len(),

@@ -256,6 +256,19 @@ impl SimHost {
         self.socks.len()
     }
 
+    /// The ids of the open sockets, in order.
+    pub fn open_ids(&self) -> impl Iterator<Item = FlowId> + '_ {
+        self.socks.keys().copied()
+    }
+
+    /// The ids of the open listeners, in order.
+    pub fn listener_ids(&self) -> impl Iterator<Item = FlowId> + '_ {
+        self.socks
+            .iter()
+            .filter(|(_, s)| matches!(s, SimSock::Listener(_)))
+            .map(|(&id, _)| id)
+    }
+
     /// Open streams whose connect is still pending.
     pub fn pending_connects(&self) -> usize {
         self.socks
