@@ -64,6 +64,12 @@ impl<H: Host> Engine<H> {
             log::trace!("dropping a malformed TCP segment");
             return;
         };
+        // Port 0 is no TCP port: answering would mirror it back, in a
+        // segment no stack accepts (found by the frames fuzzer).
+        if tcp.src_port() == 0 || tcp.dst_port() == 0 {
+            log::trace!("dropping a TCP segment with port 0");
+            return;
+        }
         let key = FlowKey {
             guest: (pkt.src, tcp.src_port()).into(),
             dst: (pkt.dst, tcp.dst_port()).into(),
