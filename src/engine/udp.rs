@@ -32,6 +32,12 @@ impl<H: Host> Engine<H> {
             log::trace!("dropping a UDP datagram with a bad header or checksum");
             return;
         }
+        // Port 0 is no UDP port: a reply would go to (or come from) it, in
+        // a datagram no stack accepts (found by the frames fuzzer).
+        if udp.src_port() == 0 || udp.dst_port() == 0 {
+            log::trace!("dropping a UDP datagram with port 0");
+            return;
+        }
         if udp.dst_port() == DHCP_SERVER_PORT && pkt.dst.is_ipv4() {
             return self.process_dhcp(pkt.guest_mac, udp.payload(), sink);
         }
