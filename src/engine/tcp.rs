@@ -64,6 +64,13 @@ impl<H: Host> Engine<H> {
             log::trace!("dropping a malformed TCP segment");
             return;
         };
+        if tcp.src_port() == 0 || tcp.dst_port() == 0 {
+            // Port 0 names no endpoint: nothing can connect to it, and an
+            // RST from it is a segment smoltcp's parser (and the guest's)
+            // refuses.
+            log::trace!("dropping a TCP segment from or to port 0");
+            return;
+        }
         let key = FlowKey {
             guest: (pkt.src, tcp.src_port()).into(),
             dst: (pkt.dst, tcp.dst_port()).into(),
