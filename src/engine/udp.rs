@@ -32,6 +32,13 @@ impl<H: Host> Engine<H> {
             log::trace!("dropping a UDP datagram with a bad header or checksum");
             return;
         }
+        if udp.src_port() == 0 {
+            // No reply could reach port 0 (smoltcp's parser, and the
+            // guest's, refuse a datagram to it), and the host's socket
+            // would be a flow no answer ever uses.
+            log::trace!("dropping a UDP datagram from port 0");
+            return;
+        }
         if udp.dst_port() == DHCP_SERVER_PORT && pkt.dst.is_ipv4() {
             return self.process_dhcp(pkt.guest_mac, udp.payload(), sink);
         }
