@@ -223,7 +223,7 @@ mod tests {
     fn a_good_frame_passes_and_each_fault_is_named() {
         let mut check = FrameCheck::new(1500, GATEWAY);
         let good = udp_frame(b"answer");
-        assert_eq!(check.batch(&[good.clone()]), Ok(()));
+        assert_eq!(check.batch(std::slice::from_ref(&good)), Ok(()));
 
         let mut bad_sum = good.clone();
         *bad_sum.last_mut().unwrap() ^= 1;
@@ -257,7 +257,12 @@ mod tests {
         let first = piece(0, &payload[..24], true);
         let last = piece(24, &payload[24..], false);
         assert_eq!(check.batch(&[first.clone(), last.clone()]), Ok(()));
-        assert!(check.batch(&[first.clone()]).unwrap_err().contains("last"));
+        assert!(
+            check
+                .batch(std::slice::from_ref(&first))
+                .unwrap_err()
+                .contains("last")
+        );
         let mut wrong = last;
         *wrong.last_mut().unwrap() ^= 1;
         let mut p = Ipv4Packet::new_unchecked(&mut wrong[14..]);
