@@ -112,6 +112,17 @@ impl<H: Host> Engine<H> {
         }
         let handshake = matches!(flow.phase, TcpPhase::Handshake(_));
         let handle = flow.handle();
+        if tcp.syn()
+            && !tcp.ack()
+            && let Some(h) = handle
+            && flow.set.get::<tcp::Socket>(h).state() == State::SynSent
+        {
+            // A forward's SYN answered by a bare SYN (simultaneous open):
+            // smoltcp 0.14 then subtracts past zero computing its window
+            // and panics (smoltcp#1048). No server does this; drop it.
+            log::debug!("tcp {}: dropping a simultaneous open", flow.key.guest);
+            return;
+        }
         self.flows.mark_dirty(id);
         self.feed_flow(now, id, frame, sink);
         if handshake

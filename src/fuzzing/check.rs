@@ -195,3 +195,78 @@ fn transport(proto: IpProtocol, src: IpAddress, dst: IpAddress, data: &[u8]) -> 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GATEWAY: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+
+    /// A UDP datagram from the gateway to the guest, checksums right.
+    fn udp_frame(data: &[u8]) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1];
+        f.extend_from_slice(GATEWAY.as_bytes());
+        f.extend_from_slice(&[8, 0]);
+        let total = (20 + 8 + data.len()) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 2, 2, 10, 0, 2, 100]);
+        f.extend_from_slice(&[0, 53, 0x9c, 0x40]);
+        f.extend_from_slice(&(8 + data.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(data);
+        crate::fuzzing::frames::fix_frame(&mut f);
+        f
+    }
+
+    #[test]
+    fn a_good_frame_passes_and_each_fault_is_named() {
+        let mut check = FrameCheck::new(1500, GATEWAY);
+        let good = udp_frame(b"answer");
+        assert_eq!(check.batch(std::slice::from_ref(&good)), Ok(()));
+
+        let mut bad_sum = good.clone();
+        *bad_sum.last_mut().unwrap() ^= 1;
+        assert!(check.batch(&[bad_sum]).unwrap_err().contains("UDP"));
+
+        let mut bad_ip = good.clone();
+        bad_ip[14 + 8] ^= 1; // the TTL, under the header checksum
+        assert!(check.batch(&[bad_ip]).unwrap_err().contains("IPv4 header"));
+
+        let big = udp_frame(&[0; 1500]);
+        assert!(check.batch(&[big]).unwrap_err().contains("MTU"));
+    }
+
+    #[test]
+    fn fragments_must_join_into_a_valid_datagram() {
+        let mut check = FrameCheck::new(1500, GATEWAY);
+        let whole = udp_frame(&[7; 40]);
+        let ip = &whole[14..];
+        let payload = &ip[20..];
+        let piece = |offset: usize, data: &[u8], more: bool| {
+            let mut f = whole[..14 + 20].to_vec();
+            f.extend_from_slice(data);
+            let mut p = Ipv4Packet::new_unchecked(&mut f[14..]);
+            p.set_total_len((20 + data.len()) as u16);
+            p.set_ident(5);
+            p.set_more_frags(more);
+            p.set_frag_offset(offset as u16);
+            p.fill_checksum();
+            f
+        };
+        let first = piece(0, &payload[..24], true);
+        let last = piece(24, &payload[24..], false);
+        assert_eq!(check.batch(&[first.clone(), last.clone()]), Ok(()));
+        assert!(
+            check
+                .batch(std::slice::from_ref(&first))
+                .unwrap_err()
+                .contains("last")
+        );
+        let mut wrong = last;
+        *wrong.last_mut().unwrap() ^= 1;
+        let mut p = Ipv4Packet::new_unchecked(&mut wrong[14..]);
+        p.fill_checksum();
+        assert!(check.batch(&[first, wrong]).unwrap_err().contains("joined"));
+    }
+}
