@@ -206,14 +206,20 @@ fn thread_count() -> Option<usize> {
     rest.split_whitespace().nth(17)?.parse().ok()
 }
 
+/// The precondition of every fork here: one thread, so the child is a
+/// sound copy that may run ordinary code (and may join a user namespace).
+fn ensure_single_threaded() -> Result<(), SetupError> {
+    match thread_count() {
+        Some(1) | None => Ok(()),
+        Some(n) => Err(SetupError::Threaded(n)),
+    }
+}
+
 fn from_child(cfg: &Config, netns: PathBuf) -> Result<OwnedFd, SetupError> {
     // Checked, not assumed: the fork below is sound only while this
     // process has one thread, and setns into a user namespace fails in a
     // threaded one anyway.
-    match thread_count() {
-        Some(1) | None => {}
-        Some(n) => return Err(SetupError::Threaded(n)),
-    }
+    ensure_single_threaded()?;
     let (parent_end, child_end) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,

@@ -61,9 +61,7 @@ pub fn spawn_namespaced(
     };
     let (ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    if super::thread_count().is_some_and(|n| n > 1) {
-        return Err(SetupError::Threaded(super::thread_count().unwrap_or(0)));
-    }
+    super::ensure_single_threaded()?;
     // SAFETY: the process has one thread (checked above), so the child is
     // a full copy that may allocate and run ordinary code. It leaves by
     // exec or _exit.
