@@ -21,11 +21,13 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{REMOTE_ADDR, TempDir, TestNet, wait_until};
+use common::podman::{
+    HTTPD, IMAGE, PROBE, Run, assert_probe, assert_sees_client, count_processes, fetch_from_remote,
+    host_web, kill_user,
+};
+use common::{TempDir, TestNet, wait_until};
 
 const USER: &str = "nfpodman";
-/// Named after what it holds; the test imports it when missing.
-const IMAGE: &str = "localhost/netferry-test-busybox:2";
 /// One podman test at a time: they share the user's pause process.
 static PODMAN: Mutex<()> = Mutex::new(());
 
@@ -46,21 +48,12 @@ struct Podman {
     _dns: common::KillOnDrop,
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 impl Podman {
     fn new() -> Self {
         let uid = uid();
         // A pause process left from another run would hold an old mount
         // namespace (and resolv.conf): start clean.
-        let _ = Command::new("pkill").args(["-9", "-u", USER]).status();
+        kill_user(uid);
         let net = TestNet::new();
         let dir = TempDir::new("podman");
         let bin = dir.path("netferry");
@@ -82,7 +75,7 @@ impl Podman {
             .status()
             .unwrap();
         // The test's DNS server, named by the host namespace's resolv.conf.
-        let dns = common::dns_server(&net, "127.0.0.1", &["198.51.100.2"]);
+        let dns = common::dns_server(&net, "127.0.0.1", &[common::podman::PROBE_ANSWER]);
         let p = Podman {
             net,
             dir,
@@ -90,51 +83,17 @@ impl Podman {
             uid,
             _dns: dns,
         };
-        let exists = p.podman(&["image", "exists", IMAGE]);
-        if !exists.status.success() {
-            let tar = p.busybox_tar();
-            let out = p.podman(&["import", tar.to_str().unwrap(), IMAGE]);
-            assert!(out.status.success(), "podman import: {}", text(&out));
-        }
+        p.import_image(&p.dir.0, |tar| tar.display().to_string());
         p
     }
 
-    /// A busybox root filesystem with a web page and a CGI script that
-    /// prints the client's address.
-    fn busybox_tar(&self) -> PathBuf {
-        let root = self.dir.path("rootfs");
-        for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "www/cgi-bin"] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in [
-            "sh", "ip", "wget", "nslookup", "httpd", "sleep", "cat", "echo",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        fs::write(root.join("www/index.html"), "hello from the host\n").unwrap();
-        let cgi = root.join("www/cgi-bin/ip");
-        fs::write(
-            &cgi,
-            "#!/bin/sh\necho Content-Type: text/plain\necho\necho $REMOTE_ADDR\n",
-        )
-        .unwrap();
-        fs::set_permissions(&cgi, fs::Permissions::from_mode(0o755)).unwrap();
-        let tar = self.dir.path("busybox.tar");
-        common::run_ok(
-            "tar",
-            &[
-                "-C",
-                root.to_str().unwrap(),
-                "-cf",
-                tar.to_str().unwrap(),
-                ".",
-            ],
-        );
-        fs::set_permissions(&tar, fs::Permissions::from_mode(0o644)).unwrap();
-        tar
+    /// netferry processes of this test still running.
+    fn netferries(&self) -> usize {
+        count_processes(self.bin.to_str().unwrap())
     }
+}
 
+impl Run for Podman {
     fn podman(&self, args: &[&str]) -> Output {
         let resolv = format!("/etc/netns/{}/resolv.conf", self.net.host);
         let script = format!(
@@ -153,70 +112,20 @@ impl Podman {
             .output()
             .expect("unshare")
     }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.podman(args);
-        assert!(out.status.success(), "podman {args:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// netferry processes of this test still running.
-    fn netferries(&self) -> usize {
-        let out = Command::new("pgrep")
-            .args(["-f", self.bin.to_str().unwrap()])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    }
-
-    /// busybox httpd serving `dir` on the host's 127.0.0.1:`port`.
-    fn host_web(&self, port: u16) -> Child {
-        let www = self.dir.path("www-host");
-        fs::create_dir_all(&www).unwrap();
-        fs::write(www.join("index.html"), "hello from the host\n").unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let child = self
-            .net
-            .host_cmd(&[
-                "busybox",
-                "httpd",
-                "-f",
-                "-p",
-                &addr,
-                "-h",
-                www.to_str().unwrap(),
-            ])
-            .spawn()
-            .unwrap();
-        Child(child)
-    }
 }
 
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
-        let _ = Command::new("pkill").args(["-9", "-u", USER]).status();
+        kill_user(self.uid);
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
 fn a_container_gets_its_addresses_and_reaches_the_host_only_when_allowed() {
     let _one = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
     let p = Podman::new();
-    let _web = p.host_web(8001);
-    let script = "ip -4 addr show tap0; \
-                  for i in 1 2 3 4 5 6 7 8 9 10; do ip -6 addr show tap0 scope global | grep -q fd00 && break; sleep 0.5; done; \
-                  ip -6 addr show tap0 scope global; \
-                  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.0.2.2 8001 | grep hello || echo FETCH-FAILED; \
-                  nslookup -type=a probe.netferry.test 10.0.2.3";
+    let _web = host_web(&p.net, &p.dir.0);
     let out = p.ok(&[
         "run",
         "--rm",
@@ -225,13 +134,9 @@ fn a_container_gets_its_addresses_and_reaches_the_host_only_when_allowed() {
         IMAGE,
         "sh",
         "-c",
-        script,
+        PROBE,
     ]);
-    assert!(out.contains("inet 10.0.2.100/24"), "{out}");
-    assert!(out.contains("inet6 fd00::"), "no SLAAC address: {out}");
-    assert!(out.contains("hello from the host"), "{out}");
-    // The name resolved through 10.0.2.3 to the test's resolver.
-    assert!(out.contains("Address: 198.51.100.2"), "{out}");
+    assert_probe(&out, true);
 
     // Without allow_host_loopback (podman's default) the gateway does not
     // lead to the host.
@@ -243,13 +148,9 @@ fn a_container_gets_its_addresses_and_reaches_the_host_only_when_allowed() {
         IMAGE,
         "sh",
         "-c",
-        script,
+        PROBE,
     ]);
-    assert!(
-        out.contains("FETCH-FAILED"),
-        "reached the host's loopback: {out}"
-    );
-    assert!(!out.contains("hello from the host"), "{out}");
+    assert_probe(&out, false);
     assert!(
         wait_until(Duration::from_secs(10), || p.netferries() == 0),
         "netferry left running after --rm"
@@ -260,7 +161,6 @@ fn a_container_gets_its_addresses_and_reaches_the_host_only_when_allowed() {
 fn published_ports_work_with_both_port_handlers_and_keep_the_clients_address() {
     let _one = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
     let p = Podman::new();
-    let httpd = ["httpd", "-f", "-p", "80", "-h", "/www"];
     let mut args = vec![
         "run",
         "-d",
@@ -272,7 +172,7 @@ fn published_ports_work_with_both_port_handlers_and_keep_the_clients_address() {
         "slirp4netns:port_handler=slirp4netns",
         IMAGE,
     ];
-    args.extend_from_slice(&httpd);
+    args.extend_from_slice(&HTTPD);
     p.ok(&args);
     let mut args = vec![
         "run",
@@ -285,44 +185,15 @@ fn published_ports_work_with_both_port_handlers_and_keep_the_clients_address() {
         "slirp4netns",
         IMAGE,
     ];
-    args.extend_from_slice(&httpd);
+    args.extend_from_slice(&HTTPD);
     p.ok(&args);
     assert_eq!(p.netferries(), 2, "one netferry per container");
 
     // From the remote host to the host's address: the server inside sees
     // the client's real address with netferry's own port handler.
-    let fetch = |port: u16| {
-        let url = format!("http://198.51.100.1:{port}/cgi-bin/ip");
-        let mut got = String::new();
-        let ok = wait_until(Duration::from_secs(15), || {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &p.net.remote,
-                    "curl",
-                    "-s",
-                    "-m",
-                    "3",
-                    &url,
-                ])
-                .output()
-                .unwrap();
-            got = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            out.status.success() && !got.is_empty()
-        });
-        assert!(ok, "no answer on port {port}");
-        got
-    };
-    // (busybox httpd listens on IPv6 and shows IPv4 clients v4-mapped.)
-    let seen = fetch(8080);
-    let seen = seen.trim_start_matches("[::ffff:").trim_end_matches(']');
-    assert_eq!(
-        seen, REMOTE_ADDR,
-        "port_handler=slirp4netns must keep the client's address"
-    );
+    assert_sees_client(&p.net, 8080);
     // rootlesskit's port handler works too (its clients appear as its own).
-    assert!(!fetch(8081).is_empty());
+    assert!(!fetch_from_remote(&p.net, 8081).is_empty());
 
     p.ok(&["stop", "-t", "1", "nf-fwd", "nf-rlk"]);
     assert!(

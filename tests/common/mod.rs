@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod podman;
+
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
