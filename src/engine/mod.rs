@@ -83,6 +83,9 @@ pub struct EngineConfig {
     /// Verify checksums of received frames. Off in production (the guest
     /// kernel made them); on in fuzzing and tests.
     pub verify_checksums: bool,
+    /// The tap segments and checksums TCP for us (`crate::vnet`): smoltcp
+    /// sends segments of up to 64 KiB, and the guest is told it may too.
+    pub offload: bool,
     /// Seed for smoltcp's initial sequence numbers.
     pub seed: u64,
     /// The gateway address reaches the host's loopback.
@@ -103,6 +106,7 @@ impl EngineConfig {
             net6: None,
             mtu,
             verify_checksums: false,
+            offload: false,
             seed: 0,
             host_loopback: true,
             dns: true,
@@ -172,6 +176,8 @@ pub struct Engine<H: Host> {
     frag_id: u32,
     /// The tap's IP MTU.
     mtu: usize,
+    /// smoltcp's segments may exceed the MTU: the tap splits them.
+    offload: bool,
     mac: EthernetAddress,
     caps: DeviceCapabilities,
     iface: Interface,
@@ -209,7 +215,7 @@ impl<H: Host> Engine<H> {
         if mtu != cfg.mtu {
             log::warn!("MTU {} is below IPv4's minimum; using {mtu}", cfg.mtu);
         }
-        let caps = port::capabilities(mtu, cfg.verify_checksums);
+        let caps = port::capabilities(mtu, cfg.verify_checksums, cfg.offload);
         let mut tx = vec![0u8; caps.max_transmission_unit];
 
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ethernet(mac));
@@ -252,6 +258,7 @@ impl<H: Host> Engine<H> {
             frags: frag::Reassembly::default(),
             frag_id: 0,
             mtu,
+            offload: cfg.offload,
             mac,
             caps,
             iface,
@@ -558,7 +565,7 @@ impl<H: Host> Engine<H> {
         };
         let header_len = ip.header_len();
         let len = eth.buffer_len() + header_len + payload_len;
-        if len > self.caps.max_transmission_unit {
+        if len > self.mtu + port::ETHERNET_HEADER_LEN {
             if proto == IpProtocol::Tcp || payload_len > frag::MAX_DATAGRAM {
                 log::debug!("not sending a {len}-byte frame to {dst}: larger than the MTU");
                 return;
@@ -595,9 +602,7 @@ impl<H: Host> Engine<H> {
         };
         // An MTU the command line accepts (down to 1) may leave no room
         // for a fragment's headers and one unit of data.
-        let Some(room) = self
-            .caps
-            .max_transmission_unit
+        let Some(room) = (self.mtu + port::ETHERNET_HEADER_LEN)
             .checked_sub(eth_len + fixed)
             .filter(|&room| room >= frag::FRAGMENT_UNIT)
         else {
@@ -629,7 +634,7 @@ impl<H: Host> Engine<H> {
                     p.set_frag_offset(offset as u16);
                     p.fill_checksum();
                     p.payload_mut().copy_from_slice(piece);
-                    sink.send_frame(&buf);
+                    sink.send_frame(&mut buf);
                     count += 1;
                 }
             }
@@ -652,7 +657,7 @@ impl<H: Host> Engine<H> {
                     body[2..4].copy_from_slice(&off_flags.to_be_bytes());
                     body[4..8].copy_from_slice(&id.to_be_bytes());
                     body[frag::IPV6_FRAGMENT_HEADER_LEN..].copy_from_slice(piece);
-                    sink.send_frame(&buf);
+                    sink.send_frame(&mut buf);
                     count += 1;
                 }
             }
