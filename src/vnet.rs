@@ -76,9 +76,10 @@ pub fn complete_checksum(frame: &mut [u8], hdr: &[u8; HEADER_LEN]) {
     frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
 }
 
-/// The GSO type and segment size a header asks for (0 and 0 for none).
-pub fn gso_of(hdr: &[u8; HEADER_LEN]) -> (u8, u16) {
-    (hdr[1], get16(hdr, 4))
+/// The GSO type, segment size and header length a header gives (all 0
+/// for a frame not to be split).
+pub fn gso_of(hdr: &[u8; HEADER_LEN]) -> (u8, u16, u16) {
+    (hdr[1], get16(hdr, 4), get16(hdr, 2))
 }
 
 struct TcpSegment {
@@ -252,7 +253,7 @@ mod tests {
             let mut frame = full.clone();
             let hdr = header_for(&mut frame, 1500);
             assert_eq!(hdr[0], F_NEEDS_CSUM);
-            assert_eq!(gso_of(&hdr), (0, 0), "fits the MTU: no segmentation");
+            assert_eq!(gso_of(&hdr), (0, 0, 0), "fits the MTU: no segmentation");
             assert_ne!(
                 frame, full,
                 "the checksum field now holds the pseudo-header sum"
@@ -269,8 +270,9 @@ mod tests {
             let full = segment(v6, &payload);
             let mut frame = full.clone();
             let hdr = header_for(&mut frame, 1500);
-            assert_eq!(gso_of(&hdr), (kind, (1500 - ip - 20) as u16));
-            assert_eq!(get16(&hdr, 2) as usize, 14 + ip + 20, "hdr_len");
+            let (gso, size, hdr_len) = gso_of(&hdr);
+            assert_eq!((gso, size), (kind, (1500 - ip - 20) as u16));
+            assert_eq!(hdr_len as usize, 14 + ip + 20);
             assert_eq!(get16(&hdr, 6) as usize, 14 + ip, "csum_start");
             complete_checksum(&mut frame, &hdr);
             assert_eq!(frame, full);
