@@ -57,6 +57,8 @@ use port::Port;
 /// which every link carries (a Linux tap refuses less). A smaller `--mtu`
 /// is raised to it, since no ARP reply or IP header would fit below.
 pub const MIN_MTU: usize = 68;
+/// The smallest MTU IPv6 runs on (RFC 8200); below it IPv6 stays off.
+pub const IPV6_MIN_MTU: usize = 1280;
 /// TTL of packets the virtual hosts originate.
 const HOP_LIMIT: u8 = 64;
 /// DNS is served on this port of the DNS address.
@@ -215,6 +217,13 @@ impl<H: Host> Engine<H> {
         if mtu != cfg.mtu {
             log::warn!("MTU {} is below IPv4's minimum; using {mtu}", cfg.mtu);
         }
+        // IPv6 needs links of 1280 bytes; Linux turns it off on a smaller
+        // MTU, and so do we (found by the frames fuzzer: neighbour
+        // solicitations larger than the MTU).
+        let net6 = cfg.net6.filter(|_| mtu >= IPV6_MIN_MTU);
+        if cfg.net6.is_some() && net6.is_none() {
+            log::warn!("MTU {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}; IPv6 stays off");
+        }
         let caps = port::capabilities(mtu, cfg.verify_checksums, cfg.offload);
         let mut tx = vec![0u8; caps.max_transmission_unit];
 
@@ -233,7 +242,7 @@ impl<H: Host> Engine<H> {
             for addr in [net.gateway, net.dns] {
                 let _ = addrs.push(IpCidr::new(addr.into(), net.prefix_len));
             }
-            if let Some(n6) = cfg.net6 {
+            if let Some(n6) = net6 {
                 for addr in [n6.gateway, n6.dns, n6.gateway_ll, n6.dns_ll] {
                     let _ = addrs.push(IpCidr::new(addr.into(), 64));
                 }
@@ -244,17 +253,17 @@ impl<H: Host> Engine<H> {
         // here and be proxied.
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
-        if let Some(n6) = cfg.net6 {
+        if let Some(n6) = net6 {
             let _ = iface.routes_mut().add_default_ipv6_route(n6.gateway);
         }
 
         Engine {
             net,
-            net6: cfg.net6,
+            net6,
             guest_v6: None,
             // The first one soon after start, in case the guest's
             // solicitation came before we listened.
-            next_ra: cfg.net6.map(|_| now + Duration::from_secs(1)),
+            next_ra: net6.map(|_| now + Duration::from_secs(1)),
             frags: frag::Reassembly::default(),
             frag_id: 0,
             mtu,
