@@ -130,6 +130,10 @@ pub struct Args {
     #[arg(long = "target-type", value_name = "TYPE")]
     pub target_type: Option<String>,
 
+    /// do not use the tap's segmentation offload (virtio-net header, TSO)
+    #[arg(long = "disable-offload")]
+    pub disable_offload: bool,
+
     /// size in bytes of each per-connection TCP buffer, each direction (default 1048576)
     #[arg(long = "tcp-buffer", value_name = "BYTES")]
     pub tcp_buffer: Option<String>,

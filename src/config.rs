@@ -241,6 +241,9 @@ pub struct Config {
     pub host_loopback: bool,
     /// The DNS address forwards to the host's resolver.
     pub dns: bool,
+    /// Open the tap with a virtio-net header and segmentation offload
+    /// where the kernel allows (`--disable-offload` turns it off).
+    pub offload: bool,
     /// `--outbound-addr` / `--outbound-addr6` as given (an address or an
     /// interface name); resolved at start-up by the setup code.
     pub outbound_addr: Option<String>,
@@ -452,6 +455,7 @@ impl Config {
             net6: args.enable_ipv6.then_some(net6),
             host_loopback: !(args.disable_host_loopback || args.no_host_loopback),
             dns: !args.disable_dns,
+            offload: !args.disable_offload,
             outbound_addr: args.outbound_addr.clone(),
             outbound_addr6: args.outbound_addr6.clone(),
             tcp_buffer,

@@ -8,7 +8,7 @@
 //! anything but `poll` itself.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant as StdInstant};
@@ -25,11 +25,14 @@ use thiserror::Error;
 use crate::api::ApiServer;
 use crate::engine::{Engine, EngineConfig, FrameSink, Readiness};
 use crate::host::{NetHost, Outbound};
+use crate::setup::Offload;
 use crate::tokens::{self, EXIT_FD, SIGNALS, TAP};
+use crate::vnet;
 
-/// Large enough for any frame a tap can hold (MTU 65521 plus headers), so
-/// a guest with a larger MTU than ours never has frames cut short.
-const RX_BUFFER_LEN: usize = 65536 + 64;
+/// Large enough for any frame a tap can hold (MTU 65521, or a 64 KiB
+/// segment with offload, plus headers), so a guest with a larger MTU than
+/// ours never has frames cut short.
+const RX_BUFFER_LEN: usize = 65536 + 128;
 /// Frames read from the tap per wake-up before host sockets, the API and
 /// timers get their turn: a guest sending flat out must not starve them.
 const TAP_BATCH: usize = 256;
@@ -54,11 +57,31 @@ pub enum Exit {
 
 /// Frames out to the tap. A full or failing tap drops the frame: TCP
 /// retransmits, and nothing else in netferry may stall on the guest.
-struct TapSink<'a>(&'a File);
+struct TapSink<'a> {
+    tap: &'a File,
+    offload: Offload,
+    mtu: usize,
+}
 
 impl FrameSink for TapSink<'_> {
-    fn send_frame(&mut self, frame: &[u8]) {
-        if let Err(e) = self.0.write(frame) {
+    fn send_frame(&mut self, frame: &mut [u8]) {
+        let written = match self.offload {
+            Offload::Off => self.tap.write(frame),
+            Offload::Vnet {
+                header_len,
+                segment,
+                ..
+            } => {
+                let mut header = [0u8; 64];
+                if segment {
+                    header[..vnet::HEADER_LEN].copy_from_slice(&vnet::header_for(frame, self.mtu));
+                }
+                let header = &header[..header_len.min(header.len())];
+                self.tap
+                    .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)])
+            }
+        };
+        if let Err(e) = written {
             log::debug!("tap write of {} bytes failed: {e}", frame.len());
         }
     }
@@ -75,6 +98,8 @@ enum TapRead {
 pub struct EventLoop {
     poll: Poll,
     tap: File,
+    offload: Offload,
+    mtu: usize,
     /// The tap may still hold frames (epoll is edge-triggered: no new
     /// event comes for frames already waiting).
     tap_pending: bool,
@@ -92,7 +117,7 @@ impl EventLoop {
     /// Register everything. SIGINT and SIGTERM are blocked and read from
     /// a signalfd, so they are handled between events, never mid-frame.
     pub fn new(
-        tap: File,
+        (tap, offload): (File, Offload),
         engine_cfg: &EngineConfig,
         host: (Outbound, &Path),
         exit_fd: Option<RawFd>,
@@ -102,7 +127,9 @@ impl EventLoop {
         let registry = poll.registry().try_clone().map_err(LoopError::Poll)?;
         let (outbound, resolv_conf) = host;
         let host = NetHost::new(registry, outbound, resolv_conf);
-        let engine = Engine::new(engine_cfg, Instant::from_millis(0), host);
+        let mut engine_cfg = engine_cfg.clone();
+        engine_cfg.offload = offload.segments();
+        let engine = Engine::new(&engine_cfg, Instant::from_millis(0), host);
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGINT);
         mask.add(Signal::SIGTERM);
@@ -128,6 +155,8 @@ impl EventLoop {
         let mut this = EventLoop {
             poll,
             tap,
+            offload,
+            mtu: engine_cfg.mtu,
             tap_pending: true,
             engine,
             signals,
@@ -263,7 +292,12 @@ impl EventLoop {
                 }
             }
             let now = self.now();
-            self.engine.poll(now, &mut TapSink(&self.tap));
+            let mut sink = TapSink {
+                tap: &self.tap,
+                offload: self.offload,
+                mtu: self.mtu,
+            };
+            self.engine.poll(now, &mut sink);
         }
     }
 
@@ -274,8 +308,18 @@ impl EventLoop {
                 Ok(0) => return TapRead::Drained,
                 Ok(n) => {
                     let now = self.now();
-                    self.engine
-                        .process_frame(now, &self.rx[..n], &mut TapSink(&self.tap));
+                    let mut sink = TapSink {
+                        tap: &self.tap,
+                        offload: self.offload,
+                        mtu: self.mtu,
+                    };
+                    // With a virtio-net header, what it says needs no
+                    // action: a large segment is taken whole, and a
+                    // partial checksum is not checked (guest frames
+                    // never are).
+                    if let Some(frame) = vnet::frame_of(&self.rx[..n], self.offload.header_len()) {
+                        self.engine.process_frame(now, frame, &mut sink);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TapRead::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

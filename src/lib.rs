@@ -16,7 +16,8 @@
 //!   with literal frames;
 //! - [`host`]: what the engine asks of the host, behind a trait: real
 //!   sockets ([`host::NetHost`]) or a simulation ([`host::SimHost`]);
-//! - [`api`]: the JSON control socket.
+//! - [`api`]: the JSON control socket;
+//! - [`vnet`]: the virtio-net header of a tap with segmentation offload.
 //!
 //! `fuzzing` holds the fuzz targets' harnesses (see `fuzz/`); it is no
 //! part of the API.
@@ -33,3 +34,4 @@ pub mod resolv;
 pub mod run;
 pub mod setup;
 pub mod tokens;
+pub mod vnet;

@@ -118,7 +118,7 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
             .map(host::resolve_outbound_v6)
             .transpose()?,
     };
-    let tap = setup::obtain_tap(cfg).context("cannot get the tap device")?;
+    let (tap, offload) = setup::obtain_tap(cfg).context("cannot get the tap device")?;
     setup::prefer_mmap_for_buffers();
     match setup::raise_fd_limit() {
         Ok(limit) => log::debug!("open file limit: {limit}"),
@@ -135,7 +135,7 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
         None => None,
     };
     let host = (outbound, Path::new(RESOLV_CONF));
-    let mut event_loop = EventLoop::new(tap, &engine_cfg, host, cfg.exit_fd, api)
+    let mut event_loop = EventLoop::new((tap, offload), &engine_cfg, host, cfg.exit_fd, api)
         .context("cannot start the event loop")?;
     setup::lock_down(cfg)?;
 

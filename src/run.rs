@@ -165,7 +165,7 @@ fn serve(
     forwards: &[ForwardSpec],
 ) -> anyhow::Result<i32> {
     let cfg = config_for(args, child.pid.as_raw())?;
-    let tap = setup::obtain_tap(&cfg).context("cannot get the tap device")?;
+    let (tap, offload) = setup::obtain_tap(&cfg).context("cannot get the tap device")?;
     setup::prefer_mmap_for_buffers();
     let _ = setup::raise_fd_limit();
     let api = match &cfg.api_socket {
@@ -173,7 +173,7 @@ fn serve(
         None => None,
     };
     let host = (Outbound::default(), Path::new("/etc/resolv.conf"));
-    let mut event_loop = EventLoop::new(tap, &cfg.engine_config(), host, None, api)
+    let mut event_loop = EventLoop::new((tap, offload), &cfg.engine_config(), host, None, api)
         .context("cannot start the event loop")?;
     for spec in forwards {
         event_loop

@@ -263,6 +263,25 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            // The same with the tap's offload: the guest's MSS widened, a
+            // large segment for the tap to split.
+            "linux-syn-offload-large-segment",
+            encode(
+                MTU_1500 | 0x80,
+                &[
+                    frame(Framing::Raw, arp_request(GATEWAY)),
+                    frame(Framing::Raw, unhex(LINUX_SYN)),
+                    Step::Wake,
+                    ack(ACK, b""),
+                    host(FIRST_FLOW, Send(vec![b'x'; 30_000])),
+                    Step::Wake,
+                    ack(ACK, b""),
+                    host(FIRST_FLOW, Fin),
+                    Step::Secs(3),
+                ],
+            ),
+        ),
+        (
             "arp-then-ping-dns",
             encode(MTU_1500, &[frame(Framing::Raw, arp_request(DNS)), v4(ipv4(GUEST, DNS, 1, &echo(8, b"ping")))]),
         ),

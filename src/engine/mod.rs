@@ -57,6 +57,8 @@ use port::Port;
 /// which every link carries (a Linux tap refuses less). A smaller `--mtu`
 /// is raised to it, since no ARP reply or IP header would fit below.
 pub const MIN_MTU: usize = 68;
+/// The smallest MTU IPv6 runs on (RFC 8200); below it IPv6 stays off.
+pub const IPV6_MIN_MTU: usize = 1280;
 /// TTL of packets the virtual hosts originate.
 const HOP_LIMIT: u8 = 64;
 /// DNS is served on this port of the DNS address.
@@ -83,6 +85,9 @@ pub struct EngineConfig {
     /// Verify checksums of received frames. Off in production (the guest
     /// kernel made them); on in fuzzing and tests.
     pub verify_checksums: bool,
+    /// The tap segments and checksums TCP for us (`crate::vnet`): smoltcp
+    /// sends segments of up to 64 KiB, and the guest is told it may too.
+    pub offload: bool,
     /// Seed for smoltcp's initial sequence numbers.
     pub seed: u64,
     /// The gateway address reaches the host's loopback.
@@ -103,6 +108,7 @@ impl EngineConfig {
             net6: None,
             mtu,
             verify_checksums: false,
+            offload: false,
             seed: 0,
             host_loopback: true,
             dns: true,
@@ -172,6 +178,8 @@ pub struct Engine<H: Host> {
     frag_id: u32,
     /// The tap's IP MTU.
     mtu: usize,
+    /// smoltcp's segments may exceed the MTU: the tap splits them.
+    offload: bool,
     mac: EthernetAddress,
     caps: DeviceCapabilities,
     iface: Interface,
@@ -209,7 +217,14 @@ impl<H: Host> Engine<H> {
         if mtu != cfg.mtu {
             log::warn!("MTU {} is below IPv4's minimum; using {mtu}", cfg.mtu);
         }
-        let caps = port::capabilities(mtu, cfg.verify_checksums);
+        // IPv6 needs links of 1280 bytes; Linux turns it off on a smaller
+        // MTU, and so do we (found by the frames fuzzer: neighbour
+        // solicitations larger than the MTU).
+        let net6 = cfg.net6.filter(|_| mtu >= IPV6_MIN_MTU);
+        if cfg.net6.is_some() && net6.is_none() {
+            log::warn!("MTU {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}; IPv6 stays off");
+        }
+        let caps = port::capabilities(mtu, cfg.verify_checksums, cfg.offload);
         let mut tx = vec![0u8; caps.max_transmission_unit];
 
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ethernet(mac));
@@ -227,7 +242,7 @@ impl<H: Host> Engine<H> {
             for addr in [net.gateway, net.dns] {
                 let _ = addrs.push(IpCidr::new(addr.into(), net.prefix_len));
             }
-            if let Some(n6) = cfg.net6 {
+            if let Some(n6) = net6 {
                 for addr in [n6.gateway, n6.dns, n6.gateway_ll, n6.dns_ll] {
                     let _ = addrs.push(IpCidr::new(addr.into(), 64));
                 }
@@ -238,20 +253,21 @@ impl<H: Host> Engine<H> {
         // here and be proxied.
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
-        if let Some(n6) = cfg.net6 {
+        if let Some(n6) = net6 {
             let _ = iface.routes_mut().add_default_ipv6_route(n6.gateway);
         }
 
         Engine {
             net,
-            net6: cfg.net6,
+            net6,
             guest_v6: None,
             // The first one soon after start, in case the guest's
             // solicitation came before we listened.
-            next_ra: cfg.net6.map(|_| now + Duration::from_secs(1)),
+            next_ra: net6.map(|_| now + Duration::from_secs(1)),
             frags: frag::Reassembly::default(),
             frag_id: 0,
             mtu,
+            offload: cfg.offload,
             mac,
             caps,
             iface,
@@ -558,7 +574,7 @@ impl<H: Host> Engine<H> {
         };
         let header_len = ip.header_len();
         let len = eth.buffer_len() + header_len + payload_len;
-        if len > self.caps.max_transmission_unit {
+        if len > self.mtu + port::ETHERNET_HEADER_LEN {
             if proto == IpProtocol::Tcp || payload_len > frag::MAX_DATAGRAM {
                 log::debug!("not sending a {len}-byte frame to {dst}: larger than the MTU");
                 return;
@@ -595,9 +611,7 @@ impl<H: Host> Engine<H> {
         };
         // An MTU the command line accepts (down to 1) may leave no room
         // for a fragment's headers and one unit of data.
-        let Some(room) = self
-            .caps
-            .max_transmission_unit
+        let Some(room) = (self.mtu + port::ETHERNET_HEADER_LEN)
             .checked_sub(eth_len + fixed)
             .filter(|&room| room >= frag::FRAGMENT_UNIT)
         else {
@@ -629,7 +643,7 @@ impl<H: Host> Engine<H> {
                     p.set_frag_offset(offset as u16);
                     p.fill_checksum();
                     p.payload_mut().copy_from_slice(piece);
-                    sink.send_frame(&buf);
+                    sink.send_frame(&mut buf);
                     count += 1;
                 }
             }
@@ -652,7 +666,7 @@ impl<H: Host> Engine<H> {
                     body[2..4].copy_from_slice(&off_flags.to_be_bytes());
                     body[4..8].copy_from_slice(&id.to_be_bytes());
                     body[frag::IPV6_FRAGMENT_HEADER_LEN..].copy_from_slice(piece);
-                    sink.send_frame(&buf);
+                    sink.send_frame(&mut buf);
                     count += 1;
                 }
             }

@@ -10,11 +10,13 @@ use smoltcp::time::Instant;
 /// Where the engine's outgoing Ethernet frames go: the tap in production,
 /// a vector in tests.
 pub trait FrameSink {
-    fn send_frame(&mut self, frame: &[u8]);
+    /// The frame is the engine's scratch space: a sink may rewrite it
+    /// (the tap's offload puts a partial checksum in TCP segments).
+    fn send_frame(&mut self, frame: &mut [u8]);
 }
 
 impl FrameSink for Vec<Vec<u8>> {
-    fn send_frame(&mut self, frame: &[u8]) {
+    fn send_frame(&mut self, frame: &mut [u8]) {
         self.push(frame.to_vec());
     }
 }
@@ -22,17 +24,29 @@ impl FrameSink for Vec<Vec<u8>> {
 /// Ethernet header length; smoltcp's MTU counts it.
 pub const ETHERNET_HEADER_LEN: usize = 14;
 
-pub fn capabilities(mtu: usize, verify_checksums: bool) -> DeviceCapabilities {
+/// The largest IP packet: with segmentation offload, smoltcp's TCP
+/// segments may be this large whatever the tap's MTU.
+pub const MAX_IP_PACKET: usize = 65535;
+
+/// What smoltcp may assume of the link. With `offload`, the tap splits
+/// TCP segments and completes their checksums for us (see `crate::vnet`),
+/// so smoltcp sends segments of up to 64 KiB and no TCP checksum.
+pub fn capabilities(mtu: usize, verify_checksums: bool, offload: bool) -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ethernet;
-    caps.max_transmission_unit = mtu + ETHERNET_HEADER_LEN;
+    let ip_mtu = if offload { MAX_IP_PACKET } else { mtu };
+    caps.max_transmission_unit = ip_mtu + ETHERNET_HEADER_LEN;
     if !verify_checksums {
         // Frames from the tap were made by the guest kernel: trust them,
         // but always compute checksums on what we send.
         let mut c = ChecksumCapabilities::default();
         c.ipv4 = Checksum::Tx;
         c.udp = Checksum::Tx;
-        c.tcp = Checksum::Tx;
+        c.tcp = if offload {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
         c.icmpv4 = Checksum::Tx;
         c.icmpv6 = Checksum::Tx;
         caps.checksum = c;

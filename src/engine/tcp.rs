@@ -52,6 +52,60 @@ fn quote_of_frame(frame: &[u8]) -> &[u8] {
     &ip[..len.min(ip.len())]
 }
 
+/// With offload, the MSS a guest's SYN (or SYN-ACK) is made to say: the
+/// most whole segments of the link's own size that fit a 64 KiB packet.
+/// smoltcp's segments are then bounded by that and not by the MTU, and
+/// the guest's kernel cuts each into equal frames with none left over.
+fn wide_mss(mtu: usize, ip_header_len: usize) -> u16 {
+    let per_frame = mtu.saturating_sub(ip_header_len + 20).max(1);
+    let most = super::port::MAX_IP_PACKET - ip_header_len - 20;
+    (most / per_frame * per_frame).clamp(per_frame.min(most), most) as u16
+}
+
+/// Rewrite the MSS option of a SYN (or SYN-ACK) frame to [`wide_mss`],
+/// keeping its checksum right. A SYN without the option keeps smoltcp's
+/// default of 536, as any receiver would.
+fn widen_mss(frame: &mut [u8], mtu: usize) {
+    let Some(ip) = frame.get(14..) else {
+        return;
+    };
+    let (tcp, wide) = match ip.first().map(|b| b >> 4) {
+        Some(4) => (14 + usize::from(ip[0] & 0x0f) * 4, wide_mss(mtu, 20)),
+        Some(6) => (14 + 40, wide_mss(mtu, 40)),
+        _ => return,
+    };
+    let Some(data_offset) = frame.get(tcp + 12) else {
+        return;
+    };
+    let end = (tcp + usize::from(data_offset >> 4) * 4).min(frame.len());
+    let mut at = tcp + 20;
+    while at < end {
+        match frame[at] {
+            0 => return,
+            1 => at += 1,
+            kind => {
+                let len = usize::from(*frame.get(at + 1).unwrap_or(&0));
+                if len < 2 || at + len > end {
+                    return;
+                }
+                if kind == 2 && len == 4 {
+                    let old = u16::from_be_bytes([frame[at + 2], frame[at + 3]]);
+                    frame[at + 2..at + 4].copy_from_slice(&wide.to_be_bytes());
+                    // RFC 1624: HC' = ~(~HC + ~m + m').
+                    let hc = u16::from_be_bytes([frame[tcp + 16], frame[tcp + 17]]);
+                    let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(wide);
+                    while sum > 0xffff {
+                        sum = (sum & 0xffff) + (sum >> 16);
+                    }
+                    frame[tcp + 16..tcp + 18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                    return;
+                }
+                at += len;
+            }
+        }
+    }
+}
+
 impl<H: Host> Engine<H> {
     pub(super) fn process_tcp<S: FrameSink>(
         &mut self,
@@ -124,7 +178,14 @@ impl<H: Host> Engine<H> {
             return;
         }
         self.flows.mark_dirty(id);
-        self.feed_flow(now, id, frame, sink);
+        if self.offload && tcp.syn() && tcp.ack() {
+            // A forward's SYN-ACK: its MSS bounds smoltcp's segments.
+            let mut synack = frame.to_vec();
+            widen_mss(&mut synack, self.mtu);
+            self.feed_flow(now, id, &synack, sink);
+        } else {
+            self.feed_flow(now, id, frame, sink);
+        }
         if handshake
             && let Some(h) = handle
             && let Some(flow) = self.flows.tcp_mut(id)
@@ -214,7 +275,10 @@ impl<H: Host> Engine<H> {
         let TcpPhase::Connecting { syn, .. } = &mut flow.phase else {
             return true;
         };
-        let syn = std::mem::take(syn);
+        let mut syn = std::mem::take(syn);
+        if self.offload {
+            widen_mss(&mut syn, self.mtu);
+        }
         let key = flow.key;
         let mut sock = self.new_tcp_socket();
         let endpoint = IpListenEndpoint {

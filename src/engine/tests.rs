@@ -352,9 +352,14 @@ struct Rig {
 
 impl Rig {
     fn new(host_loopback: bool) -> Self {
+        Self::with_offload(host_loopback, false)
+    }
+
+    fn with_offload(host_loopback: bool, offload: bool) -> Self {
         let mut cfg = EngineConfig::new(Network::default(), 1500);
         cfg.verify_checksums = true;
         cfg.host_loopback = host_loopback;
+        cfg.offload = offload;
         let engine = Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1));
         let mut rig = Rig {
             engine,
@@ -398,20 +403,26 @@ const GUEST_PORT: u16 = 40000;
 const GUEST_ISN: u32 = 1000;
 
 fn syn_to(dst: Ipv4Addr, port: u16) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: GUEST_PORT,
-        dst_port: port,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(GUEST_ISN as i32),
-        ack_number: None,
-        window_len: 64240,
-        window_scale: Some(7),
-        max_seg_size: Some(1460),
-        sack_permitted: true,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
+    guest_segment(
+        dst,
+        TcpRepr {
+            src_port: GUEST_PORT,
+            dst_port: port,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(GUEST_ISN as i32),
+            ack_number: None,
+            window_len: 64240,
+            window_scale: Some(7),
+            max_seg_size: Some(1460),
+            sack_permitted: true,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        },
+    )
+}
+
+fn guest_segment(dst: Ipv4Addr, tcp: TcpRepr) -> Vec<u8> {
     let mut seg = vec![0u8; tcp.buffer_len()];
     tcp.emit(
         &mut TcpPacket::new_unchecked(&mut seg[..]),
@@ -450,6 +461,87 @@ fn tcp_segments(frames: &[Vec<u8>]) -> Vec<(u16, u16, bool, bool, bool, u32)> {
             ))
         })
         .collect()
+}
+
+/// The guest's ACK of the SYN-ACK in `frames`, with a 1 MiB window.
+fn ack_of_syn_ack(frames: &[Vec<u8>], dst: Ipv4Addr) -> Vec<u8> {
+    let syn_ack = frames
+        .iter()
+        .find_map(|f| {
+            let ip = Ipv4Packet::new_checked(&f[14..]).ok()?;
+            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+            (tcp.syn() && tcp.ack()).then(|| (tcp.src_port(), tcp.seq_number()))
+        })
+        .expect("no SYN-ACK");
+    guest_segment(
+        dst,
+        TcpRepr {
+            src_port: GUEST_PORT,
+            dst_port: syn_ack.0,
+            control: TcpControl::None,
+            seq_number: TcpSeqNumber(GUEST_ISN as i32 + 1),
+            ack_number: Some(syn_ack.1 + 1),
+            window_len: 8192,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        },
+    )
+}
+
+/// The TCP payload lengths among `frames`.
+fn payload_lens(frames: &[Vec<u8>]) -> Vec<usize> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let ip = Ipv4Packet::new_checked(&f[14..]).ok()?;
+            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+            Some(tcp.payload().len()).filter(|&n| n > 0)
+        })
+        .collect()
+}
+
+/// 40,000 bytes from the host through a flow whose guest said MSS 1460.
+fn host_to_guest_through(rig: &mut Rig) -> Vec<Vec<u8>> {
+    let gw = Ipv4Addr::new(10, 0, 2, 2);
+    rig.feed(&syn_to(gw, 8080));
+    let out = rig.run(5);
+    rig.feed(&ack_of_syn_ack(&out, gw));
+    let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080);
+    let id = rig.host().stream_to(dst).expect("no host connect");
+    rig.host().peer_send(id, &[7u8; 40_000]);
+    rig.run(5)
+}
+
+#[test]
+fn without_offload_segments_toward_the_guest_fit_its_mss() {
+    let mut rig = Rig::new(true);
+    let lens = payload_lens(&host_to_guest_through(&mut rig));
+    assert_eq!(lens.iter().sum::<usize>(), 40_000, "{lens:?}");
+    assert!(lens.iter().all(|&n| n <= 1460), "{lens:?}");
+}
+
+#[test]
+fn with_offload_one_large_segment_goes_for_the_tap_to_split() {
+    let mut rig = Rig::with_offload(true, true);
+    let mut out = host_to_guest_through(&mut rig);
+    let lens = payload_lens(&out);
+    // 40,000 bytes fit in one segment below the widened MSS (44 × 1460).
+    assert_eq!(lens, [40_000], "{lens:?}");
+    let frame = out
+        .iter_mut()
+        .find(|f| f.len() > 1514)
+        .expect("no large frame");
+    let full = frame.clone();
+    let hdr = crate::vnet::header_for(frame, 1500);
+    // Cut into 1460-byte frames by the guest's kernel, and the checksum
+    // it completes is the one smoltcp computed.
+    assert_eq!(crate::vnet::gso_of(&hdr), (1, 1460, 14 + 20 + 20));
+    crate::vnet::complete_checksum(frame, &hdr);
+    assert_eq!(*frame, full);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use smoltcp::wire::{
 };
 
 use crate::engine::ETHERNET_HEADER_LEN;
+use crate::vnet;
 
 /// Bytes of an IPv6 fragment header.
 const FRAG6_LEN: usize = 8;
@@ -31,6 +32,10 @@ struct Pieces {
 /// Checks the frames of one batch (the output of one engine call).
 pub struct FrameCheck {
     max_frame: usize,
+    /// The engine runs with the tap's offload: a TCP frame goes through
+    /// `vnet::header_for` and the kernel's completion of its checksum, and
+    /// may exceed the MTU when the kernel is asked to split it.
+    offload: bool,
     gateway_mac: EthernetAddress,
     frags: BTreeMap<(IpAddress, IpAddress, IpProtocol, u32), Pieces>,
 }
@@ -39,9 +44,15 @@ impl FrameCheck {
     pub fn new(mtu: usize, gateway_mac: EthernetAddress) -> Self {
         FrameCheck {
             max_frame: mtu + ETHERNET_HEADER_LEN,
+            offload: false,
             gateway_mac,
             frags: BTreeMap::new(),
         }
+    }
+
+    pub fn with_offload(mut self, offload: bool) -> Self {
+        self.offload = offload;
+        self
     }
 
     /// Check a batch of frames; the error names the frame and the fault.
@@ -62,7 +73,29 @@ impl FrameCheck {
     }
 
     fn frame(&mut self, frame: &[u8]) -> Result<(), String> {
-        if frame.len() > self.max_frame {
+        let mut split = false;
+        let owned;
+        let frame = if self.offload {
+            // What the tap and the guest's kernel make of it.
+            let mut copy = frame.to_vec();
+            let mtu = self.max_frame - ETHERNET_HEADER_LEN;
+            let hdr = vnet::header_for(&mut copy, mtu);
+            let (gso, size, hdr_len) = vnet::gso_of(&hdr);
+            if gso != 0 {
+                if usize::from(hdr_len) + usize::from(size) > self.max_frame || size == 0 {
+                    return Err(format!(
+                        "split into {size}-byte segments after {hdr_len} bytes of headers: over the MTU"
+                    ));
+                }
+                split = true;
+            }
+            vnet::complete_checksum(&mut copy, &hdr);
+            owned = copy;
+            &owned[..]
+        } else {
+            frame
+        };
+        if frame.len() > self.max_frame && !split {
             return Err(format!(
                 "{} bytes, more than the MTU allows ({})",
                 frame.len(),

@@ -40,7 +40,8 @@ const LIMITS: Limits = Limits {
 /// Host sockets open at once before opens fail with EMFILE.
 const FD_LIMIT: usize = 24;
 /// MTUs the configuration byte picks from; past the table, the next two
-/// bytes give any MTU the command line accepts.
+/// bytes give any MTU the command line accepts. With its top bit set, the
+/// byte picks from the table with the tap's segmentation offload on.
 const MTUS: [usize; 6] = [1500, 1280, 576, 65520, 68, 9000];
 /// The MAC the harness puts on frames it frames itself.
 pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
@@ -309,6 +310,8 @@ pub fn run(input: &[u8]) {
     let Ok(choice) = u.arbitrary::<u8>() else {
         return;
     };
+    let offload = choice & 0x80 != 0 && usize::from(choice & 0x7f) < MTUS.len();
+    let choice = if offload { choice & 0x7f } else { choice };
     let mtu = match MTUS.get(usize::from(choice)) {
         Some(&mtu) => mtu,
         None => usize::from(
@@ -316,7 +319,7 @@ pub fn run(input: &[u8]) {
                 .unwrap_or(1500),
         ),
     };
-    let mut run = Run::new(mtu);
+    let mut run = Run::new(mtu, offload);
     for _ in 0..MAX_STEPS {
         let Ok(step) = Step::decode(&mut u) else {
             break;
@@ -329,9 +332,10 @@ pub fn run(input: &[u8]) {
 }
 
 impl Run {
-    fn new(mtu: usize) -> Run {
+    fn new(mtu: usize, offload: bool) -> Run {
         let net = Network::default();
         let mut cfg = EngineConfig::new(net, mtu);
+        cfg.offload = offload;
         cfg.net6 = Some(Network6::default());
         cfg.verify_checksums = true;
         cfg.seed = 1;
@@ -361,7 +365,8 @@ impl Run {
             engine,
             now,
             // The engine raises an MTU below IPv4's minimum to it.
-            check: FrameCheck::new(mtu.max(MIN_MTU), EthernetAddress(net.gateway_mac())),
+            check: FrameCheck::new(mtu.max(MIN_MTU), EthernetAddress(net.gateway_mac()))
+                .with_offload(offload),
             mtu,
             segments: Vec::new(),
         }

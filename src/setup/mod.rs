@@ -30,7 +30,7 @@ use nix::unistd::{ForkResult, fork};
 use thiserror::Error;
 
 pub use ifconfig::{IfConfig, IfconfigError, configure};
-pub use tap::{TapError, open_tap};
+pub use tap::{Offload, TapError, offload_of, open_tap};
 pub use userns::{Namespaced, spawn_namespaced};
 
 use crate::config::{Config, Target};
@@ -64,9 +64,9 @@ pub enum SetupError {
 }
 
 /// Get the tap as the configuration says: adopt an inherited fd, or join
-/// the namespace in a child and receive the fd from it. The file returned
-/// is non-blocking.
-pub fn obtain_tap(cfg: &Config) -> Result<File, SetupError> {
+/// the namespace in a child and receive the fd from it; then its
+/// offloads. The file returned is non-blocking.
+pub fn obtain_tap(cfg: &Config) -> Result<(File, Offload), SetupError> {
     precheck(cfg)?;
     let tap = match &cfg.target {
         Target::TapFd(fd) => adopt_fd(*fd)?,
@@ -76,7 +76,10 @@ pub fn obtain_tap(cfg: &Config) -> Result<File, SetupError> {
         Target::Path(path) => from_child(cfg, path.clone())?,
     };
     set_nonblocking(&tap)?;
-    Ok(File::from(tap))
+    let tap = File::from(tap);
+    let offload = offload_of(&tap, cfg.offload);
+    log::info!("tap offload: {offload}");
+    Ok((tap, offload))
 }
 
 /// What can be checked before forking or joining anything, so a typo
@@ -285,7 +288,7 @@ fn child(cfg: &Config, netns: &Path, sock: &OwnedFd) -> Result<(), SetupError> {
         err,
     })?;
     let name = cfg.tap_name.as_deref().unwrap_or("tap0");
-    let tap = open_tap(name)?;
+    let tap = open_tap(name, cfg.offload)?;
     if cfg.configure {
         configure(&IfConfig {
             name,

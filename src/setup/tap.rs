@@ -1,8 +1,10 @@
-//! Opening the tap: `/dev/net/tun` and TUNSETIFF, nothing else.
+//! Opening the tap: `/dev/net/tun` and TUNSETIFF, then its offloads.
 //!
-//! Runs in the child, inside the target network namespace. Attaching to a
-//! tap that already exists (rootlesskit creates tap0 itself) is the same
-//! call as creating one.
+//! `open_tap` runs in the child, inside the target network namespace.
+//! Attaching to a tap that already exists (rootlesskit creates tap0
+//! itself) is the same call as creating one. `offload_of` runs in
+//! netferry itself on whichever fd it ended up with, its own or the
+//! caller's (`--netns-type=tapfd`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -38,15 +40,20 @@ pub(super) fn ifreq_for(name: &str) -> Option<libc::ifreq> {
 }
 
 /// Create the tap `name`, or attach to it if it exists, in the current
-/// network namespace. The returned file is blocking; the caller decides.
-pub fn open_tap(name: &str) -> Result<File, TapError> {
+/// network namespace, with a virtio-net header before each frame when
+/// `vnet_header`. The returned file is blocking; the caller decides.
+pub fn open_tap(name: &str, vnet_header: bool) -> Result<File, TapError> {
     let mut ifr = ifreq_for(name).ok_or_else(|| TapError::Name(name.to_string()))?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(TUN_PATH)
         .map_err(TapError::Open)?;
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+    if vnet_header {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
     // SAFETY: the fd is an open /dev/net/tun; TUNSETIFF reads and writes an
     // ifreq, and `ifr` is a valid, exclusively borrowed one.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
@@ -57,6 +64,103 @@ pub fn open_tap(name: &str) -> Result<File, TapError> {
         });
     }
     Ok(file)
+}
+
+/// How frames cross the tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offload {
+    /// Plain Ethernet frames.
+    Off,
+    /// Each frame behind a virtio-net header of `header_len` bytes (see
+    /// `crate::vnet`). With `segment`, netferry writes TCP segments larger
+    /// than the MTU for the kernel to split; with `guest_tso`, the guest's
+    /// kernel sends such segments too.
+    Vnet {
+        header_len: usize,
+        segment: bool,
+        guest_tso: bool,
+    },
+}
+
+impl Offload {
+    /// Whether netferry may write TCP segments larger than the MTU.
+    pub fn segments(self) -> bool {
+        matches!(self, Offload::Vnet { segment: true, .. })
+    }
+
+    /// Bytes before each frame read from or written to the tap.
+    pub fn header_len(self) -> usize {
+        match self {
+            Offload::Off => 0,
+            Offload::Vnet { header_len, .. } => header_len,
+        }
+    }
+}
+
+impl std::fmt::Display for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Offload::Off => write!(f, "none"),
+            Offload::Vnet {
+                segment: false,
+                header_len,
+                ..
+            } => write!(
+                f,
+                "none (the tap has a {header_len}-byte virtio-net header)"
+            ),
+            Offload::Vnet {
+                guest_tso: true, ..
+            } => write!(f, "TCP segmentation and checksums, both ways"),
+            Offload::Vnet { .. } => write!(
+                f,
+                "TCP segmentation toward the guest only (the tap refused TUNSETOFFLOAD)"
+            ),
+        }
+    }
+}
+
+/// Find out how `tap` carries frames, and turn its offloads on when
+/// `want`: TUNGETIFF says whether it has a virtio-net header (ours has
+/// one unless `--disable-offload`; a caller's tap fd may or may not), and
+/// TUNSETOFFLOAD lets the guest's kernel send 64 KiB TCP segments with
+/// partial checksums. Nothing here fails setup: a tap that refuses gets
+/// plainer treatment.
+pub fn offload_of(tap: &File, want: bool) -> Offload {
+    let fd = tap.as_raw_fd();
+    // SAFETY: ifreq is plain old data; all-zero bytes are a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF fills the ifreq we pass, a valid, exclusive one.
+    if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut ifr) } < 0 {
+        log::debug!("TUNGETIFF: {}", io::Error::last_os_error());
+        return Offload::Off;
+    }
+    // SAFETY: TUNGETIFF stored the flags member of the union.
+    let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
+    if flags & libc::IFF_VNET_HDR == 0 {
+        return Offload::Off;
+    }
+    let mut header_len: libc::c_int = 0;
+    // SAFETY: TUNGETVNETHDRSZ writes one int to the pointer we pass.
+    if unsafe { libc::ioctl(fd, libc::TUNGETVNETHDRSZ, &mut header_len) } < 0 {
+        header_len = crate::vnet::HEADER_LEN as libc::c_int;
+    }
+    let header_len = (header_len.max(0) as usize).max(crate::vnet::HEADER_LEN);
+    let features = if want {
+        libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+    } else {
+        0
+    };
+    // SAFETY: TUNSETOFFLOAD takes its argument by value.
+    let guest_tso = unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, features as libc::c_ulong) } == 0;
+    if want && !guest_tso {
+        log::debug!("TUNSETOFFLOAD: {}", io::Error::last_os_error());
+    }
+    Offload::Vnet {
+        header_len,
+        segment: want,
+        guest_tso: want && guest_tso,
+    }
 }
 
 #[cfg(test)]
@@ -73,6 +177,6 @@ mod tests {
             ifr.ifr_name[..5],
             [b't' as _, b'a' as _, b'p' as _, b'0' as _, 0]
         );
-        assert!(matches!(open_tap(""), Err(TapError::Name(_))));
+        assert!(matches!(open_tap("", true), Err(TapError::Name(_))));
     }
 }

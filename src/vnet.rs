@@ -1,0 +1,303 @@
+//! The virtio-net header that a tap opened with `IFF_VNET_HDR` puts before
+//! every frame, and what netferry writes there.
+//!
+//! With the header on and the tap's offloads enabled (`TUNSETOFFLOAD`),
+//! the guest kernel hands netferry TCP segments of up to 64 KiB whatever
+//! the MTU, their checksums left for the receiver to complete, and takes
+//! such segments back: netferry writes one large segment with a header
+//! saying "split this into MSS-sized frames" (`GSO_TCPV4/6`) and "the
+//! checksum is partial" (`NEEDS_CSUM`), and the guest's kernel does the
+//! rest. A segment for a local socket is delivered as it is, unsplit, the
+//! way the kernel's own receive offload would have merged it.
+//!
+//! Every TCP segment netferry writes goes out with a partial checksum,
+//! large or not, so nobody computes a TCP checksum on this path: a
+//! partial checksum on a locally delivered packet is taken as verified.
+//! Everything else (ARP, UDP, ICMP, NDP) carries its full checksum and a
+//! header of zeros.
+
+/// `struct virtio_net_hdr`: flags, gso_type, then four 16-bit fields.
+/// A tap may be told to use a longer header (12 bytes for virtio 1.0);
+/// the extra bytes are zero here and ignored on reading.
+pub const HEADER_LEN: usize = 10;
+
+const F_NEEDS_CSUM: u8 = 1;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+const ETH_LEN: usize = 14;
+const TCP_CHECKSUM_OFFSET: usize = 16;
+
+/// The header for `frame`, which netferry is about to write to the tap
+/// whose IP MTU is `mtu`. For a TCP segment it also replaces the
+/// checksum with the pseudo-header sum that `NEEDS_CSUM` asks for.
+pub fn header_for(frame: &mut [u8], mtu: usize) -> [u8; HEADER_LEN] {
+    let mut hdr = [0u8; HEADER_LEN];
+    let Some(seg) = tcp_segment(frame) else {
+        return hdr;
+    };
+    let csum = seg.tcp + TCP_CHECKSUM_OFFSET;
+    frame[csum..csum + 2].copy_from_slice(&seg.pseudo_sum.to_be_bytes());
+    hdr[0] = F_NEEDS_CSUM;
+    put16(&mut hdr, 6, seg.tcp as u16);
+    put16(&mut hdr, 8, TCP_CHECKSUM_OFFSET as u16);
+    let headers = seg.tcp + seg.tcp_header_len;
+    if seg.ip_len > mtu {
+        // Each frame the guest's kernel cuts carries all the headers, so
+        // what fits after them in the MTU is the segment size.
+        let gso_size = mtu.saturating_sub(headers - ETH_LEN);
+        if gso_size > 0 {
+            hdr[1] = if seg.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            put16(&mut hdr, 2, headers as u16);
+            put16(&mut hdr, 4, gso_size as u16);
+        }
+    }
+    hdr
+}
+
+/// The frame after a header read from the tap, or `None` when the read
+/// was shorter than the header.
+pub fn frame_of(read: &[u8], header_len: usize) -> Option<&[u8]> {
+    read.get(header_len..)
+}
+
+/// Complete a partial checksum as a receiver's kernel would: sum the
+/// bytes from `csum_start` to the end and store the result at
+/// `csum_start + csum_offset`. For tests, which check every checksum.
+pub fn complete_checksum(frame: &mut [u8], hdr: &[u8; HEADER_LEN]) {
+    if hdr[0] & F_NEEDS_CSUM == 0 {
+        return;
+    }
+    let start = get16(hdr, 6) as usize;
+    let at = start + get16(hdr, 8) as usize;
+    if at + 2 > frame.len() {
+        return;
+    }
+    let sum = !fold(sum_bytes(&frame[start..]));
+    frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The GSO type, segment size and header length a header gives (all 0
+/// for a frame not to be split).
+pub fn gso_of(hdr: &[u8; HEADER_LEN]) -> (u8, u16, u16) {
+    (hdr[1], get16(hdr, 4), get16(hdr, 2))
+}
+
+struct TcpSegment {
+    v6: bool,
+    /// Offset of the TCP header in the frame.
+    tcp: usize,
+    tcp_header_len: usize,
+    /// The IP packet's length, headers included.
+    ip_len: usize,
+    /// The folded pseudo-header sum, not complemented.
+    pseudo_sum: u16,
+}
+
+/// A TCP segment in an Ethernet frame, IPv4 unfragmented or IPv6 with no
+/// extension header (all netferry sends), its lengths consistent.
+fn tcp_segment(frame: &[u8]) -> Option<TcpSegment> {
+    let ip = frame.get(ETH_LEN..)?;
+    let (v6, tcp, ip_len, pseudo) = match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let ip_len = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
+            if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != 6 || fragment != 0 {
+                return None;
+            }
+            let tcp_len = ip_len.checked_sub(ihl)?;
+            let pseudo = sum_bytes(ip.get(12..20)?) + 6 + tcp_len as u32;
+            (false, ETH_LEN + ihl, ip_len, pseudo)
+        }
+        0x86dd => {
+            if ip.first()? >> 4 != 6 || *ip.get(6)? != 6 {
+                return None;
+            }
+            let tcp_len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            let pseudo = sum_bytes(ip.get(8..40)?) + 6 + tcp_len as u32;
+            (true, ETH_LEN + 40, 40 + tcp_len, pseudo)
+        }
+        _ => return None,
+    };
+    let tcp_header_len = usize::from(frame.get(tcp + 12)? >> 4) * 4;
+    if ETH_LEN + ip_len != frame.len() || tcp_header_len < 20 || tcp + tcp_header_len > frame.len()
+    {
+        return None;
+    }
+    Some(TcpSegment {
+        v6,
+        tcp,
+        tcp_header_len,
+        ip_len,
+        pseudo_sum: fold(pseudo),
+    })
+}
+
+fn sum_bytes(bytes: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    let mut chunks = bytes.chunks_exact(2);
+    for c in &mut chunks {
+        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+        if sum > 0xffff_0000 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+    }
+    if let [last] = chunks.remainder() {
+        sum = sum.wrapping_add(u32::from(*last) << 8);
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn put16(hdr: &mut [u8; HEADER_LEN], at: usize, v: u16) {
+    // The tap uses the machine's own byte order for these fields.
+    hdr[at..at + 2].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn get16(hdr: &[u8; HEADER_LEN], at: usize) -> u16 {
+    u16::from_ne_bytes([hdr[at], hdr[at + 1]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+        Ipv4Address, Ipv4Packet, Ipv4Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpControl,
+        TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+
+    fn segment(v6: bool, payload: &[u8]) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: 80,
+            dst_port: 40000,
+            control: TcpControl::Psh,
+            seq_number: TcpSeqNumber(7),
+            ack_number: Some(TcpSeqNumber(9)),
+            window_len: 512,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let (src, dst): (IpAddress, IpAddress) = if v6 {
+            (
+                Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).into(),
+                Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100).into(),
+            )
+        } else {
+            (
+                Ipv4Address::new(10, 0, 2, 2).into(),
+                Ipv4Address::new(10, 0, 2, 100).into(),
+            )
+        };
+        let ip_len = if v6 { 40 } else { 20 };
+        let mut frame = vec![0u8; 14 + ip_len + tcp.buffer_len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut frame);
+        EthernetRepr {
+            src_addr: EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            ethertype: if v6 {
+                EthernetProtocol::Ipv6
+            } else {
+                EthernetProtocol::Ipv4
+            },
+        }
+        .emit(&mut eth);
+        let caps = ChecksumCapabilities::default();
+        match (src, dst) {
+            (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => {
+                let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+                Ipv4Repr {
+                    src_addr: s,
+                    dst_addr: d,
+                    next_header: IpProtocol::Tcp,
+                    payload_len: tcp.buffer_len(),
+                    hop_limit: 64,
+                }
+                .emit(&mut ip, &caps);
+                let mut t = TcpPacket::new_unchecked(ip.payload_mut());
+                tcp.emit(&mut t, &src, &dst, &caps);
+            }
+            (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => {
+                let mut ip = Ipv6Packet::new_unchecked(eth.payload_mut());
+                Ipv6Repr {
+                    src_addr: s,
+                    dst_addr: d,
+                    next_header: IpProtocol::Tcp,
+                    payload_len: tcp.buffer_len(),
+                    hop_limit: 64,
+                }
+                .emit(&mut ip);
+                let mut t = TcpPacket::new_unchecked(ip.payload_mut());
+                tcp.emit(&mut t, &src, &dst, &caps);
+            }
+            _ => unreachable!(),
+        }
+        frame
+    }
+
+    #[test]
+    fn a_small_segment_gets_a_partial_checksum_that_completes_to_the_full_one() {
+        for v6 in [false, true] {
+            let full = segment(v6, b"hello, guest");
+            let mut frame = full.clone();
+            let hdr = header_for(&mut frame, 1500);
+            assert_eq!(hdr[0], F_NEEDS_CSUM);
+            assert_eq!(gso_of(&hdr), (0, 0, 0), "fits the MTU: no segmentation");
+            assert_ne!(
+                frame, full,
+                "the checksum field now holds the pseudo-header sum"
+            );
+            complete_checksum(&mut frame, &hdr);
+            assert_eq!(frame, full, "v6={v6}");
+        }
+    }
+
+    #[test]
+    fn a_segment_over_the_mtu_is_marked_for_the_guest_kernel_to_split() {
+        let payload: Vec<u8> = (0..9000u32).map(|i| i as u8).collect();
+        for (v6, kind, ip) in [(false, GSO_TCPV4, 20), (true, GSO_TCPV6, 40)] {
+            let full = segment(v6, &payload);
+            let mut frame = full.clone();
+            let hdr = header_for(&mut frame, 1500);
+            let (gso, size, hdr_len) = gso_of(&hdr);
+            assert_eq!((gso, size), (kind, (1500 - ip - 20) as u16));
+            assert_eq!(hdr_len as usize, 14 + ip + 20);
+            assert_eq!(get16(&hdr, 6) as usize, 14 + ip, "csum_start");
+            complete_checksum(&mut frame, &hdr);
+            assert_eq!(frame, full);
+        }
+    }
+
+    #[test]
+    fn anything_but_a_whole_tcp_segment_gets_a_header_of_zeros() {
+        let mut udp = segment(false, b"x");
+        udp[14 + 9] = 17;
+        let before = udp.clone();
+        assert_eq!(header_for(&mut udp, 1500), [0; HEADER_LEN]);
+        assert_eq!(udp, before, "left as it is");
+        let mut fragment = segment(false, b"x");
+        fragment[14 + 6] = 0x20; // more fragments
+        assert_eq!(header_for(&mut fragment, 1500), [0; HEADER_LEN]);
+        let mut short = segment(true, b"abc");
+        short.truncate(short.len() - 1);
+        assert_eq!(header_for(&mut short, 1500), [0; HEADER_LEN]);
+        for len in 0..20 {
+            let mut cut = segment(false, b"abc");
+            cut.truncate(len);
+            assert_eq!(header_for(&mut cut, 1500), [0; HEADER_LEN]);
+        }
+        assert_eq!(frame_of(&[0; 4], HEADER_LEN), None);
+        assert_eq!(frame_of(&[0; 12], HEADER_LEN), Some(&[0u8, 0][..]));
+    }
+}
