@@ -11,8 +11,10 @@
 //! under chroot). The host's /proc, /sys (with its cgroups), /dev (with
 //! /dev/net/tun) are bound in, and per test a scratch directory as /mnt
 //! (netferry built here, a wrapper that logs how podman runs it,
-//! containers.conf), as /run (the user's runtime directory) and as the
-//! user's home (podman's storage). podman runs as the tree's own user
+//! containers.conf), as /run (the user's runtime directory: a directory
+//! rather than a tmpfs, since podman's state there must outlive each
+//! podman command) and as the user's home (podman's storage), so the
+//! cached tree itself is never written. podman runs as the tree's own user
 //! `nfpodman5`, with the tree's subordinate ids, inside the test's host
 //! namespace with its own resolv.conf, as tests/podman.rs does.
 

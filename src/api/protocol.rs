@@ -341,6 +341,8 @@ mod tests {
         assert!(ask(&mut e, add).starts_with(r#"{"return":{"id":2,"host_port":"#));
         let list = e.list_forwards();
         assert_eq!(list[0].spec.proto, Proto::Udp);
+        // podman 5 sends `"guest_addr":""`: the guest's own address.
+        assert_eq!(list[0].spec.guest, "10.0.2.100:5353".parse().unwrap());
         assert_eq!(list[1].spec.host.ip(), Ipv4Addr::UNSPECIFIED);
         assert_eq!(list[1].spec.guest, "10.0.2.100:2".parse().unwrap());
         assert_eq!(list[1].spec.host.ip(), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
