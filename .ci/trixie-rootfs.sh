@@ -7,8 +7,9 @@
 # Usage: trixie-rootfs.sh DIR
 # Built once per machine: the stamp is written last, so an interrupted
 # build is started over; a change to what goes in changes the stamp's
-# name (and tests/podman5.rs's), so an old tree is rebuilt. The mirror is the one this machine's
-# apt already uses. Exit 2 when the archive cannot be reached.
+# name (here and in tests/podman5.rs), so an old tree is rebuilt. The
+# mirror is the one this machine's apt already uses. Exit 2 when the
+# archive cannot be reached.
 set -euo pipefail
 root=${1:?usage: trixie-rootfs.sh DIR}
 stamp=$root/.complete-v1
