@@ -78,16 +78,15 @@ impl Podman5 {
         kill_user(UID);
         let net = TestNet::new();
         let dir = TempDir::new("podman5");
-        for d in ["home", "tmp", "run/user/4750"] {
+        let runtime = format!("run/user/{UID}");
+        for d in ["home", "tmp", &runtime] {
             fs::create_dir_all(dir.path(d)).unwrap();
-        }
-        for d in ["home", "tmp", "run/user/4750"] {
             common::run_ok(
                 "chown",
                 &[&format!("{UID}:{UID}"), dir.path(d).to_str().unwrap()],
             );
         }
-        fs::set_permissions(dir.path("run/user/4750"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(dir.path(&runtime), fs::Permissions::from_mode(0o700)).unwrap();
         fs::copy(common::netferry_bin(), dir.path("netferry")).unwrap();
         // How podman runs netferry, one line per run; netferry's log
         // (podman deletes its own copy) shows the API requests.
@@ -124,11 +123,16 @@ impl Podman5 {
         Some(p)
     }
 
-    /// How podman ran netferry so far (its `--help` probes left out),
-    /// with the namespace path written as `<netns>` and the API socket as
-    /// `<api>`.
+    /// How podman ran netferry so far, with the namespace path written as
+    /// `<netns>` and the API socket as `<api>`. podman reads `--help`
+    /// before each start to see which flags there are: that is checked
+    /// and left out.
     fn argvs(&self) -> Vec<String> {
         let log = fs::read_to_string(self.dir.path("argv.log")).unwrap_or_default();
+        assert!(
+            log.starts_with("--help\n"),
+            "podman did not ask for --help first: {log}"
+        );
         log.lines()
             .filter(|l| *l != "--help")
             .map(|l| {
