@@ -180,7 +180,9 @@ fn tcp_forward_carries_20mb_both_ways_intact() {
         w.shutdown(Shutdown::Write).unwrap();
     });
     let mut back = Vec::new();
-    c.read_to_end(&mut back).unwrap();
+    if let Err(e) = c.read_to_end(&mut back) {
+        panic!("after {} bytes back: {e}\n{}", back.len(), s.nf.output());
+    }
     writer.join().unwrap();
     assert_eq!(back.len(), data.len());
     assert!(back == data, "data corrupted through the forward");

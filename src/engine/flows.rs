@@ -85,6 +85,9 @@ pub enum TcpPhase {
         host_eof: bool,
         /// The guest sent FIN; the host side was shut for writing.
         guest_fin: bool,
+        /// The guest reset the connection, or the host side failed: what
+        /// smoltcp still holds for the host is dropped, not delivered.
+        reset: bool,
     },
 }
 

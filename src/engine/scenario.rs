@@ -370,6 +370,44 @@ fn half_close_from_the_guest_then_the_host_finishes() {
 }
 
 #[test]
+fn the_guests_last_data_reaches_a_slow_host_after_both_fins() {
+    // The host closes first and then reads slowly; the guest answers with
+    // data and its own FIN. smoltcp finishes the close with the data
+    // still unread in its buffer: the flow must stay until the host has
+    // taken it all, and then close gracefully, not with RST.
+    let mut w = World::new(9);
+    w.host().stream_limit = 4096;
+    let (h, id) = established(&mut w, remote(80), 40009);
+    w.host().peer_fin(id);
+    w.run_for(Duration::from_millis(50));
+    assert!(!w.sock(h).may_recv(), "host FIN not passed on");
+    let data = pattern(100_000, 9);
+    let mut sent = 0;
+    let mut got = Vec::new();
+    for _ in 0..10_000 {
+        if sent < data.len() {
+            sent += w.sock(h).send_slice(&data[sent..]).unwrap();
+            if sent == data.len() {
+                w.sock(h).close();
+            }
+        }
+        w.run_for(Duration::from_millis(5));
+        got.extend(w.host().peer_take(id, 2048));
+        if got.len() >= data.len() && w.tcp_flows() == 0 {
+            break;
+        }
+    }
+    assert_eq!(got.len(), data.len(), "the host got only part of it");
+    assert!(got == data);
+    assert_eq!(w.tcp_flows(), 0, "the flow outlived both closes");
+    assert_eq!(
+        w.host().closed.last(),
+        Some(&(id, false)),
+        "not a graceful close"
+    );
+}
+
+#[test]
 fn a_host_reset_reaches_the_guest() {
     let mut w = World::new(5);
     let (h, id) = established(&mut w, remote(80), 40004);

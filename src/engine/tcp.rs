@@ -178,7 +178,15 @@ impl<H: Host> Engine<H> {
             return;
         }
         self.flows.mark_dirty(id);
-        if self.offload && tcp.syn() && tcp.ack() {
+        if tcp.rst() {
+            self.feed_flow(now, id, frame, sink);
+            if let Some(flow) = self.flows.tcp_mut(id)
+                && let TcpPhase::Open { handle, reset, .. } = &mut flow.phase
+                && flow.set.get::<tcp::Socket>(*handle).state() == State::Closed
+            {
+                *reset = true;
+            }
+        } else if self.offload && tcp.syn() && tcp.ack() {
             // A forward's SYN-ACK: its MSS bounds smoltcp's segments.
             let mut synack = frame.to_vec();
             widen_mss(&mut synack, self.mtu);
@@ -467,11 +475,13 @@ impl<H: Host> Engine<H> {
                 handle,
                 host_eof: false,
                 guest_fin: false,
+                reset: false,
             };
         }
         let TcpPhase::Open {
             host_eof,
             guest_fin,
+            reset,
             ..
         } = &mut flow.phase
         else {
@@ -495,6 +505,7 @@ impl<H: Host> Engine<H> {
                 Ok(Pump::Failed(e)) => {
                     log::debug!("tcp {}: host write failed: {e}", flow.key.guest);
                     sock.abort();
+                    *reset = true;
                     return;
                 }
                 Ok(Pump::Eof) | Err(_) => break,
@@ -531,6 +542,7 @@ impl<H: Host> Engine<H> {
                 Ok(Pump::Failed(e)) => {
                     log::debug!("tcp {}: host read failed: {e}", flow.key.guest);
                     sock.abort();
+                    *reset = true;
                     return;
                 }
                 Err(_) => break,
@@ -552,10 +564,18 @@ impl<H: Host> Engine<H> {
             // Listen: the guest reset the handshake and smoltcp went back
             // to listening; such a socket must not catch the next
             // guest connection.
+            let sock = flow.set.get::<tcp::Socket>(handle);
             if !matches!(
-                flow.set.get::<tcp::Socket>(handle).state(),
+                sock.state(),
                 State::Closed | State::TimeWait | State::Listen
             ) {
+                continue;
+            }
+            // smoltcp finishes the close (FINs both ways) whether or not
+            // what it received was read: the guest's last data may still
+            // wait for the host to take it. The host's next writable
+            // event brings the flow back here once it has.
+            if matches!(flow.phase, TcpPhase::Open { reset: false, .. }) && sock.recv_queue() > 0 {
                 continue;
             }
             let clean = matches!(

@@ -106,6 +106,9 @@ pub struct SimHost {
     rng: u64,
     /// Every close, with its reset flag, oldest first (bounded).
     pub closed: Vec<(FlowId, bool)>,
+    /// What streams closed gracefully had written and the peer had not
+    /// read yet: a kernel still delivers it after close.
+    lingering: HashMap<FlowId, VecDeque<u8>>,
 }
 
 fn errno(code: i32) -> io::Error {
@@ -134,6 +137,7 @@ impl SimHost {
             // xorshift must not start at 0.
             rng: seed | 1,
             closed: Vec::new(),
+            lingering: HashMap::new(),
         }
     }
 
@@ -327,6 +331,14 @@ impl SimHost {
 
     /// The peer reads up to `max` bytes of what the engine wrote.
     pub fn peer_take(&mut self, id: FlowId, max: usize) -> Vec<u8> {
+        if let Some(rest) = self.lingering.get_mut(&id) {
+            let n = max.min(rest.len());
+            let out: Vec<u8> = rest.drain(..n).collect();
+            if rest.is_empty() {
+                self.lingering.remove(&id);
+            }
+            return out;
+        }
         let Some(s) = self.stream_mut(id) else {
             return Vec::new();
         };
@@ -592,8 +604,16 @@ impl Host for SimHost {
 
     fn close(&mut self, id: FlowId, reset: bool) {
         if let Some(sock) = self.socks.remove(&id) {
-            if let SimSock::Listener(l) = &sock {
-                self.bound.remove(&(l.proto, l.addr));
+            match sock {
+                SimSock::Listener(l) => {
+                    self.bound.remove(&(l.proto, l.addr));
+                }
+                SimSock::Stream(s)
+                    if !reset && !s.to_peer.is_empty() && self.lingering.len() < MAX_CLOSED =>
+                {
+                    self.lingering.insert(id, s.to_peer);
+                }
+                _ => {}
             }
             push_bounded(&mut self.closed, (id, reset), MAX_CLOSED);
         }
