@@ -12,6 +12,7 @@ pub mod podman;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -644,8 +645,40 @@ pub struct Rootlesskit {
     pub bin: PathBuf,
 }
 
+/// Where .ci/run unpacks rootlesskit 2 (Debian trixie's); Debian 12's
+/// rootlesskit 1.1 is on PATH.
+pub const ROOTLESSKIT2: &str = "/var/cache/netferry-ci/rootlesskit2/usr/bin/rootlesskit";
+
+/// rootlesskit 2's binary, or `None` (after saying so loudly) where .ci/run
+/// could not reach the Debian archive to fetch it.
+pub fn rootlesskit2() -> Option<&'static str> {
+    if Path::new(ROOTLESSKIT2).exists() {
+        return Some(ROOTLESSKIT2);
+    }
+    let unreachable = Path::new("/var/cache/netferry-ci/rootlesskit2.unreachable");
+    assert!(
+        unreachable.exists(),
+        "{ROOTLESSKIT2} is missing: bash .ci/run fetches it"
+    );
+    eprintln!("!!! SKIPPED: no rootlesskit 2 (the Debian archive was out of reach for .ci/run)");
+    None
+}
+
 impl Rootlesskit {
     pub fn spawn(net: &TestNet, flags: &[&str], page: &str, script: &str) -> Self {
+        Self::spawn_with("rootlesskit", net, flags, page, script)
+    }
+
+    /// The same with another rootlesskit binary. netferry is started
+    /// through a wrapper that records each command line it gets
+    /// ([`Rootlesskit::argv`]).
+    pub fn spawn_with(
+        rootlesskit: &str,
+        net: &TestNet,
+        flags: &[&str],
+        page: &str,
+        script: &str,
+    ) -> Self {
         let user = "nfrootless";
         let out = Command::new("id").args(["-u", user]).output().unwrap();
         let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -660,6 +693,17 @@ impl Rootlesskit {
         // A copy the unprivileged user can surely execute.
         let bin = dir.path("netferry");
         fs::copy(netferry_bin(), &bin).unwrap();
+        let wrapper = dir.path("slirp4netns");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\nexec {} \"$@\"\n",
+                dir.path("argv").display(),
+                bin.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
         Command::new("chmod")
             .args(["-R", "a+rwX"])
             .arg(&dir.0)
@@ -679,9 +723,9 @@ impl Rootlesskit {
             "env".into(),
             format!("HOME={home}"),
             format!("XDG_RUNTIME_DIR={home}"),
-            "rootlesskit".into(),
+            rootlesskit.into(),
             "--net=slirp4netns".into(),
-            format!("--slirp4netns-binary={}", bin.display()),
+            format!("--slirp4netns-binary={}", wrapper.display()),
             format!("--state-dir={home}/state"),
         ];
         args.extend(flags.iter().map(|f| f.to_string()));
@@ -698,6 +742,21 @@ impl Rootlesskit {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path("rk.log")).unwrap_or_default()
+    }
+
+    /// The command lines netferry was started with, one a line (rootlesskit
+    /// runs `--help` first to see what it may pass).
+    pub fn argv(&self) -> String {
+        fs::read_to_string(self.dir.path("argv")).unwrap_or_default()
+    }
+
+    /// The command line that started the netferry serving the network.
+    pub fn serving_argv(&self) -> String {
+        self.argv()
+            .lines()
+            .find(|l| *l != "--help")
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Wait until `url`, fetched in the host namespace, gives `want`.
