@@ -408,6 +408,56 @@ fn the_guests_last_data_reaches_a_slow_host_after_both_fins() {
 }
 
 #[test]
+fn a_handshake_the_guest_never_completes_is_given_up_after_a_minute() {
+    // The guest's SYN is answered; its ACK never comes (a spoofing or
+    // crashed guest). The host connection must not be held forever.
+    let mut w = World::new(10);
+    w.play_guest_by_hand();
+    w.raw
+        .push(tcp_frame(40010, remote(80), TcpControl::Syn, 5000, None));
+    w.run_for(Duration::from_secs(1));
+    let id = w.host().stream_to(remote(80)).expect("no host connect");
+    assert_eq!(w.tcp_flows(), 1);
+    w.run_for(super::tcp::HANDSHAKE_TIMEOUT - Duration::from_secs(5));
+    assert_eq!(w.tcp_flows(), 1, "given up too early");
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.tcp_flows(), 0, "the half-open flow was kept");
+    assert_eq!(w.host().closed.last(), Some(&(id, true)));
+    assert!(w.wakeups < 200, "{} wake-ups: a busy loop", w.wakeups);
+}
+
+#[test]
+fn a_guest_that_vanishes_with_data_outstanding_is_given_up() {
+    let mut w = World::new(11);
+    let (_h, id) = established(&mut w, remote(80), 40011);
+    // The guest goes silent (frames to it are lost, nothing comes back)
+    // while the host has data for it.
+    w.stack = false;
+    w.host().peer_send(id, &pattern(10_000, 11));
+    w.run_for(super::tcp::UNACKED_TIMEOUT - Duration::from_secs(10));
+    assert_eq!(w.tcp_flows(), 1, "given up too early");
+    w.run_for(Duration::from_secs(20));
+    assert_eq!(w.tcp_flows(), 0, "a flow to a vanished guest was kept");
+    assert_eq!(w.host().closed.last(), Some(&(id, true)));
+}
+
+#[test]
+fn an_idle_connection_is_never_timed_out() {
+    let mut w = World::new(12);
+    let (h, id) = established(&mut w, remote(80), 40012);
+    w.run_for(Duration::from_secs(3 * 3600));
+    assert_eq!(w.tcp_flows(), 1, "an idle, healthy connection was dropped");
+    // And it still works.
+    w.host().peer_send(id, b"still here");
+    // (Seconds, not milliseconds: after hours both ARP caches have
+    // expired, and the first segment waits for a neighbour to answer.)
+    w.run_for(Duration::from_secs(5));
+    let mut buf = [0u8; 32];
+    let n = w.sock(h).recv_slice(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"still here");
+}
+
+#[test]
 fn a_host_reset_reaches_the_guest() {
     let mut w = World::new(5);
     let (h, id) = established(&mut w, remote(80), 40004);

@@ -15,7 +15,7 @@ use std::io;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, IpEndpoint, IpListenEndpoint, IpProtocol, TcpControl,
     TcpPacket, TcpRepr, TcpSeqNumber,
@@ -29,6 +29,17 @@ use crate::host::{FlowId, Host, Step};
 /// long; a SYN carrying more (data on the SYN) is dropped, so a flood of
 /// pending connects holds little memory.
 const MAX_SYN_FRAME: usize = 1536;
+/// A handshake the guest never completes (its SYN-ACK or SYN unanswered)
+/// is given up after this, as Linux gives up its SYN-ACK retries, and the
+/// host connection closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Data or a FIN sent to the guest and not acknowledged, and not a packet
+/// from the guest meanwhile, for this long: the guest is gone (a peer
+/// that only reads slowly still answers window probes). The flow is
+/// dropped and its host connection reset. An idle connection with
+/// nothing outstanding is never timed out, as in Linux without
+/// keep-alive.
+pub const UNACKED_TIMEOUT: Duration = Duration::from_secs(300);
 
 enum Pump {
     More,
@@ -216,6 +227,7 @@ impl<H: Host> Engine<H> {
         // here would only add latency.
         sock.set_ack_delay(None);
         sock.set_nagle_enabled(false);
+        sock.set_timeout(Some(HANDSHAKE_TIMEOUT));
         sock
     }
 
@@ -549,6 +561,10 @@ impl<H: Host> Engine<H> {
             }
         }
         self.stats.bytes_to_guest += sock.send_queue().saturating_sub(tx_before) as u64;
+        // smoltcp's timeout counts from the guest's last packet, idle or
+        // not: armed only while something waits for the guest's ACK.
+        let waiting = sock.send_queue() > 0 || *host_eof;
+        sock.set_timeout(waiting.then_some(UNACKED_TIMEOUT));
     }
 
     /// Remove flows whose guest side is over. Runs after egress, so a RST
