@@ -377,6 +377,44 @@ fn malformed(i: u32, rng: &mut u64) -> Vec<u8> {
     f
 }
 
+/// Write whole Ethernet frames into tap0 from inside the namespace, as
+/// the guest's kernel would send them (a packet socket); how many went.
+fn send_frames(ns: &Namespace, frames: Vec<Vec<u8>>) -> u32 {
+    ns.in_ns(move || {
+        // SAFETY: plain socket calls on an fd this closure owns;
+        // sockaddr_ll is zeroed, then filled with valid values.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+            let ifindex = libc::if_nametoindex(c"tap0".as_ptr()) as i32;
+            assert!(ifindex > 0);
+            let mut to: libc::sockaddr_ll = std::mem::zeroed();
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = ifindex;
+            to.sll_halen = 6;
+            let mut sent = 0;
+            for (i, f) in frames.iter().enumerate() {
+                let r = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&to as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if r >= 0 {
+                    sent += 1;
+                }
+                if i % 200 == 199 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            libc::close(fd);
+            sent
+        }
+    })
+}
+
 fn checksum(bytes: &[u8]) -> u16 {
     let mut sum = 0u32;
     for c in bytes.chunks(2) {
@@ -396,41 +434,9 @@ fn twenty_thousand_malformed_frames_then_normal_traffic() {
     s.host_echo(6104);
     let fds0 = s.nf.sockets();
     let frames0 = s.status()["return"]["frames_from_guest"].as_u64().unwrap();
-    let sent = s.ns.in_ns(|| {
-        // SAFETY: plain socket calls on fds this closure owns; sockaddr_ll
-        // is zeroed and then filled with valid values.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-            let ifindex = libc::if_nametoindex(c"tap0".as_ptr()) as i32;
-            assert!(ifindex > 0);
-            let mut to: libc::sockaddr_ll = std::mem::zeroed();
-            to.sll_family = libc::AF_PACKET as u16;
-            to.sll_ifindex = ifindex;
-            to.sll_halen = 6;
-            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-            let mut sent = 0;
-            for i in 0..N {
-                let f = malformed(i, &mut rng);
-                let r = libc::sendto(
-                    fd,
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&to as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                if r >= 0 {
-                    sent += 1;
-                }
-                if i % 200 == 199 {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-            libc::close(fd);
-            sent
-        }
-    });
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let frames: Vec<Vec<u8>> = (0..N).map(|i| malformed(i, &mut rng)).collect();
+    let sent = send_frames(&s.ns, frames);
     sleep(Duration::from_millis(500));
     assert!(s.alive(), "netferry died\n{}", s.nf.output());
     let status = s.status();
@@ -458,6 +464,70 @@ fn twenty_thousand_malformed_frames_then_normal_traffic() {
         s.nf.sockets()
     );
     assert!(settled, "flows {flows}, {} sockets", s.nf.sockets());
+}
+
+#[test]
+fn a_handshake_the_guest_never_completes_is_given_up_after_a_minute() {
+    // A SYN from an address no guest holds (spoofed): netferry connects
+    // to the host, answers with a SYN-ACK that can never be delivered,
+    // and must not hold the host connection for ever.
+    let s = setup();
+    let l = s
+        .net
+        .in_host(|| TcpListener::bind("127.0.0.1:6109").unwrap());
+    let fds0 = s.nf.sockets();
+    let src = smoltcp::wire::Ipv4Address::new(10, 0, 2, 200);
+    let dst = smoltcp::wire::Ipv4Address::new(10, 0, 2, 2);
+    let tcp = smoltcp::wire::TcpRepr {
+        src_port: 5555,
+        dst_port: 6109,
+        control: smoltcp::wire::TcpControl::Syn,
+        seq_number: smoltcp::wire::TcpSeqNumber(1),
+        ack_number: None,
+        window_len: 64240,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let mut seg = vec![0u8; tcp.buffer_len()];
+    tcp.emit(
+        &mut smoltcp::wire::TcpPacket::new_unchecked(&mut seg[..]),
+        &src.into(),
+        &dst.into(),
+        &smoltcp::phy::ChecksumCapabilities::default(),
+    );
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + seg.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 2, 200, 10, 0, 2, 2]);
+    let sum = !checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = vec![0x52, 0x55, 10, 0, 2, 2, 0x02, 0, 0, 0, 0, 0x20, 0x08, 0x00];
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&seg);
+    let start = Instant::now();
+    assert_eq!(send_frames(&s.ns, vec![frame]), 1);
+    let (host_side, _) = l.accept().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || s.nf.sockets() > fds0),
+        "no host connect"
+    );
+    let freed = wait_until(Duration::from_secs(90), || s.nf.sockets() <= fds0);
+    let took = start.elapsed();
+    println!("a handshake never completed: the host connection was closed after {took:.1?}");
+    assert!(freed, "still held after {took:?}");
+    assert!(
+        took > Duration::from_secs(50),
+        "given up after only {took:?}"
+    );
+    // The host side saw it end.
+    host_side
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert!(!matches!((&host_side).read(&mut buf), Ok(1..)));
 }
 
 #[test]
