@@ -6,9 +6,11 @@
 //! namespace needs a single-threaded process and cannot be undone, and the
 //! host sockets must stay in the caller's network namespace, so the join
 //! happens in a forked child that sends the tap fd back over a socketpair
-//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started.
+//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started,
+//! but for indexing into the buffers that `pages` maps.
 
 mod ifconfig;
+mod pages;
 pub mod sandbox;
 pub mod seccomp;
 mod tap;
@@ -30,6 +32,7 @@ use nix::unistd::{ForkResult, fork};
 use thiserror::Error;
 
 pub use ifconfig::{IfConfig, IfconfigError, configure};
+pub use pages::Pages;
 pub use tap::{Offload, TapError, offload_of, open_tap};
 pub use userns::{Namespaced, spawn_namespaced};
 
