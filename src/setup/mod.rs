@@ -382,6 +382,20 @@ pub fn prefer_mmap_for_buffers() {
 #[cfg(not(target_env = "gnu"))]
 pub fn prefer_mmap_for_buffers() {}
 
+/// Give back the heap pages that setup used and freed (argument parsing,
+/// configuration, the fork): glibc keeps them resident for reuse, and
+/// an idle instance never reuses most of them.
+#[cfg(target_env = "gnu")]
+pub fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free heap memory to the kernel;
+    // no live allocation is touched, and no other thread exists.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Other C libraries trim on their own terms.
+#[cfg(not(target_env = "gnu"))]
+pub fn release_startup_memory() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
