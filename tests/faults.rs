@@ -11,79 +11,25 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{Namespace, Netferry, Options, TempDir, TestNet, pattern, wait_until};
+use common::{Namespace, Netferry, Options, Served, TestNet, pattern, wait_until};
 
-struct Setup {
-    net: TestNet,
-    ns: Namespace,
-    nf: Netferry,
-    api: PathBuf,
-    _dir: TempDir,
-}
+type Setup = Served;
 
-/// netferry with `-c`, an API socket and `extra` flags, run through
-/// `prefix` (e.g. prlimit) inside the test's host namespace.
 fn setup_with(extra: &[&str], prefix: &[&str]) -> Setup {
-    let net = TestNet::new();
-    let ns = Namespace::new();
-    let dir = TempDir::new("faults");
-    let api = dir.path("api.sock");
-    let api_arg = format!("--api-socket={}", api.display());
-    let pid = ns.pid.to_string();
-    let mut args = vec!["-c", &api_arg];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[&pid, "tap0"]);
-    let mut opts = Options::args(&args);
-    if prefix.is_empty() {
-        opts.host_netns = Some(net.host.clone());
-    } else {
-        let host = format!("--net={}", net.host_path());
-        opts.exec_via = ["nsenter", &host, "--"]
-            .iter()
-            .chain(prefix)
-            .map(|s| s.to_string())
-            .collect();
-    }
-    let mut nf = Netferry::spawn(opts);
-    nf.wait_ready();
-    Setup {
-        net,
-        ns,
-        nf,
-        api,
-        _dir: dir,
-    }
+    Served::start_via(extra, prefix)
 }
 
 fn setup() -> Setup {
-    setup_with(&[], &[])
+    Served::start(&[])
 }
 
-impl Setup {
-    /// One API request, its reply (empty when the connection failed).
-    fn api(&self, request: &[u8]) -> String {
-        let Ok(mut c) = UnixStream::connect(&self.api) else {
-            return String::new();
-        };
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = c.write_all(request);
-        let _ = c.shutdown(Shutdown::Write);
-        let mut reply = String::new();
-        let _ = c.read_to_string(&mut reply);
-        reply
-    }
-
-    fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.api(br#"{"execute":"status"}"#)).unwrap()
-    }
-
+impl Served {
     fn alive(&self) -> bool {
         std::path::Path::new(&format!("/proc/{}", self.nf.pid())).exists()
             && !std::fs::read_to_string(format!("/proc/{}/stat", self.nf.pid()))

@@ -405,6 +405,75 @@ impl Drop for Netferry {
     }
 }
 
+/// netferry serving a fresh container namespace with `-c`, an API socket
+/// and extra flags, from inside a test host namespace.
+pub struct Served {
+    pub net: TestNet,
+    pub ns: Namespace,
+    pub nf: Netferry,
+    pub api: PathBuf,
+    /// Holds the API socket; removed with it.
+    pub dir: TempDir,
+}
+
+impl Served {
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_via(extra, &[])
+    }
+
+    /// The same, run through `prefix` (e.g. `prlimit ... --`).
+    pub fn start_via(extra: &[&str], prefix: &[&str]) -> Self {
+        let net = TestNet::new();
+        let ns = Namespace::new();
+        let dir = TempDir::new("served");
+        let api = dir.path("api.sock");
+        let api_arg = format!("--api-socket={}", api.display());
+        let pid = ns.pid.to_string();
+        let mut args = vec!["-c", &api_arg];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&pid, "tap0"]);
+        let mut opts = Options::args(&args);
+        if prefix.is_empty() {
+            opts.host_netns = Some(net.host.clone());
+        } else {
+            let host = format!("--net={}", net.host_path());
+            opts.exec_via = ["nsenter", &host, "--"]
+                .iter()
+                .chain(prefix)
+                .map(|s| s.to_string())
+                .collect();
+        }
+        let mut nf = Netferry::spawn(opts);
+        nf.wait_ready();
+        Served {
+            net,
+            ns,
+            nf,
+            api,
+            dir,
+        }
+    }
+
+    /// One API request and its reply (empty when the connection failed).
+    pub fn api(&self, request: &[u8]) -> String {
+        use std::io::Write;
+        let Ok(mut c) = std::os::unix::net::UnixStream::connect(&self.api) else {
+            return String::new();
+        };
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(request);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let mut reply = String::new();
+        let _ = c.read_to_string(&mut reply);
+        reply
+    }
+
+    /// The `status` command's reply.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.api(br#"{"execute":"status"}"#)).unwrap()
+    }
+}
+
 /// Start netferry for `ns` with `-c` and extra flags, and wait until ready.
 pub fn serve(ns: &Namespace, extra: &[&str]) -> Netferry {
     serve_from(None, ns, extra)
