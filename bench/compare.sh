@@ -135,7 +135,13 @@ await_up() {
     local family=-4
     [ -n "$v6" ] && family=-6
     for i in $(seq 300); do
-        in_guest ip $family route 2>/dev/null | grep -q default && { sleep 0.2; return 0; }
+        # With IPv6, also wait out duplicate address detection: a
+        # tentative address cannot be connected from.
+        if in_guest ip $family route 2>/dev/null | grep -q default &&
+           { [ -z "$v6" ] || ! in_guest ip -6 addr show scope global 2>/dev/null | grep -q tentative; }; then
+            sleep 0.2
+            return 0
+        fi
         sleep 0.05
     done
     echo "$tool did not come up" >&2
