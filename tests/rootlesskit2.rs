@@ -12,7 +12,11 @@ mod common;
 
 use common::podman::host_web;
 use common::rootless::{Enter, Probe};
-use common::{Rootlesskit, TempDir, TestNet};
+use std::time::Duration;
+
+use common::{Rootlesskit, TempDir, TestNet, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 /// CAP_NET_BIND_SERVICE alone: the sandbox's capabilities.
 const NET_BIND_ONLY: &str = "0000000000000400";
@@ -140,7 +144,7 @@ fn ipv6_reaches_the_host_and_gets_a_slaac_address() {
     let got = rk.serves(&net, "http://127.0.0.1:8084/index.html", "v6 page\n");
     assert!(got, "no page through the forward\n{}", rk.log());
     assert!(probe.finished(), "{}", rk.log());
-    common::wait_until(std::time::Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(10), || {
         std::fs::read_to_string(&got6).is_ok_and(|s| !s.is_empty())
     });
     assert_eq!(
@@ -220,4 +224,53 @@ fn the_builtin_port_driver_with_netferry_as_the_network() {
         rk.log()
     );
     assert_eq!(rk.normalized_argv(), "--mtu 65520 -r 3 $PID tap0");
+}
+
+/// rootlesskit ends netferry with SIGKILL when it stops, and starts it
+/// with a parent-death signal (SIGKILL) for when rootlesskit itself is
+/// killed: either way no netferry is left, sandboxed or not (joining the
+/// user namespace for the sandbox must not clear that signal).
+#[test]
+fn netferry_ends_with_rootlesskit_however_it_ends() {
+    let Some(bin) = common::rootlesskit2() else {
+        return;
+    };
+    for (signal, flags) in [
+        (
+            Signal::SIGTERM,
+            &["--slirp4netns-sandbox=true", "--slirp4netns-seccomp=true"][..],
+        ),
+        (
+            Signal::SIGKILL,
+            &["--slirp4netns-sandbox=true", "--slirp4netns-seccomp=true"][..],
+        ),
+        (Signal::SIGKILL, &["--detach-netns"][..]),
+    ] {
+        let net = TestNet::new();
+        let mut all = flags.to_vec();
+        all.extend(["--port-driver=builtin", "-p", "127.0.0.1:8087:80/tcp"]);
+        // With --detach-netns the server must enter the namespace.
+        let enter = if flags.contains(&"--detach-netns") {
+            "nsenter --net=$ROOTLESSKIT_STATE_DIR/netns --"
+        } else {
+            ""
+        };
+        let mut rk = Rootlesskit::spawn_with(bin, &net, &all, "page\n", enter);
+        assert!(
+            rk.serves(&net, "http://127.0.0.1:8087/index.html", "page\n"),
+            "{}",
+            rk.log()
+        );
+        let helper = rk.helper_pid().expect("no netferry running");
+        kill(Pid::from_raw(rk.child.id() as i32), signal).unwrap();
+        let _ = rk.child.wait();
+        let gone = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{helper}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+        });
+        assert!(
+            gone,
+            "netferry {helper} outlived rootlesskit ({signal}, {flags:?})"
+        );
+    }
 }

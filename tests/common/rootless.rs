@@ -73,6 +73,11 @@ impl Probe {
         wait_until(Duration::from_secs(20), || self.dir.path("done").exists())
     }
 
+    /// Where the guest may write a finding of its own.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path(name)
+    }
+
     pub fn read(&self, name: &str) -> String {
         fs::read_to_string(self.dir.path(name)).unwrap_or_default()
     }

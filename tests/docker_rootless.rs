@@ -1,0 +1,272 @@
+//! Docker rootless (`dockerd-rootless.sh`, moby) and nerdctl
+//! (`containerd-rootless.sh`) start rootlesskit with a flag set built from
+//! their `*_ROOTLESSKIT_*` environment variables, and find slirp4netns on
+//! `PATH`. These tests run rootlesskit with exactly those flag sets (in the
+//! scripts' order; the helper adds `--net=slirp4netns` and `--state-dir`,
+//! which the scripts pass too), netferry installed as `slirp4netns` first
+//! in `PATH`, and ports published the way the daemons do, through
+//! rootlesskit's API (`rootlessctl add-ports`). No dockerd or containerd
+//! runs: a web server in the container's network namespace stands in.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::podman::host_web;
+use common::rootless::{Enter, Probe};
+use common::{Found, Rootlesskit, TempDir, TestNet, wait_until};
+
+const NET_BIND_ONLY: &str = "0000000000000400";
+
+/// dockerd-rootless.sh of Docker 29 with no variable set: DETACH_NETNS
+/// true, PORT_DRIVER builtin, sandbox and seccomp `auto`, host loopback
+/// disabled, MTU 65520.
+const DOCKER29_DEFAULTS: &[&str] = &[
+    "--mtu=65520",
+    "--slirp4netns-sandbox=auto",
+    "--slirp4netns-seccomp=auto",
+    "--disable-host-loopback",
+    "--port-driver=builtin",
+    "--copy-up=/etc",
+    "--copy-up=/run",
+    "--propagation=rslave",
+    "--detach-netns",
+];
+
+/// dockerd-rootless.sh of Docker 20.10 to 28 (Debian 12's docker.io is
+/// 20.10) with no variable set: the same without `--detach-netns`.
+const DOCKER20_DEFAULTS: &[&str] = &[
+    "--mtu=65520",
+    "--slirp4netns-sandbox=auto",
+    "--slirp4netns-seccomp=auto",
+    "--disable-host-loopback",
+    "--port-driver=builtin",
+    "--copy-up=/etc",
+    "--copy-up=/run",
+    "--propagation=rslave",
+];
+
+/// Docker 29 with DOCKERD_ROOTLESS_ROOTLESSKIT_DETACH_NETNS=false,
+/// _PORT_DRIVER=slirp4netns, _DISABLE_HOST_LOOPBACK=false, _MTU=1500.
+const DOCKER29_SLIRP4NETNS_PORTS: &[&str] = &[
+    "--mtu=1500",
+    "--slirp4netns-sandbox=auto",
+    "--slirp4netns-seccomp=auto",
+    "--port-driver=slirp4netns",
+    "--copy-up=/etc",
+    "--copy-up=/run",
+    "--propagation=rslave",
+];
+
+/// containerd-rootless.sh (nerdctl, 2026) with
+/// CONTAINERD_ROOTLESS_ROOTLESSKIT_IPV6=true and rootlesskit 2, whose
+/// `--help` lists `--detach-netns`, so DETACH_NETNS=auto turns it on.
+const NERDCTL_IPV6: &[&str] = &[
+    "--mtu=65520",
+    "--slirp4netns-sandbox=auto",
+    "--slirp4netns-seccomp=auto",
+    "--disable-host-loopback",
+    "--port-driver=builtin",
+    "--copy-up=/etc",
+    "--copy-up=/run",
+    "--copy-up=/var/lib",
+    "--propagation=rslave",
+    "--ipv6",
+    "--detach-netns",
+];
+
+struct Session {
+    net: TestNet,
+    rk: Rootlesskit,
+    probe: Probe,
+    _web: TempDir,
+    _host: common::KillOnDrop,
+}
+
+/// rootlesskit `bin` with `flags`, netferry found on PATH, a guest probe
+/// that first runs dockerd-rootless.sh's own first step when `docker` is
+/// set (`nsenter -n$netns sysctl -w net.ipv4.ip_forward=1`), and port
+/// 8090 published through rootlessctl.
+fn session(bin: &str, flags: &[&str], enter: Enter, docker: bool, ipv6: bool) -> Session {
+    let net = TestNet::new();
+    let web = TempDir::new("dr-web");
+    let host = host_web(&net, &web.0);
+    let probe = Probe::new(enter);
+    let before = if docker {
+        let netns = match enter {
+            Enter::Child => "/proc/self/ns/net",
+            Enter::Detached => "$ROOTLESSKIT_STATE_DIR/netns",
+        };
+        format!(
+            "nsenter -n{netns} sysctl -w net.ipv4.ip_forward=1 > {} 2>&1;",
+            probe.path("sysctl").display()
+        )
+    } else {
+        String::new()
+    };
+    let rk = Rootlesskit::start(
+        bin,
+        Found::OnPath,
+        &net,
+        flags,
+        "published page\n",
+        &probe.script(&before, ipv6),
+    );
+    let s = Session {
+        net,
+        rk,
+        probe,
+        _web: web,
+        _host: host,
+    };
+    s.publish(bin, "127.0.0.1:8090:80/tcp");
+    s
+}
+
+impl Session {
+    /// `rootlessctl add-ports`, as dockerd's and nerdctl's port code do
+    /// through rootlesskit's API socket, once that socket answers.
+    fn publish(&self, rootlesskit: &str, spec: &str) {
+        let ctl = Path::new(rootlesskit).with_file_name("rootlessctl");
+        let ctl = if ctl.is_absolute() {
+            ctl
+        } else {
+            "rootlessctl".into()
+        };
+        let sock = self.rk.state_dir().join("api.sock");
+        let mut said = String::new();
+        let ok = wait_until(Duration::from_secs(20), || {
+            let out = Command::new(&ctl)
+                .arg("--socket")
+                .arg(&sock)
+                .args(["add-ports", spec])
+                .output()
+                .unwrap();
+            said = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success()
+        });
+        assert!(
+            ok,
+            "rootlessctl add-ports {spec}: {said}\n{}",
+            self.rk.log()
+        );
+    }
+
+    fn assert_serves(&self) {
+        assert!(
+            self.rk.serves(
+                &self.net,
+                "http://127.0.0.1:8090/index.html",
+                "published page\n"
+            ),
+            "no page through the published port\n{}",
+            self.rk.log()
+        );
+        assert!(self.probe.finished(), "{}", self.rk.log());
+    }
+
+    fn assert_locked_down(&self, sandbox: bool) {
+        assert_eq!(self.rk.helper_status("Seccomp"), "2", "not under seccomp");
+        assert_eq!(self.rk.helper_sandboxed(), sandbox, "sandbox");
+        if sandbox {
+            assert_eq!(self.rk.helper_status("CapEff"), NET_BIND_ONLY);
+        }
+    }
+
+    fn assert_forwarding_on(&self) {
+        assert_eq!(
+            self.probe.read("sysctl").trim(),
+            "net.ipv4.ip_forward = 1",
+            "{}",
+            self.rk.log()
+        );
+    }
+}
+
+#[test]
+fn the_scripts_pick_slirp4netns_when_netferry_is_on_path_as_it() {
+    // Both scripts choose the slirp4netns driver when `slirp4netns` is on
+    // PATH and its --help has the word --netns-type.
+    let dir = TempDir::new("dr-path");
+    std::fs::create_dir_all(dir.path("bin")).unwrap();
+    std::os::unix::fs::symlink(common::netferry_bin(), dir.path("bin/slirp4netns")).unwrap();
+    let detect = "if command -v slirp4netns > /dev/null 2>&1; then \
+                  if slirp4netns --help | grep -qw -- --netns-type; then echo slirp4netns; fi; fi";
+    let out = Command::new("sh")
+        .args(["-c", detect])
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", dir.path("bin").display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "slirp4netns\n");
+}
+
+#[test]
+fn docker_29_defaults_with_rootlesskit_2() {
+    let Some(bin) = common::rootlesskit2() else {
+        return;
+    };
+    let s = session(bin, DOCKER29_DEFAULTS, Enter::Detached, true, false);
+    s.assert_serves();
+    s.assert_forwarding_on();
+    s.probe.assert_host_loopback(false, &s.rk.log());
+    assert_eq!(s.probe.mtu(), Some(65520));
+    assert_eq!(
+        s.rk.normalized_argv(),
+        "--mtu 65520 -r 3 --disable-host-loopback --enable-seccomp \
+         --userns-path=/proc/$PID/ns/user --netns-type=path /proc/$PID/root$STATE/netns tap0"
+    );
+    s.assert_locked_down(false);
+}
+
+#[test]
+fn docker_20_to_28_defaults_with_rootlesskit_1_1() {
+    let s = session("rootlesskit", DOCKER20_DEFAULTS, Enter::Child, true, false);
+    s.assert_serves();
+    s.assert_forwarding_on();
+    s.probe.assert_host_loopback(false, &s.rk.log());
+    assert_eq!(
+        s.rk.normalized_argv(),
+        "--mtu 65520 -r 3 --disable-host-loopback --enable-sandbox --enable-seccomp $PID tap0"
+    );
+    s.assert_locked_down(true);
+}
+
+#[test]
+fn docker_29_with_the_slirp4netns_port_driver_host_loopback_and_mtu_1500() {
+    let Some(bin) = common::rootlesskit2() else {
+        return;
+    };
+    let s = session(bin, DOCKER29_SLIRP4NETNS_PORTS, Enter::Child, true, false);
+    s.assert_serves();
+    s.assert_forwarding_on();
+    s.probe.assert_host_loopback(true, &s.rk.log());
+    assert_eq!(s.probe.mtu(), Some(1500));
+    assert_eq!(
+        s.rk.normalized_argv(),
+        "--mtu 1500 -r 3 --api-socket $STATE/.s4nn.sock --enable-sandbox --enable-seccomp $PID tap0"
+    );
+    s.assert_locked_down(true);
+}
+
+#[test]
+fn nerdctl_with_ipv6_and_rootlesskit_2() {
+    let Some(bin) = common::rootlesskit2() else {
+        return;
+    };
+    let s = session(bin, NERDCTL_IPV6, Enter::Detached, false, true);
+    s.assert_serves();
+    s.probe.assert_host_loopback(false, &s.rk.log());
+    let ip6 = s.probe.read("ip6");
+    assert!(ip6.contains("inet6 fd00:"), "no SLAAC address: {ip6:?}");
+    assert_eq!(
+        s.rk.normalized_argv(),
+        "--mtu 65520 -r 3 --disable-host-loopback --enable-seccomp --enable-ipv6 \
+         --userns-path=/proc/$PID/ns/user --netns-type=path /proc/$PID/root$STATE/netns tap0"
+    );
+    s.assert_locked_down(false);
+}
