@@ -20,7 +20,7 @@ use common::{Found, Rootlesskit, TempDir, TestNet, wait_until};
 
 const NET_BIND_ONLY: &str = "0000000000000400";
 
-/// dockerd-rootless.sh of Docker 29 with no variable set: DETACH_NETNS
+/// dockerd-rootless.sh of Docker 29.5 and later with no variable set: DETACH_NETNS
 /// true, PORT_DRIVER builtin, sandbox and seccomp `auto`, host loopback
 /// disabled, MTU 65520.
 const DOCKER29_DEFAULTS: &[&str] = &[
@@ -35,7 +35,7 @@ const DOCKER29_DEFAULTS: &[&str] = &[
     "--detach-netns",
 ];
 
-/// dockerd-rootless.sh of Docker 20.10 to 28 (Debian 12's docker.io is
+/// dockerd-rootless.sh of Docker 20.10 to 29.4 (Debian 12's docker.io is
 /// 20.10) with no variable set: the same without `--detach-netns`.
 const DOCKER20_DEFAULTS: &[&str] = &[
     "--mtu=65520",
@@ -48,7 +48,7 @@ const DOCKER20_DEFAULTS: &[&str] = &[
     "--propagation=rslave",
 ];
 
-/// Docker 29 with DOCKERD_ROOTLESS_ROOTLESSKIT_DETACH_NETNS=false,
+/// Docker 29.5 with DOCKERD_ROOTLESS_ROOTLESSKIT_DETACH_NETNS=false,
 /// _PORT_DRIVER=slirp4netns, _DISABLE_HOST_LOOPBACK=false, _MTU=1500.
 const DOCKER29_SLIRP4NETNS_PORTS: &[&str] = &[
     "--mtu=1500",
@@ -206,7 +206,7 @@ fn the_scripts_pick_slirp4netns_when_netferry_is_on_path_as_it() {
 }
 
 #[test]
-fn docker_29_defaults_with_rootlesskit_2() {
+fn docker_29_5_defaults_with_rootlesskit_2() {
     let Some(bin) = common::rootlesskit2() else {
         return;
     };
@@ -224,7 +224,7 @@ fn docker_29_defaults_with_rootlesskit_2() {
 }
 
 #[test]
-fn docker_20_to_28_defaults_with_rootlesskit_1_1() {
+fn docker_20_to_29_4_defaults_with_rootlesskit_1_1() {
     let s = session("rootlesskit", DOCKER20_DEFAULTS, Enter::Child, true, false);
     s.assert_serves();
     s.assert_forwarding_on();
