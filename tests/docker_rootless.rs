@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -129,21 +130,9 @@ impl Session {
     /// `rootlessctl add-ports`, as dockerd's and nerdctl's port code do
     /// through rootlesskit's API socket, once that socket answers.
     fn publish(&self, rootlesskit: &str, spec: &str) {
-        let ctl = Path::new(rootlesskit).with_file_name("rootlessctl");
-        let ctl = if ctl.is_absolute() {
-            ctl
-        } else {
-            "rootlessctl".into()
-        };
-        let sock = self.rk.state_dir().join("api.sock");
         let mut said = String::new();
         let ok = wait_until(Duration::from_secs(20), || {
-            let out = Command::new(&ctl)
-                .arg("--socket")
-                .arg(&sock)
-                .args(["add-ports", spec])
-                .output()
-                .unwrap();
+            let out = self.ctl(rootlesskit, &["add-ports", spec]);
             said = String::from_utf8_lossy(&out.stderr).into_owned();
             out.status.success()
         });
@@ -152,6 +141,22 @@ impl Session {
             "rootlessctl add-ports {spec}: {said}\n{}",
             self.rk.log()
         );
+    }
+
+    /// `rootlessctl` with `args`, run against this rootlesskit.
+    fn ctl(&self, rootlesskit: &str, args: &[&str]) -> std::process::Output {
+        let ctl = Path::new(rootlesskit).with_file_name("rootlessctl");
+        let ctl = if ctl.is_absolute() {
+            ctl
+        } else {
+            "rootlessctl".into()
+        };
+        Command::new(ctl)
+            .arg("--socket")
+            .arg(self.rk.state_dir().join("api.sock"))
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     fn assert_serves(&self) {
@@ -246,6 +251,48 @@ fn docker_29_with_the_slirp4netns_port_driver_host_loopback_and_mtu_1500() {
     s.assert_forwarding_on();
     s.probe.assert_host_loopback(true, &s.rk.log());
     assert_eq!(s.probe.mtu(), Some(1500));
+    // An IPv6 listener on the host, which slirp4netns itself refuses.
+    s.publish(bin, "[::1]:8091:80/tcp");
+    assert!(
+        s.rk.serves(&s.net, "http://[::1]:8091/index.html", "published page\n"),
+        "nothing through [::1]:8091\n{}",
+        s.rk.log()
+    );
+    // The reason to pick this port driver: the server sees the client.
+    let cgi = s.rk.dir.path("www/cgi-bin/ip");
+    std::fs::create_dir_all(cgi.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\necho Content-Type: text/plain\necho\necho $REMOTE_ADDR\n",
+    )
+    .unwrap();
+    for path in [cgi.parent().unwrap(), &cgi] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    s.publish(bin, "0.0.0.0:8092:80/tcp");
+    common::podman::assert_sees_client(&s.net, 8092);
+    // Docker unpublishes through the same API when a container stops.
+    let list = String::from_utf8_lossy(&s.ctl(bin, &["list-ports", "--json"]).stdout).into_owned();
+    let id = list
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|p| p["spec"]["parentPort"] == 8090)
+        .and_then(|p| p["id"].as_u64())
+        .unwrap_or_else(|| panic!("port 8090 not listed: {list}"));
+    let out = s.ctl(bin, &["remove-ports", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // curl's exit code 7: the connection was refused.
+    let refused = wait_until(Duration::from_secs(10), || {
+        s.net
+            .host_cmd(&["curl", "-s", "-m", "2", "http://127.0.0.1:8090/"])
+            .status()
+            .is_ok_and(|st| st.code() == Some(7))
+    });
+    assert!(refused, "port 8090 still open after remove-ports");
     assert_eq!(
         s.rk.normalized_argv(),
         "--mtu 1500 -r 3 --api-socket $STATE/.s4nn.sock --enable-sandbox --enable-seccomp $PID tap0"
