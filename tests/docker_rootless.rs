@@ -84,6 +84,7 @@ struct Session {
     probe: Probe,
     _web: TempDir,
     _host: common::KillOnDrop,
+    _dns: common::KillOnDrop,
 }
 
 /// rootlesskit `bin` with `flags`, netferry found on PATH, a guest probe
@@ -94,7 +95,9 @@ fn session(bin: &str, flags: &[&str], enter: Enter, docker: bool, ipv6: bool) ->
     let net = TestNet::new();
     let web = TempDir::new("dr-web");
     let host = host_web(&net, &web.0);
-    let probe = Probe::new(enter);
+    // netferry's resolver is the host namespace's 127.0.0.1 (TestNet).
+    let dns = common::dns_server(&net, "127.0.0.1", &["198.51.100.2"]);
+    let probe = Probe::new(enter).with_dns();
     let before = if docker {
         let netns = match enter {
             Enter::Child => "/proc/self/ns/net",
@@ -121,6 +124,7 @@ fn session(bin: &str, flags: &[&str], enter: Enter, docker: bool, ipv6: bool) ->
         probe,
         _web: web,
         _host: host,
+        _dns: dns,
     };
     s.publish(bin, "127.0.0.1:8090:80/tcp");
     s
@@ -170,6 +174,7 @@ impl Session {
             self.rk.log()
         );
         assert!(self.probe.finished(), "{}", self.rk.log());
+        self.probe.assert_dns("10.0.2.3", "198.51.100.2");
     }
 
     fn assert_locked_down(&self, sandbox: bool) {

@@ -274,3 +274,39 @@ fn netferry_ends_with_rootlesskit_however_it_ends() {
         );
     }
 }
+
+/// `--cidr` (often put in DOCKERD_ROOTLESS_ROOTLESSKIT_FLAGS to avoid
+/// 10.0.2.0/24): rootlesskit configures the guest as network+100 and
+/// names network+3 as its DNS server; netferry serves that network.
+#[test]
+fn another_cidr_with_dns_and_the_slirp4netns_port_driver() {
+    let Some(bin) = common::rootlesskit2() else {
+        return;
+    };
+    let net = TestNet::new();
+    let web = TempDir::new("rk-web");
+    let _host = host_web(&net, &web.0);
+    let _dns = common::dns_server(&net, "127.0.0.1", &["198.51.100.2"]);
+    let probe = Probe::new(Enter::Child).with_dns().via("10.0.3.2");
+    let rk = Rootlesskit::spawn_with(
+        bin,
+        &net,
+        &[
+            "--cidr=10.0.3.0/24",
+            "--port-driver=slirp4netns",
+            "-p",
+            "127.0.0.1:8088:80/tcp",
+        ],
+        "cidr page\n",
+        &probe.script("", false),
+    );
+    let got = rk.serves(&net, "http://127.0.0.1:8088/index.html", "cidr page\n");
+    assert!(got, "no page through the forward\n{}", rk.log());
+    assert!(probe.finished(), "{}", rk.log());
+    probe.assert_host_loopback(true, &rk.log());
+    probe.assert_dns("10.0.3.3", "198.51.100.2");
+    assert_eq!(
+        rk.normalized_argv(),
+        "--mtu 65520 -r 3 --cidr 10.0.3.0/24 --api-socket $STATE/.s4nn.sock $PID tap0"
+    );
+}

@@ -29,12 +29,15 @@ impl Enter {
     }
 }
 
-/// The guest's findings: the host's loopback web server through 10.0.2.2
+/// The guest's findings: the host's loopback web server through the
+/// gateway (10.0.2.2)
 /// (see `podman::host_web`), tap0's MTU and, when asked, its SLAAC
 /// address.
 pub struct Probe {
     dir: TempDir,
     enter: Enter,
+    dns: bool,
+    gateway: String,
 }
 
 impl Probe {
@@ -45,7 +48,28 @@ impl Probe {
             .arg(&dir.0)
             .status()
             .unwrap();
-        Probe { dir, enter }
+        Probe {
+            dir,
+            enter,
+            dns: false,
+            gateway: "10.0.2.2".into(),
+        }
+    }
+
+    /// Reach the host through `gateway` (for a `--cidr` other than
+    /// 10.0.2.0/24).
+    pub fn via(mut self, gateway: &str) -> Self {
+        self.gateway = gateway.into();
+        self
+    }
+
+    /// Also look up probe.netferry.test at the first server of the
+    /// resolv.conf rootlesskit writes for its child and the daemons
+    /// (`$ROOTLESSKIT_STATE_DIR/resolv.conf`, netferry's DNS address); the
+    /// test runs the DNS server (`dns_server`) netferry forwards to.
+    pub fn with_dns(mut self) -> Self {
+        self.dns = true;
+        self
     }
 
     /// The script to hand `Rootlesskit`: `before` (run first, in the
@@ -53,6 +77,7 @@ impl Probe {
     /// page server in the container's namespace.
     pub fn script(&self, before: &str, ipv6: bool) -> String {
         let e = self.enter.prefix();
+        let gw = &self.gateway;
         let d = self.dir.0.display();
         let wait6 = if ipv6 {
             format!(
@@ -62,8 +87,19 @@ impl Probe {
         } else {
             String::new()
         };
+        let dns = if self.dns {
+            // rootlesskit 2 writes it there (bound on /etc/resolv.conf unless
+            // detached); rootlesskit 1 only binds it on /etc/resolv.conf.
+            format!(
+                "rc=$ROOTLESSKIT_STATE_DIR/resolv.conf; [ -e $rc ] || rc=/etc/resolv.conf; \
+                 cat $rc > {d}/resolv.conf; {e} busybox nslookup probe.netferry.test \
+                 $(awk '/^nameserver/ {{ print $2; exit }}' $rc) > {d}/dns 2>&1;"
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{before} ({e} busybox wget -q -O {d}/host.txt http://10.0.2.2:{HOST_WEB_PORT}/ 2> {d}/host.err; \
+            "{before} ({dns} {e} busybox wget -q -O {d}/host.txt http://{gw}:{HOST_WEB_PORT}/ 2> {d}/host.err; \
              {e} ip -o link show tap0 > {d}/link; {wait6} touch {d}/done) & {e}"
         )
     }
@@ -96,6 +132,18 @@ impl Probe {
                 "wget said {err:?}\n{context}"
             );
         }
+    }
+
+    /// The lookup answered with `addr`, asked of `server` as rootlesskit's
+    /// resolv.conf says.
+    pub fn assert_dns(&self, server: &str, addr: &str) {
+        let resolv = self.read("resolv.conf");
+        assert!(
+            resolv.lines().next() == Some(&format!("nameserver {server}")),
+            "{resolv}"
+        );
+        let dns = self.read("dns");
+        assert!(dns.contains(&format!("Address: {addr}")), "{dns}");
     }
 
     /// tap0's MTU as `ip -o link` printed it.
