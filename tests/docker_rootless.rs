@@ -276,6 +276,32 @@ fn docker_29_with_the_slirp4netns_port_driver_host_loopback_and_mtu_1500() {
     }
     s.publish(bin, "0.0.0.0:8092:80/tcp");
     common::podman::assert_sees_client(&s.net, 8092);
+    // UDP too: an echo socket inside, a datagram from the host.
+    let child = std::fs::read_to_string(s.rk.state_dir().join("child_pid")).unwrap();
+    let inside = common::in_netns(&format!("/proc/{}/ns/net", child.trim()), || {
+        std::net::UdpSocket::bind("0.0.0.0:5353").unwrap()
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = inside.recv_from(&mut buf) {
+            let _ = inside.send_to(&buf[..n], from);
+        }
+    });
+    s.publish(bin, "127.0.0.1:5355:5353/udp");
+    let client = s
+        .net
+        .in_host(|| std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let echoed = wait_until(Duration::from_secs(10), || {
+        client.send_to(b"datagram\n", "127.0.0.1:5355").unwrap();
+        client
+            .recv(&mut buf)
+            .is_ok_and(|n| &buf[..n] == b"datagram\n")
+    });
+    assert!(echoed, "no UDP echo through the published port");
     // Docker unpublishes through the same API when a container stops.
     let list = String::from_utf8_lossy(&s.ctl(bin, &["list-ports", "--json"]).stdout).into_owned();
     let id = list
