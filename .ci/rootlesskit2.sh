@@ -13,21 +13,7 @@ root=${1:?usage: rootlesskit2.sh DIR}
 stamp=$root/.complete-v1
 [ -e "$stamp" ] && exit 0
 
-mirror=
-if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-    mirror=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources | head -n1)
-fi
-if [ -z "$mirror" ] && [ -r /etc/apt/sources.list ]; then
-    mirror=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list)
-fi
-if [ -z "$mirror" ]; then
-    echo "rootlesskit2: no Debian mirror in this machine's apt configuration" >&2
-    exit 2
-fi
-if ! curl -fsS -o /dev/null --max-time 30 "$mirror/dists/trixie/Release"; then
-    echo "rootlesskit2: cannot reach the Debian archive ($mirror)" >&2
-    exit 2
-fi
+. "$(dirname "$0")/debian-mirror.sh"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

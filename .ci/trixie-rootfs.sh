@@ -15,21 +15,7 @@ root=${1:?usage: trixie-rootfs.sh DIR}
 stamp=$root/.complete-v1
 [ -e "$stamp" ] && exit 0
 
-mirror=
-if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-    mirror=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources | head -n1)
-fi
-if [ -z "$mirror" ] && [ -r /etc/apt/sources.list ]; then
-    mirror=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list)
-fi
-if [ -z "$mirror" ]; then
-    echo "trixie-rootfs: no Debian mirror in this machine's apt configuration" >&2
-    exit 2
-fi
-if ! curl -fsS -o /dev/null --max-time 30 "$mirror/dists/trixie/Release"; then
-    echo "trixie-rootfs: cannot reach the Debian archive ($mirror)" >&2
-    exit 2
-fi
+. "$(dirname "$0")/debian-mirror.sh"
 
 packages=podman,runc,conmon,catatonit,uidmap,busybox-static
 echo "== debootstrap trixie into $root (from $mirror)"

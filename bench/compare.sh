@@ -6,8 +6,9 @@
 #
 #   sudo bash bench/compare.sh [RUNS] [SECONDS]
 #
-# ONLY=throughput|forward|small limits a run to one group of measurements
-# (small: memory, latency and connection rate).
+# ONLY=throughput|forward|small|density limits a run to one group of
+# measurements (small: memory, latency and connection rate; density: the
+# memory of DENSITY idle instances at once, 100 unless set).
 #
 # Everything runs as the unprivileged user nobody (pasta refuses root),
 # inside a host network namespace this script creates and deletes; its
@@ -32,6 +33,7 @@ LAT_PORT=11111        # sockperf on the host's loopback
 CONN_PORT=12000       # connrate on the host's loopback
 HOLD_PORT=12001       # accepts and holds idle connections on the host's loopback
 IDLE=${IDLE:-5000}    # idle connections open beside one transfer
+DENSITY=${DENSITY:-100} # idle instances at once, each with its own namespace
 RESULTS=$(mktemp)
 WORK=$(mktemp -d)
 chmod 0777 "$WORK"
@@ -104,6 +106,12 @@ in_guest() { nsenter -t "$holder" -U -n "$@"; }
 # IPv6 on, waiting for the guest's SLAAC default route, with 6); sets
 # $holder and $helper (the tool's pid).
 start() {
+    launch "$@" && await_up "$1" "${3:-}"
+}
+
+# launch TOOL MTU [6]: start's first half, without waiting for the guest's
+# route. pasta forwards $pasta_t (a port unless the caller sets none).
+launch() {
     local tool=$1 mtu=$2 v6=${3:-}
     local six=()
     [ -n "$v6" ] && six=(--enable-ipv6)
@@ -116,10 +124,14 @@ start() {
     netferry)    "${NS[@]}" "$WORK/netferry" -c "${six[@]}" --mtu "$mtu" -a "$api" "$holder" tap0 >/dev/null 2>&1 & ;;
     slirp4netns) "${NS[@]}" slirp4netns -c "${six[@]}" --mtu "$mtu" -a "$api" "$holder" tap0 >/dev/null 2>&1 & ;;
     pasta)       "${NS[@]}" pasta --config-net -m "$mtu" -a 10.0.2.100 -n 24 -g 10.0.2.2 \
-                     -t "$FWD_PORT:$IPERF_PORT" -u none -T none -U none --foreground "$holder" >/dev/null 2>&1 & ;;
+                     -t "${pasta_t:-$FWD_PORT:$IPERF_PORT}" -u none -T none -U none --foreground "$holder" >/dev/null 2>&1 & ;;
     esac
     helper=$!
-    local i
+}
+
+# await_up TOOL [6]: wait for $holder's guest to have its default route.
+await_up() {
+    local tool=$1 v6=${2:-} i
     local family=-4
     [ -n "$v6" ] && family=-6
     for i in $(seq 300); do
@@ -133,6 +145,57 @@ start() {
 stop() {
     kill "$helper" "$holder" 2>/dev/null || true
     wait "$helper" "$holder" 2>/dev/null || true
+}
+
+# density TOOL: $DENSITY idle instances at once, each serving its own
+# container namespace; once all are up and settled, records the PSS and
+# RSS per instance (each tool's processes, children included, from
+# /proc/PID/smaps_rollup) and the total PSS. PSS splits each shared page
+# among the processes that map it, so it is what N instances really cost.
+density() {
+    local tool=$1 i up=0 pasta_t=none
+    local helpers=() holders=()
+    for i in $(seq "$DENSITY"); do
+        launch "$tool" 65520
+        helpers+=("$helper")
+        holders+=("$holder")
+    done
+    for i in "${!holders[@]}"; do
+        holder=${holders[$i]}
+        await_up "$tool" && up=$((up + 1))
+    done
+    sleep 2
+    if [ "$up" = "$DENSITY" ]; then
+        python3 - "${helpers[@]}" >"$WORK/density.out" <<'EOF'
+import os, sys
+def tree(pid):
+    pids = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for child in open(f"/proc/{pid}/task/{task}/children").read().split():
+                pids += tree(child)
+    except OSError:
+        pass
+    return pids
+total = {"Pss:": 0, "Rss:": 0}
+for helper in sys.argv[1:]:
+    for pid in tree(helper):
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            f = line.split()
+            if f[0] in total:
+                total[f[0]] += int(f[1])
+n = len(sys.argv) - 1
+print(total["Pss:"] / n, total["Rss:"] / n, total["Pss:"] / 1024)
+EOF
+        read -r pss rss total <"$WORK/density.out"
+        record "$tool" density_pss_kB "$pss"
+        record "$tool" density_rss_kB "$rss"
+        record "$tool" density_total_MB "$total"
+    else
+        echo "$tool: only $up of $DENSITY instances came up" >&2
+    fi
+    kill "${helpers[@]}" "${holders[@]}" 2>/dev/null || true
+    wait "${helpers[@]}" "${holders[@]}" 2>/dev/null || true
 }
 
 rss_kb() { awk -v f="$1:" '$1 == f {print $2}' "/proc/$helper/status"; }
@@ -218,6 +281,8 @@ print('open', flush=True); time.sleep(3600)
             kill $guest_iperf 2>/dev/null; wait $guest_iperf 2>/dev/null || true
             stop
         fi
+        # Many idle instances at once: what a host of containers pays.
+        want density && density "$tool"
         # Idle memory, latency, connection rate, then peak memory.
         want small || continue
         start "$tool" 65520 || { stop; continue; }
@@ -237,9 +302,10 @@ done
 
 echo
 echo "$(nproc) cores, $(uname -r), $RUNS runs of ${SECS}s, medians:"
-python3 - "$RESULTS" "${tools[@]}" <<'EOF'
-import statistics, sys
+DENSITY=$DENSITY python3 - "$RESULTS" "${tools[@]}" <<'EOF'
+import os, statistics, sys
 path, tools = sys.argv[1], sys.argv[2:]
+n = os.environ["DENSITY"]
 data = {}
 for line in open(path):
     tool, metric, value = line.split()
@@ -256,6 +322,9 @@ rows = [
     ("conn_per_s", "connections/s", True),
     ("idle_rss_MB", "idle RSS MB (lower is better)", False),
     ("peak_rss_MB", "peak RSS MB (lower is better)", False),
+    ("density_pss_kB", f"idle PSS per instance kB, {n} instances (lower is better)", False),
+    ("density_rss_kB", f"idle RSS per instance kB, {n} instances (lower is better)", False),
+    ("density_total_MB", f"total PSS MB for {n} instances (lower is better)", False),
     ("cpu_s_per_GB_up65520", "CPU s/GB guest→host 65520 (lower is better)", False),
     ("cpu_s_per_GB_down65520", "CPU s/GB host→guest 65520 (lower is better)", False),
 ]

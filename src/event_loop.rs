@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::api::ApiServer;
 use crate::engine::{Engine, EngineConfig, FrameSink, Readiness};
 use crate::host::{NetHost, Outbound};
-use crate::setup::Offload;
+use crate::setup::{Offload, Pages};
 use crate::tokens::{self, EXIT_FD, SIGNALS, TAP};
 use crate::vnet;
 
@@ -110,7 +110,8 @@ pub struct EventLoop {
     /// `netferry run`'s command: signals go to it, and its end is ours.
     child: Option<Pid>,
     start: StdInstant,
-    rx: Vec<u8>,
+    /// Mapped, not allocated: an idle instance touches one page of it.
+    rx: Pages,
 }
 
 impl EventLoop {
@@ -164,7 +165,7 @@ impl EventLoop {
             api,
             child: None,
             start: StdInstant::now(),
-            rx: vec![0; RX_BUFFER_LEN],
+            rx: Pages::zeroed(RX_BUFFER_LEN),
         };
         if let Some(fd) = exit_fd {
             // An exit fd that cannot be watched counts as already hung up;

@@ -140,6 +140,7 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
     setup::lock_down(cfg)?;
 
     print_banner(cfg, &tap_desc);
+    setup::release_startup_memory();
     if let Some(fd) = cfg.ready_fd {
         setup::signal_ready(fd).with_context(|| format!("cannot write to ready fd {fd}"))?;
     }

@@ -186,6 +186,7 @@ fn serve(
     // Before the command runs (the sandbox joins its user namespace for
     // the rights).
     setup::lock_down(&cfg)?;
+    setup::release_startup_memory();
     event_loop.watch_child(child.pid);
     child.start().context("cannot start the command")?;
     Ok(match event_loop.run()? {

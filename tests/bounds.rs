@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::fs;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
@@ -24,40 +23,7 @@ use nix::sys::socket::{
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
-use common::{Namespace, Netferry, TestNet, serve_from, wait_until};
-
-/// Sockets netferry holds open now.
-fn sockets(nf: &Netferry) -> usize {
-    fs::read_dir(format!("/proc/{}/fd", nf.pid()))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    fs::read_link(e.path())
-                        .map(|l| l.to_string_lossy().starts_with("socket:"))
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// CPU seconds netferry has used (user + system).
-fn cpu_seconds(nf: &Netferry) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{}/stat", nf.pid())).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-fn rss_kib(nf: &Netferry) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{}/status", nf.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
+use common::{Namespace, TestNet, serve_from, wait_until};
 
 /// A listener on the host's 127.0.0.1:`port` that never accepts, with its
 /// queue already full: further SYNs to it are dropped, unanswered.
@@ -151,7 +117,7 @@ fn a_syn_flood_stays_within_the_caps_while_a_transfer_runs() {
         &["--max-pending-connects=256", "--max-tcp-flows=2048"],
     );
     sleep(Duration::from_millis(300)); // the iperf3 server is listening
-    let baseline = sockets(&nf);
+    let baseline = nf.sockets();
 
     let client = ns
         .cmd(&["iperf3", "-c", "10.0.2.2", "-p", "5201", "-t", "4", "-J"])
@@ -162,10 +128,10 @@ fn a_syn_flood_stays_within_the_caps_while_a_transfer_runs() {
     let started = Instant::now();
     syn_flood(&ns, 7001, 20_000);
     let flood_secs = started.elapsed().as_secs_f64();
-    let held = sockets(&nf);
+    let held = nf.sockets();
     println!(
         "20000 SYNs in {flood_secs:.2} s: netferry holds {held} sockets (baseline {baseline}), RSS {} KiB",
-        rss_kib(&nf)
+        nf.rss_kib()
     );
     assert!(
         held <= baseline + pending_cap + 4,
@@ -187,22 +153,22 @@ fn a_syn_flood_stays_within_the_caps_while_a_transfer_runs() {
     let _ = iperf.wait();
 
     // Connects still pending: netferry waits on them without spinning.
-    assert!(sockets(&nf) > baseline, "the pending connects ended early");
-    let cpu0 = cpu_seconds(&nf);
+    assert!(nf.sockets() > baseline, "the pending connects ended early");
+    let cpu0 = nf.cpu_seconds();
     sleep(Duration::from_secs(2));
-    let idle_cpu = cpu_seconds(&nf) - cpu0;
+    let idle_cpu = nf.cpu_seconds() - cpu0;
     println!(
         "CPU while {} connects pend: {idle_cpu:.2} s in 2 s",
-        sockets(&nf) - baseline
+        nf.sockets() - baseline
     );
     assert!(idle_cpu < 0.5, "{idle_cpu} CPU seconds in 2 s: a busy loop");
-    assert!(rss_kib(&nf) < 128 * 1024, "RSS {} KiB", rss_kib(&nf));
+    assert!(nf.rss_kib() < 128 * 1024, "RSS {} KiB", nf.rss_kib());
 
     // Once the host gives up on them, every one of those fds is returned.
     assert!(
-        wait_until(Duration::from_secs(30), || sockets(&nf) <= baseline),
+        wait_until(Duration::from_secs(30), || nf.sockets() <= baseline),
         "{} sockets held after the flood, baseline {baseline}",
-        sockets(&nf)
+        nf.sockets()
     );
     // And the gateway still serves a new connection.
     let listener = net.in_host(|| std::net::TcpListener::bind("127.0.0.1:7002").unwrap());
@@ -231,8 +197,8 @@ fn a_udp_idle_timeout_fires_on_time_while_a_host_connect_is_pending() {
         s
     });
     let host_udp = net.in_host(|| UdpSocket::bind("127.0.0.1:7102").unwrap());
-    assert!(wait_until(Duration::from_secs(5), || sockets(&nf) >= 3));
-    let with_pending = sockets(&nf);
+    assert!(wait_until(Duration::from_secs(5), || nf.sockets() >= 3));
+    let with_pending = nf.sockets();
 
     let guest = ns.in_ns(|| UdpSocket::bind("0.0.0.0:0").unwrap());
     guest.send_to(b"hello", "10.0.2.2:7102").unwrap();
@@ -244,11 +210,11 @@ fn a_udp_idle_timeout_fires_on_time_while_a_host_connect_is_pending() {
         .recv_from(&mut buf)
         .expect("the datagram never came");
     let sent = Instant::now();
-    assert_eq!(sockets(&nf), with_pending + 1, "no UDP flow opened");
+    assert_eq!(nf.sockets(), with_pending + 1, "no UDP flow opened");
     // Closed 2 s after its last use, on the next 1 s sweep: within a
     // second of the deadline, not whenever the next event happens.
     assert!(
-        wait_until(Duration::from_secs(10), || sockets(&nf) == with_pending),
+        wait_until(Duration::from_secs(10), || nf.sockets() == with_pending),
         "the UDP flow was never closed\n{}",
         nf.output()
     );

@@ -9,56 +9,23 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{Namespace, Netferry, Options, TempDir, TestNet, pattern};
+use common::{Namespace, Netferry, Options, Served, TempDir, TestNet, pattern};
 
 const LEN: usize = 8 << 20;
 /// Frames a transfer of LEN takes at MTU 1500 without offload, at least.
 const PLAIN_FRAMES: u64 = (LEN / 1460) as u64;
 
-struct Setup {
-    net: TestNet,
-    ns: Namespace,
-    nf: Netferry,
-    api: std::path::PathBuf,
-    _dir: TempDir,
-}
+type Setup = Served;
 
 fn setup(extra: &[&str]) -> Setup {
-    let net = TestNet::new();
-    let ns = Namespace::new();
-    let dir = TempDir::new("offload");
-    let api = dir.path("api.sock");
-    let api_arg = format!("--api-socket={}", api.display());
-    let pid = ns.pid.to_string();
-    let mut args = vec!["-c", "--mtu=1500", &api_arg];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[&pid, "tap0"]);
-    let mut opts = Options::args(&args);
-    opts.host_netns = Some(net.host.clone());
-    let mut nf = Netferry::spawn(opts);
-    nf.wait_ready();
-    Setup {
-        net,
-        ns,
-        nf,
-        api,
-        _dir: dir,
-    }
+    let mut flags = vec!["--mtu=1500"];
+    flags.extend_from_slice(extra);
+    Served::start(&flags)
 }
 
-impl Setup {
-    fn status(&self) -> serde_json::Value {
-        let mut c = UnixStream::connect(&self.api).unwrap();
-        c.write_all(br#"{"execute":"status"}"#).unwrap();
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut reply = String::new();
-        c.read_to_string(&mut reply).unwrap();
-        serde_json::from_str(&reply).unwrap()
-    }
-
+impl Served {
     fn frames_from_guest(&self) -> u64 {
         self.status()["return"]["frames_from_guest"]
             .as_u64()
@@ -209,7 +176,7 @@ fn a_callers_tap_fd_with_a_virtio_header_is_understood() {
         ns,
         nf,
         api: Default::default(),
-        _dir: TempDir::new("offload"),
+        dir: TempDir::new("offload"),
     };
     s.send_up(7005);
     s.send_down(7006);

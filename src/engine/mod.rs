@@ -50,6 +50,7 @@ pub use port::{ETHERNET_HEADER_LEN, FrameSink};
 pub use crate::host::{FlowId, Host, Proto, Readiness};
 
 use crate::config::{DEFAULT_TCP_BUFFER, Network, Network6};
+use crate::setup::Pages;
 use flows::FlowTable;
 use port::Port;
 
@@ -67,6 +68,9 @@ const DNS_PORT: u16 = 53;
 const GUEST_MAC_LIMIT: usize = 256;
 /// Segments one flow may send per poll before the others get a turn.
 const EGRESS_BURST: usize = 256;
+/// The largest datagram a host socket can hand us (a UDP payload is at
+/// most 65,507 bytes; ICMP ones are smaller).
+const MAX_DATAGRAM_READ: usize = 65536;
 /// How often idle UDP/ICMP flows and finished TCP flows are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// A UDP (or ICMP echo) flow with no traffic either way for this long is
@@ -203,10 +207,13 @@ pub struct Engine<H: Host> {
     ping_denied_logged: bool,
     stats: Stats,
     next_sweep: Instant,
-    /// Reused buffer for every frame the engine or smoltcp sends.
+    /// Reused buffer for every frame the engine or smoltcp sends; it
+    /// grows to the largest frame sent so far, so an idle instance keeps
+    /// no 64 KiB of it.
     tx: Vec<u8>,
-    /// Reused buffer for datagrams read from host sockets.
-    scratch: Vec<u8>,
+    /// Reused buffer for datagrams read from host sockets, mapped so that
+    /// only the pages the largest datagram so far reached are resident.
+    scratch: Pages,
 }
 
 impl<H: Host> Engine<H> {
@@ -225,7 +232,7 @@ impl<H: Host> Engine<H> {
             log::warn!("MTU {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}; IPv6 stays off");
         }
         let caps = port::capabilities(mtu, cfg.verify_checksums, cfg.offload);
-        let mut tx = vec![0u8; caps.max_transmission_unit];
+        let mut tx = Vec::new();
 
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ethernet(mac));
         iface_cfg.random_seed = cfg.seed;
@@ -287,7 +294,7 @@ impl<H: Host> Engine<H> {
             stats: Stats::default(),
             next_sweep: now + SWEEP_INTERVAL,
             tx,
-            scratch: vec![0u8; 65536],
+            scratch: Pages::zeroed(MAX_DATAGRAM_READ),
         }
     }
 

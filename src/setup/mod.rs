@@ -6,9 +6,11 @@
 //! namespace needs a single-threaded process and cannot be undone, and the
 //! host sockets must stay in the caller's network namespace, so the join
 //! happens in a forked child that sends the tap fd back over a socketpair
-//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started.
+//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started,
+//! but for indexing into the buffers that `pages` maps.
 
 mod ifconfig;
+mod pages;
 pub mod sandbox;
 pub mod seccomp;
 mod tap;
@@ -30,6 +32,7 @@ use nix::unistd::{ForkResult, fork};
 use thiserror::Error;
 
 pub use ifconfig::{IfConfig, IfconfigError, configure};
+pub use pages::Pages;
 pub use tap::{Offload, TapError, offload_of, open_tap};
 pub use userns::{Namespaced, spawn_namespaced};
 
@@ -378,6 +381,20 @@ pub fn prefer_mmap_for_buffers() {
 /// Other C libraries have no `mallopt`; their allocators are left alone.
 #[cfg(not(target_env = "gnu"))]
 pub fn prefer_mmap_for_buffers() {}
+
+/// Give back the heap pages that setup used and freed (argument parsing,
+/// configuration, the fork): glibc keeps them resident for reuse, and
+/// an idle instance never reuses most of them.
+#[cfg(target_env = "gnu")]
+pub fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free heap memory to the kernel;
+    // no live allocation is touched, and no other thread exists.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Other C libraries trim on their own terms.
+#[cfg(not(target_env = "gnu"))]
+pub fn release_startup_memory() {}
 
 #[cfg(test)]
 mod tests {

@@ -354,6 +354,40 @@ impl Netferry {
         fs::read_to_string(self.dir.path("stdout")).unwrap_or_default()
     }
 
+    /// Sockets netferry holds open now.
+    pub fn sockets(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        fs::read_link(e.path())
+                            .map(|l| l.to_string_lossy().starts_with("socket:"))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// CPU seconds netferry has used (user + system).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.dir.path("stderr")).unwrap_or_default()
     }
@@ -369,6 +403,75 @@ impl Drop for Netferry {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// netferry serving a fresh container namespace with `-c`, an API socket
+/// and extra flags, from inside a test host namespace.
+pub struct Served {
+    pub net: TestNet,
+    pub ns: Namespace,
+    pub nf: Netferry,
+    pub api: PathBuf,
+    /// Holds the API socket; removed with it.
+    pub dir: TempDir,
+}
+
+impl Served {
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_via(extra, &[])
+    }
+
+    /// The same, run through `prefix` (e.g. `prlimit ... --`).
+    pub fn start_via(extra: &[&str], prefix: &[&str]) -> Self {
+        let net = TestNet::new();
+        let ns = Namespace::new();
+        let dir = TempDir::new("served");
+        let api = dir.path("api.sock");
+        let api_arg = format!("--api-socket={}", api.display());
+        let pid = ns.pid.to_string();
+        let mut args = vec!["-c", &api_arg];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&pid, "tap0"]);
+        let mut opts = Options::args(&args);
+        if prefix.is_empty() {
+            opts.host_netns = Some(net.host.clone());
+        } else {
+            let host = format!("--net={}", net.host_path());
+            opts.exec_via = ["nsenter", &host, "--"]
+                .iter()
+                .chain(prefix)
+                .map(|s| s.to_string())
+                .collect();
+        }
+        let mut nf = Netferry::spawn(opts);
+        nf.wait_ready();
+        Served {
+            net,
+            ns,
+            nf,
+            api,
+            dir,
+        }
+    }
+
+    /// One API request and its reply (empty when the connection failed).
+    pub fn api(&self, request: &[u8]) -> String {
+        use std::io::Write;
+        let Ok(mut c) = std::os::unix::net::UnixStream::connect(&self.api) else {
+            return String::new();
+        };
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(request);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let mut reply = String::new();
+        let _ = c.read_to_string(&mut reply);
+        reply
+    }
+
+    /// The `status` command's reply.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.api(br#"{"execute":"status"}"#)).unwrap()
     }
 }
 
