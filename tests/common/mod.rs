@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 pub mod podman;
+pub mod rootless;
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -767,6 +768,17 @@ pub fn rootlesskit2() -> Option<&'static str> {
     None
 }
 
+/// How rootlesskit finds netferry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// `--slirp4netns-binary=PATH`.
+    ByFlag,
+    /// As `slirp4netns` first in `PATH`, rootlesskit's default binary
+    /// name: how dockerd-rootless.sh and containerd-rootless.sh find it,
+    /// and how they decide to pick the slirp4netns driver at all.
+    OnPath,
+}
+
 impl Rootlesskit {
     pub fn spawn(net: &TestNet, flags: &[&str], page: &str, script: &str) -> Self {
         Self::spawn_with("rootlesskit", net, flags, page, script)
@@ -777,6 +789,18 @@ impl Rootlesskit {
     /// ([`Rootlesskit::argv`]).
     pub fn spawn_with(
         rootlesskit: &str,
+        net: &TestNet,
+        flags: &[&str],
+        page: &str,
+        script: &str,
+    ) -> Self {
+        Self::start(rootlesskit, Found::ByFlag, net, flags, page, script)
+    }
+
+    /// The same, with netferry found as rootlesskit is told (`found`).
+    pub fn start(
+        rootlesskit: &str,
+        found: Found,
         net: &TestNet,
         flags: &[&str],
         page: &str,
@@ -796,7 +820,8 @@ impl Rootlesskit {
         // A copy the unprivileged user can surely execute.
         let bin = dir.path("netferry");
         fs::copy(netferry_bin(), &bin).unwrap();
-        let wrapper = dir.path("slirp4netns");
+        fs::create_dir_all(dir.path("bin")).unwrap();
+        let wrapper = dir.path("bin/slirp4netns");
         fs::write(
             &wrapper,
             format!(
@@ -826,11 +851,21 @@ impl Rootlesskit {
             "env".into(),
             format!("HOME={home}"),
             format!("XDG_RUNTIME_DIR={home}"),
-            rootlesskit.into(),
-            "--net=slirp4netns".into(),
-            format!("--slirp4netns-binary={}", wrapper.display()),
-            format!("--state-dir={home}/state"),
         ];
+        match found {
+            Found::ByFlag => args.extend([
+                rootlesskit.into(),
+                format!("--slirp4netns-binary={}", wrapper.display()),
+            ]),
+            Found::OnPath => args.extend([
+                format!("PATH={home}/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+                rootlesskit.into(),
+            ]),
+        }
+        args.extend([
+            "--net=slirp4netns".into(),
+            format!("--state-dir={home}/state"),
+        ]);
         args.extend(flags.iter().map(|f| f.to_string()));
         args.extend(["sh".into(), "-c".into(), inner]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -841,6 +876,33 @@ impl Rootlesskit {
             .spawn()
             .unwrap();
         Rootlesskit { child, dir, bin }
+    }
+
+    /// rootlesskit's state directory (`$ROOTLESSKIT_STATE_DIR` inside).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path("state")
+    }
+
+    /// The serving command line with the state directory written `$STATE`
+    /// and the child's pid `$PID`, so it can be compared whole.
+    pub fn normalized_argv(&self) -> String {
+        let argv = self.serving_argv();
+        let state = self.state_dir().display().to_string();
+        let pid = fs::read_to_string(self.state_dir().join("child_pid")).unwrap_or_default();
+        let pid = pid.trim();
+        argv.split(' ')
+            .map(|a| {
+                let a = a.replace(&state, "$STATE");
+                if pid.is_empty() {
+                    a
+                } else if a == pid {
+                    "$PID".into()
+                } else {
+                    a.replace(&format!("/proc/{pid}/"), "/proc/$PID/")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub fn log(&self) -> String {
@@ -860,6 +922,41 @@ impl Rootlesskit {
             .find(|l| *l != "--help")
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// The pid of the netferry serving the network (not its `--help`).
+    pub fn helper_pid(&self) -> Option<u32> {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("^{} ", self.bin.display())])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// A field of that netferry's /proc/PID/status ("" when gone).
+    pub fn helper_status(&self, name: &str) -> String {
+        let Some(pid) = self.helper_pid() else {
+            return String::new();
+        };
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Whether that netferry lives in its sandbox: a root without /usr.
+    pub fn helper_sandboxed(&self) -> bool {
+        let pid = self.helper_pid().expect("netferry is not running");
+        fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .all(|e| e.unwrap().file_name() != "usr")
     }
 
     /// Wait until `url`, fetched in the host namespace, gives `want`.
