@@ -6,8 +6,8 @@
 #
 #   sudo bash bench/compare.sh [RUNS] [SECONDS]
 #
-# ONLY=throughput|forward|small limits a run to one group of measurements
-# (small: memory, latency and connection rate).
+# ONLY=throughput|forward|udp|small limits a run to one group of
+# measurements (small: memory, latency and connection rate).
 #
 # Everything runs as the unprivileged user nobody (pasta refuses root),
 # inside a host network namespace this script creates and deletes; its
@@ -163,6 +163,29 @@ iperf() {
     record "$tool" "cpu_s_per_GB_$name" "$(python3 -c "print(($t1-$t0)/$TICKS/($bytes/1e9))")"
 }
 
+# iperf3 UDP at an unlimited rate between the guest and the gateway (=
+# host loopback): NAME up sends guest->host; down uses -R, so the host's
+# server sends into the flow the guest opened (the one path all three
+# tools carry: no forward needed). LEN is the payload per datagram.
+# Records what the receiver got: Gbit/s, datagrams/s and the loss %.
+iperf_udp() {
+    local tool=$1 name=$2 len=$3; shift 3
+    local json gbps pps loss
+    json=$(in_guest iperf3 -c 10.0.2.2 -p $IPERF_PORT -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
+    # end.sum holds the sender's packet count and the receiver's loss
+    # (reported back over the control connection), so received =
+    # packets - lost_packets.
+    read -r gbps pps loss < <(python3 -c '
+import json, sys
+s = json.load(sys.stdin)["end"]["sum"]
+got = s["packets"] - s["lost_packets"]
+print(got * int(sys.argv[1]) * 8 / s["seconds"] / 1e9, got / s["seconds"], s["lost_percent"])' "$len" <<<"$json" 2>/dev/null) || true
+    [ -n "${gbps:-}" ] && [ -n "${pps:-}" ] || return 0
+    record "$tool" "udp_${name}_gbps" "$gbps"
+    record "$tool" "udp_${name}_kpps" "$(python3 -c "print($pps/1e3)")"
+    record "$tool" "udp_${name}_loss" "$loss"
+}
+
 add_forward() {
     [ "$1" = pasta ] && return 0
     python3 - "$api" <<EOF
@@ -218,6 +241,15 @@ print('open', flush=True); time.sleep(3600)
             kill $guest_iperf 2>/dev/null; wait $guest_iperf 2>/dev/null || true
             stop
         fi
+        # UDP both ways: large datagrams for throughput, 64-byte ones (as
+        # DNS and QUIC acks produce) for the datagram rate.
+        if want udp && start "$tool" 65520; then
+            iperf_udp "$tool" up1400 1400
+            iperf_udp "$tool" down1400 1400 -R
+            iperf_udp "$tool" up64 64
+            iperf_udp "$tool" down64 64 -R
+            stop
+        fi
         # Idle memory, latency, connection rate, then peak memory.
         want small || continue
         start "$tool" 65520 || { stop; continue; }
@@ -252,6 +284,12 @@ rows = [
     ("up6", "guest→host Gbit/s over IPv6 (fd00::2), MTU 65520", True),
     ("up_idle", "guest→host Gbit/s, MTU 65520, beside idle connections (IDLE, 5000)", True),
     ("forward", "host→guest Gbit/s via port forward", True),
+    ("udp_up1400_gbps", "UDP guest→host Gbit/s received, 1400-byte datagrams", True),
+    ("udp_down1400_gbps", "UDP host→guest Gbit/s received, 1400-byte datagrams", True),
+    ("udp_up1400_loss", "UDP guest→host loss %, 1400-byte datagrams (sender unpaced)", False),
+    ("udp_down1400_loss", "UDP host→guest loss %, 1400-byte datagrams (sender unpaced)", False),
+    ("udp_up64_kpps", "UDP guest→host k datagrams/s received, 64 bytes", True),
+    ("udp_down64_kpps", "UDP host→guest k datagrams/s received, 64 bytes", True),
     ("latency_us", "TCP round trip µs, median (lower is better)", False),
     ("conn_per_s", "connections/s", True),
     ("idle_rss_MB", "idle RSS MB (lower is better)", False),
