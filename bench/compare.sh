@@ -172,14 +172,19 @@ iperf_udp() {
     local tool=$1 name=$2 len=$3; shift 3
     local json gbps pps loss
     json=$(in_guest iperf3 -c 10.0.2.2 -p $IPERF_PORT -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
-    # end.sum holds the sender's packet count and the receiver's loss
-    # (reported back over the control connection), so received =
-    # packets - lost_packets.
+    # Up, the client sends: end.sum holds its packet count and the loss
+    # the server reported back. Down (-R), the client receives: its own
+    # intervals count what arrived (packets expected - lost), which stays
+    # honest even when nothing arrives (end.sum then shows no loss).
     read -r gbps pps loss < <(python3 -c '
 import json, sys
-s = json.load(sys.stdin)["end"]["sum"]
-got = s["packets"] - s["lost_packets"]
-print(got * int(sys.argv[1]) * 8 / s["seconds"] / 1e9, got / s["seconds"], s["lost_percent"])' "$len" <<<"$json" 2>/dev/null) || true
+j = json.load(sys.stdin)
+s = j["end"]["sum"]
+if j["start"]["test_start"]["reverse"]:
+    got = sum(i["sum"]["packets"] - i["sum"]["lost_packets"] for i in j["intervals"])
+else:
+    got = s["packets"] - s["lost_packets"]
+print(got * int(sys.argv[1]) * 8 / s["seconds"] / 1e9, got / s["seconds"], 100 * (1 - got / s["packets"]))' "$len" <<<"$json" 2>/dev/null) || true
     [ -n "${gbps:-}" ] && [ -n "${pps:-}" ] || return 0
     record "$tool" "udp_${name}_gbps" "$gbps"
     record "$tool" "udp_${name}_kpps" "$(python3 -c "print($pps/1e3)")"

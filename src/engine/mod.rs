@@ -50,6 +50,7 @@ pub use port::{ETHERNET_HEADER_LEN, FrameSink};
 pub use crate::host::{FlowId, Host, Proto, Readiness};
 
 use crate::config::{DEFAULT_TCP_BUFFER, Network, Network6};
+use crate::host::DgramBatch;
 use flows::FlowTable;
 use port::Port;
 
@@ -205,6 +206,8 @@ pub struct Engine<H: Host> {
     tx: Vec<u8>,
     /// Reused buffer for datagrams read from host sockets.
     scratch: Vec<u8>,
+    /// Datagrams read from a host socket in one call.
+    dgrams: DgramBatch,
 }
 
 impl<H: Host> Engine<H> {
@@ -279,6 +282,7 @@ impl<H: Host> Engine<H> {
             next_sweep: now + SWEEP_INTERVAL,
             tx,
             scratch: vec![0u8; 65536],
+            dgrams: DgramBatch::default(),
         }
     }
 
