@@ -6,7 +6,7 @@
 #
 #   sudo bash bench/compare.sh [RUNS] [SECONDS]
 #
-# ONLY=throughput|forward|small|density limits a run to one group of
+# ONLY=throughput|forward|udp|small|density limits a run to one group of
 # measurements (small: memory, latency and connection rate; density: the
 # memory of DENSITY idle instances at once, 100 unless set).
 #
@@ -232,6 +232,34 @@ iperf() {
     record "$tool" "cpu_s_per_GB_$name" "$(python3 -c "print(($t1-$t0)/$TICKS/($bytes/1e9))")"
 }
 
+# iperf3 UDP at an unlimited rate between the guest and the gateway (=
+# host loopback): NAME up sends guest->host; down uses -R, so the host's
+# server sends into the flow the guest opened (the one path all three
+# tools carry: no forward needed). LEN is the payload per datagram.
+# Records what the receiver got: Gbit/s, datagrams/s and the loss %.
+iperf_udp() {
+    local tool=$1 name=$2 len=$3; shift 3
+    local json gbps pps loss
+    json=$(in_guest iperf3 -c 10.0.2.2 -p $IPERF_PORT -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
+    # Up, the client sends: end.sum holds its packet count and the loss
+    # the server reported back. Down (-R), the client receives: its own
+    # intervals count what arrived (packets expected - lost), which stays
+    # honest even when nothing arrives (end.sum then shows no loss).
+    read -r gbps pps loss < <(python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+s = j["end"]["sum"]
+if j["start"]["test_start"]["reverse"]:
+    got = sum(i["sum"]["packets"] - i["sum"]["lost_packets"] for i in j["intervals"])
+else:
+    got = s["packets"] - s["lost_packets"]
+print(got * int(sys.argv[1]) * 8 / s["seconds"] / 1e9, got / s["seconds"], 100 * (1 - got / s["packets"]))' "$len" <<<"$json" 2>/dev/null) || true
+    [ -n "${gbps:-}" ] && [ -n "${pps:-}" ] || return 0
+    record "$tool" "udp_${name}_gbps" "$gbps"
+    record "$tool" "udp_${name}_kpps" "$(python3 -c "print($pps/1e3)")"
+    record "$tool" "udp_${name}_loss" "$loss"
+}
+
 add_forward() {
     [ "$1" = pasta ] && return 0
     python3 - "$api" <<EOF
@@ -287,6 +315,15 @@ print('open', flush=True); time.sleep(3600)
             kill $guest_iperf 2>/dev/null; wait $guest_iperf 2>/dev/null || true
             stop
         fi
+        # UDP both ways: large datagrams for throughput, 64-byte ones (as
+        # DNS and QUIC acks produce) for the datagram rate.
+        if want udp && start "$tool" 65520; then
+            iperf_udp "$tool" up1400 1400
+            iperf_udp "$tool" down1400 1400 -R
+            iperf_udp "$tool" up64 64
+            iperf_udp "$tool" down64 64 -R
+            stop
+        fi
         # Many idle instances at once: what a host of containers pays.
         want density && density "$tool"
         # Idle memory, latency, connection rate, then peak memory.
@@ -324,6 +361,12 @@ rows = [
     ("up6", "guest→host Gbit/s over IPv6 (fd00::2), MTU 65520", True),
     ("up_idle", "guest→host Gbit/s, MTU 65520, beside idle connections (IDLE, 5000)", True),
     ("forward", "host→guest Gbit/s via port forward", True),
+    ("udp_up1400_gbps", "UDP guest→host Gbit/s received, 1400-byte datagrams", True),
+    ("udp_down1400_gbps", "UDP host→guest Gbit/s received, 1400-byte datagrams", True),
+    ("udp_up1400_loss", "UDP guest→host loss %, 1400-byte datagrams (sender unpaced)", False),
+    ("udp_down1400_loss", "UDP host→guest loss %, 1400-byte datagrams (sender unpaced)", False),
+    ("udp_up64_kpps", "UDP guest→host k datagrams/s received, 64 bytes", True),
+    ("udp_down64_kpps", "UDP host→guest k datagrams/s received, 64 bytes", True),
     ("latency_us", "TCP round trip µs, median (lower is better)", False),
     ("conn_per_s", "connections/s", True),
     ("idle_rss_MB", "idle RSS MB (lower is better)", False),

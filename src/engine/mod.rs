@@ -50,6 +50,7 @@ pub use port::{ETHERNET_HEADER_LEN, FrameSink};
 pub use crate::host::{FlowId, Host, Proto, Readiness};
 
 use crate::config::{DEFAULT_TCP_BUFFER, Network, Network6};
+use crate::host::DgramBatch;
 use crate::setup::Pages;
 use flows::FlowTable;
 use port::Port;
@@ -214,6 +215,8 @@ pub struct Engine<H: Host> {
     /// Reused buffer for datagrams read from host sockets, mapped so that
     /// only the pages the largest datagram so far reached are resident.
     scratch: Pages,
+    /// Datagrams read from a host socket in one call.
+    dgrams: DgramBatch,
 }
 
 impl<H: Host> Engine<H> {
@@ -295,6 +298,7 @@ impl<H: Host> Engine<H> {
             next_sweep: now + SWEEP_INTERVAL,
             tx,
             scratch: Pages::zeroed(MAX_DATAGRAM_READ),
+            dgrams: DgramBatch::default(),
         }
     }
 

@@ -113,7 +113,8 @@ impl<H: Host> Engine<H> {
         sink: &mut S,
     ) -> bool {
         let ping = self.flows.kind(id) == Some(Kind::Ping);
-        for _ in 0..DGRAM_BATCH {
+        let mut delivered = 0;
+        while delivered < DGRAM_BATCH {
             let Some(flow) = self.flows.dgram_mut(id) else {
                 return false;
             };
@@ -121,8 +122,8 @@ impl<H: Host> Engine<H> {
                 return false;
             }
             let (guest_mac, key) = (flow.guest_mac, flow.key);
-            let n = match Step::from(self.host.recv(id, &mut self.scratch)) {
-                Step::Got(n) => n,
+            let count = match Step::from(self.host.recv_batch(id, &mut self.dgrams)) {
+                Step::Got(count) => count,
                 Step::Retry => continue,
                 Step::Drained => {
                     flow.readable = false;
@@ -133,6 +134,7 @@ impl<H: Host> Engine<H> {
                     let quote = udp_quote(&key);
                     let reason = Unreachable::Port;
                     self.send_unreachable(guest_mac, key.dst.ip(), reason, &quote, sink);
+                    delivered += 1;
                     continue;
                 }
                 Step::Failed(e) => {
@@ -142,15 +144,19 @@ impl<H: Host> Engine<H> {
                 }
             };
             flow.last_used = now;
-            self.stats.bytes_to_guest += n as u64;
-            // Borrow the datagram out of self while building the frame.
-            let scratch = std::mem::take(&mut self.scratch);
-            if ping {
-                self.deliver_echo_reply(guest_mac, &key, &scratch[..n], sink);
-            } else {
-                self.send_udp(guest_mac, key.dst, key.guest, &scratch[..n], sink);
+            // Borrow the datagrams out of self while building the frames.
+            let dgrams = std::mem::take(&mut self.dgrams);
+            for i in 0..count {
+                let data = dgrams.datagram(i);
+                self.stats.bytes_to_guest += data.len() as u64;
+                if ping {
+                    self.deliver_echo_reply(guest_mac, &key, data, sink);
+                } else {
+                    self.send_udp(guest_mac, key.dst, key.guest, data, sink);
+                }
             }
-            self.scratch = scratch;
+            self.dgrams = dgrams;
+            delivered += count;
         }
         true
     }

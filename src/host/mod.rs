@@ -71,6 +71,11 @@ pub trait Host {
     fn send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize>;
     /// Receive on a connected datagram socket (UDP or ping).
     fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize>;
+    /// Receive up to `DGRAM_SLOTS` datagrams on a connected datagram
+    /// socket in one go; returns how many (at least one), or the error
+    /// `recv` would give for the first. An error after some datagrams
+    /// waits for the next call.
+    fn recv_batch(&mut self, id: FlowId, batch: &mut DgramBatch) -> io::Result<usize>;
     /// A listener for a forward; returns the address really bound (port 0
     /// picks one).
     fn listen(&mut self, id: FlowId, proto: Proto, addr: SocketAddr) -> io::Result<SocketAddr>;
@@ -86,6 +91,45 @@ pub trait Host {
     fn close(&mut self, id: FlowId, reset: bool);
     /// The host's DNS resolver, if it has one now.
     fn nameserver(&mut self, now: Instant) -> Option<IpAddr>;
+}
+
+/// Datagrams a `recv_batch` call may return at once: one syscall per
+/// this many instead of one per datagram.
+pub const DGRAM_SLOTS: usize = 16;
+/// Each slot holds the largest UDP payload, so no datagram is ever cut.
+const DGRAM_SLOT_LEN: usize = 65536;
+
+/// Room for a batch of received datagrams, each in a slot of its own.
+///
+/// The memory is claimed on first use, zeroed by the allocator (fresh
+/// pages, not written), so only the pages datagrams actually fill become
+/// resident: an instance that carries no UDP pays nothing, and a stream
+/// of small datagrams touches one page per slot.
+#[derive(Default)]
+pub struct DgramBatch {
+    buf: Vec<u8>,
+    lens: [usize; DGRAM_SLOTS],
+}
+
+impl DgramBatch {
+    /// The slots to receive into, in order.
+    pub fn slots_mut(&mut self) -> std::slice::ChunksExactMut<'_, u8> {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; DGRAM_SLOTS * DGRAM_SLOT_LEN];
+        }
+        self.buf.chunks_exact_mut(DGRAM_SLOT_LEN)
+    }
+
+    /// Record that slot `i` received `len` bytes.
+    pub fn set_len(&mut self, i: usize, len: usize) {
+        self.lens[i] = len.min(DGRAM_SLOT_LEN);
+    }
+
+    /// The datagram in slot `i`, as long as `set_len` said.
+    pub fn datagram(&self, i: usize) -> &[u8] {
+        let start = i * DGRAM_SLOT_LEN;
+        &self.buf[start..start + self.lens[i]]
+    }
 }
 
 /// One policy for every loop that reads a host socket until it is empty:

@@ -6,7 +6,7 @@
 //! registry under its flow's token. Nothing here knows about frames or
 //! the guest.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSliceMut, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -14,12 +14,13 @@ use std::path::Path;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Registry};
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrStorage, bind, connect, socket,
+    AddressFamily, MsgFlags, MultiHeaders, SockFlag, SockProtocol, SockType, SockaddrStorage, bind,
+    connect, recvmmsg, socket,
 };
 use smoltcp::time::Instant;
 use thiserror::Error;
 
-use super::{FlowId, Host, Proto};
+use super::{DGRAM_SLOTS, DgramBatch, FlowId, Host, Proto};
 use crate::resolv::Resolver;
 use crate::tokens;
 
@@ -183,6 +184,11 @@ pub struct NetHost {
     socks: Vec<Option<Sock>>,
     outbound: Outbound,
     resolver: Resolver,
+    /// recvmmsg's message headers, kept between calls. With room for a
+    /// source address although the sockets are connected: the kernel
+    /// writes each address's length back into the header, and nix does
+    /// not reset it, so with `()` (no room) the next call fails EFAULT.
+    recv_headers: MultiHeaders<SockaddrStorage>,
 }
 
 fn not_open() -> io::Error {
@@ -196,6 +202,7 @@ impl NetHost {
             socks: Vec::new(),
             outbound,
             resolver: Resolver::new(resolv_conf),
+            recv_headers: MultiHeaders::preallocate(DGRAM_SLOTS, None),
         }
     }
 
@@ -309,6 +316,36 @@ impl Host for NetHost {
 
     fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
         self.dgram(id)?.recv(buf)
+    }
+
+    fn recv_batch(&mut self, id: FlowId, batch: &mut DgramBatch) -> io::Result<usize> {
+        let fd = self.dgram(id)?.as_raw_fd();
+        let mut slots = batch.slots_mut();
+        // The iterator yields exactly DGRAM_SLOTS slots (the batch's
+        // buffer is DGRAM_SLOTS slots long), so `next` never runs dry.
+        let mut iovs: [[IoSliceMut<'_>; 1]; DGRAM_SLOTS] =
+            std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+        let mut lens = [0; DGRAM_SLOTS];
+        let mut count = 0;
+        let results = recvmmsg(
+            fd,
+            &mut self.recv_headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        for msg in results {
+            lens[count] = msg.bytes;
+            count += 1;
+        }
+        for (i, &n) in lens[..count].iter().enumerate() {
+            batch.set_len(i, n);
+        }
+        if count == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(count)
     }
 
     fn listen(&mut self, id: FlowId, proto: Proto, addr: SocketAddr) -> io::Result<SocketAddr> {

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::time::{Duration, Instant};
 
-use super::{FlowId, Host, Proto, Readiness};
+use super::{DGRAM_SLOTS, DgramBatch, FlowId, Host, Proto, Readiness};
 
 /// What a TCP connect to some address does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -542,6 +542,39 @@ impl Host for SimHost {
         let n = data.len().min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);
         Ok(n)
+    }
+
+    fn recv_batch(&mut self, id: FlowId, batch: &mut DgramBatch) -> io::Result<usize> {
+        let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
+            return Err(errno(libc::EBADF));
+        };
+        let mut lens = [0; DGRAM_SLOTS];
+        let mut count = 0;
+        for slot in batch.slots_mut() {
+            // Like recvmmsg(2): an error ends the batch, and is reported
+            // by this call only when nothing came before it.
+            if d.refused {
+                if count == 0 {
+                    d.refused = false;
+                    return Err(errno(libc::ECONNREFUSED));
+                }
+                break;
+            }
+            let Some(data) = d.inbox.pop_front() else {
+                break;
+            };
+            let n = data.len().min(slot.len());
+            slot[..n].copy_from_slice(&data[..n]);
+            lens[count] = n;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(would_block());
+        }
+        for (i, &n) in lens[..count].iter().enumerate() {
+            batch.set_len(i, n);
+        }
+        Ok(count)
     }
 
     fn listen(&mut self, id: FlowId, proto: Proto, addr: SocketAddr) -> io::Result<SocketAddr> {
