@@ -18,6 +18,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::time::Instant;
 
+use crate::setup::Pages;
+
 pub use net::{NetHost, Outbound, OutboundError, resolve_outbound_v4, resolve_outbound_v6};
 pub use sim::SimHost;
 
@@ -101,13 +103,13 @@ const DGRAM_SLOT_LEN: usize = 65536;
 
 /// Room for a batch of received datagrams, each in a slot of its own.
 ///
-/// The memory is claimed on first use, zeroed by the allocator (fresh
-/// pages, not written), so only the pages datagrams actually fill become
-/// resident: an instance that carries no UDP pays nothing, and a stream
-/// of small datagrams touches one page per slot.
+/// The memory is mapped on first use (`Pages`), so only the pages
+/// datagrams actually fill become resident: an instance that carries no
+/// UDP pays nothing, and a stream of small datagrams touches one page
+/// per slot.
 #[derive(Default)]
 pub struct DgramBatch {
-    buf: Vec<u8>,
+    buf: Pages,
     lens: [usize; DGRAM_SLOTS],
 }
 
@@ -115,7 +117,7 @@ impl DgramBatch {
     /// The slots to receive into, in order.
     pub fn slots_mut(&mut self) -> std::slice::ChunksExactMut<'_, u8> {
         if self.buf.is_empty() {
-            self.buf = vec![0u8; DGRAM_SLOTS * DGRAM_SLOT_LEN];
+            self.buf = Pages::zeroed(DGRAM_SLOTS * DGRAM_SLOT_LEN);
         }
         self.buf.chunks_exact_mut(DGRAM_SLOT_LEN)
     }
