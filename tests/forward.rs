@@ -12,7 +12,6 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{
@@ -348,11 +347,6 @@ fn silent_and_slow_api_clients_stall_nothing() {
 fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
     let net = TestNet::new();
     let dir = TempDir::new("rk-out");
-    Command::new("chmod")
-        .arg("0777")
-        .arg(&dir.0)
-        .status()
-        .unwrap();
     let www = dir.path("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("host.txt"), "file from the host\n").unwrap();
@@ -413,11 +407,6 @@ fn rootlesskit_runs_netferry_as_an_unprivileged_user() {
 fn rootlesskit_with_disable_host_loopback_and_its_builtin_port_driver() {
     let net = TestNet::new();
     let dir = TempDir::new("rk-out");
-    Command::new("chmod")
-        .arg("0777")
-        .arg(&dir.0)
-        .status()
-        .unwrap();
     let _host = net.in_host(|| std::net::TcpListener::bind("127.0.0.1:8002").unwrap());
     // The host's loopback must be out of reach from inside.
     let script = format!(

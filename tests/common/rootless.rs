@@ -4,7 +4,6 @@
 //! test reads back once the script says it is done.
 
 use std::fs;
-use std::process::Command;
 use std::time::Duration;
 
 use super::podman::HOST_WEB_PORT;
@@ -43,11 +42,6 @@ pub struct Probe {
 impl Probe {
     pub fn new(enter: Enter) -> Self {
         let dir = TempDir::new("rk-probe");
-        Command::new("chmod")
-            .arg("0777")
-            .arg(&dir.0)
-            .status()
-            .unwrap();
         Probe {
             dir,
             enter,
