@@ -104,6 +104,9 @@ pub struct TcpFlow {
     /// When smoltcp next wants this flow served (retransmission, keep
     /// alive, TIME-WAIT...), as last scheduled.
     pub timer: Option<Instant>,
+    /// The time of this flow's live entry in the timer heap: when it is
+    /// next woken, at or before `timer`.
+    pub queued: Option<Instant>,
 }
 
 impl TcpFlow {
@@ -183,7 +186,7 @@ pub struct FlowTable {
     /// TCP flows to check for completion after the next egress.
     reap: Vec<FlowId>,
     /// smoltcp's deadlines per flow, earliest first; entries that no
-    /// longer match their flow's `timer` are stale and skipped.
+    /// longer match their flow's `queued` are stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, FlowId)>>,
 }
 
@@ -347,11 +350,16 @@ impl FlowTable {
         let Some(Some(Flow::Tcp(f))) = self.slots.get_mut(id) else {
             return;
         };
-        if f.timer == at {
-            return;
-        }
         f.timer = at;
-        if let Some(at) = at {
+        // A busy flow's deadline moves later with every segment (the
+        // retransmission timer restarts). A later deadline keeps the entry
+        // already queued, which fires early and is queued again then: one
+        // entry per move would leave thousands of stale entries behind,
+        // each an idle wake-up once the traffic stops.
+        if let Some(at) = at
+            && f.queued.is_none_or(|queued| at < queued)
+        {
+            f.queued = Some(at);
             self.timers.push(Reverse((at, id)));
         }
     }
@@ -363,17 +371,29 @@ impl FlowTable {
                 break;
             }
             self.timers.pop();
-            if let Some(Some(Flow::Tcp(f))) = self.slots.get_mut(id)
-                && f.timer == Some(at)
-            {
-                f.timer = None;
-                self.mark_dirty(id);
+            let Some(Some(Flow::Tcp(f))) = self.slots.get_mut(id) else {
+                continue;
+            };
+            if f.queued != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            f.queued = None;
+            match f.timer {
+                Some(due) if due <= now => {
+                    f.timer = None;
+                    self.mark_dirty(id);
+                }
+                Some(later) => {
+                    f.queued = Some(later);
+                    self.timers.push(Reverse((later, id)));
+                }
+                None => {}
             }
         }
     }
 
-    /// The earliest smoltcp deadline of any flow (perhaps a stale one,
-    /// which only costs an early wake-up).
+    /// The earliest smoltcp deadline of any flow (perhaps one that has
+    /// moved later since, which only costs an early wake-up).
     pub fn next_timer(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)
     }

@@ -458,6 +458,29 @@ fn an_idle_connection_is_never_timed_out() {
 }
 
 #[test]
+fn a_busy_flow_leaves_no_stale_wake_ups_behind() {
+    // Each exchange moves the flow's retransmission deadline later; once
+    // the exchanges stop, the engine must not wake up once per move.
+    let mut w = World::new(13);
+    let (h, id) = established(&mut w, remote(80), 40013);
+    let mut buf = [0u8; 64];
+    for i in 0..2_000u32 {
+        let request = i.to_be_bytes();
+        w.sock(h).send_slice(&request).unwrap();
+        w.run_for(Duration::from_millis(1));
+        assert_eq!(w.host().peer_take(id, 64), request);
+        w.host().peer_send(id, &request);
+        w.run_for(Duration::from_millis(1));
+        let n = w.sock(h).recv_slice(&mut buf).unwrap();
+        assert_eq!(buf[..n], request);
+    }
+    w.wakeups = 0;
+    w.run_for(Duration::from_secs(10));
+    assert!(w.wakeups < 20, "{} wake-ups in 10 idle seconds", w.wakeups);
+    assert_eq!(w.tcp_flows(), 1);
+}
+
+#[test]
 fn a_host_reset_reaches_the_guest() {
     let mut w = World::new(5);
     let (h, id) = established(&mut w, remote(80), 40004);

@@ -275,6 +275,7 @@ impl<H: Host> Engine<H> {
         self.flows.insert(Flow::Tcp(TcpFlow {
             set: SocketSet::new(Vec::new()),
             timer: None,
+            queued: None,
             key,
             guest_mac: pkt.guest_mac,
             ready: Ready::default(),
@@ -420,6 +421,7 @@ impl<H: Host> Engine<H> {
         let flow = TcpFlow {
             set,
             timer: None,
+            queued: None,
             key,
             guest_mac: self.guest_mac_for(guest.ip()),
             // A fresh stream can take data at once.
