@@ -134,6 +134,10 @@ pub struct Args {
     #[arg(long = "disable-offload")]
     pub disable_offload: bool,
 
+    /// microseconds to keep polling before sleeping while traffic is dense (default 50, 0 = never)
+    #[arg(long = "busy-poll", value_name = "MICROSECONDS")]
+    pub busy_poll: Option<String>,
+
     /// size in bytes of each per-connection TCP buffer, each direction (default 1048576)
     #[arg(long = "tcp-buffer", value_name = "BYTES")]
     pub tcp_buffer: Option<String>,

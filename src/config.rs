@@ -8,6 +8,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -40,6 +41,10 @@ pub const MAX_TCP_BUFFER: usize = 64 * 1024 * 1024;
 pub const MAX_FLOW_CAP: u64 = 1 << 20;
 pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 120;
 pub const MAX_UDP_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+/// Long enough to cover a round trip through a busy host's server (see
+/// `busy_poll`); the most CPU one wake-up can spend waiting.
+pub const DEFAULT_BUSY_POLL_MICROS: u64 = 50;
+pub const MAX_BUSY_POLL_MICROS: u64 = 10_000;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -244,6 +249,9 @@ pub struct Config {
     /// Open the tap with a virtio-net header and segmentation offload
     /// where the kernel allows (`--disable-offload` turns it off).
     pub offload: bool,
+    /// The most time the event loop polls without sleeping
+    /// (`--busy-poll`; zero never).
+    pub busy_poll: Duration,
     /// `--outbound-addr` / `--outbound-addr6` as given (an address or an
     /// interface name); resolved at start-up by the setup code.
     pub outbound_addr: Option<String>,
@@ -380,16 +388,17 @@ impl Config {
             },
         };
 
-        let count = |flag, value: &Option<String>, default: u64, max: u64| match value {
+        let count = |flag, value: &Option<String>, default: u64, (min, max): (u64, u64)| match value
+        {
             None => Ok(default),
             Some(s) => s
                 .parse::<u64>()
                 .ok()
-                .filter(|n| (1..=max).contains(n))
+                .filter(|n| (min..=max).contains(n))
                 .ok_or_else(|| ConfigError::Count {
                     flag,
                     value: s.clone(),
-                    min: 1,
+                    min,
                     max,
                 }),
         };
@@ -399,21 +408,27 @@ impl Config {
                 "--max-tcp-flows",
                 &args.max_tcp_flows,
                 defaults.tcp_flows as u64,
-                MAX_FLOW_CAP,
+                (1, MAX_FLOW_CAP),
             )? as usize,
             pending_connects: count(
                 "--max-pending-connects",
                 &args.max_pending_connects,
                 defaults.pending_connects as u64,
-                MAX_FLOW_CAP,
+                (1, MAX_FLOW_CAP),
             )? as usize,
         };
         let udp_timeout = count(
             "--udp-timeout",
             &args.udp_timeout,
             DEFAULT_UDP_TIMEOUT_SECS,
-            MAX_UDP_TIMEOUT_SECS,
+            (1, MAX_UDP_TIMEOUT_SECS),
         )?;
+        let busy_poll = Duration::from_micros(count(
+            "--busy-poll",
+            &args.busy_poll,
+            DEFAULT_BUSY_POLL_MICROS,
+            (0, MAX_BUSY_POLL_MICROS),
+        )?);
 
         // The same fd given for two roles would be closed by one while
         // the other still uses it (`-r 3 --netns-type=tapfd 3`).
@@ -456,6 +471,7 @@ impl Config {
             host_loopback: !(args.disable_host_loopback || args.no_host_loopback),
             dns: !args.disable_dns,
             offload: !args.disable_offload,
+            busy_poll,
             outbound_addr: args.outbound_addr.clone(),
             outbound_addr6: args.outbound_addr6.clone(),
             tcp_buffer,
@@ -599,6 +615,21 @@ mod tests {
             "--ready-fd and --exit-fd name the same fd 4; each needs its own"
         );
         assert!(config(&["-r", "3", "-e", "4", "--netns-type=tapfd", "5"]).is_ok());
+    }
+
+    #[test]
+    fn busy_poll_window() {
+        let micros = |args: &[&str]| config(args).map(|c| c.busy_poll.as_micros());
+        assert_eq!(micros(&["1", "tap0"]).unwrap(), 50);
+        assert_eq!(micros(&["--busy-poll=0", "1", "tap0"]).unwrap(), 0);
+        assert_eq!(micros(&["--busy-poll", "200", "1", "tap0"]).unwrap(), 200);
+        assert_eq!(
+            micros(&["--busy-poll=-1", "1", "tap0"])
+                .unwrap_err()
+                .to_string(),
+            "--busy-poll must be a whole number from 0 to 10000, not -1"
+        );
+        assert!(micros(&["--busy-poll=20000", "1", "tap0"]).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use smoltcp::time::Instant;
 use thiserror::Error;
 
 use crate::api::ApiServer;
+use crate::busy_poll::BusyPoll;
 use crate::engine::{Engine, EngineConfig, FrameSink, Readiness};
 use crate::host::{NetHost, Outbound};
 use crate::setup::{Offload, Pages};
@@ -112,14 +113,16 @@ pub struct EventLoop {
     start: StdInstant,
     /// Mapped, not allocated: an idle instance touches one page of it.
     rx: Pages,
+    busy_poll: BusyPoll,
 }
 
 impl EventLoop {
     /// Register everything. SIGINT and SIGTERM are blocked and read from
     /// a signalfd, so they are handled between events, never mid-frame.
+    /// `busy_poll` is the most the loop polls before sleeping.
     pub fn new(
         (tap, offload): (File, Offload),
-        engine_cfg: &EngineConfig,
+        (engine_cfg, busy_poll): (&EngineConfig, Duration),
         host: (Outbound, &Path),
         exit_fd: Option<RawFd>,
         mut api: Option<ApiServer>,
@@ -166,6 +169,7 @@ impl EventLoop {
             child: None,
             start: StdInstant::now(),
             rx: Pages::zeroed(RX_BUFFER_LEN),
+            busy_poll: BusyPoll::new(busy_poll),
         };
         if let Some(fd) = exit_fd {
             // An exit fd that cannot be watched counts as already hung up;
@@ -227,7 +231,7 @@ impl EventLoop {
                     .poll_delay(now)
                     .map(|d| Duration::from_micros(d.total_micros()))
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = self.busy_poll.poll(&mut self.poll, &mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }

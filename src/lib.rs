@@ -11,6 +11,7 @@
 //!   [`config::Config`] with every address derived from the CIDR;
 //! - [`setup`]: namespace join, tap, `-c`, fd passing; all `unsafe` is here;
 //! - [`event_loop`]: one thread, `mio`, tap and control fds, timers;
+//!   [`busy_poll`]: how it waits while traffic is dense;
 //! - [`engine`]: frames in, frames out; the virtual hosts (gateway, DNS,
 //!   DHCP) and smoltcp. No I/O and no clock of its own, so tests drive it
 //!   with literal frames;
@@ -23,6 +24,7 @@
 //! part of the API.
 
 pub mod api;
+pub mod busy_poll;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -135,8 +135,14 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
         None => None,
     };
     let host = (outbound, Path::new(RESOLV_CONF));
-    let mut event_loop = EventLoop::new((tap, offload), &engine_cfg, host, cfg.exit_fd, api)
-        .context("cannot start the event loop")?;
+    let mut event_loop = EventLoop::new(
+        (tap, offload),
+        (&engine_cfg, cfg.busy_poll),
+        host,
+        cfg.exit_fd,
+        api,
+    )
+    .context("cannot start the event loop")?;
     setup::lock_down(cfg)?;
 
     print_banner(cfg, &tap_desc);

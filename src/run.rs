@@ -173,8 +173,14 @@ fn serve(
         None => None,
     };
     let host = (Outbound::default(), Path::new("/etc/resolv.conf"));
-    let mut event_loop = EventLoop::new((tap, offload), &cfg.engine_config(), host, None, api)
-        .context("cannot start the event loop")?;
+    let mut event_loop = EventLoop::new(
+        (tap, offload),
+        (&cfg.engine_config(), cfg.busy_poll),
+        host,
+        None,
+        api,
+    )
+    .context("cannot start the event loop")?;
     for spec in forwards {
         event_loop
             .engine_mut()
