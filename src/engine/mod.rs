@@ -217,6 +217,8 @@ pub struct Engine<H: Host> {
     scratch: Pages,
     /// Datagrams read from a host socket in one call.
     dgrams: DgramBatch,
+    /// The guest's datagrams until the next poll.
+    outbox: udp::Outbox,
 }
 
 impl<H: Host> Engine<H> {
@@ -299,6 +301,7 @@ impl<H: Host> Engine<H> {
             tx,
             scratch: Pages::zeroed(MAX_DATAGRAM_READ),
             dgrams: DgramBatch::default(),
+            outbox: udp::Outbox::default(),
         }
     }
 
@@ -800,6 +803,7 @@ impl<H: Host> Engine<H> {
     /// Call after each batch of frames and host events, and when
     /// `poll_delay` comes due.
     pub fn poll<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        self.flush_udp(sink);
         self.flows.requeue_carried();
         self.flows.fire_timers(now);
         self.service_flows(now, sink);
@@ -881,6 +885,9 @@ impl<H: Host> Engine<H> {
     /// Take a flow out: free its smoltcp socket and close its host socket
     /// (with RST for a TCP stream when `reset`).
     fn remove_flow(&mut self, id: FlowId, reset: bool) {
+        // Its datagrams not sent yet go with it: the id may be reused at
+        // once, by a flow to somewhere else.
+        self.outbox.forget(id);
         // A TCP flow's socket set goes with it.
         self.flows.remove(id);
         self.host.close(id, reset);

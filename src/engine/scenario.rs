@@ -652,6 +652,50 @@ fn idle_udp_flows_close_after_the_timeout_on_the_1s_sweep() {
 }
 
 #[test]
+fn guest_datagrams_to_two_flows_in_one_batch_go_out_in_order_per_flow() {
+    let mut w = World::new(14);
+    w.play_guest_by_hand();
+    // 150 datagrams between two polls: more than the outbox holds, so it
+    // is sent part way through as well as at the poll.
+    let data = |i: u16| format!("datagram {i:03}").into_bytes();
+    for i in 0..150 {
+        let port = if i % 3 == 0 { 54 } else { 53 };
+        w.raw.push(udp_frame(5353, REMOTE, port, &data(i)));
+    }
+    w.run_for(Duration::from_millis(10));
+    for (port, of_port) in [(53, 1..150), (54, 0..150)] {
+        let id = w.host().dgram_to(remote(port)).expect("no host socket");
+        let expected: Vec<Vec<u8>> = of_port
+            .filter(|i| (i % 3 == 0) == (port == 54))
+            .map(data)
+            .collect();
+        assert_eq!(w.host().dgram(id).unwrap().sent, expected, "to port {port}");
+    }
+}
+
+#[test]
+fn a_refusal_surfacing_in_a_batched_send_reaches_the_guest() {
+    let mut w = World::new(15);
+    w.play_guest_by_hand();
+    w.raw.push(udp_frame(5354, REMOTE, 9, b"first"));
+    w.run_for(Duration::from_millis(10));
+    let id = w.host().dgram_to(remote(9)).expect("no host socket");
+    // The host heard ICMP port unreachable for the first datagram.
+    w.host().dgram_refused(id);
+    w.trace.clear();
+    w.raw.push(udp_frame(5354, REMOTE, 9, b"second"));
+    w.raw.push(udp_frame(5354, REMOTE, 9, b"third"));
+    w.run_for(Duration::from_millis(10));
+    let unreachable = w.trace.iter().any(|f| {
+        let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+        ip.next_header() == IpProtocol::Icmp && ip.payload()[..2] == [3, 3]
+    });
+    assert!(unreachable, "no port unreachable for the guest");
+    // The refusal cost the datagram it surfaced on, not the one after.
+    assert_eq!(w.host().dgram(id).unwrap().sent, [&b"first"[..], b"third"]);
+}
+
+#[test]
 fn a_timer_fires_on_time_while_a_host_connect_is_pending() {
     let mut cfg = config();
     cfg.udp_idle_timeout = Duration::from_secs(5);

@@ -7,8 +7,14 @@
 //! Idle flows are closed after the configured timeout, and at most
 //! `UDP_FLOW_LIMIT` live at once (the least recently used is evicted), so
 //! a guest that sprays datagrams cannot exhaust the process's fds.
+//!
+//! The guest's datagrams wait in an `Outbox` until the engine polls
+//! (after a batch of tap frames), then go out with one `sendmmsg` per
+//! flow: a datagram at a time, each send woke the host's receiver and
+//! handed it netferry's CPU, a context switch per datagram.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
@@ -16,11 +22,56 @@ use smoltcp::wire::{DHCP_SERVER_PORT, EthernetAddress, IpProtocol, UdpPacket, Ud
 
 use super::flows::{DgramFlow, Flow, FlowKey, Kind, UDP_FLOW_LIMIT};
 use super::{Engine, FrameSink, Packet, Route, Unreachable};
-use crate::host::{FlowId, Host, Step};
+use crate::host::{FlowId, Host, SEND_SLOTS, Step};
+use crate::setup::Pages;
 
 /// Datagrams read from one host socket per poll before the others (and
 /// the tap) get their turn.
 pub(super) const DGRAM_BATCH: usize = 64;
+
+/// Room for the guest's datagrams between two polls: a tap batch of
+/// full-size ones, or the largest datagram.
+const OUTBOX_LEN: usize = 256 * 1024;
+
+/// Guest datagrams not sent yet, all flows together, in arrival order.
+/// The buffer is mapped on first use (`Pages`).
+#[derive(Default)]
+pub(super) struct Outbox {
+    buf: Pages,
+    used: usize,
+    items: Vec<(FlowId, Range<usize>)>,
+}
+
+impl Outbox {
+    fn fits(&self, len: usize) -> bool {
+        self.items.len() < SEND_SLOTS && self.used + len <= OUTBOX_LEN
+    }
+
+    fn push(&mut self, id: FlowId, data: &[u8]) {
+        if self.buf.is_empty() {
+            self.buf = Pages::zeroed(OUTBOX_LEN);
+        }
+        let range = self.used..self.used + data.len();
+        self.buf[range.clone()].copy_from_slice(data);
+        self.used = range.end;
+        self.items.push((id, range));
+    }
+
+    /// Flow `id`'s datagrams, in order.
+    fn of(&self, id: FlowId) -> Vec<&[u8]> {
+        let of_id = self.items.iter().filter(|(i, _)| *i == id);
+        of_id.map(|(_, r)| &self.buf[r.clone()]).collect()
+    }
+
+    pub(super) fn forget(&mut self, id: FlowId) {
+        self.items.retain(|(i, _)| *i != id);
+    }
+
+    fn clear(&mut self) {
+        self.used = 0;
+        self.items.clear();
+    }
+}
 
 impl<H: Host> Engine<H> {
     pub(super) fn process_udp<S: FrameSink>(&mut self, now: Instant, pkt: &Packet, sink: &mut S) {
@@ -67,15 +118,59 @@ impl<H: Host> Engine<H> {
         if let Some(flow) = self.flows.dgram_mut(id) {
             flow.last_used = now;
         }
-        match self.host.send(id, udp.payload()) {
-            Ok(n) => self.stats.bytes_to_host += n as u64,
-            // A refusal from an earlier datagram surfaces here; report it
-            // like the kernel would.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                let reason = Unreachable::Port;
-                self.send_unreachable(pkt.guest_mac, pkt.dst, reason, pkt.quote, sink);
+        if !self.outbox.fits(udp.payload().len()) {
+            self.flush_udp(sink);
+        }
+        self.outbox.push(id, udp.payload());
+    }
+
+    /// Send what the outbox holds, one `send_batch` per flow (more if
+    /// one call does not take all).
+    pub(super) fn flush_udp<S: FrameSink>(&mut self, sink: &mut S) {
+        if self.outbox.items.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        for (i, (id, _)) in outbox.items.iter().enumerate() {
+            if outbox.items[..i].iter().any(|(seen, _)| seen == id) {
+                continue;
             }
-            Err(e) => log::debug!("udp {} -> {}: send failed: {e}", key.guest, key.dst),
+            self.send_datagrams(*id, &outbox.of(*id), sink);
+        }
+        self.outbox = outbox;
+        self.outbox.clear();
+    }
+
+    fn send_datagrams<S: FrameSink>(&mut self, id: FlowId, datagrams: &[&[u8]], sink: &mut S) {
+        let Some(flow) = self.flows.dgram_mut(id) else {
+            return;
+        };
+        let (guest_mac, key) = (flow.guest_mac, flow.key);
+        let mut sent = 0;
+        while sent < datagrams.len() {
+            match Step::from(self.host.send_batch(id, &datagrams[sent..])) {
+                Step::Got(n) => {
+                    let bytes: usize = datagrams[sent..sent + n].iter().map(|d| d.len()).sum();
+                    self.stats.bytes_to_host += bytes as u64;
+                    sent += n;
+                }
+                Step::Retry => {}
+                // The socket's buffer is full: the rest is dropped, as a
+                // full network drops datagrams.
+                Step::Drained => return,
+                // A refusal from an earlier datagram surfaces here (and
+                // this one is lost); report it like the kernel would.
+                Step::Failed(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    let quote = udp_quote(&key);
+                    let reason = Unreachable::Port;
+                    self.send_unreachable(guest_mac, key.dst.ip(), reason, &quote, sink);
+                    sent += 1;
+                }
+                Step::Failed(e) => {
+                    log::debug!("udp {} -> {}: send failed: {e}", key.guest, key.dst);
+                    sent += 1;
+                }
+            }
         }
     }
 

@@ -71,6 +71,11 @@ pub trait Host {
     fn ping_open(&mut self, id: FlowId, dst: IpAddr) -> io::Result<()>;
     /// Send on a connected datagram socket (UDP or ping).
     fn send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize>;
+    /// Send datagrams in order on a connected datagram socket, as many
+    /// as go in one call (at most `SEND_SLOTS`); returns
+    /// how many went (at least one), or the error `send` would give for
+    /// the first. An error after some datagrams waits for the next call.
+    fn send_batch(&mut self, id: FlowId, datagrams: &[&[u8]]) -> io::Result<usize>;
     /// Receive on a connected datagram socket (UDP or ping).
     fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize>;
     /// Receive up to `DGRAM_SLOTS` datagrams on a connected datagram
@@ -98,6 +103,8 @@ pub trait Host {
 /// Datagrams a `recv_batch` call may return at once: one syscall per
 /// this many instead of one per datagram.
 pub const DGRAM_SLOTS: usize = 16;
+/// Datagrams a `send_batch` call sends at most.
+pub const SEND_SLOTS: usize = 64;
 /// Each slot holds the largest UDP payload, so no datagram is ever cut.
 const DGRAM_SLOT_LEN: usize = 65536;
 

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::time::{Duration, Instant};
 
-use super::{DGRAM_SLOTS, DgramBatch, FlowId, Host, Proto, Readiness};
+use super::{DGRAM_SLOTS, DgramBatch, FlowId, Host, Proto, Readiness, SEND_SLOTS};
 
 /// What a TCP connect to some address does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -542,6 +542,22 @@ impl Host for SimHost {
         let n = data.len().min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);
         Ok(n)
+    }
+
+    fn send_batch(&mut self, id: FlowId, datagrams: &[&[u8]]) -> io::Result<usize> {
+        let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
+            return Err(errno(libc::EBADF));
+        };
+        // Like sendmmsg(2): a pending error ends the batch, and is
+        // reported by this call only when nothing went before it.
+        if std::mem::take(&mut d.refused) {
+            return Err(errno(libc::ECONNREFUSED));
+        }
+        let batch = &datagrams[..datagrams.len().min(SEND_SLOTS)];
+        for data in batch {
+            push_bounded(&mut d.sent, data.to_vec(), MAX_SENT);
+        }
+        Ok(batch.len())
     }
 
     fn recv_batch(&mut self, id: FlowId, batch: &mut DgramBatch) -> io::Result<usize> {
