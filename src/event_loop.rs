@@ -86,6 +86,25 @@ impl FrameSink for TapSink<'_> {
             log::debug!("tap write of {} bytes failed: {e}", frame.len());
         }
     }
+
+    fn send_udp_train(&mut self, frame: &mut [u8], size: usize) {
+        let Offload::Vnet { header_len, .. } = self.offload else {
+            // Never asked of a tap without the header; cut it here then.
+            for mut datagram in vnet::split_udp_train(frame, size) {
+                self.send_frame(&mut datagram);
+            }
+            return;
+        };
+        let mut header = [0u8; 64];
+        header[..vnet::HEADER_LEN].copy_from_slice(&vnet::udp_train_header(frame, size));
+        let header = &header[..header_len.min(header.len())];
+        let written = self
+            .tap
+            .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)]);
+        if let Err(e) = written {
+            log::debug!("tap write of a {}-byte UDP train failed: {e}", frame.len());
+        }
+    }
 }
 
 /// What reading a batch from the tap found.
@@ -133,6 +152,7 @@ impl EventLoop {
         let host = NetHost::new(registry, outbound, resolv_conf);
         let mut engine_cfg = engine_cfg.clone();
         engine_cfg.offload = offload.segments();
+        engine_cfg.split_udp = offload.splits_udp();
         let engine = Engine::new(&engine_cfg, Instant::from_millis(0), host);
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGINT);

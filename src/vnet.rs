@@ -13,8 +13,13 @@
 //! Every TCP segment netferry writes goes out with a partial checksum,
 //! large or not, so nobody computes a TCP checksum on this path: a
 //! partial checksum on a locally delivered packet is taken as verified.
-//! Everything else (ARP, UDP, ICMP, NDP) carries its full checksum and a
-//! header of zeros.
+//!
+//! Where the kernel can (Linux 6.2 and later), datagrams from one host
+//! socket that came in one batch go to the guest as one train: one IP
+//! and UDP header, the datagrams back to back, and a header saying "cut
+//! this into datagrams of this size" (`GSO_UDP_L4`). One write then
+//! carries up to 64 datagrams. Everything else (ARP, single datagrams,
+//! ICMP, NDP) carries its full checksum and a header of zeros.
 
 /// `struct virtio_net_hdr`: flags, gso_type, then four 16-bit fields.
 /// A tap may be told to use a longer header (12 bytes for virtio 1.0);
@@ -24,8 +29,11 @@ pub const HEADER_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
 const ETH_LEN: usize = 14;
 const TCP_CHECKSUM_OFFSET: usize = 16;
+const UDP_HEADER_LEN: usize = 8;
+const UDP_CHECKSUM_OFFSET: usize = 6;
 
 /// The header for `frame`, which netferry is about to write to the tap
 /// whose IP MTU is `mtu`. For a TCP segment it also replaces the
@@ -52,6 +60,57 @@ pub fn header_for(frame: &mut [u8], mtu: usize) -> [u8; HEADER_LEN] {
         }
     }
     hdr
+}
+
+/// The header for a train of UDP datagrams of `size` bytes each (the
+/// last may be shorter) behind the frame's one IP and UDP header. Like
+/// `header_for`, it puts the pseudo-header sum in the checksum field.
+/// Zeros for anything but a whole UDP packet.
+pub fn udp_train_header(frame: &mut [u8], size: usize) -> [u8; HEADER_LEN] {
+    let mut hdr = [0u8; HEADER_LEN];
+    let Some(udp) = transport(frame, 17).filter(|u| u.start + UDP_HEADER_LEN <= frame.len()) else {
+        return hdr;
+    };
+    let csum = udp.start + UDP_CHECKSUM_OFFSET;
+    frame[csum..csum + 2].copy_from_slice(&udp.pseudo_sum.to_be_bytes());
+    hdr[0] = F_NEEDS_CSUM;
+    hdr[1] = GSO_UDP_L4;
+    put16(&mut hdr, 2, (udp.start + UDP_HEADER_LEN) as u16);
+    put16(&mut hdr, 4, size as u16);
+    put16(&mut hdr, 6, udp.start as u16);
+    put16(&mut hdr, 8, UDP_CHECKSUM_OFFSET as u16);
+    hdr
+}
+
+/// Cut a train of UDP datagrams as the kernel does: one frame per
+/// `size` bytes of payload, each with its own lengths and checksums.
+/// For sinks that are not a tap (tests, fuzzing).
+pub fn split_udp_train(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
+    use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, UdpPacket};
+    let Some(udp) = transport(frame, 17).filter(|u| u.start + UDP_HEADER_LEN <= frame.len()) else {
+        return vec![frame.to_vec()];
+    };
+    let headers = udp.start + UDP_HEADER_LEN;
+    frame[headers..]
+        .chunks(size.max(1))
+        .map(|chunk| {
+            let mut f = [&frame[..headers], chunk].concat();
+            let (src, dst): (IpAddress, IpAddress) = if udp.v6 {
+                let mut ip = Ipv6Packet::new_unchecked(&mut f[ETH_LEN..]);
+                ip.set_payload_len((UDP_HEADER_LEN + chunk.len()) as u16);
+                (ip.src_addr().into(), ip.dst_addr().into())
+            } else {
+                let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]);
+                ip.set_total_len((udp.start - ETH_LEN + UDP_HEADER_LEN + chunk.len()) as u16);
+                ip.fill_checksum();
+                (ip.src_addr().into(), ip.dst_addr().into())
+            };
+            let mut u = UdpPacket::new_unchecked(&mut f[udp.start..]);
+            u.set_len((UDP_HEADER_LEN + chunk.len()) as u16);
+            u.fill_checksum(&src, &dst);
+            f
+        })
+        .collect()
 }
 
 /// The frame after a header read from the tap, or `None` when the read
@@ -96,38 +155,62 @@ struct TcpSegment {
 /// A TCP segment in an Ethernet frame, IPv4 unfragmented or IPv6 with no
 /// extension header (all netferry sends), its lengths consistent.
 fn tcp_segment(frame: &[u8]) -> Option<TcpSegment> {
+    let t = transport(frame, 6)?;
+    let tcp_header_len = usize::from(frame.get(t.start + 12)? >> 4) * 4;
+    if tcp_header_len < 20 || t.start + tcp_header_len > frame.len() {
+        return None;
+    }
+    Some(TcpSegment {
+        v6: t.v6,
+        tcp: t.start,
+        tcp_header_len,
+        ip_len: t.ip_len,
+        pseudo_sum: t.pseudo_sum,
+    })
+}
+
+/// Where a packet of transport protocol `proto` starts in an Ethernet
+/// frame, with what its checksum needs.
+struct Transport {
+    v6: bool,
+    start: usize,
+    ip_len: usize,
+    /// The folded pseudo-header sum, not complemented.
+    pseudo_sum: u16,
+}
+
+/// A `proto` packet in an Ethernet frame, IPv4 unfragmented or IPv6 with
+/// no extension header (all netferry sends), the IP length the frame's.
+fn transport(frame: &[u8], proto: u8) -> Option<Transport> {
     let ip = frame.get(ETH_LEN..)?;
-    let (v6, tcp, ip_len, pseudo) = match u16::from_be_bytes([frame[12], frame[13]]) {
+    let (v6, start, ip_len, pseudo) = match u16::from_be_bytes([frame[12], frame[13]]) {
         0x0800 => {
             let ihl = usize::from(ip.first()? & 0x0f) * 4;
             let ip_len = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
             let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
-            if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != 6 || fragment != 0 {
+            if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != proto || fragment != 0 {
                 return None;
             }
-            let tcp_len = ip_len.checked_sub(ihl)?;
-            let pseudo = sum_bytes(ip.get(12..20)?) + 6 + tcp_len as u32;
+            let len = ip_len.checked_sub(ihl)?;
+            let pseudo = sum_bytes(ip.get(12..20)?) + u32::from(proto) + len as u32;
             (false, ETH_LEN + ihl, ip_len, pseudo)
         }
         0x86dd => {
-            if ip.first()? >> 4 != 6 || *ip.get(6)? != 6 {
+            if ip.first()? >> 4 != 6 || *ip.get(6)? != proto {
                 return None;
             }
-            let tcp_len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
-            let pseudo = sum_bytes(ip.get(8..40)?) + 6 + tcp_len as u32;
-            (true, ETH_LEN + 40, 40 + tcp_len, pseudo)
+            let len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            let pseudo = sum_bytes(ip.get(8..40)?) + u32::from(proto) + len as u32;
+            (true, ETH_LEN + 40, 40 + len, pseudo)
         }
         _ => return None,
     };
-    let tcp_header_len = usize::from(frame.get(tcp + 12)? >> 4) * 4;
-    if ETH_LEN + ip_len != frame.len() || tcp_header_len < 20 || tcp + tcp_header_len > frame.len()
-    {
+    if ETH_LEN + ip_len != frame.len() || start > frame.len() {
         return None;
     }
-    Some(TcpSegment {
+    Some(Transport {
         v6,
-        tcp,
-        tcp_header_len,
+        start,
         ip_len,
         pseudo_sum: fold(pseudo),
     })
@@ -277,6 +360,84 @@ mod tests {
             complete_checksum(&mut frame, &hdr);
             assert_eq!(frame, full);
         }
+    }
+
+    /// A train as the engine builds it: one IP and UDP header (checksum
+    /// zero), the datagrams back to back.
+    fn train(v6: bool, datagrams: &[&[u8]]) -> Vec<u8> {
+        let payload = datagrams.concat();
+        let mut frame = segment(v6, &payload);
+        let ip = if v6 { 40 } else { 20 };
+        // Make the TCP segment a UDP packet of the same length.
+        let (proto_at, udp) = (14 + if v6 { 6 } else { 9 }, 14 + ip);
+        frame[proto_at] = 17;
+        if !v6 {
+            Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        }
+        frame.drain(udp + 8..udp + 20); // TCP's header is 20 bytes, UDP's 8
+        let len = (8 + payload.len()) as u16;
+        if v6 {
+            Ipv6Packet::new_unchecked(&mut frame[14..]).set_payload_len(len);
+        } else {
+            let mut p = Ipv4Packet::new_unchecked(&mut frame[14..]);
+            p.set_total_len(20 + len);
+            p.fill_checksum();
+        }
+        frame[udp + 4..udp + 6].copy_from_slice(&len.to_be_bytes());
+        frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+        frame
+    }
+
+    #[test]
+    fn a_udp_train_is_cut_into_whole_datagrams_with_their_own_checksums() {
+        use smoltcp::wire::UdpPacket;
+        let datagrams: [&[u8]; 4] = [b"first 10 b", b"second 10b", b"third 10 b", b"last"];
+        for v6 in [false, true] {
+            let frame = train(v6, &datagrams);
+            let cut = split_udp_train(&frame, 10);
+            assert_eq!(cut.len(), 4);
+            for (f, want) in cut.iter().zip(datagrams) {
+                let (src, dst, udp): (IpAddress, IpAddress, &[u8]) = if v6 {
+                    let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+                    (ip.src_addr().into(), ip.dst_addr().into(), &f[14 + 40..])
+                } else {
+                    let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+                    assert!(ip.verify_checksum());
+                    assert_eq!(ip.total_len() as usize, f.len() - 14);
+                    (ip.src_addr().into(), ip.dst_addr().into(), &f[14 + 20..])
+                };
+                let udp = UdpPacket::new_checked(udp).unwrap();
+                assert!(udp.verify_checksum(&src, &dst), "v6={v6}");
+                assert_eq!(udp.payload(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn a_udp_train_header_asks_the_kernel_to_cut_and_complete_it() {
+        let datagrams: [&[u8]; 3] = [b"0123456789", b"abcdefghij", b"xyz"];
+        for (v6, ip) in [(false, 20), (true, 40)] {
+            let mut frame = train(v6, &datagrams);
+            let hdr = udp_train_header(&mut frame, 10);
+            assert_eq!(hdr[0], F_NEEDS_CSUM);
+            assert_eq!(gso_of(&hdr), (GSO_UDP_L4, 10, (14 + ip + 8) as u16));
+            assert_eq!(get16(&hdr, 6) as usize, 14 + ip, "csum_start");
+            assert_eq!(get16(&hdr, 8), 6, "csum_offset");
+            // Completed whole, the checksum is the full one of the
+            // one large datagram: the pseudo-header sum went in right.
+            complete_checksum(&mut frame, &hdr);
+            let (src, dst): (IpAddress, IpAddress) = if v6 {
+                let p = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+                (p.src_addr().into(), p.dst_addr().into())
+            } else {
+                let p = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+                (p.src_addr().into(), p.dst_addr().into())
+            };
+            let udp = smoltcp::wire::UdpPacket::new_checked(&frame[14 + ip..]).unwrap();
+            assert!(udp.verify_checksum(&src, &dst), "v6={v6}");
+        }
+        let mut tcp = segment(false, b"not udp");
+        assert_eq!(udp_train_header(&mut tcp, 10), [0; HEADER_LEN]);
     }
 
     #[test]

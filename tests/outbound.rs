@@ -488,6 +488,13 @@ fn many_small_datagrams_arrive_in_order_both_ways() {
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let guest = s.guest_udp();
     guest.connect("10.0.2.2:5010").unwrap();
+    // Room for a few hundred milliseconds of datagrams at each end: the
+    // receiving threads share two cores with the other tests, and what
+    // is checked here is netferry, not their scheduling.
+    for sock in [&host, &guest] {
+        let big = 4 << 20;
+        nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::RcvBufForce, &big).unwrap();
+    }
 
     // Guest to host: every datagram, in order.
     let receiver = host.try_clone().unwrap();

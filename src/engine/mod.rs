@@ -93,6 +93,9 @@ pub struct EngineConfig {
     /// The tap segments and checksums TCP for us (`crate::vnet`): smoltcp
     /// sends segments of up to 64 KiB, and the guest is told it may too.
     pub offload: bool,
+    /// The sink cuts UDP trains (`FrameSink::send_udp_train`) the way the
+    /// tap's kernel does: datagrams from one batch go as one.
+    pub split_udp: bool,
     /// Seed for smoltcp's initial sequence numbers.
     pub seed: u64,
     /// The gateway address reaches the host's loopback.
@@ -114,6 +117,7 @@ impl EngineConfig {
             mtu,
             verify_checksums: false,
             offload: false,
+            split_udp: false,
             seed: 0,
             host_loopback: true,
             dns: true,
@@ -185,6 +189,8 @@ pub struct Engine<H: Host> {
     mtu: usize,
     /// smoltcp's segments may exceed the MTU: the tap splits them.
     offload: bool,
+    /// UDP datagrams may go as trains: the tap cuts them.
+    split_udp: bool,
     mac: EthernetAddress,
     caps: DeviceCapabilities,
     iface: Interface,
@@ -280,6 +286,7 @@ impl<H: Host> Engine<H> {
             frag_id: 0,
             mtu,
             offload: cfg.offload,
+            split_udp: cfg.split_udp,
             mac,
             caps,
             iface,
@@ -549,12 +556,41 @@ impl<H: Host> Engine<H> {
         &mut self,
         hop_limit: u8,
         dst_mac: EthernetAddress,
-        (src, dst): (IpAddr, IpAddr),
+        addrs: (IpAddr, IpAddr),
         proto: IpProtocol,
         payload_len: usize,
         sink: &mut S,
         emit_payload: impl FnOnce(&mut [u8]),
     ) {
+        let Some((eth, ip)) = self.headers(hop_limit, dst_mac, addrs, proto, payload_len) else {
+            return;
+        };
+        let len = eth.buffer_len() + ip.header_len() + payload_len;
+        if len > self.mtu + port::ETHERNET_HEADER_LEN {
+            if proto == IpProtocol::Tcp || payload_len > frag::MAX_DATAGRAM {
+                log::debug!(
+                    "not sending a {len}-byte frame to {}: larger than the MTU",
+                    addrs.1
+                );
+                return;
+            }
+            let mut payload = vec![0u8; payload_len];
+            emit_payload(&mut payload);
+            return self.send_fragments(&eth, &ip, &payload, sink);
+        }
+        sink.send_frame(self.frame(&eth, &ip, emit_payload));
+    }
+
+    /// The Ethernet and IP headers of a packet from the engine, or `None`
+    /// when the addresses' families differ.
+    fn headers(
+        &self,
+        hop_limit: u8,
+        dst_mac: EthernetAddress,
+        (src, dst): (IpAddr, IpAddr),
+        proto: IpProtocol,
+        payload_len: usize,
+    ) -> Option<(EthernetRepr, IpRepr)> {
         let (ip, ethertype) = match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => (
                 IpRepr::Ipv4(Ipv4Repr {
@@ -578,7 +614,7 @@ impl<H: Host> Engine<H> {
             ),
             _ => {
                 log::debug!("not sending a packet from {src} to {dst}: families differ");
-                return;
+                return None;
             }
         };
         let eth = EthernetRepr {
@@ -586,17 +622,18 @@ impl<H: Host> Engine<H> {
             dst_addr: dst_mac,
             ethertype,
         };
-        let header_len = ip.header_len();
-        let len = eth.buffer_len() + header_len + payload_len;
-        if len > self.mtu + port::ETHERNET_HEADER_LEN {
-            if proto == IpProtocol::Tcp || payload_len > frag::MAX_DATAGRAM {
-                log::debug!("not sending a {len}-byte frame to {dst}: larger than the MTU");
-                return;
-            }
-            let mut payload = vec![0u8; payload_len];
-            emit_payload(&mut payload);
-            return self.send_fragments(&eth, &ip, &payload, sink);
-        }
+        Some((eth, ip))
+    }
+
+    /// A frame with these headers in the reused buffer, its payload
+    /// written by `emit_payload`.
+    fn frame(
+        &mut self,
+        eth: &EthernetRepr,
+        ip: &IpRepr,
+        emit_payload: impl FnOnce(&mut [u8]),
+    ) -> &mut [u8] {
+        let len = eth.buffer_len() + ip.header_len() + ip.payload_len();
         if self.tx.len() < len {
             self.tx.resize(len, 0);
         }
@@ -605,8 +642,8 @@ impl<H: Host> Engine<H> {
         eth.emit(&mut frame);
         let packet = frame.payload_mut();
         ip.emit(&mut *packet, &ChecksumCapabilities::default());
-        emit_payload(&mut packet[header_len..]);
-        sink.send_frame(buf);
+        emit_payload(&mut packet[ip.header_len()..]);
+        buf
     }
 
     /// A datagram too large for the guest's MTU, in fragments: IPv4's own,

@@ -13,6 +13,18 @@ pub trait FrameSink {
     /// The frame is the engine's scratch space: a sink may rewrite it
     /// (the tap's offload puts a partial checksum in TCP segments).
     fn send_frame(&mut self, frame: &mut [u8]);
+
+    /// A frame carrying a train of UDP datagrams of `size` bytes each
+    /// (the last may be shorter) behind one IP and UDP header, for the
+    /// tap to cut into one frame per datagram (see `crate::vnet`). The
+    /// engine sends trains only when told the tap cuts them
+    /// (`EngineConfig::split_udp`); a sink that is no tap cuts the train
+    /// itself, as the kernel would.
+    fn send_udp_train(&mut self, frame: &mut [u8], size: usize) {
+        for mut datagram in crate::vnet::split_udp_train(frame, size) {
+            self.send_frame(&mut datagram);
+        }
+    }
 }
 
 impl FrameSink for Vec<Vec<u8>> {

@@ -673,6 +673,70 @@ fn guest_datagrams_to_two_flows_in_one_batch_go_out_in_order_per_flow() {
     }
 }
 
+/// A sink that counts the UDP trains it is given and cuts them as the
+/// tap's kernel would.
+#[derive(Default)]
+struct TrainSink {
+    frames: Vec<Vec<u8>>,
+    trains: Vec<usize>,
+}
+
+impl super::FrameSink for TrainSink {
+    fn send_frame(&mut self, frame: &mut [u8]) {
+        self.frames.push(frame.to_vec());
+    }
+
+    fn send_udp_train(&mut self, frame: &mut [u8], size: usize) {
+        let cut = crate::vnet::split_udp_train(frame, size);
+        self.trains.push(cut.len());
+        self.frames.extend(cut);
+    }
+}
+
+#[test]
+fn host_datagrams_of_one_size_go_to_the_guest_as_trains() {
+    let mut cfg = config();
+    cfg.split_udp = true;
+    let mut w = World::with(16, cfg);
+    w.play_guest_by_hand();
+    w.raw.push(udp_frame(5355, REMOTE, 443, b"hello"));
+    w.run_for(Duration::from_millis(10));
+    let id = w.host().dgram_to(remote(443)).expect("no host socket");
+    // 16 of 100 bytes (one receive batch), 4 more and a shorter one,
+    // three of 200, then two too large for the MTU, which go in IP
+    // fragments, never in a train.
+    let mut sizes = vec![100; 20];
+    sizes.extend([40, 200, 200, 200, 1600, 1600]);
+    let replies: Vec<Vec<u8>> = (0..sizes.len())
+        .map(|i| pattern(sizes[i], i as u8))
+        .collect();
+    for r in &replies {
+        w.host().dgram_reply(id, r);
+    }
+    for (id, ready) in w.engine.host_mut().take_events() {
+        w.engine.host_event(id, ready);
+    }
+    let mut sink = TrainSink::default();
+    w.engine.poll(w.now, &mut sink);
+    assert_eq!(sink.trains, [16, 5, 3]);
+    let mut got = Vec::new();
+    let mut fragments = 0;
+    for f in &sink.frames {
+        let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        if ip.more_frags() || ip.frag_offset() > 0 {
+            fragments += 1;
+            continue;
+        }
+        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert!(udp.verify_checksum(&REMOTE.into(), &GUEST_IP.into()));
+        assert_eq!((udp.src_port(), udp.dst_port()), (443, 5355));
+        got.push(udp.payload().to_vec());
+    }
+    assert_eq!(got, replies[..24], "in order, whole");
+    assert!(fragments >= 4, "the two large ones in fragments");
+}
+
 #[test]
 fn a_refusal_surfacing_in_a_batched_send_reaches_the_guest() {
     let mut w = World::new(15);

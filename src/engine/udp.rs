@@ -21,8 +21,8 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{DHCP_SERVER_PORT, EthernetAddress, IpProtocol, UdpPacket, UdpRepr};
 
 use super::flows::{DgramFlow, Flow, FlowKey, Kind, UDP_FLOW_LIMIT};
-use super::{Engine, FrameSink, Packet, Route, Unreachable};
-use crate::host::{FlowId, Host, SEND_SLOTS, Step};
+use super::{Engine, FrameSink, HOP_LIMIT, Packet, Route, Unreachable};
+use crate::host::{self, FlowId, Host, SEND_SLOTS, Step};
 use crate::setup::Pages;
 
 /// Datagrams read from one host socket per poll before the others (and
@@ -32,6 +32,8 @@ pub(super) const DGRAM_BATCH: usize = 64;
 /// Room for the guest's datagrams between two polls: a tap batch of
 /// full-size ones, or the largest datagram.
 const OUTBOX_LEN: usize = 256 * 1024;
+
+const UDP_HEADER_LEN: usize = 8;
 
 /// Guest datagrams not sent yet, all flows together, in arrival order.
 /// The buffer is mapped on first use (`Pages`).
@@ -241,19 +243,78 @@ impl<H: Host> Engine<H> {
             flow.last_used = now;
             // Borrow the datagrams out of self while building the frames.
             let dgrams = std::mem::take(&mut self.dgrams);
-            for i in 0..count {
-                let data = dgrams.datagram(i);
-                self.stats.bytes_to_guest += data.len() as u64;
+            let batch: Vec<&[u8]> = (0..count).map(|i| dgrams.datagram(i)).collect();
+            self.stats.bytes_to_guest += batch.iter().map(|d| d.len() as u64).sum::<u64>();
+            let mut i = 0;
+            while i < count {
                 if ping {
-                    self.deliver_echo_reply(guest_mac, &key, data, sink);
-                } else {
-                    self.send_udp(guest_mac, key.dst, key.guest, data, sink);
+                    self.deliver_echo_reply(guest_mac, &key, batch[i], sink);
+                    i += 1;
+                    continue;
                 }
+                let train = self.train_len(&batch[i..], key.guest.is_ipv6());
+                if train >= 2 {
+                    self.send_udp_train(guest_mac, key.dst, key.guest, &batch[i..i + train], sink);
+                } else {
+                    self.send_udp(guest_mac, key.dst, key.guest, batch[i], sink);
+                }
+                i += train.max(1);
             }
+            drop(batch);
             self.dgrams = dgrams;
             delivered += count;
         }
         true
+    }
+
+    /// How many of `datagrams` can go to the guest as one train: none
+    /// unless the tap cuts trains, and only datagrams that fit the MTU
+    /// each (larger ones need IP fragments, which `send_udp` makes).
+    fn train_len(&self, datagrams: &[&[u8]], v6: bool) -> usize {
+        let headers = if v6 { 40 } else { 20 } + UDP_HEADER_LEN;
+        match datagrams.first() {
+            Some(first) if self.split_udp && headers + first.len() <= self.mtu => {
+                host::train_len(datagrams)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Datagrams from `src` of one size (the last may be shorter) to the
+    /// guest in one frame, for the tap to cut.
+    fn send_udp_train<S: FrameSink>(
+        &mut self,
+        guest_mac: EthernetAddress,
+        src: SocketAddr,
+        dst: SocketAddr,
+        datagrams: &[&[u8]],
+        sink: &mut S,
+    ) {
+        let total: usize = datagrams.iter().map(|d| d.len()).sum();
+        let udp_len = UDP_HEADER_LEN + total;
+        let Some((eth, ip)) = self.headers(
+            HOP_LIMIT,
+            guest_mac,
+            (src.ip(), dst.ip()),
+            IpProtocol::Udp,
+            udp_len,
+        ) else {
+            return;
+        };
+        let frame = self.frame(&eth, &ip, |buf| {
+            let mut udp = UdpPacket::new_unchecked(buf);
+            udp.set_src_port(src.port());
+            udp.set_dst_port(dst.port());
+            udp.set_len(udp_len as u16);
+            udp.set_checksum(0);
+            let mut at = 0;
+            let payload = udp.payload_mut();
+            for d in datagrams {
+                payload[at..at + d.len()].copy_from_slice(d);
+                at += d.len();
+            }
+        });
+        sink.send_udp_train(frame, datagrams[0].len());
     }
 
     /// One datagram to the guest from `src`. Too large for the guest's

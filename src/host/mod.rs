@@ -105,6 +105,34 @@ pub trait Host {
 pub const DGRAM_SLOTS: usize = 16;
 /// Datagrams a `send_batch` call sends at most.
 pub const SEND_SLOTS: usize = 64;
+
+/// Most datagrams in one train (one send with UDP segmentation offload,
+/// or one tap write the kernel cuts): the kernel's `UDP_MAX_SEGMENTS`
+/// was 64 before Linux 6.10.
+const TRAIN_SEGMENTS: usize = 64;
+/// Most payload bytes in one train: what an IP packet holds after its
+/// headers, with room to spare.
+const TRAIN_BYTES: usize = 65_000;
+
+/// How many datagrams from the start can go as one train: all as long
+/// as the first, but the last, which may be shorter.
+pub fn train_len(datagrams: &[&[u8]]) -> usize {
+    let Some(size) = datagrams.first().map(|d| d.len()) else {
+        return 0;
+    };
+    let (mut count, mut total) = (0, 0);
+    for d in datagrams.iter().take(TRAIN_SEGMENTS) {
+        if size == 0 || d.len() > size || total + d.len() > TRAIN_BYTES {
+            break;
+        }
+        count += 1;
+        total += d.len();
+        if d.len() < size {
+            break;
+        }
+    }
+    count
+}
 /// Each slot holds the largest UDP payload, so no datagram is ever cut.
 const DGRAM_SLOT_LEN: usize = 65536;
 
@@ -162,5 +190,25 @@ impl<T> From<io::Result<T>> for Step<T> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Retry,
             Err(e) => Step::Failed(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_train_is_one_size_but_a_shorter_last() {
+        let run = |sizes: &[usize]| {
+            let bufs: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0; n]).collect();
+            train_len(&bufs.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        };
+        assert_eq!(run(&[]), 0);
+        assert_eq!(run(&[100]), 1);
+        assert_eq!(run(&[100, 100, 100, 40, 100]), 4);
+        assert_eq!(run(&[100, 200]), 1);
+        assert_eq!(run(&[0, 0]), 0);
+        assert_eq!(run(&[1000; 100]), TRAIN_SEGMENTS);
+        assert_eq!(run(&[1400; 64]), TRAIN_BYTES / 1400);
     }
 }

@@ -22,7 +22,7 @@ use nix::sys::socket::{
 use smoltcp::time::Instant;
 use thiserror::Error;
 
-use super::{DGRAM_SLOTS, DgramBatch, FlowId, Host, Proto, SEND_SLOTS};
+use super::{DGRAM_SLOTS, DgramBatch, FlowId, Host, Proto, SEND_SLOTS, train_len};
 use crate::resolv::Resolver;
 use crate::tokens;
 
@@ -197,33 +197,6 @@ pub struct NetHost {
     no_gso: HashSet<FlowId>,
 }
 
-/// Most datagrams in one segmentation-offload send (the kernel's
-/// UDP_MAX_SEGMENTS was 64 before Linux 6.2), and most bytes: an IP
-/// packet's length.
-const GSO_SEGMENTS: usize = 64;
-const GSO_BYTES: usize = 65_000;
-
-/// How many datagrams from the start can go out as one send with
-/// segmentation offload (`UDP_SEGMENT`): all as long as the first, but
-/// the last, which may be shorter.
-fn gso_run(datagrams: &[&[u8]]) -> usize {
-    let Some(size) = datagrams.first().map(|d| d.len()) else {
-        return 0;
-    };
-    let (mut count, mut total) = (0, 0);
-    for d in datagrams.iter().take(GSO_SEGMENTS) {
-        if size == 0 || d.len() > size || total + d.len() > GSO_BYTES {
-            break;
-        }
-        count += 1;
-        total += d.len();
-        if d.len() < size {
-            break;
-        }
-    }
-    count
-}
-
 fn not_open() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "no such host socket")
 }
@@ -358,7 +331,7 @@ impl Host for NetHost {
         // Datagrams of one size go as one with UDP_SEGMENT: the kernel
         // takes them through its stack once and cuts them at the end
         // (at the receiving socket, on loopback).
-        let run = gso_run(datagrams);
+        let run = train_len(datagrams);
         if run >= 2 && !self.no_gso.contains(&id) {
             let size = datagrams[0].len() as u16;
             let iov: Vec<IoSlice<'_>> = datagrams[..run].iter().map(|d| IoSlice::new(d)).collect();
@@ -476,21 +449,6 @@ impl Host for NetHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_segmentation_offload_run_is_one_size_but_a_shorter_last() {
-        let run = |sizes: &[usize]| {
-            let bufs: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0; n]).collect();
-            gso_run(&bufs.iter().map(Vec::as_slice).collect::<Vec<_>>())
-        };
-        assert_eq!(run(&[]), 0);
-        assert_eq!(run(&[100]), 1);
-        assert_eq!(run(&[100, 100, 100, 40, 100]), 4);
-        assert_eq!(run(&[100, 200]), 1);
-        assert_eq!(run(&[0, 0]), 0);
-        assert_eq!(run(&[1000; 100]), GSO_SEGMENTS);
-        assert_eq!(run(&[1400; 64]), GSO_BYTES / 1400);
-    }
 
     #[test]
     fn outbound_accepts_addresses_and_interface_names() {

@@ -74,11 +74,14 @@ pub enum Offload {
     /// Each frame behind a virtio-net header of `header_len` bytes (see
     /// `crate::vnet`). With `segment`, netferry writes TCP segments larger
     /// than the MTU for the kernel to split; with `guest_tso`, the guest's
-    /// kernel sends such segments too.
+    /// kernel sends such segments too; with `split_udp`, the kernel also
+    /// cuts a train of UDP datagrams written as one (Linux 6.2 and
+    /// later).
     Vnet {
         header_len: usize,
         segment: bool,
         guest_tso: bool,
+        split_udp: bool,
     },
 }
 
@@ -86,6 +89,18 @@ impl Offload {
     /// Whether netferry may write TCP segments larger than the MTU.
     pub fn segments(self) -> bool {
         matches!(self, Offload::Vnet { segment: true, .. })
+    }
+
+    /// Whether netferry may write UDP datagrams as one train to be cut.
+    pub fn splits_udp(self) -> bool {
+        matches!(
+            self,
+            Offload::Vnet {
+                segment: true,
+                split_udp: true,
+                ..
+            }
+        )
     }
 
     /// Bytes before each frame read from or written to the tap.
@@ -110,8 +125,18 @@ impl std::fmt::Display for Offload {
                 "none (the tap has a {header_len}-byte virtio-net header)"
             ),
             Offload::Vnet {
-                guest_tso: true, ..
-            } => write!(f, "TCP segmentation and checksums, both ways"),
+                guest_tso: true,
+                split_udp,
+                ..
+            } => write!(
+                f,
+                "TCP segmentation and checksums, both ways{}",
+                if *split_udp {
+                    "; UDP segmentation toward the guest"
+                } else {
+                    ""
+                }
+            ),
             Offload::Vnet { .. } => write!(
                 f,
                 "TCP segmentation toward the guest only (the tap refused TUNSETOFFLOAD)"
@@ -152,7 +177,14 @@ pub fn offload_of(tap: &File, want: bool) -> Offload {
         0
     };
     // SAFETY: TUNSETOFFLOAD takes its argument by value.
-    let guest_tso = unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, features as libc::c_ulong) } == 0;
+    let set_offload =
+        |features| unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, features as libc::c_ulong) } == 0;
+    // A kernel that knows UDP segmentation offload (6.2 and later) takes
+    // the USO flags; only then does it cut the UDP trains netferry writes.
+    // The flags are then cleared again: with them, the guest's kernel
+    // could send netferry UDP trains, which it does not take apart.
+    let split_udp = want && set_offload(features | libc::TUN_F_USO4 | libc::TUN_F_USO6);
+    let guest_tso = set_offload(features);
     if want && !guest_tso {
         log::debug!("TUNSETOFFLOAD: {}", io::Error::last_os_error());
     }
@@ -160,6 +192,7 @@ pub fn offload_of(tap: &File, want: bool) -> Offload {
         header_len,
         segment: want,
         guest_tso: want && guest_tso,
+        split_udp,
     }
 }
 
