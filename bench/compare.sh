@@ -293,7 +293,14 @@ print('open', flush=True); time.sleep(3600)
 " >"$WORK/idle.out" 2>/dev/null &
             opener=$!
             for i in $(seq 600); do grep -q open "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
-            grep -q open "$WORK/idle.out" 2>/dev/null && iperf "$tool" "up_idle"
+            if grep -q open "$WORK/idle.out" 2>/dev/null; then
+                iperf "$tool" "up_idle"
+                lat=$(in_guest sockperf pp --tcp -i 10.0.2.2 -p $LAT_PORT -t "$SECS" 2>&1 |
+                      sed -n 's/.*percentile 50.000 = *\([0-9.]*\).*/\1/p')
+                [ -n "$lat" ] && record "$tool" latency_idle_us "$lat"
+                conns=$(in_guest "$WORK/connrate" run 10.0.2.2:$CONN_PORT "$SECS") &&
+                    record "$tool" conn_per_s_idle "$conns"
+            fi
             kill $opener 2>/dev/null || true
             wait $opener 2>/dev/null || true
             pkill -f "for _ in range($IDLE)" 2>/dev/null || true
@@ -368,7 +375,9 @@ rows = [
     ("udp_up64_kpps", "UDP guest→host k datagrams/s received, 64 bytes", True),
     ("udp_down64_kpps", "UDP host→guest k datagrams/s received, 64 bytes", True),
     ("latency_us", "TCP round trip µs, median (lower is better)", False),
+    ("latency_idle_us", "TCP round trip µs beside idle connections (IDLE, 5000) (lower is better)", False),
     ("conn_per_s", "connections/s", True),
+    ("conn_per_s_idle", "connections/s beside idle connections (IDLE, 5000)", True),
     ("idle_rss_MB", "idle RSS MB (lower is better)", False),
     ("peak_rss_MB", "peak RSS MB (lower is better)", False),
     ("density_pss_kB", f"idle PSS per instance kB, {n} instances (lower is better)", False),
