@@ -9,9 +9,12 @@
 //! a guest that sprays datagrams cannot exhaust the process's fds.
 //!
 //! The guest's datagrams wait in an `Outbox` until the engine polls
-//! (after a batch of tap frames), then go out with one `sendmmsg` per
-//! flow: a datagram at a time, each send woke the host's receiver and
-//! handed it netferry's CPU, a context switch per datagram.
+//! (after a batch of tap frames), then go out with one `send_batch` per
+//! flow (one send with segmentation offload for a run of one size,
+//! otherwise `sendmmsg`): sent one at a time, each datagram woke the
+//! host's receiver and handed it netferry's CPU. The other way, a run of
+//! one size from one `recv_batch` goes to the guest as one train that
+//! the tap's kernel cuts (`crate::vnet`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
