@@ -231,7 +231,8 @@ fn sum_bytes(bytes: &[u8]) -> u32 {
     sum
 }
 
-fn fold(mut sum: u32) -> u16 {
+/// A 32-bit one's-complement sum folded to 16 bits, not complemented.
+pub(crate) fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -104,11 +104,9 @@ fn widen_mss(frame: &mut [u8], mtu: usize) {
                     frame[at + 2..at + 4].copy_from_slice(&wide.to_be_bytes());
                     // RFC 1624: HC' = ~(~HC + ~m + m').
                     let hc = u16::from_be_bytes([frame[tcp + 16], frame[tcp + 17]]);
-                    let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(wide);
-                    while sum > 0xffff {
-                        sum = (sum & 0xffff) + (sum >> 16);
-                    }
-                    frame[tcp + 16..tcp + 18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                    let sum = u32::from(!hc) + u32::from(!old) + u32::from(wide);
+                    let hc = !crate::vnet::fold(sum);
+                    frame[tcp + 16..tcp + 18].copy_from_slice(&hc.to_be_bytes());
                     return;
                 }
                 at += len;
