@@ -242,6 +242,8 @@ impl EventLoop {
             return Ok(Exit::Child(status));
         }
         let mut events = Events::with_capacity(256);
+        // Payload bytes moved before the last wake-up, for busy polling.
+        let mut moved_before = 0;
         loop {
             let now = self.now();
             let timeout = if self.tap_pending {
@@ -251,7 +253,15 @@ impl EventLoop {
                     .poll_delay(now)
                     .map(|d| Duration::from_micros(d.total_micros()))
             };
-            if let Err(e) = self.busy_poll.poll(&mut self.poll, &mut events, timeout) {
+            let stats = self.engine.stats();
+            let moved = stats.bytes_to_host + stats.bytes_to_guest;
+            let result = self.busy_poll.poll(
+                &mut self.poll,
+                &mut events,
+                timeout,
+                moved - std::mem::replace(&mut moved_before, moved),
+            );
+            if let Err(e) = result {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
