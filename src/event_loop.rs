@@ -64,19 +64,15 @@ struct TapSink<'a> {
     mtu: usize,
 }
 
-impl FrameSink for TapSink<'_> {
-    fn send_frame(&mut self, frame: &mut [u8]) {
+impl TapSink<'_> {
+    /// Write `frame`, behind `vnet` (zero-padded to the tap's header
+    /// length) on a tap with a virtio-net header, bare on one without.
+    fn write(&mut self, vnet: [u8; vnet::HEADER_LEN], frame: &[u8]) {
         let written = match self.offload {
             Offload::Off => self.tap.write(frame),
-            Offload::Vnet {
-                header_len,
-                segment,
-                ..
-            } => {
+            Offload::Vnet { header_len, .. } => {
                 let mut header = [0u8; 64];
-                if segment {
-                    header[..vnet::HEADER_LEN].copy_from_slice(&vnet::header_for(frame, self.mtu));
-                }
+                header[..vnet::HEADER_LEN].copy_from_slice(&vnet);
                 let header = &header[..header_len.min(header.len())];
                 self.tap
                     .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)])
@@ -86,24 +82,27 @@ impl FrameSink for TapSink<'_> {
             log::debug!("tap write of {} bytes failed: {e}", frame.len());
         }
     }
+}
+
+impl FrameSink for TapSink<'_> {
+    fn send_frame(&mut self, frame: &mut [u8]) {
+        let header = if self.offload.segments() {
+            vnet::header_for(frame, self.mtu)
+        } else {
+            [0; vnet::HEADER_LEN]
+        };
+        self.write(header, frame);
+    }
 
     fn send_udp_train(&mut self, frame: &mut [u8], size: usize) {
-        let Offload::Vnet { header_len, .. } = self.offload else {
-            // Never asked of a tap without the header; cut it here then.
+        if !self.offload.splits_udp() {
+            // Never asked of a tap that does not cut trains; cut it here.
             for mut datagram in vnet::split_udp_train(frame, size) {
                 self.send_frame(&mut datagram);
             }
             return;
-        };
-        let mut header = [0u8; 64];
-        header[..vnet::HEADER_LEN].copy_from_slice(&vnet::udp_train_header(frame, size));
-        let header = &header[..header_len.min(header.len())];
-        let written = self
-            .tap
-            .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)]);
-        if let Err(e) = written {
-            log::debug!("tap write of a {}-byte UDP train failed: {e}", frame.len());
         }
+        self.write(vnet::udp_train_header(frame, size), frame);
     }
 }
 

@@ -106,33 +106,6 @@ pub const DGRAM_SLOTS: usize = 16;
 /// Datagrams a `send_batch` call sends at most.
 pub const SEND_SLOTS: usize = 64;
 
-/// Most datagrams in one train (one send with UDP segmentation offload,
-/// or one tap write the kernel cuts): the kernel's `UDP_MAX_SEGMENTS`
-/// was 64 before Linux 6.10.
-const TRAIN_SEGMENTS: usize = 64;
-/// Most payload bytes in one train: what an IP packet holds after its
-/// headers, with room to spare.
-const TRAIN_BYTES: usize = 65_000;
-
-/// How many datagrams from the start can go as one train: all as long
-/// as the first, but the last, which may be shorter.
-pub fn train_len(datagrams: &[&[u8]]) -> usize {
-    let Some(size) = datagrams.first().map(|d| d.len()) else {
-        return 0;
-    };
-    let (mut count, mut total) = (0, 0);
-    for d in datagrams.iter().take(TRAIN_SEGMENTS) {
-        if size == 0 || d.len() > size || total + d.len() > TRAIN_BYTES {
-            break;
-        }
-        count += 1;
-        total += d.len();
-        if d.len() < size {
-            break;
-        }
-    }
-    count
-}
 /// Each slot holds the largest UDP payload, so no datagram is ever cut.
 const DGRAM_SLOT_LEN: usize = 65536;
 
@@ -167,6 +140,34 @@ impl DgramBatch {
         let start = i * DGRAM_SLOT_LEN;
         &self.buf[start..start + self.lens[i]]
     }
+}
+
+/// Most datagrams in one train (one send with UDP segmentation offload,
+/// or one tap write the kernel cuts): the kernel's `UDP_MAX_SEGMENTS`
+/// was 64 before Linux 6.10.
+const TRAIN_SEGMENTS: usize = 64;
+/// Most payload bytes in one train: what an IP packet holds after its
+/// headers, with room to spare.
+const TRAIN_BYTES: usize = 65_000;
+
+/// How many datagrams from the start can go as one train: all as long
+/// as the first, but the last, which may be shorter.
+pub fn train_len(datagrams: &[&[u8]]) -> usize {
+    let Some(size) = datagrams.first().map(|d| d.len()) else {
+        return 0;
+    };
+    let (mut count, mut total) = (0, 0);
+    for d in datagrams.iter().take(TRAIN_SEGMENTS) {
+        if size == 0 || d.len() > size || total + d.len() > TRAIN_BYTES {
+            break;
+        }
+        count += 1;
+        total += d.len();
+        if d.len() < size {
+            break;
+        }
+    }
+    count
 }
 
 /// One policy for every loop that reads a host socket until it is empty:

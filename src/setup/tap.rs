@@ -96,7 +96,6 @@ impl Offload {
         matches!(
             self,
             Offload::Vnet {
-                segment: true,
                 split_udp: true,
                 ..
             }
