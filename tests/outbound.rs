@@ -481,6 +481,13 @@ fn recv_numbered(recv: impl Fn(&mut [u8]) -> std::io::Result<usize>, last: u32) 
 
 const MANY: u32 = 20_000;
 
+/// MANY numbered datagrams, paced, through `send`; what `receiver` got.
+fn numbered_through(receiver: UdpSocket, send: impl Fn(&[u8])) -> Vec<u32> {
+    let got = std::thread::spawn(move || recv_numbered(|b| receiver.recv(b), MANY - 1));
+    send_numbered(send, 0, MANY, true);
+    got.join().unwrap()
+}
+
 #[test]
 fn many_small_datagrams_arrive_in_order_both_ways() {
     let s = setup(&[]);
@@ -497,10 +504,7 @@ fn many_small_datagrams_arrive_in_order_both_ways() {
     }
 
     // Guest to host: every datagram, in order.
-    let receiver = host.try_clone().unwrap();
-    let got = std::thread::spawn(move || recv_numbered(|b| receiver.recv(b), MANY - 1));
-    send_numbered(|d| drop(guest.send(d)), 0, MANY, true);
-    let got = got.join().unwrap();
+    let got = numbered_through(host.try_clone().unwrap(), |d| drop(guest.send(d)));
     assert_eq!(
         got,
         (0..MANY).collect::<Vec<_>>(),
@@ -512,10 +516,7 @@ fn many_small_datagrams_arrive_in_order_both_ways() {
     let mut probe = [0u8; 64];
     guest.send(b"where are you").unwrap();
     let (_, flow) = host.recv_from(&mut probe).expect("the guest's flow");
-    let receiver = guest.try_clone().unwrap();
-    let got = std::thread::spawn(move || recv_numbered(|b| receiver.recv(b), MANY - 1));
-    send_numbered(|d| drop(host.send_to(d, flow)), 0, MANY, true);
-    let got = got.join().unwrap();
+    let got = numbered_through(guest.try_clone().unwrap(), |d| drop(host.send_to(d, flow)));
     assert_eq!(
         got,
         (0..MANY).collect::<Vec<_>>(),
