@@ -30,6 +30,8 @@ const F_NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
 const GSO_UDP_L4: u8 = 5;
+/// Set beside a GSO type when the segments carry ECN's CWR flag.
+const GSO_ECN: u8 = 0x80;
 const ETH_LEN: usize = 14;
 const TCP_CHECKSUM_OFFSET: usize = 16;
 const UDP_HEADER_LEN: usize = 8;
@@ -117,6 +119,18 @@ pub fn split_udp_train(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
 /// was shorter than the header.
 pub fn frame_of(read: &[u8], header_len: usize) -> Option<&[u8]> {
     read.get(header_len..)
+}
+
+/// The datagram size when a read from the tap is a train of UDP
+/// datagrams (the guest's kernel sent them as one with UDP segmentation
+/// offload): its header says GSO_UDP_L4 with a size.
+pub fn udp_train_size(read: &[u8], header_len: usize) -> Option<usize> {
+    if header_len < HEADER_LEN {
+        return None;
+    }
+    let hdr: &[u8; HEADER_LEN] = read.get(..HEADER_LEN)?.try_into().ok()?;
+    let (gso_type, size, _) = gso_of(hdr);
+    (gso_type & !GSO_ECN == GSO_UDP_L4 && size > 0).then_some(usize::from(size))
 }
 
 /// Complete a partial checksum as a receiver's kernel would: sum the
@@ -439,6 +453,30 @@ mod tests {
         }
         let mut tcp = segment(false, b"not udp");
         assert_eq!(udp_train_header(&mut tcp, 10), [0; HEADER_LEN]);
+    }
+
+    #[test]
+    fn a_read_is_a_udp_train_only_when_its_header_says_so() {
+        let mut frame = train(false, &[b"0123456789", b"abc"]);
+        let hdr = udp_train_header(&mut frame, 10);
+        let read = [&hdr[..], &[0; 2], &frame].concat();
+        assert_eq!(udp_train_size(&read, HEADER_LEN + 2), Some(10));
+        let mut ecn = read.clone();
+        ecn[1] |= GSO_ECN;
+        assert_eq!(udp_train_size(&ecn, HEADER_LEN + 2), Some(10));
+        // Without a header there is nothing to say it; a TCP segment or a
+        // size of zero is not a train; a short read is not one either.
+        assert_eq!(udp_train_size(&read, 0), None);
+        let mut tcp = segment(false, &[7; 3000]);
+        let tcp_hdr = header_for(&mut tcp, 1500);
+        assert_eq!(
+            udp_train_size(&[&tcp_hdr[..], &tcp].concat(), HEADER_LEN),
+            None
+        );
+        let mut zero = read.clone();
+        zero[4..6].copy_from_slice(&[0, 0]);
+        assert_eq!(udp_train_size(&zero, HEADER_LEN), None);
+        assert_eq!(udp_train_size(&read[..HEADER_LEN - 1], HEADER_LEN), None);
     }
 
     #[test]

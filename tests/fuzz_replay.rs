@@ -136,6 +136,7 @@ fn frame(framing: Framing, bytes: Vec<u8>) -> Step {
         framing,
         broadcast: false,
         fix: framing != Framing::Raw,
+        train: 0,
         bytes,
     }
 }
@@ -310,6 +311,24 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            // With offload on: a train of 48-byte datagrams, as a
+            // program's UDP_SEGMENT send crosses the tap, and a reply.
+            "udp-train",
+            encode(
+                MTU_1500 | 0x80,
+                &[
+                    Step::Frame {
+                        framing: Framing::Ipv4,
+                        broadcast: false,
+                        fix: true,
+                        train: 2,
+                        bytes: ipv4(GUEST, REMOTE, 17, &udp(40040, 443, &[9u8; 200])),
+                    },
+                    host(FIRST_FLOW, Reply(b"reply".to_vec())),
+                ],
+            ),
+        ),
+        (
             "udp-fragments",
             encode(
                 MTU_1500,
@@ -352,6 +371,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     framing: Framing::Ipv6,
                     broadcast: true,
                     fix: true,
+                    train: 0,
                     bytes: ipv6(v6("fe80::1"), v6("ff02::2"), 58, 255, &ndp(133, None)),
                 }],
             ),

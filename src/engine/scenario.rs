@@ -673,6 +673,37 @@ fn guest_datagrams_to_two_flows_in_one_batch_go_out_in_order_per_flow() {
     }
 }
 
+#[test]
+fn a_guest_udp_train_reaches_the_host_as_its_datagrams() {
+    let mut w = World::new(17);
+    w.play_guest_by_hand();
+    // What the guest's kernel sends for a program's UDP_SEGMENT send of
+    // 10 x 100 bytes and 37 more: one frame, one IP and UDP header.
+    let datagrams: Vec<Vec<u8>> = (0..11)
+        .map(|i| pattern(if i == 10 { 37 } else { 100 }, i as u8))
+        .collect();
+    let frame = udp_frame(5360, REMOTE, 4433, &datagrams.concat());
+    let before = w.engine.stats().frames_from_guest;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    w.engine.process_udp_train(w.now, &frame, 100, &mut out);
+    assert_eq!(w.engine.stats().frames_from_guest - before, 1);
+    w.run_for(Duration::from_millis(10));
+    let id = w.host().dgram_to(remote(4433)).expect("no host socket");
+    assert_eq!(w.host().dgram(id).unwrap().sent, datagrams);
+    // A train whose size covers it all is one datagram; one that is not
+    // UDP, or not a packet at all, is handled as the frame it is.
+    w.engine.process_udp_train(
+        w.now,
+        &udp_frame(5360, REMOTE, 4434, b"short"),
+        100,
+        &mut out,
+    );
+    w.engine.process_udp_train(w.now, &[0xff; 9], 100, &mut out);
+    w.run_for(Duration::from_millis(10));
+    let id = w.host().dgram_to(remote(4434)).expect("no host socket");
+    assert_eq!(w.host().dgram(id).unwrap().sent, [b"short".to_vec()]);
+}
+
 /// A sink that counts the UDP trains it is given and cuts them as the
 /// tap's kernel would.
 #[derive(Default)]

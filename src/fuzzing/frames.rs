@@ -93,10 +93,14 @@ pub enum HostEvent {
 pub enum Step {
     /// A frame from the guest; with `fix`, the harness first sets its IP
     /// lengths and checksums right, so mutations get past verification.
+    /// A `train` other than 0 (up to 63) makes it a UDP train, as the
+    /// guest's kernel sends with segmentation offload, of datagrams of
+    /// `train × 24` bytes.
     Frame {
         framing: Framing,
         broadcast: bool,
         fix: bool,
+        train: u8,
         bytes: Vec<u8>,
     },
     /// The clock moves on.
@@ -153,6 +157,7 @@ impl Step {
                     framing,
                     fix: flags & 1 != 0,
                     broadcast: flags & 2 != 0,
+                    train: flags >> 2,
                     bytes: data(u)?,
                 }
             }
@@ -199,10 +204,11 @@ impl Step {
                 framing,
                 broadcast,
                 fix,
+                train,
                 bytes,
             } => {
                 out.push(*framing as u8);
-                out.push(u8::from(*fix) | u8::from(*broadcast) << 1);
+                out.push(u8::from(*fix) | u8::from(*broadcast) << 1 | (train & 63) << 2);
                 put_data(out, bytes);
             }
             Step::Millis(ms) => {
@@ -382,13 +388,19 @@ impl Run {
                 framing,
                 broadcast,
                 fix,
+                train,
                 bytes,
             } => {
                 let mut frame = self.frame(framing, broadcast, bytes);
                 if fix {
                     fix_frame(&mut frame);
                 }
-                self.engine.process_frame(self.now, &frame, &mut out);
+                match usize::from(train) * 24 {
+                    0 => self.engine.process_frame(self.now, &frame, &mut out),
+                    size => self
+                        .engine
+                        .process_udp_train(self.now, &frame, size, &mut out),
+                }
             }
             Step::Millis(ms) => self.now += Duration::from_millis(u64::from(ms)),
             Step::Secs(s) => self.now += Duration::from_secs(u64::from(s)),

@@ -74,9 +74,9 @@ pub enum Offload {
     /// Each frame behind a virtio-net header of `header_len` bytes (see
     /// `crate::vnet`). With `segment`, netferry writes TCP segments larger
     /// than the MTU for the kernel to split; with `guest_tso`, the guest's
-    /// kernel sends such segments too; with `split_udp`, the kernel also
-    /// cuts a train of UDP datagrams written as one (Linux 6.2 and
-    /// later).
+    /// kernel sends such segments too; with `split_udp`, trains of UDP
+    /// datagrams sent as one cross the tap both ways (Linux 6.2 and
+    /// later), each cut by its receiver.
     Vnet {
         header_len: usize,
         segment: bool,
@@ -131,7 +131,7 @@ impl std::fmt::Display for Offload {
                 f,
                 "TCP segmentation and checksums, both ways{}",
                 if *split_udp {
-                    "; UDP segmentation toward the guest"
+                    "; UDP segmentation, both ways"
                 } else {
                     ""
                 }
@@ -179,11 +179,11 @@ pub fn offload_of(tap: &File, want: bool) -> Offload {
     let set_offload =
         |features| unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, features as libc::c_ulong) } == 0;
     // A kernel that knows UDP segmentation offload (6.2 and later) takes
-    // the USO flags; only then does it cut the UDP trains netferry writes.
-    // The flags are then cleared again: with them, the guest's kernel
-    // could send netferry UDP trains, which it does not take apart.
+    // the USO flags: it then cuts the UDP trains netferry writes, and the
+    // guest's kernel sends a program's UDP_SEGMENT sends (QUIC stacks use
+    // it) as trains, which netferry cuts.
     let split_udp = want && set_offload(features | libc::TUN_F_USO4 | libc::TUN_F_USO6);
-    let guest_tso = set_offload(features);
+    let guest_tso = split_udp || set_offload(features);
     if want && !guest_tso {
         log::debug!("TUNSETOFFLOAD: {}", io::Error::last_os_error());
     }
