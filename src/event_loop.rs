@@ -23,7 +23,7 @@ use smoltcp::time::Instant;
 use thiserror::Error;
 
 use crate::api::ApiServer;
-use crate::busy_poll::BusyPoll;
+use crate::busy_poll::{BusyPoll, Moved};
 use crate::engine::{Engine, EngineConfig, FrameSink, Readiness};
 use crate::host::{NetHost, Outbound};
 use crate::setup::{Offload, Pages};
@@ -241,8 +241,8 @@ impl EventLoop {
             return Ok(Exit::Child(status));
         }
         let mut events = Events::with_capacity(256);
-        // Payload bytes moved before the last wake-up, for busy polling.
-        let mut moved_before = 0;
+        // What moved before the last wake-up, for busy polling.
+        let mut moved_before = Moved::default();
         loop {
             let now = self.now();
             let timeout = if self.tap_pending {
@@ -253,12 +253,15 @@ impl EventLoop {
                     .map(|d| Duration::from_micros(d.total_micros()))
             };
             let stats = self.engine.stats();
-            let moved = stats.bytes_to_host + stats.bytes_to_guest;
+            let moved = Moved {
+                bytes: stats.bytes_to_host + stats.bytes_to_guest,
+                packets: stats.frames_from_guest + stats.datagrams_to_guest,
+            };
             let result = self.busy_poll.poll(
                 &mut self.poll,
                 &mut events,
                 timeout,
-                moved - std::mem::replace(&mut moved_before, moved),
+                moved.since(std::mem::replace(&mut moved_before, moved)),
             );
             if let Err(e) = result {
                 if e.kind() == io::ErrorKind::Interrupted {

@@ -138,6 +138,8 @@ pub struct Stats {
     pub bytes_to_host: u64,
     /// Payload bytes from host sockets queued toward the guest.
     pub bytes_to_guest: u64,
+    /// Datagrams (UDP and ping) from host sockets toward the guest.
+    pub datagrams_to_guest: u64,
     /// Guest connections refused at a flow cap.
     pub refused_at_cap: u64,
 }

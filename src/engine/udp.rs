@@ -248,6 +248,7 @@ impl<H: Host> Engine<H> {
             let dgrams = std::mem::take(&mut self.dgrams);
             let batch: Vec<&[u8]> = (0..count).map(|i| dgrams.datagram(i)).collect();
             self.stats.bytes_to_guest += batch.iter().map(|d| d.len() as u64).sum::<u64>();
+            self.stats.datagrams_to_guest += count as u64;
             let mut i = 0;
             while i < count {
                 if ping {
