@@ -215,16 +215,25 @@ fn datagrams_waiting_together(s: &Setup, port: u16) -> (Vec<Vec<u8>>, u64) {
     (got, s.tap_rx_packets() - before)
 }
 
+/// netferry with offload, when this kernel carries UDP trains through
+/// the tap (Linux 6.2+); `None`, said loudly, when it does not.
+fn setup_with_udp_trains() -> Option<Setup> {
+    let s = setup(&[]);
+    if s.nf.stderr().contains("UDP segmentation, both ways") {
+        return Some(s);
+    }
+    eprintln!(
+        "SKIPPED: this kernel does not carry UDP trains (Linux 6.2+)\n{}",
+        s.nf.output()
+    );
+    None
+}
+
 #[test]
 fn host_datagrams_waiting_together_reach_the_guest_in_few_tap_writes() {
-    let s = setup(&[]);
-    if !s.nf.stderr().contains("UDP segmentation, both ways") {
-        eprintln!(
-            "SKIPPED: this kernel does not cut UDP trains (Linux 6.2+)\n{}",
-            s.nf.output()
-        );
+    let Some(s) = setup_with_udp_trains() else {
         return;
-    }
+    };
     let (got, writes) = datagrams_waiting_together(&s, 5031);
     let sent: Vec<Vec<u8>> = (0..200).map(|i| pattern(100, i)).collect();
     assert!(
@@ -280,14 +289,9 @@ fn one_segmented_send(s: &Setup, port: u16) -> (Vec<Vec<u8>>, u64) {
 
 #[test]
 fn a_guests_segmented_udp_send_crosses_the_tap_as_one_frame() {
-    let s = setup(&[]);
-    if !s.nf.stderr().contains("UDP segmentation, both ways") {
-        eprintln!(
-            "SKIPPED: this kernel does not carry UDP trains (Linux 6.2+)\n{}",
-            s.nf.output()
-        );
+    let Some(s) = setup_with_udp_trains() else {
         return;
-    }
+    };
     let (_, frames) = one_segmented_send(&s, 5033);
     println!("41 datagrams sent as one: {frames} frames read from the tap");
     // One train (a stray frame of the guest's own may come alongside).
