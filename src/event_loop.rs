@@ -24,7 +24,7 @@ use thiserror::Error;
 
 use crate::api::ApiServer;
 use crate::busy_poll::{BusyPoll, Moved};
-use crate::engine::{Engine, EngineConfig, FrameSink, Readiness};
+use crate::engine::{Engine, EngineConfig, FrameSink, Readiness, send_cut};
 use crate::host::{NetHost, Outbound};
 use crate::setup::{Offload, Pages};
 use crate::tokens::{self, EXIT_FD, SIGNALS, TAP};
@@ -97,10 +97,7 @@ impl FrameSink for TapSink<'_> {
     fn send_udp_train(&mut self, frame: &mut [u8], size: usize) {
         if !self.offload.splits_udp() {
             // Never asked of a tap that does not cut trains; cut it here.
-            for mut datagram in vnet::split_udp_train(frame, size) {
-                self.send_frame(&mut datagram);
-            }
-            return;
+            return send_cut(self, frame, size);
         }
         self.write(vnet::udp_train_header(frame, size), frame);
     }

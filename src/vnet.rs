@@ -18,8 +18,12 @@
 //! socket that came in one batch go to the guest as one train: one IP
 //! and UDP header, the datagrams back to back, and a header saying "cut
 //! this into datagrams of this size" (`GSO_UDP_L4`). One write then
-//! carries up to 64 datagrams. Everything else (ARP, single datagrams,
-//! ICMP, NDP) carries its full checksum and a header of zeros.
+//! carries up to 64 datagrams. The guest's kernel may send such trains
+//! too (a program's `UDP_SEGMENT` send), which netferry cuts. Everything
+//! else (ARP, single datagrams, ICMP, NDP) carries its full checksum and
+//! a header of zeros.
+
+use smoltcp::wire::UDP_HEADER_LEN;
 
 /// `struct virtio_net_hdr`: flags, gso_type, then four 16-bit fields.
 /// A tap may be told to use a longer header (12 bytes for virtio 1.0);
@@ -34,7 +38,6 @@ const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
 const ETH_LEN: usize = 14;
 const TCP_CHECKSUM_OFFSET: usize = 16;
-const UDP_HEADER_LEN: usize = 8;
 const UDP_CHECKSUM_OFFSET: usize = 6;
 
 /// The header for `frame`, which netferry is about to write to the tap
@@ -86,7 +89,8 @@ pub fn udp_train_header(frame: &mut [u8], size: usize) -> [u8; HEADER_LEN] {
 
 /// Cut a train of UDP datagrams as the kernel does: one frame per
 /// `size` bytes of payload, each with its own lengths and checksums.
-/// For sinks that are not a tap (tests, fuzzing).
+/// For the guest's trains, and for sinks that are not a tap (tests,
+/// fuzzing).
 pub fn split_udp_train(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
     use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, UdpPacket};
     let Some(udp) = transport(frame, 17).filter(|u| u.start + UDP_HEADER_LEN <= frame.len()) else {

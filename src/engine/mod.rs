@@ -45,7 +45,7 @@ pub use flows::{
     DEFAULT_MAX_PENDING_CONNECTS, DEFAULT_MAX_TCP_FLOWS, FlowKey, Limits, UDP_FLOW_LIMIT,
 };
 pub use forward::{Forward, ForwardError, ForwardSpec};
-pub use port::{ETHERNET_HEADER_LEN, FrameSink};
+pub use port::{ETHERNET_HEADER_LEN, FrameSink, send_cut};
 
 pub use crate::host::{FlowId, Host, Proto, Readiness};
 

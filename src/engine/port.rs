@@ -21,9 +21,15 @@ pub trait FrameSink {
     /// (`EngineConfig::split_udp`); a sink that is no tap cuts the train
     /// itself, as the kernel would.
     fn send_udp_train(&mut self, frame: &mut [u8], size: usize) {
-        for mut datagram in crate::vnet::split_udp_train(frame, size) {
-            self.send_frame(&mut datagram);
-        }
+        send_cut(self, frame, size);
+    }
+}
+
+/// A train's datagrams through `sink` one frame each, cut as the kernel
+/// would: what a sink that does not hand trains on does with one.
+pub fn send_cut<S: FrameSink + ?Sized>(sink: &mut S, frame: &[u8], size: usize) {
+    for mut datagram in crate::vnet::split_udp_train(frame, size) {
+        sink.send_frame(&mut datagram);
     }
 }
 

@@ -21,7 +21,10 @@ use std::ops::Range;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
-use smoltcp::wire::{DHCP_SERVER_PORT, EthernetAddress, IpProtocol, UdpPacket, UdpRepr};
+use smoltcp::wire::{
+    DHCP_SERVER_PORT, EthernetAddress, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol,
+    UDP_HEADER_LEN, UdpPacket, UdpRepr,
+};
 
 use super::flows::{DgramFlow, Flow, FlowKey, Kind, UDP_FLOW_LIMIT};
 use super::{Engine, FrameSink, HOP_LIMIT, Packet, Route, Unreachable};
@@ -35,8 +38,6 @@ pub(super) const DGRAM_BATCH: usize = 64;
 /// Room for the guest's datagrams between two polls: a tap batch of
 /// full-size ones, or the largest datagram.
 const OUTBOX_LEN: usize = 256 * 1024;
-
-const UDP_HEADER_LEN: usize = 8;
 
 /// Guest datagrams not sent yet, all flows together, in arrival order.
 /// The buffer is mapped on first use (`Pages`).
@@ -275,7 +276,8 @@ impl<H: Host> Engine<H> {
     /// unless the tap cuts trains, and only datagrams that fit the MTU
     /// each (larger ones need IP fragments, which `send_udp` makes).
     fn train_len(&self, datagrams: &[&[u8]], v6: bool) -> usize {
-        let headers = if v6 { 40 } else { 20 } + UDP_HEADER_LEN;
+        let ip_header = if v6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN };
+        let headers = ip_header + UDP_HEADER_LEN;
         match datagrams.first() {
             Some(first) if self.split_udp && headers + first.len() <= self.mtu => {
                 host::train_len(datagrams)
