@@ -109,6 +109,13 @@ impl Setup {
             s
         })
     }
+
+    /// A UDP socket in the host's namespace, as `udp` makes the guest's.
+    fn host_udp(&self, bind: &'static str) -> UdpSocket {
+        let s = self.net.in_host(move || UdpSocket::bind(bind).unwrap());
+        s.set_read_timeout(Some(IO)).unwrap();
+        s
+    }
 }
 
 #[test]
@@ -164,8 +171,7 @@ fn tcp_and_udp_reach_the_hosts_ipv6_loopback_through_fd00_2() {
     assert_eq!(&got, b"ping!");
     assert!(peer.ip().is_loopback());
 
-    let host = s.net.in_host(|| UdpSocket::bind("[::1]:6102").unwrap());
-    host.set_read_timeout(Some(IO)).unwrap();
+    let host = s.host_udp("[::1]:6102");
     let guest = s.udp("[::]:0");
     guest.send_to(b"udp6", "[fd00::2]:6102").unwrap();
     let mut buf = [0u8; 16];
@@ -337,8 +343,7 @@ fn a_fragmented_guest_datagram_arrives_whole_in_both_families() {
         ("127.0.0.1:6203", "10.0.2.2:6203", "0.0.0.0:0"),
         ("[::1]:6204", "[fd00::2]:6204", "[::]:0"),
     ] {
-        let host = s.net.in_host(move || UdpSocket::bind(bind).unwrap());
-        host.set_read_timeout(Some(IO)).unwrap();
+        let host = s.host_udp(bind);
         let big = common::pattern(5000, 9);
         // The guest's kernel fragments it at the tap's MTU of 1500.
         s.udp(guest_bind).send_to(&big, dst).unwrap();
@@ -361,8 +366,7 @@ fn a_segmented_udp_send_arrives_as_its_datagrams_in_both_families() {
         ("127.0.0.1:6205", "10.0.2.2:6205", "0.0.0.0:0"),
         ("[::1]:6206", "[fd00::2]:6206", "[::]:0"),
     ] {
-        let host = s.net.in_host(move || UdpSocket::bind(bind).unwrap());
-        host.set_read_timeout(Some(IO)).unwrap();
+        let host = s.host_udp(bind);
         let guest = s.udp(guest_bind);
         setsockopt(&guest, UdpGsoSegment, &1000).unwrap();
         let sent: Vec<Vec<u8>> = (0..11)
