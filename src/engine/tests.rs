@@ -544,6 +544,86 @@ fn with_offload_one_large_segment_goes_for_the_tap_to_split() {
     assert_eq!(*frame, full);
 }
 
+/// Guest data `offset` bytes into a flow to the gateway's `port`, whose
+/// SYN-ACK was `syn_ack`; `psh` when it ends the guest's write.
+fn guest_data(syn_ack: &[Vec<u8>], port: u16, offset: usize, data: &[u8], psh: bool) -> Vec<u8> {
+    let server_isn = syn_ack
+        .iter()
+        .find_map(|f| {
+            let ip = Ipv4Packet::new_checked(&f[14..]).ok()?;
+            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+            (tcp.syn() && tcp.ack()).then(|| tcp.seq_number())
+        })
+        .expect("no SYN-ACK");
+    guest_segment(
+        Ipv4Addr::new(10, 0, 2, 2),
+        TcpRepr {
+            src_port: GUEST_PORT,
+            dst_port: port,
+            control: if psh {
+                TcpControl::Psh
+            } else {
+                TcpControl::None
+            },
+            seq_number: TcpSeqNumber(GUEST_ISN as i32 + 1 + offset as i32),
+            ack_number: Some(server_isn + 1),
+            window_len: 8192,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: data,
+        },
+    )
+}
+
+#[test]
+fn guest_data_is_acked_at_once_when_it_ends_a_write_or_fills_frames_and_soon_otherwise() {
+    let gw = Ipv4Addr::new(10, 0, 2, 2);
+    let mut rig = Rig::new(true);
+    rig.feed(&syn_to(gw, 8080));
+    let syn_ack = rig.run(5);
+    rig.feed(&ack_of_syn_ack(&syn_ack, gw));
+    let acked = |frames: &[Vec<u8>]| -> Vec<u32> {
+        tcp_segments(frames)
+            .into_iter()
+            .filter(|s| s.0 == 8080 && s.3)
+            .map(|s| s.5 - GUEST_ISN - 1)
+            .collect()
+    };
+    // Part of a larger write: the ACK waits for more or for the delay.
+    let out = rig.feed(&guest_data(&syn_ack, 8080, 0, &[1; 100], false));
+    assert_eq!(acked(&out), [] as [u32; 0], "acked a write's first segment");
+    assert_eq!(acked(&rig.run(2)), [100], "the delayed ACK never came");
+    // The end of a write: at once.
+    let out = rig.feed(&guest_data(&syn_ack, 8080, 100, &[2; 100], true));
+    assert_eq!(acked(&out), [200]);
+    // Two segments of one write, more than the guest's MSS (1460) in
+    // all: the second is acked at once.
+    let out = rig.feed(&guest_data(&syn_ack, 8080, 200, &[3; 1000], false));
+    assert_eq!(acked(&out), [] as [u32; 0]);
+    let out = rig.feed(&guest_data(&syn_ack, 8080, 1200, &[4; 1000], false));
+    assert_eq!(acked(&out), [2200]);
+    // A segment larger than a 1500-byte frame holds several (TSO): at
+    // once.
+    let out = rig.feed(&guest_data(&syn_ack, 8080, 2200, &[5; 3000], false));
+    assert_eq!(acked(&out), [5200]);
+    // And all of it reached the host in order.
+    let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080);
+    let id = rig.host().stream_to(dst).expect("no host connect");
+    let got = rig.host().peer_take(id, usize::MAX);
+    let want: Vec<u8> = [
+        [1; 100].as_slice(),
+        &[2; 100],
+        &[3; 1000],
+        &[4; 1000],
+        &[5; 3000],
+    ]
+    .concat();
+    assert!(got == want, "the host got {} bytes", got.len());
+}
+
 #[test]
 fn refused_connect_sends_rst() {
     let mut rig = Rig::new(true);
