@@ -465,7 +465,13 @@ fn tcp_segments(frames: &[Vec<u8>]) -> Vec<(u16, u16, bool, bool, bool, u32)> {
 
 /// The guest's ACK of the SYN-ACK in `frames`, with a 1 MiB window.
 fn ack_of_syn_ack(frames: &[Vec<u8>], dst: Ipv4Addr) -> Vec<u8> {
-    let syn_ack = frames
+    guest_data(frames, dst, 0, &[], false)
+}
+
+/// Guest data `offset` bytes into its flow to `dst`, whose SYN-ACK is
+/// among `frames`; `psh` when it ends the guest's write.
+fn guest_data(frames: &[Vec<u8>], dst: Ipv4Addr, offset: usize, data: &[u8], psh: bool) -> Vec<u8> {
+    let (port, server_isn) = frames
         .iter()
         .find_map(|f| {
             let ip = Ipv4Packet::new_checked(&f[14..]).ok()?;
@@ -477,17 +483,21 @@ fn ack_of_syn_ack(frames: &[Vec<u8>], dst: Ipv4Addr) -> Vec<u8> {
         dst,
         TcpRepr {
             src_port: GUEST_PORT,
-            dst_port: syn_ack.0,
-            control: TcpControl::None,
-            seq_number: TcpSeqNumber(GUEST_ISN as i32 + 1),
-            ack_number: Some(syn_ack.1 + 1),
+            dst_port: port,
+            control: if psh {
+                TcpControl::Psh
+            } else {
+                TcpControl::None
+            },
+            seq_number: TcpSeqNumber(GUEST_ISN as i32 + 1 + offset as i32),
+            ack_number: Some(server_isn + 1),
             window_len: 8192,
             window_scale: None,
             max_seg_size: None,
             sack_permitted: false,
             sack_ranges: [None; 3],
             timestamp: None,
-            payload: &[],
+            payload: data,
         },
     )
 }
@@ -544,40 +554,6 @@ fn with_offload_one_large_segment_goes_for_the_tap_to_split() {
     assert_eq!(*frame, full);
 }
 
-/// Guest data `offset` bytes into a flow to the gateway's `port`, whose
-/// SYN-ACK was `syn_ack`; `psh` when it ends the guest's write.
-fn guest_data(syn_ack: &[Vec<u8>], port: u16, offset: usize, data: &[u8], psh: bool) -> Vec<u8> {
-    let server_isn = syn_ack
-        .iter()
-        .find_map(|f| {
-            let ip = Ipv4Packet::new_checked(&f[14..]).ok()?;
-            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-            (tcp.syn() && tcp.ack()).then(|| tcp.seq_number())
-        })
-        .expect("no SYN-ACK");
-    guest_segment(
-        Ipv4Addr::new(10, 0, 2, 2),
-        TcpRepr {
-            src_port: GUEST_PORT,
-            dst_port: port,
-            control: if psh {
-                TcpControl::Psh
-            } else {
-                TcpControl::None
-            },
-            seq_number: TcpSeqNumber(GUEST_ISN as i32 + 1 + offset as i32),
-            ack_number: Some(server_isn + 1),
-            window_len: 8192,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: data,
-        },
-    )
-}
-
 #[test]
 fn guest_data_is_acked_at_once_when_it_ends_a_write_or_fills_frames_and_soon_otherwise() {
     let gw = Ipv4Addr::new(10, 0, 2, 2);
@@ -593,21 +569,21 @@ fn guest_data_is_acked_at_once_when_it_ends_a_write_or_fills_frames_and_soon_oth
             .collect()
     };
     // Part of a larger write: the ACK waits for more or for the delay.
-    let out = rig.feed(&guest_data(&syn_ack, 8080, 0, &[1; 100], false));
+    let out = rig.feed(&guest_data(&syn_ack, gw, 0, &[1; 100], false));
     assert_eq!(acked(&out), [] as [u32; 0], "acked a write's first segment");
     assert_eq!(acked(&rig.run(2)), [100], "the delayed ACK never came");
     // The end of a write: at once.
-    let out = rig.feed(&guest_data(&syn_ack, 8080, 100, &[2; 100], true));
+    let out = rig.feed(&guest_data(&syn_ack, gw, 100, &[2; 100], true));
     assert_eq!(acked(&out), [200]);
     // Two segments of one write, more than the guest's MSS (1460) in
     // all: the second is acked at once.
-    let out = rig.feed(&guest_data(&syn_ack, 8080, 200, &[3; 1000], false));
+    let out = rig.feed(&guest_data(&syn_ack, gw, 200, &[3; 1000], false));
     assert_eq!(acked(&out), [] as [u32; 0]);
-    let out = rig.feed(&guest_data(&syn_ack, 8080, 1200, &[4; 1000], false));
+    let out = rig.feed(&guest_data(&syn_ack, gw, 1200, &[4; 1000], false));
     assert_eq!(acked(&out), [2200]);
     // A segment larger than a 1500-byte frame holds several (TSO): at
     // once.
-    let out = rig.feed(&guest_data(&syn_ack, 8080, 2200, &[5; 3000], false));
+    let out = rig.feed(&guest_data(&syn_ack, gw, 2200, &[5; 3000], false));
     assert_eq!(acked(&out), [5200]);
     // And all of it reached the host in order.
     let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080);
