@@ -253,6 +253,7 @@ impl EventLoop {
             let moved = Moved {
                 bytes: stats.bytes_to_host + stats.bytes_to_guest,
                 packets: stats.frames_from_guest + stats.datagrams_to_guest,
+                datagrams: stats.datagrams_from_guest + stats.datagrams_to_guest,
             };
             let result = self.busy_poll.poll(
                 &mut self.poll,

@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
@@ -246,6 +246,7 @@ impl Run {
         c.read_to_end(&mut back).unwrap();
         t.join().unwrap();
         assert!(back == data, "TCP data came back changed");
+        self.assert_datagram_stream();
         assert!(self.ns.ping("10.0.2.2"), "{}", self.nf.output());
         for mode in ["+notcp", "+tcp"] {
             assert_eq!(
@@ -255,6 +256,37 @@ impl Run {
                 self.nf.output()
             );
         }
+    }
+
+    /// An unpaced stream of small datagrams, fast enough for the event
+    /// loop to pause between polls (a sleep, which the filter must
+    /// allow), and then datagrams must still get through.
+    fn assert_datagram_stream(&self) {
+        let sink = self.net.in_host(|| UdpSocket::bind("127.0.0.1:0").unwrap());
+        sink.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let port = sink.local_addr().unwrap().port();
+        let addr: SocketAddr = format!("10.0.2.2:{port}").parse().unwrap();
+        let guest = self.ns.in_ns(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+        for i in 0..200_000u32 {
+            // Full buffers drop some on the way; what counts is after.
+            let _ = guest.send_to(&i.to_be_bytes(), addr);
+        }
+        // The stream filled the sink's buffer: read it empty while
+        // sending a last datagram until one comes through.
+        let got_last = wait_until(IO_TIMEOUT, || {
+            if let Err(e) = guest.send_to(b"last", addr) {
+                panic!("the guest cannot send: {e}\n{}", self.nf.output());
+            }
+            let mut buf = [0; 16];
+            while let Ok(n) = sink.recv(&mut buf) {
+                if &buf[..n] == b"last" {
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(got_last, "datagrams stopped\n{}", self.nf.output());
     }
 
     /// Add a forward, use it, remove it.

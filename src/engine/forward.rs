@@ -263,6 +263,8 @@ impl<H: Host> Engine<H> {
                 },
             );
             let mac = self.guest_mac_for(guest.ip());
+            self.stats.bytes_to_guest += n as u64;
+            self.stats.datagrams_to_guest += 1;
             let scratch = std::mem::take(&mut self.scratch);
             self.send_udp(mac, src, guest, &scratch[..n], sink);
             self.scratch = scratch;
@@ -279,8 +281,9 @@ impl<H: Host> Engine<H> {
         };
         c.last_used = now;
         let (listener, client) = (c.listener, c.client);
-        if let Err(e) = self.host.send_to(listener, data, client) {
-            log::debug!("forward: UDP reply to {client} failed: {e}");
+        match self.host.send_to(listener, data, client) {
+            Ok(_) => self.stats.bytes_to_host += data.len() as u64,
+            Err(e) => log::debug!("forward: UDP reply to {client} failed: {e}"),
         }
         true
     }

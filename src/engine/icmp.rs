@@ -54,6 +54,7 @@ impl<H: Host> Engine<H> {
         data: &[u8],
         sink: &mut S,
     ) {
+        self.stats.datagrams_from_guest += 1;
         if self.is_virtual(pkt.dst) {
             // Answered even with host loopback disabled: the gateway is
             // still there, it just does not lead to the host.

@@ -132,6 +132,8 @@ impl EngineConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub frames_from_guest: u64,
+    /// UDP datagrams and pings among those frames.
+    pub datagrams_from_guest: u64,
     /// Frames too short or malformed to use, dropped.
     pub frames_dropped: u64,
     /// Payload bytes written to host sockets (TCP and datagrams).

@@ -95,6 +95,7 @@ impl<H: Host> Engine<H> {
             log::trace!("dropping a UDP datagram with port 0");
             return;
         }
+        self.stats.datagrams_from_guest += 1;
         if udp.dst_port() == DHCP_SERVER_PORT && pkt.dst.is_ipv4() {
             return self.process_dhcp(pkt.guest_mac, udp.payload(), sink);
         }

@@ -216,6 +216,10 @@ fn allowed() -> BTreeMap<i64, Vec<SeccompRule>> {
         any(SYS_sigaltstack),
         any(SYS_restart_syscall),
         any(SYS_sched_yield),
+        // The event loop's pause while datagrams stream: std's sleep,
+        // which is nanosleep (glibc makes it clock_nanosleep).
+        any(SYS_nanosleep),
+        any(SYS_clock_nanosleep),
         any(SYS_getpid),
         any(SYS_gettid),
         // abort() re-raising a signal on a panic.
@@ -336,6 +340,18 @@ mod tests {
                 }
                 if libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) < 0 {
                     return 8;
+                }
+                // Sleeping, as the event loop's pause does.
+                let pause = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 20_000,
+                };
+                if libc::nanosleep(&pause, std::ptr::null_mut()) != 0 {
+                    return 9;
+                }
+                let clock = libc::CLOCK_MONOTONIC;
+                if libc::clock_nanosleep(clock, 0, &pause, std::ptr::null_mut()) != 0 {
+                    return 10;
                 }
             }
             0
