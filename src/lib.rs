@@ -11,7 +11,8 @@
 //!   [`config::Config`] with every address derived from the CIDR;
 //! - [`setup`]: namespace join, tap, `-c`, fd passing; all `unsafe` is here;
 //! - [`event_loop`]: one thread, `mio`, tap and control fds, timers;
-//!   [`busy_poll`]: how it waits while traffic is dense;
+//!   [`busy_poll`]: how it waits: spinning between requests and
+//!   responses, pausing for batches while datagrams stream;
 //! - [`engine`]: frames in, frames out; the virtual hosts (gateway, DNS,
 //!   DHCP) and smoltcp. No I/O and no clock of its own, so tests drive it
 //!   with literal frames;
