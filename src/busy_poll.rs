@@ -33,8 +33,8 @@
 //! leaves them the CPU: with an unpaced sender on 2 vCPUs, over a third
 //! of what netferry passed on at once was then dropped at the
 //! receiver's full socket, after netferry had spent on it CPU that the
-//! receiver lacked (host->guest iperf3, 64-byte datagrams: 186-248k
-//! datagrams/s received without the pause, 229-319k with it). The price
+//! receiver lacked (host->guest iperf3, 64-byte datagrams: 171-215k
+//! datagrams/s received without the pause, 291-308k with it). The price
 //! is latency while the stream lasts: up to a pause, which timer slack
 //! stretches (about 110 µs in all on the 2-vCPU VM measured). Below the
 //! rate nothing changes. A TCP transfer is never paused: its ACKs clock

@@ -132,7 +132,7 @@ impl EngineConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub frames_from_guest: u64,
-    /// UDP datagrams and pings among those frames.
+    /// UDP datagrams (each one of a train) and pings from the guest.
     pub datagrams_from_guest: u64,
     /// Frames too short or malformed to use, dropped.
     pub frames_dropped: u64,
