@@ -32,7 +32,7 @@ FWD_PORT=15201        # host port forwarded to iperf3 in the guest
 LAT_PORT=11111        # sockperf on the host's loopback
 CONN_PORT=12000       # connrate on the host's loopback
 HOLD_PORT=12001       # accepts and holds idle connections on the host's loopback
-IDLE=${IDLE:-5000}    # idle connections open beside one transfer
+IDLE=${IDLE:-1000 5000} # idle connections open beside a transfer, round trip and connection rate (each count in turn)
 DENSITY=${DENSITY:-100} # idle instances at once, each with its own namespace
 RESULTS=$(mktemp)
 WORK=$(mktemp -d)
@@ -95,8 +95,23 @@ import resource, socket
 resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('127.0.0.1', $HOLD_PORT)); s.listen(4096)
-held = []
-while True: held.append(s.accept()[0])
+# Hold each connection until its guest end closes, then let it go: a run
+# opens tens of thousands over its measurements.
+import selectors
+sel = selectors.DefaultSelector()
+sel.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is s:
+            sel.register(s.accept()[0], selectors.EVENT_READ)
+            continue
+        try:
+            gone = not key.fileobj.recv(1)
+        except OSError:
+            gone = True
+        if gone:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
 " >/dev/null 2>&1 &)
 sleep 0.5
 
@@ -282,31 +297,33 @@ for run in $(seq "$RUNS"); do
             iperf "$tool" "down$mtu" -R
             stop
         done
-        # The same transfer with $IDLE idle connections open beside it:
-        # the cost of a flow must not grow with the number of flows.
-        if want throughput && start "$tool" 65520; then
+        # The same transfer with idle connections open beside it (each
+        # count in $IDLE): the cost of a flow must not grow with the
+        # number of flows.
+        for idle in $IDLE; do
+            want throughput && start "$tool" 65520 || break
             in_guest /usr/bin/python3 -c "
 import resource, socket, time
 resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-held = [socket.create_connection(('10.0.2.2', $HOLD_PORT)) for _ in range($IDLE)]
+held = [socket.create_connection(('10.0.2.2', $HOLD_PORT)) for _ in range($idle)]
 print('open', flush=True); time.sleep(3600)
 " >"$WORK/idle.out" 2>/dev/null &
             opener=$!
             for i in $(seq 600); do grep -q open "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
             if grep -q open "$WORK/idle.out" 2>/dev/null; then
-                iperf "$tool" "up_idle"
+                iperf "$tool" "up_idle$idle"
                 lat=$(in_guest sockperf pp --tcp -i 10.0.2.2 -p $LAT_PORT -t "$SECS" 2>&1 |
                       sed -n 's/.*percentile 50.000 = *\([0-9.]*\).*/\1/p')
-                [ -n "$lat" ] && record "$tool" latency_idle_us "$lat"
+                [ -n "$lat" ] && record "$tool" "latency_idle${idle}_us" "$lat"
                 conns=$(in_guest "$WORK/connrate" run 10.0.2.2:$CONN_PORT "$SECS") &&
-                    record "$tool" conn_per_s_idle "$conns"
+                    record "$tool" "conn_per_s_idle$idle" "$conns"
             fi
             kill $opener 2>/dev/null || true
             wait $opener 2>/dev/null || true
-            pkill -f "for _ in range($IDLE)" 2>/dev/null || true
+            pkill -f "for _ in range($idle)" 2>/dev/null || true
             rm -f "$WORK/idle.out"
             stop
-        fi
+        done
         # IPv6, guest to host through fd00::2 (pasta has no host IPv6
         # address to copy here).
         if want throughput && [ "$tool" != pasta ] && start "$tool" 65520 6; then
@@ -352,10 +369,11 @@ done
 
 echo
 echo "$(nproc) cores, $(uname -r), $RUNS runs of ${SECS}s, medians:"
-DENSITY=$DENSITY python3 - "$RESULTS" "${tools[@]}" <<'EOF'
+IDLE="$IDLE" DENSITY=$DENSITY python3 - "$RESULTS" "${tools[@]}" <<'EOF'
 import os, statistics, sys
 path, tools = sys.argv[1], sys.argv[2:]
 n = os.environ["DENSITY"]
+idle = [int(c) for c in os.environ["IDLE"].split()]
 data = {}
 for line in open(path):
     tool, metric, value = line.split()
@@ -366,7 +384,7 @@ rows = [
     ("up1500", "guest→host Gbit/s, MTU 1500", True),
     ("down1500", "host→guest Gbit/s, MTU 1500", True),
     ("up6", "guest→host Gbit/s over IPv6 (fd00::2), MTU 65520", True),
-    ("up_idle", "guest→host Gbit/s, MTU 65520, beside idle connections (IDLE, 5000)", True),
+    *[(f"up_idle{c}", f"guest→host Gbit/s, MTU 65520, beside {c:,} idle connections", True) for c in idle],
     ("forward", "host→guest Gbit/s via port forward", True),
     ("udp_up1400_gbps", "UDP guest→host Gbit/s received, 1400-byte datagrams", True),
     ("udp_down1400_gbps", "UDP host→guest Gbit/s received, 1400-byte datagrams", True),
@@ -375,9 +393,9 @@ rows = [
     ("udp_up64_kpps", "UDP guest→host k datagrams/s received, 64 bytes", True),
     ("udp_down64_kpps", "UDP host→guest k datagrams/s received, 64 bytes", True),
     ("latency_us", "TCP round trip µs, median (lower is better)", False),
-    ("latency_idle_us", "TCP round trip µs beside idle connections (IDLE, 5000) (lower is better)", False),
+    *[(f"latency_idle{c}_us", f"TCP round trip µs beside {c:,} idle connections (lower is better)", False) for c in idle],
     ("conn_per_s", "connections/s", True),
-    ("conn_per_s_idle", "connections/s beside idle connections (IDLE, 5000)", True),
+    *[(f"conn_per_s_idle{c}", f"connections/s beside {c:,} idle connections", True) for c in idle],
     ("idle_rss_MB", "idle RSS MB (lower is better)", False),
     ("peak_rss_MB", "peak RSS MB (lower is better)", False),
     ("density_pss_kB", f"idle PSS per instance kB, {n} instances (lower is better)", False),
