@@ -184,14 +184,15 @@ impl BusyPoll {
         let m = &mut self.meter;
         m.datagrams += moved.datagrams;
         m.others += moved.packets.saturating_sub(moved.datagrams);
-        let elapsed = m.since.elapsed();
+        let now = Instant::now();
+        let elapsed = now - m.since;
         if elapsed < RATE_PERIOD {
             return;
         }
-        let rate = m.datagrams * 1_000_000 / (elapsed.as_micros() as u64).max(1);
+        let rate = m.datagrams * 1_000_000 / elapsed.as_micros() as u64;
         self.pause = rate >= STREAM_RATE && m.others * 8 < m.datagrams;
         *m = Meter {
-            since: Instant::now(),
+            since: now,
             datagrams: 0,
             others: 0,
         };
