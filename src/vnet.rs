@@ -87,36 +87,73 @@ pub fn udp_train_header(frame: &mut [u8], size: usize) -> [u8; HEADER_LEN] {
     hdr
 }
 
+/// The most datagrams one train may hold: the kernel's
+/// `UDP_MAX_SEGMENTS` (128 since Linux 6.10, 64 before). A guest's
+/// header with a tiny segment size would otherwise turn one frame into
+/// tens of thousands of datagrams.
+pub const MAX_TRAIN_SEGMENTS: usize = 128;
+
+/// Why a train was not cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManySegments(pub usize);
+
 /// Cut a train of UDP datagrams as the kernel does: one frame per
-/// `size` bytes of payload, each with its own lengths and checksums.
+/// `size` bytes of payload, each with its own lengths and checksums,
+/// built in `buf` (reused, so a train costs no allocation) and handed to
+/// `each`. A frame that is not a whole UDP packet goes to `each` as it
+/// is. A train of more than [`MAX_TRAIN_SEGMENTS`] is refused whole.
 /// For the guest's trains, and for sinks that are not a tap (tests,
 /// fuzzing).
-pub fn split_udp_train(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
+pub fn cut_udp_train(
+    frame: &[u8],
+    size: usize,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&mut [u8]),
+) -> Result<(), TooManySegments> {
     use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, UdpPacket};
+    buf.clear();
     let Some(udp) = transport(frame, 17).filter(|u| u.start + UDP_HEADER_LEN <= frame.len()) else {
-        return vec![frame.to_vec()];
+        buf.extend_from_slice(frame);
+        each(buf);
+        return Ok(());
     };
     let headers = udp.start + UDP_HEADER_LEN;
-    frame[headers..]
-        .chunks(size.max(1))
-        .map(|chunk| {
-            let mut f = [&frame[..headers], chunk].concat();
-            let (src, dst): (IpAddress, IpAddress) = if udp.v6 {
-                let mut ip = Ipv6Packet::new_unchecked(&mut f[ETH_LEN..]);
-                ip.set_payload_len((UDP_HEADER_LEN + chunk.len()) as u16);
-                (ip.src_addr().into(), ip.dst_addr().into())
-            } else {
-                let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]);
-                ip.set_total_len((udp.start - ETH_LEN + UDP_HEADER_LEN + chunk.len()) as u16);
-                ip.fill_checksum();
-                (ip.src_addr().into(), ip.dst_addr().into())
-            };
-            let mut u = UdpPacket::new_unchecked(&mut f[udp.start..]);
-            u.set_len((UDP_HEADER_LEN + chunk.len()) as u16);
-            u.fill_checksum(&src, &dst);
-            f
-        })
-        .collect()
+    let size = size.max(1);
+    let segments = (frame.len() - headers).div_ceil(size);
+    if segments > MAX_TRAIN_SEGMENTS {
+        return Err(TooManySegments(segments));
+    }
+    for chunk in frame[headers..].chunks(size) {
+        buf.clear();
+        buf.extend_from_slice(&frame[..headers]);
+        buf.extend_from_slice(chunk);
+        let f = &mut buf[..];
+        // Each piece is shorter than the train, whose lengths the
+        // transport check found consistent: no length here overflows.
+        let (src, dst): (IpAddress, IpAddress) = if udp.v6 {
+            let mut ip = Ipv6Packet::new_unchecked(&mut f[ETH_LEN..]);
+            ip.set_payload_len((UDP_HEADER_LEN + chunk.len()) as u16);
+            (ip.src_addr().into(), ip.dst_addr().into())
+        } else {
+            let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]);
+            ip.set_total_len((udp.start - ETH_LEN + UDP_HEADER_LEN + chunk.len()) as u16);
+            ip.fill_checksum();
+            (ip.src_addr().into(), ip.dst_addr().into())
+        };
+        let mut u = UdpPacket::new_unchecked(&mut f[udp.start..]);
+        u.set_len((UDP_HEADER_LEN + chunk.len()) as u16);
+        u.fill_checksum(&src, &dst);
+        each(f);
+    }
+    Ok(())
+}
+
+/// [`cut_udp_train`] into owned frames, for tests.
+#[cfg(test)]
+pub fn split_udp_train(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let _ = cut_udp_train(frame, size, &mut Vec::new(), |d| out.push(d.to_vec()));
+    out
 }
 
 /// The frame after a header read from the tap, or `None` when the read
@@ -430,6 +467,26 @@ mod tests {
                 assert_eq!(udp.payload(), want);
             }
         }
+    }
+
+    /// A guest's train header with a tiny size must not turn one frame
+    /// into thousands of datagrams: past the kernel's own limit the
+    /// train is refused whole, and up to it every datagram is cut.
+    #[test]
+    fn a_train_of_more_segments_than_the_kernel_makes_is_refused_whole() {
+        let payload = [7u8; MAX_TRAIN_SEGMENTS + 1];
+        let frame = train(false, &[&payload]);
+        let mut cut = 0;
+        let mut buf = Vec::new();
+        assert_eq!(
+            cut_udp_train(&frame, 1, &mut buf, |_| cut += 1),
+            Err(TooManySegments(MAX_TRAIN_SEGMENTS + 1))
+        );
+        assert_eq!(cut, 0);
+        let frame = train(true, &[&payload[1..]]);
+        assert_eq!(cut_udp_train(&frame, 1, &mut buf, |_| cut += 1), Ok(()));
+        assert_eq!(cut, MAX_TRAIN_SEGMENTS);
+        assert!(buf.capacity() < 200, "one buffer, reused");
     }
 
     #[test]

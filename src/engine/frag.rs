@@ -12,11 +12,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::IPV4_HEADER_LEN;
 
 /// Datagrams being put back together at once; the oldest is dropped to
 /// make room.
 pub const MAX_PARTIALS: usize = 64;
-/// The largest datagram either family can carry.
+/// The largest IP packet length either family's 16-bit length field
+/// can state: IPv4's total length (header included), IPv6's payload
+/// length (the 40-byte header not included).
 pub const MAX_DATAGRAM: usize = 65535;
 /// A datagram whose fragments have not all come by then is dropped, as
 /// Linux does (`ipfrag_time`).
@@ -54,19 +57,52 @@ pub struct Fragment<'a> {
     pub data: &'a [u8],
 }
 
+/// The largest payload an IP packet of `addr`'s family can carry behind
+/// the plain header netferry emits: IPv4's total length counts its own
+/// header, IPv6's payload length does not. A reassembled datagram, and
+/// every packet the engine sends, stays within it: a larger one would
+/// not fit the length field (the first abort a guest could cause was a
+/// reassembled IPv4 datagram past it).
+pub fn max_payload(addr: IpAddr) -> usize {
+    match addr {
+        IpAddr::V4(_) => MAX_DATAGRAM - IPV4_HEADER_LEN,
+        IpAddr::V6(_) => MAX_DATAGRAM,
+    }
+}
+
+/// Why a fragment was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// It reaches past the largest payload of its family (IPv6 answers
+    /// with a parameter problem, RFC 8200 4.5).
+    TooLarge,
+    /// It overlaps another, contradicts the known end, or is not a
+    /// multiple of 8 bytes where it must be.
+    Inconsistent,
+}
+
 #[derive(Default)]
 pub struct Reassembly {
     partials: HashMap<FragKey, Partial>,
 }
 
 impl Reassembly {
-    /// Add a fragment; the whole payload once the last piece is in.
-    /// Overlapping or oversized fragments drop their datagram.
-    pub fn add(&mut self, now: Instant, f: Fragment) -> Option<Vec<u8>> {
-        let end = f.offset.checked_add(f.data.len())?;
-        if end > MAX_DATAGRAM || (f.more && !f.data.len().is_multiple_of(8)) {
+    /// Add a fragment: `Ok(Some(payload))` once the last piece is in,
+    /// `Ok(None)` while pieces are missing. A refused fragment drops its
+    /// whole datagram.
+    pub fn add(&mut self, now: Instant, f: Fragment) -> Result<Option<Vec<u8>>, Refused> {
+        let end = f
+            .offset
+            .checked_add(f.data.len())
+            .filter(|&end| end <= max_payload(f.key.src));
+        let Some(end) = end else {
+            log::debug!("fragments: dropping a datagram past the largest IP payload");
             self.partials.remove(&f.key);
-            return None;
+            return Err(Refused::TooLarge);
+        };
+        if f.more && !f.data.len().is_multiple_of(FRAGMENT_UNIT) {
+            self.partials.remove(&f.key);
+            return Err(Refused::Inconsistent);
         }
         if !self.partials.contains_key(&f.key) && self.partials.len() >= MAX_PARTIALS {
             let oldest = self
@@ -91,7 +127,7 @@ impl Reassembly {
         if overlaps || past_end || short_last {
             log::debug!("fragments: dropping a datagram with inconsistent fragments");
             self.partials.remove(&f.key);
-            return None;
+            return Err(Refused::Inconsistent);
         }
         if p.data.len() < end {
             p.data.resize(end, 0);
@@ -102,18 +138,20 @@ impl Reassembly {
         if !f.more {
             p.total = Some(end);
         }
-        let total = p.total?;
+        let Some(total) = p.total else {
+            return Ok(None);
+        };
         let mut reached = 0;
         for &(s, e) in &p.have {
             if s > reached {
-                return None;
+                return Ok(None);
             }
             reached = reached.max(e);
         }
         if reached < total {
-            return None;
+            return Ok(None);
         }
-        self.partials.remove(&f.key).map(|p| p.data)
+        Ok(self.partials.remove(&f.key).map(|p| p.data))
     }
 
     /// Drop datagrams that took too long.
@@ -173,18 +211,12 @@ mod tests {
         assert_eq!(parts.len(), 3);
         let mut r = Reassembly::default();
         let t = Instant::from_secs(1);
-        assert!(
-            r.add(t, frag(1, parts[2].0, parts[2].2, parts[2].1))
-                .is_none()
-        );
-        assert!(
-            r.add(t, frag(1, parts[0].0, parts[0].2, parts[0].1))
-                .is_none()
-        );
-        assert_eq!(
-            r.add(t, frag(1, parts[1].0, parts[1].2, parts[1].1)),
-            Some(data)
-        );
+        for i in [2, 0] {
+            let (offset, piece, more) = parts[i];
+            assert_eq!(r.add(t, frag(1, offset, more, piece)), Ok(None));
+        }
+        let (offset, piece, more) = parts[1];
+        assert_eq!(r.add(t, frag(1, offset, more, piece)), Ok(Some(data)));
         assert!(r.is_empty());
     }
 
@@ -192,25 +224,60 @@ mod tests {
     fn overlaps_oversize_and_odd_lengths_drop_the_datagram() {
         let mut r = Reassembly::default();
         let t = Instant::from_secs(1);
-        assert!(r.add(t, frag(2, 0, true, &[0; 16])).is_none());
-        assert!(r.add(t, frag(2, 8, false, &[0; 16])).is_none(), "overlap");
-        assert!(r.is_empty());
-        assert!(
-            r.add(t, frag(3, 65528, false, &[0; 16])).is_none(),
-            "too big"
+        assert_eq!(r.add(t, frag(2, 0, true, &[0; 16])), Ok(None));
+        assert_eq!(
+            r.add(t, frag(2, 8, false, &[0; 16])),
+            Err(Refused::Inconsistent),
+            "overlap"
         );
-        assert!(
-            r.add(t, frag(4, 0, true, &[0; 15])).is_none(),
+        assert!(r.is_empty());
+        assert_eq!(
+            r.add(t, frag(3, 65528, false, &[0; 16])),
+            Err(Refused::TooLarge)
+        );
+        assert_eq!(
+            r.add(t, frag(4, 0, true, &[0; 15])),
+            Err(Refused::Inconsistent),
             "not a multiple of 8"
         );
         assert!(r.is_empty());
+    }
+
+    /// The first abort a guest could cause: IPv4 fragments adding up to
+    /// more payload than a 16-bit total length can state with the header.
+    #[test]
+    fn each_family_stops_at_its_own_largest_payload() {
+        let mut r = Reassembly::default();
+        let t = Instant::from_secs(1);
+        let v4_max = MAX_DATAGRAM - IPV4_HEADER_LEN;
+        let last = |id, end: usize| frag(id, end - 8, false, &[0; 8]);
+        assert_eq!(r.add(t, last(5, v4_max + 8)), Err(Refused::TooLarge));
+        assert_eq!(r.add(t, last(5, v4_max)), Ok(None), "65,515 is allowed");
+        let v6 = |offset, data| Fragment {
+            key: FragKey {
+                src: "fd00::100".parse().unwrap(),
+                dst: "fd00::2".parse().unwrap(),
+                proto: 17,
+                id: 6,
+            },
+            offset,
+            more: false,
+            data,
+        };
+        assert_eq!(r.add(t, v6(65528, &[0; 7])), Ok(None), "65,535 is allowed");
+        assert_eq!(r.add(t, v6(65528, &[0; 8])), Err(Refused::TooLarge));
+        assert_eq!(
+            r.add(t, v6(usize::MAX - 3, &[0; 8])),
+            Err(Refused::TooLarge),
+            "an offset that overflows"
+        );
     }
 
     #[test]
     fn partials_are_bounded_in_number_and_time() {
         let mut r = Reassembly::default();
         for id in 0..1000 {
-            r.add(Instant::from_millis(id as i64), frag(id, 0, true, &[0; 8]));
+            let _ = r.add(Instant::from_millis(id as i64), frag(id, 0, true, &[0; 8]));
         }
         assert_eq!(r.len(), MAX_PARTIALS);
         r.expire(Instant::from_secs(1000));

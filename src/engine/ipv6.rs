@@ -15,11 +15,12 @@ use std::net::{IpAddr, Ipv6Addr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr,
-    IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet,
+    Icmpv6ParamProblem, Icmpv6Repr, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags,
+    NdiscRepr, RawHardwareAddress,
 };
 
-use super::frag::{FragKey, Fragment, IPV6_FRAGMENT_HEADER_LEN};
+use super::frag::{FragKey, Fragment, IPV6_FRAGMENT_HEADER_LEN, Refused};
 use super::{Engine, FrameSink, Packet};
 use crate::host::Host;
 
@@ -39,6 +40,9 @@ pub const QUOTE6_LEN: usize = IPV6_MIN_MTU - 40 - 8;
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES_MAC: EthernetAddress = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
 const IPV6_HEADER_LEN: usize = 40;
+/// Where a parameter problem about a fragment's offset points: the
+/// offset field, 2 bytes into the fragment header right after ours.
+const FRAGMENT_OFFSET_POINTER: u32 = IPV6_HEADER_LEN as u32 + 2;
 
 /// NDP option types.
 const OPT_SOURCE_LLADDR: u8 = 1;
@@ -288,8 +292,12 @@ impl<H: Host> Engine<H> {
             more: off_flags & 1 == 1,
             data: &payload[IPV6_FRAGMENT_HEADER_LEN..],
         };
-        let Some(whole) = self.frags.add(now, fragment) else {
-            return;
+        let whole = match self.frags.add(now, fragment) {
+            Ok(Some(whole)) => whole,
+            Ok(None) | Err(Refused::Inconsistent) => return,
+            Err(Refused::TooLarge) => {
+                return self.refuse_oversized_fragment(eth, repr, payload, sink);
+            }
         };
         let inner = Ipv6Repr {
             next_header: IpProtocol::from(next),
@@ -312,5 +320,38 @@ impl<H: Host> Engine<H> {
         }
         log::debug!("reassembled a {}-byte IPv6 datagram", whole.len());
         self.process_ipv6(now, &frame, sink);
+    }
+
+    /// A fragment reaching past 65,535 bytes of payload: dropped with its
+    /// datagram, and answered as RFC 8200 (4.5) asks, with a parameter
+    /// problem pointing at the fragment offset field.
+    fn refuse_oversized_fragment<S: FrameSink>(
+        &mut self,
+        eth: &EthernetFrame<&[u8]>,
+        repr: &Ipv6Repr,
+        payload: &[u8],
+        sink: &mut S,
+    ) {
+        if repr.src_addr.is_multicast() || repr.src_addr.is_unspecified() {
+            return;
+        }
+        let quoted = payload.len().min(QUOTE6_LEN - IPV6_HEADER_LEN);
+        let error = Icmpv6Repr::ParamProblem {
+            reason: Icmpv6ParamProblem::ErroneousHdrField,
+            pointer: FRAGMENT_OFFSET_POINTER,
+            header: *repr,
+            data: &payload[..quoted],
+        };
+        log::debug!(
+            "telling {} that a fragment reaches past 65,535 bytes",
+            repr.src_addr
+        );
+        self.send_icmpv6(
+            eth.src_addr(),
+            (repr.dst_addr, repr.src_addr),
+            &error,
+            super::HOP_LIMIT,
+            sink,
+        );
     }
 }

@@ -52,6 +52,7 @@ pub use crate::host::{FlowId, Host, Proto, Readiness};
 use crate::config::{DEFAULT_TCP_BUFFER, Network, Network6};
 use crate::host::DgramBatch;
 use crate::setup::Pages;
+use crate::vnet::TooManySegments;
 use flows::FlowTable;
 use port::Port;
 
@@ -227,6 +228,8 @@ pub struct Engine<H: Host> {
     scratch: Pages,
     /// Datagrams read from a host socket in one call.
     dgrams: DgramBatch,
+    /// Reused buffer for the datagrams of a guest's UDP train.
+    train_buf: Vec<u8>,
     /// The guest's datagrams until the next poll.
     outbox: udp::Outbox,
 }
@@ -312,6 +315,7 @@ impl<H: Host> Engine<H> {
             tx,
             scratch: Pages::zeroed(MAX_DATAGRAM_READ),
             dgrams: DgramBatch::default(),
+            train_buf: Vec::new(),
             outbox: udp::Outbox::default(),
         }
     }
@@ -443,8 +447,14 @@ impl<H: Host> Engine<H> {
         sink: &mut S,
     ) {
         self.stats.frames_from_guest += 1;
-        for datagram in crate::vnet::split_udp_train(frame, size) {
-            self.process_ethernet(now, &datagram, sink);
+        let mut buf = std::mem::take(&mut self.train_buf);
+        let cut = crate::vnet::cut_udp_train(frame, size, &mut buf, |datagram| {
+            self.process_ethernet(now, datagram, sink)
+        });
+        self.train_buf = buf;
+        if let Err(TooManySegments(n)) = cut {
+            self.stats.frames_dropped += 1;
+            log::debug!("dropping a UDP train of {n} datagrams of {size} bytes: too many");
         }
     }
 
@@ -588,12 +598,21 @@ impl<H: Host> Engine<H> {
         sink: &mut S,
         emit_payload: impl FnOnce(&mut [u8]),
     ) {
+        if payload_len > frag::max_payload(addrs.1) {
+            // An IPv6 host datagram forwarded to an IPv4 guest can be
+            // larger than IPv4 carries.
+            log::debug!(
+                "not sending a {payload_len}-byte payload to {}: more than an IP packet holds",
+                addrs.1
+            );
+            return;
+        }
         let Some((eth, ip)) = self.headers(hop_limit, dst_mac, addrs, proto, payload_len) else {
             return;
         };
         let len = eth.buffer_len() + ip.header_len() + payload_len;
         if len > self.mtu + port::ETHERNET_HEADER_LEN {
-            if proto == IpProtocol::Tcp || payload_len > frag::MAX_DATAGRAM {
+            if proto == IpProtocol::Tcp {
                 log::debug!(
                     "not sending a {len}-byte frame to {}: larger than the MTU",
                     addrs.1
@@ -781,7 +800,7 @@ impl<H: Host> Engine<H> {
             more: ip.more_frags(),
             data: ip.payload(),
         };
-        let Some(whole) = self.frags.add(now, fragment) else {
+        let Ok(Some(whole)) = self.frags.add(now, fragment) else {
             return;
         };
         let inner = Ipv4Repr {

@@ -395,7 +395,7 @@ fn defragment(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
                 }
             }
         };
-        whole.extend(r.add(Instant::from_secs(0), fragment));
+        whole.extend(r.add(Instant::from_secs(0), fragment).ok().flatten());
     }
     whole
 }
@@ -511,5 +511,121 @@ fn fragmented_guest_datagrams_reach_the_host_whole_both_families() {
             vec![data.clone()],
             "IPv{family}"
         );
+    }
+}
+
+/// One fragment of a guest UDP datagram of `total` payload bytes (UDP
+/// header included) to 198.51.100.7 or 2001:db8::7: the piece at
+/// `offset`, `len` bytes long.
+fn guest_fragment(family: u8, id: u16, total: usize, offset: usize, len: usize) -> Vec<u8> {
+    let mut piece = vec![0x5au8; len];
+    if offset == 0 {
+        // The UDP header: ports 4444 -> 9, length, no checksum.
+        piece[..8].copy_from_slice(&[0x11, 0x5c, 0, 9, 0, 0, 0, 0]);
+        piece[4..6].copy_from_slice(&(total.min(0xffff) as u16).to_be_bytes());
+    }
+    let more = offset + len < total;
+    if family == 4 {
+        let repr = Ipv4Repr {
+            src_addr: Ipv4Addr::new(10, 0, 2, 100),
+            dst_addr: Ipv4Addr::new(198, 51, 100, 7),
+            next_header: IpProtocol::Udp,
+            payload_len: len,
+            hop_limit: 64,
+        };
+        let mut ip = vec![0u8; 20 + len];
+        let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+        repr.emit(&mut p, &ChecksumCapabilities::default());
+        p.set_ident(id);
+        p.set_more_frags(more);
+        p.set_frag_offset(offset as u16);
+        p.payload_mut().copy_from_slice(&piece);
+        p.fill_checksum();
+        let mut frame = vec![0u8; 14];
+        frame[..6].copy_from_slice(&GW_MAC.0);
+        frame[6..12].copy_from_slice(&GUEST_MAC.0);
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ip);
+        frame
+    } else {
+        let mut body = vec![17, 0, 0, 0];
+        body[2..4].copy_from_slice(&(offset as u16 | u16::from(more)).to_be_bytes());
+        body.extend_from_slice(&u32::from(id).to_be_bytes());
+        body.extend_from_slice(&piece);
+        frame6(
+            guest6(),
+            v6("2001:db8::7"),
+            GW_MAC,
+            IpProtocol::Ipv6Frag,
+            64,
+            &body,
+        )
+    }
+}
+
+/// Feed a datagram of `total` payload bytes in 1480-byte fragments; what
+/// came back.
+fn feed_fragmented(r: &mut Rig, family: u8, id: u16, total: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for offset in (0..total).step_by(1480) {
+        let len = (total - offset).min(1480);
+        out.extend(r.feed(&guest_fragment(family, id, total, offset, len)));
+    }
+    out
+}
+
+/// The first abort a guest could cause: 45 IPv4 fragments whose pieces
+/// add up to 65,528 bytes of payload, more than a 16-bit total length
+/// holds with the header. Now dropped, in both families, while the
+/// largest datagram each can carry still gets through.
+#[test]
+fn fragments_past_the_largest_datagram_are_dropped_and_the_largest_one_passes() {
+    let mut r = Rig::new(65520, true);
+    let dst4 = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 7).into(), 9);
+    let dst6 = SocketAddr::new(v6("2001:db8::7").into(), 9);
+    assert!(feed_fragmented(&mut r, 4, 1, 65_528).is_empty());
+    assert!(r.e.host().dgram_to(dst4).is_none(), "an oversized datagram");
+    assert!(r.e.frags.is_empty());
+    feed_fragmented(&mut r, 4, 2, 65_515);
+    let id =
+        r.e.host()
+            .dgram_to(dst4)
+            .expect("65,515 bytes is IPv4's largest");
+    assert_eq!(r.e.host().dgram(id).unwrap().sent[0].len(), 65_515 - 8);
+
+    // IPv6: past 65,535 is a parameter problem pointing at the offset.
+    let out = feed_fragmented(&mut r, 6, 3, 65_536);
+    assert!(r.e.host().dgram_to(dst6).is_none(), "an oversized datagram");
+    let errors = icmp6_out(&out);
+    assert_eq!(errors.len(), 1, "one parameter problem: {errors:?}");
+    let (src, dst, _, mac, body) = &errors[0];
+    assert_eq!((*src, *dst, *mac), (v6("2001:db8::7"), guest6(), GUEST_MAC));
+    assert_eq!(body[0], u8::from(Icmpv6Message::ParamProblem));
+    assert_eq!((body[1], &body[4..8]), (0, &[0, 0, 0, 42][..]));
+    feed_fragmented(&mut r, 6, 4, 65_535);
+    let id =
+        r.e.host()
+            .dgram_to(dst6)
+            .expect("65,535 bytes is IPv6's largest");
+    assert_eq!(r.e.host().dgram(id).unwrap().sent[0].len(), 65_535 - 8);
+}
+
+/// netferry never emits an IPv4 datagram over 65,535 bytes, even when a
+/// payload for one (an IPv6 host's datagram, say) is larger.
+#[test]
+fn no_ipv4_datagram_over_65535_bytes_leaves_the_engine() {
+    let mut r = Rig::new(1500, true);
+    let addrs: (IpAddr, IpAddr) = (
+        Ipv4Addr::new(198, 51, 100, 7).into(),
+        Ipv4Addr::new(10, 0, 2, 100).into(),
+    );
+    for (len, sent) in [(65_516, false), (65_515, true)] {
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        r.e.send_ip(GUEST_MAC, addrs, IpProtocol::Udp, len, &mut frames, |b| {
+            b.fill(7)
+        });
+        let whole = defragment(&frames);
+        assert_eq!(!whole.is_empty(), sent, "{len} bytes");
+        assert!(whole.iter().all(|w| w.len() == len));
     }
 }
