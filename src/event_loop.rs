@@ -71,9 +71,13 @@ impl TapSink<'_> {
         let written = match self.offload {
             Offload::Off => self.tap.write(frame),
             Offload::Vnet { header_len, .. } => {
-                let mut header = [0u8; 64];
+                // The same length reads take off (at most MAX_HEADER_LEN,
+                // which setup ensures).
+                let mut header = [0u8; vnet::MAX_HEADER_LEN];
                 header[..vnet::HEADER_LEN].copy_from_slice(&vnet);
-                let header = &header[..header_len.min(header.len())];
+                let Some(header) = header.get(..header_len) else {
+                    return;
+                };
                 self.tap
                     .write_vectored(&[IoSlice::new(header), IoSlice::new(frame)])
             }

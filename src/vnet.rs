@@ -29,6 +29,10 @@ use smoltcp::wire::UDP_HEADER_LEN;
 /// A tap may be told to use a longer header (12 bytes for virtio 1.0);
 /// the extra bytes are zero here and ignored on reading.
 pub const HEADER_LEN: usize = 10;
+/// The longest header netferry reads and writes; a tap set to a longer
+/// one is set back to `HEADER_LEN` (`crate::setup::offload_of`), so
+/// reads and writes always use the same length.
+pub const MAX_HEADER_LEN: usize = 64;
 
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;

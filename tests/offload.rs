@@ -139,11 +139,26 @@ fn a_callers_tap_fd_with_a_virtio_header_is_understood() {
     // A caller that opened the tap with IFF_VNET_HDR itself and handed it
     // over (--netns-type=tapfd): every frame has a header, which netferry
     // must find out about (TUNGETIFF) and strip.
+    callers_tap_fd_session(None);
+}
+
+#[test]
+fn a_callers_tap_fd_with_a_long_virtio_header_reads_and_writes_alike() {
+    // The kernel takes any header length from 10 up; one longer than
+    // netferry writes must not have reads strip more than writes put.
+    callers_tap_fd_session(Some(100));
+}
+
+/// A tap made by a "caller" with a virtio-net header (of `header_len`
+/// bytes when given: TUNSETVNETHDRSZ), handed to netferry as a fd; then
+/// ping and TCP both ways.
+fn callers_tap_fd_session(header_len: Option<u32>) {
     let net = TestNet::new();
     let ns = Namespace::new();
     // Python makes the tap inside the guest's namespace, comes back to
     // the host namespace and execs netferry with the fd inherited.
-    let script = "import ctypes, fcntl, os, struct, sys\n\
+    let script = format!(
+        "import ctypes, fcntl, os, struct, sys\n\
         libc = ctypes.CDLL(None, use_errno=True)\n\
         def enter(path):\n\
         \x20   f = os.open(path, os.O_RDONLY)\n\
@@ -152,11 +167,18 @@ fn a_callers_tap_fd_with_a_virtio_header_is_understood() {
         enter(sys.argv[1])\n\
         fd = os.open('/dev/net/tun', os.O_RDWR)\n\
         fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'tap0', 0x0002 | 0x1000 | 0x4000))\n\
+        {}\n\
         enter(sys.argv[2])\n\
         os.set_inheritable(fd, True)\n\
-        os.execv(sys.argv[3], sys.argv[3:] + [str(fd)])\n";
+        os.execv(sys.argv[3], sys.argv[3:] + [str(fd)])\n",
+        match header_len {
+            // TUNSETVNETHDRSZ
+            Some(len) => format!("fcntl.ioctl(fd, 0x400454d8, struct.pack('i', {len}))"),
+            None => "pass".to_string(),
+        }
+    );
     let mut opts = Options::args(&["--netns-type=tapfd"]);
-    opts.exec_via = ["python3", "-c", script, &ns.net_path(), &net.host_path()]
+    opts.exec_via = ["python3", "-c", &script, &ns.net_path(), &net.host_path()]
         .iter()
         .map(|s| s.to_string())
         .collect();

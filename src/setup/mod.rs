@@ -80,7 +80,7 @@ pub fn obtain_tap(cfg: &Config) -> Result<(File, Offload), SetupError> {
     };
     set_nonblocking(&tap)?;
     let tap = File::from(tap);
-    let offload = offload_of(&tap, cfg.offload);
+    let offload = offload_of(&tap, cfg.offload)?;
     log::info!("tap offload: {offload}");
     Ok((tap, offload))
 }

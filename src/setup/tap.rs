@@ -22,6 +22,8 @@ pub enum TapError {
     Name(String),
     #[error("cannot create or attach tap {name:?} (ioctl TUNSETIFF): {err}")]
     SetIff { name: String, err: io::Error },
+    #[error("cannot shorten the tap's {len}-byte virtio-net header (ioctl TUNSETVNETHDRSZ): {err}")]
+    HeaderLen { len: usize, err: io::Error },
 }
 
 /// A zeroed `ifreq` naming `name`.
@@ -148,28 +150,44 @@ impl std::fmt::Display for Offload {
 /// `want`: TUNGETIFF says whether it has a virtio-net header (ours has
 /// one unless `--disable-offload`; a caller's tap fd may or may not), and
 /// TUNSETOFFLOAD lets the guest's kernel send 64 KiB TCP segments with
-/// partial checksums. Nothing here fails setup: a tap that refuses gets
-/// plainer treatment.
-pub fn offload_of(tap: &File, want: bool) -> Offload {
+/// partial checksums. A tap that refuses gets plainer treatment; only a
+/// virtio-net header longer than netferry writes, which it cannot
+/// shorten, fails setup.
+pub fn offload_of(tap: &File, want: bool) -> Result<Offload, TapError> {
     let fd = tap.as_raw_fd();
     // SAFETY: ifreq is plain old data; all-zero bytes are a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     // SAFETY: TUNGETIFF fills the ifreq we pass, a valid, exclusive one.
     if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut ifr) } < 0 {
         log::debug!("TUNGETIFF: {}", io::Error::last_os_error());
-        return Offload::Off;
+        return Ok(Offload::Off);
     }
     // SAFETY: TUNGETIFF stored the flags member of the union.
     let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
     if flags & libc::IFF_VNET_HDR == 0 {
-        return Offload::Off;
+        return Ok(Offload::Off);
     }
     let mut header_len: libc::c_int = 0;
     // SAFETY: TUNGETVNETHDRSZ writes one int to the pointer we pass.
     if unsafe { libc::ioctl(fd, libc::TUNGETVNETHDRSZ, &mut header_len) } < 0 {
         header_len = crate::vnet::HEADER_LEN as libc::c_int;
     }
-    let header_len = (header_len.max(0) as usize).max(crate::vnet::HEADER_LEN);
+    let mut header_len = (header_len.max(0) as usize).max(crate::vnet::HEADER_LEN);
+    if header_len > crate::vnet::MAX_HEADER_LEN {
+        // A caller's tap may have any header length the kernel takes (it
+        // sets no upper bound); reads and writes must use the same one,
+        // so make it ours.
+        let ours = crate::vnet::HEADER_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer we pass.
+        if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &ours) } == 0 {
+            header_len = crate::vnet::HEADER_LEN;
+        } else {
+            return Err(TapError::HeaderLen {
+                len: header_len,
+                err: io::Error::last_os_error(),
+            });
+        }
+    }
     let features = if want {
         libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
     } else {
@@ -187,12 +205,12 @@ pub fn offload_of(tap: &File, want: bool) -> Offload {
     if want && !guest_tso {
         log::debug!("TUNSETOFFLOAD: {}", io::Error::last_os_error());
     }
-    Offload::Vnet {
+    Ok(Offload::Vnet {
         header_len,
         segment: want,
         guest_tso: want && guest_tso,
         split_udp,
-    }
+    })
 }
 
 #[cfg(test)]
