@@ -1,7 +1,10 @@
 //! The DHCP server of the virtual network.
 //!
 //! A pool of network+15..=network+30 with one stable lease per MAC address:
-//! a guest that asks again (or reboots) gets the address it had. Offers the
+//! a guest that asks again (or reboots) gets the address it had, as long
+//! as nobody needed it after the lease ran out. A full pool takes back
+//! the lease that expired longest ago, so guests that come and go (new
+//! MACs, as containers restart) cannot use it up for good. Offers the
 //! netmask, the gateway as router and the DNS address as name server.
 //! `DhcpServer` is pure logic: it takes a parsed request and says what to
 //! answer; the engine part below parses the request and builds the reply.
@@ -9,11 +12,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr,
     EthernetAddress, IpProtocol, UdpPacket, UdpRepr,
 };
 
+use super::throttle::{Throttle, held_note};
 use super::{Engine, FrameSink};
 use crate::config::Network;
 use crate::host::Host;
@@ -23,6 +28,17 @@ const DHCP_OPT_DNS: u8 = 6;
 
 /// Lease time offered to clients; libslirp offers a day too.
 pub const LEASE_SECS: u32 = 24 * 60 * 60;
+/// How long an offer holds an address for a client that has not
+/// requested it yet.
+pub const OFFER_HOLD: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    mac: EthernetAddress,
+    addr: Ipv4Addr,
+    /// After this, the address may go to another client.
+    expires: Instant,
+}
 
 /// What to answer a client with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +56,8 @@ pub struct Answer {
 pub struct DhcpServer {
     net: Network,
     /// At most pool-size entries, so a linear scan is cheap.
-    leases: Vec<(EthernetAddress, Ipv4Addr)>,
+    leases: Vec<Lease>,
+    exhausted: Throttle,
 }
 
 impl DhcpServer {
@@ -48,6 +65,7 @@ impl DhcpServer {
         DhcpServer {
             net,
             leases: Vec::new(),
+            exhausted: Throttle::default(),
         }
     }
 
@@ -59,32 +77,47 @@ impl DhcpServer {
         (self.net.dhcp_start..=self.net.dhcp_end).contains(&addr)
     }
 
-    fn lease_of(&self, mac: EthernetAddress) -> Option<Ipv4Addr> {
-        self.leases.iter().find(|(m, _)| *m == mac).map(|(_, a)| *a)
+    fn lease_mut(&mut self, mac: EthernetAddress) -> Option<&mut Lease> {
+        self.leases.iter_mut().find(|l| l.mac == mac)
     }
 
-    fn holder_of(&self, addr: Ipv4Addr) -> Option<EthernetAddress> {
-        self.leases
-            .iter()
-            .find(|(_, a)| *a == addr)
-            .map(|(m, _)| *m)
+    fn lease_on(&self, addr: Ipv4Addr) -> Option<&Lease> {
+        self.leases.iter().find(|l| l.addr == addr)
     }
 
-    /// The client's lease, or a new one from the first free address (or the
-    /// address it asks for, when that one is free).
-    fn allocate(&mut self, mac: EthernetAddress, wanted: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-        if let Some(addr) = self.lease_of(mac) {
-            return Some(addr);
+    /// The client's lease, held at least until `until`; or a new one: the
+    /// address it asks for when that one is free, else the first address
+    /// nobody has had, else the one whose lease ran out longest ago.
+    fn allocate(
+        &mut self,
+        now: Instant,
+        mac: EthernetAddress,
+        wanted: Option<Ipv4Addr>,
+        until: Instant,
+    ) -> Option<Ipv4Addr> {
+        if let Some(lease) = self.lease_mut(mac) {
+            lease.expires = lease.expires.max(until);
+            return Some(lease.addr);
         }
+        let free = |s: &Self, a: Ipv4Addr| s.lease_on(a).is_none_or(|l| l.expires <= now);
         let addr = wanted
-            .filter(|a| self.in_pool(*a) && self.holder_of(*a).is_none())
-            .or_else(|| self.pool().find(|a| self.holder_of(*a).is_none()))?;
-        self.leases.push((mac, addr));
+            .filter(|&a| self.in_pool(a) && free(self, a))
+            .or_else(|| self.pool().find(|&a| self.lease_on(a).is_none()))
+            .or_else(|| {
+                let expired = self.leases.iter().filter(|l| l.expires <= now);
+                expired.min_by_key(|l| l.expires).map(|l| l.addr)
+            })?;
+        self.leases.retain(|l| l.addr != addr);
+        self.leases.push(Lease {
+            mac,
+            addr,
+            expires: until,
+        });
         Some(addr)
     }
 
     /// Answer one request, or `None` when it needs no answer.
-    pub fn handle(&mut self, req: &DhcpRepr<'_>) -> Option<Answer> {
+    pub fn handle(&mut self, now: Instant, req: &DhcpRepr<'_>) -> Option<Answer> {
         let mac = req.client_hardware_address;
         let answer = |message_type, your_ip| Answer {
             message_type,
@@ -94,14 +127,22 @@ impl DhcpServer {
             client_ip: req.client_ip,
             broadcast: req.broadcast,
         };
+        let lease_end = now + Duration::from_secs(LEASE_SECS.into());
         match req.message_type {
-            DhcpMessageType::Discover => match self.allocate(mac, req.requested_ip) {
-                Some(addr) => Some(answer(DhcpMessageType::Offer, addr)),
-                None => {
-                    log::warn!("dhcp: pool exhausted, no offer for {mac}");
-                    None
+            DhcpMessageType::Discover => {
+                match self.allocate(now, mac, req.requested_ip, now + OFFER_HOLD) {
+                    Some(addr) => Some(answer(DhcpMessageType::Offer, addr)),
+                    None => {
+                        if let Some(held) = self.exhausted.allow(now) {
+                            log::warn!(
+                                "dhcp: pool exhausted, no offer for {mac}{}",
+                                held_note(held)
+                            );
+                        }
+                        None
+                    }
                 }
-            },
+            }
             DhcpMessageType::Request => {
                 if req.server_identifier.is_some_and(|s| s != self.net.gateway) {
                     return None; // the client picked another server
@@ -109,14 +150,20 @@ impl DhcpServer {
                 let wanted = req
                     .requested_ip
                     .or((!req.client_ip.is_unspecified()).then_some(req.client_ip));
-                match (wanted, self.allocate(mac, wanted)) {
+                match (wanted, self.allocate(now, mac, wanted, lease_end)) {
                     (Some(w), Some(lease)) if w == lease => {
                         Some(answer(DhcpMessageType::Ack, lease))
                     }
                     _ => Some(answer(DhcpMessageType::Nak, Ipv4Addr::UNSPECIFIED)),
                 }
             }
-            // Leases stay with their MAC; nothing to do on release.
+            // The address stays the client's until someone needs it.
+            DhcpMessageType::Release => {
+                if let Some(lease) = self.lease_mut(mac) {
+                    lease.expires = now;
+                }
+                None
+            }
             _ => None,
         }
     }
@@ -125,6 +172,7 @@ impl DhcpServer {
 impl<H: Host> Engine<H> {
     pub(super) fn process_dhcp<S: FrameSink>(
         &mut self,
+        now: Instant,
         src_mac: EthernetAddress,
         data: &[u8],
         sink: &mut S,
@@ -136,7 +184,7 @@ impl<H: Host> Engine<H> {
             log::debug!("dhcp: ignoring a request that does not parse");
             return;
         };
-        let Some(answer) = self.dhcp.handle(&req) else {
+        let Some(answer) = self.dhcp.handle(now, &req) else {
             return;
         };
         log::debug!(
@@ -247,16 +295,64 @@ mod tests {
         Ipv4Addr::new(10, 0, 2, last)
     }
 
+    const T0: Instant = Instant::from_micros_const(1_000_000);
+
+    /// Discover then request, as a client does; the address it got.
+    fn lease(s: &mut DhcpServer, now: Instant, mac: u8) -> Option<Ipv4Addr> {
+        let offer = s.handle(now, &request(DhcpMessageType::Discover, mac, None))?;
+        let ack = s.handle(
+            now,
+            &request(DhcpMessageType::Request, mac, Some(offer.your_ip)),
+        )?;
+        (ack.message_type == DhcpMessageType::Ack).then_some(ack.your_ip)
+    }
+
+    #[test]
+    fn expired_leases_are_reclaimed_oldest_first_when_the_pool_is_full() {
+        let mut s = DhcpServer::new(Network::default());
+        for mac in 0..16 {
+            let now = T0 + Duration::from_secs(mac.into());
+            assert_eq!(lease(&mut s, now, mac), Some(ip(15 + mac)));
+        }
+        assert_eq!(lease(&mut s, T0, 100), None, "the pool is full");
+        // A day later every lease has run out but the last few; the
+        // oldest goes to the newcomer.
+        let later = T0 + Duration::from_secs(LEASE_SECS.into()) + Duration::from_secs(2);
+        assert_eq!(lease(&mut s, later, 100), Some(ip(15)));
+        assert_eq!(lease(&mut s, later, 101), Some(ip(16)));
+        // A client whose lease ran out but was not needed keeps it.
+        assert_eq!(lease(&mut s, later, 5), Some(ip(20)));
+        // Renewed leases are not taken; unexpired ones neither.
+        assert_eq!(lease(&mut s, later, 102), Some(ip(17)));
+        assert_eq!(lease(&mut s, later, 103), None, "the rest still hold");
+        // A released address is free at once.
+        s.handle(later, &request(DhcpMessageType::Release, 30, None));
+        assert_eq!(lease(&mut s, later, 104), None, "30 never had one");
+        s.handle(later, &request(DhcpMessageType::Release, 15, None));
+        assert_eq!(lease(&mut s, later, 104), Some(ip(30)));
+    }
+
+    #[test]
+    fn an_offer_nobody_requests_holds_its_address_for_a_minute_only() {
+        let mut s = DhcpServer::new(Network::default());
+        for mac in 0..16 {
+            s.handle(T0, &request(DhcpMessageType::Discover, mac, None))
+                .unwrap();
+        }
+        assert_eq!(lease(&mut s, T0 + OFFER_HOLD / 2, 50), None);
+        assert_eq!(lease(&mut s, T0 + OFFER_HOLD, 50), Some(ip(15)));
+    }
+
     #[test]
     fn first_client_gets_pool_start_and_keeps_it() {
         let mut s = DhcpServer::new(Network::default());
         let offer = s
-            .handle(&request(DhcpMessageType::Discover, 1, None))
+            .handle(T0, &request(DhcpMessageType::Discover, 1, None))
             .unwrap();
         assert_eq!(offer.message_type, DhcpMessageType::Offer);
         assert_eq!(offer.your_ip, ip(15));
         let ack = s
-            .handle(&request(DhcpMessageType::Request, 1, Some(ip(15))))
+            .handle(T0, &request(DhcpMessageType::Request, 1, Some(ip(15))))
             .unwrap();
         assert_eq!(
             (ack.message_type, ack.your_ip),
@@ -264,11 +360,11 @@ mod tests {
         );
         // A second client gets the next address; the first keeps its own.
         let offer2 = s
-            .handle(&request(DhcpMessageType::Discover, 2, None))
+            .handle(T0, &request(DhcpMessageType::Discover, 2, None))
             .unwrap();
         assert_eq!(offer2.your_ip, ip(16));
         let again = s
-            .handle(&request(DhcpMessageType::Discover, 1, None))
+            .handle(T0, &request(DhcpMessageType::Discover, 1, None))
             .unwrap();
         assert_eq!(again.your_ip, ip(15));
     }
@@ -276,13 +372,13 @@ mod tests {
     #[test]
     fn request_for_someone_elses_address_is_refused() {
         let mut s = DhcpServer::new(Network::default());
-        s.handle(&request(DhcpMessageType::Discover, 1, None));
+        s.handle(T0, &request(DhcpMessageType::Discover, 1, None));
         let nak = s
-            .handle(&request(DhcpMessageType::Request, 2, Some(ip(15))))
+            .handle(T0, &request(DhcpMessageType::Request, 2, Some(ip(15))))
             .unwrap();
         assert_eq!(nak.message_type, DhcpMessageType::Nak);
         let nak = s
-            .handle(&request(DhcpMessageType::Request, 3, Some(ip(99))))
+            .handle(T0, &request(DhcpMessageType::Request, 3, Some(ip(99))))
             .unwrap();
         assert_eq!(nak.message_type, DhcpMessageType::Nak);
     }
@@ -291,7 +387,7 @@ mod tests {
     fn rebooting_client_may_keep_a_free_address() {
         let mut s = DhcpServer::new(Network::default());
         let ack = s
-            .handle(&request(DhcpMessageType::Request, 7, Some(ip(20))))
+            .handle(T0, &request(DhcpMessageType::Request, 7, Some(ip(20))))
             .unwrap();
         assert_eq!(
             (ack.message_type, ack.your_ip),
@@ -303,11 +399,11 @@ mod tests {
     fn pool_exhaustion_means_silence() {
         let mut s = DhcpServer::new(Network::default());
         for mac in 0..16 {
-            let o = s.handle(&request(DhcpMessageType::Discover, mac, None));
+            let o = s.handle(T0, &request(DhcpMessageType::Discover, mac, None));
             assert_eq!(o.unwrap().your_ip, ip(15 + mac));
         }
         assert_eq!(
-            s.handle(&request(DhcpMessageType::Discover, 16, None)),
+            s.handle(T0, &request(DhcpMessageType::Discover, 16, None)),
             None
         );
     }
@@ -317,6 +413,6 @@ mod tests {
         let mut s = DhcpServer::new(Network::default());
         let mut r = request(DhcpMessageType::Request, 1, Some(ip(15)));
         r.server_identifier = Some(Ipv4Addr::new(10, 0, 2, 1));
-        assert_eq!(s.handle(&r), None);
+        assert_eq!(s.handle(T0, &r), None);
     }
 }

@@ -26,6 +26,7 @@ mod tcp;
 mod tests;
 #[cfg(test)]
 mod tests6;
+mod throttle;
 mod udp;
 
 use std::collections::HashMap;

@@ -97,7 +97,7 @@ impl<H: Host> Engine<H> {
         }
         self.stats.datagrams_from_guest += 1;
         if udp.dst_port() == DHCP_SERVER_PORT && pkt.dst.is_ipv4() {
-            return self.process_dhcp(pkt.guest_mac, udp.payload(), sink);
+            return self.process_dhcp(now, pkt.guest_mac, udp.payload(), sink);
         }
         let key = FlowKey {
             guest: (pkt.src, udp.src_port()).into(),

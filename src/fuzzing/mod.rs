@@ -122,7 +122,7 @@ pub fn dhcp(input: &[u8]) {
         let Ok(req) = DhcpRepr::parse(&packet) else {
             continue;
         };
-        let Some(a) = server.handle(&req) else {
+        let Some(a) = server.handle(Instant::from_secs(0), &req) else {
             continue;
         };
         let mac = req.client_hardware_address;
