@@ -29,7 +29,14 @@ macro_rules! say {
     }};
 }
 
+// The engine catches a panic per frame so that a defect costs one flow,
+// not the container's network (`Engine::guarded`); with abort it would
+// end netferry.
+#[cfg(panic = "abort")]
+compile_error!("netferry must be built with panic = \"unwind\" (see Cargo.toml)");
+
 fn main() -> ExitCode {
+    throttle_panic_messages();
     let args = match cli::parse(std::env::args_os()) {
         Parsed::Print(text) => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
@@ -91,6 +98,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Print the first panics in full, then one in a thousand: a defect a
+/// guest trips on every frame is caught (and counted) by the engine, and
+/// must not fill the log either.
+fn throttle_panic_messages() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PANICS: AtomicU64 = AtomicU64::new(0);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let n = PANICS.fetch_add(1, Ordering::Relaxed);
+        if n < 10 || n.is_multiple_of(1000) {
+            default(info);
+        }
+    }));
 }
 
 fn init_logging(debug: bool) {

@@ -262,7 +262,8 @@ pub fn status_text(socket: &Path) -> io::Result<String> {
          to host:   {} bytes\n\
          to guest:  {} bytes\n\
          frames:    {} from the guest, {} dropped as malformed\n\
-         refused:   {} connections at a flow cap\n",
+         refused:   {} connections at a flow cap\n\
+         defects:   {} caught (each closed one flow; see the log)\n",
         f("tcp"),
         f("tcp_connecting"),
         f("udp"),
@@ -273,6 +274,7 @@ pub fn status_text(socket: &Path) -> io::Result<String> {
         n("frames_from_guest"),
         n("frames_dropped"),
         n("refused_at_cap"),
+        n("defects"),
     );
     // The forwards themselves, as list_hostfwd gives them.
     let mut c = StdStream::connect(socket)?;

@@ -30,7 +30,7 @@ pub trait Control {
 /// The reply to `{"execute":"status"}` (beyond slirp4netns):
 /// `{"return":{"flows":{"tcp":N,"tcp_connecting":N,"udp":N,"ping":N},
 /// "forwards":N,"frames_from_guest":N,"frames_dropped":N,
-/// "bytes_to_host":N,"bytes_to_guest":N,"refused_at_cap":N}}`.
+/// "bytes_to_host":N,"bytes_to_guest":N,"refused_at_cap":N,"defects":N}}`.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct StatusReply {
     pub flows: FlowCounts,
@@ -40,6 +40,8 @@ pub struct StatusReply {
     pub bytes_to_host: u64,
     pub bytes_to_guest: u64,
     pub refused_at_cap: u64,
+    /// Panics the engine caught (each a defect, costing one flow).
+    pub defects: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -79,6 +81,7 @@ impl<H: Host> Control for Engine<H> {
             bytes_to_host: s.bytes_to_host,
             bytes_to_guest: s.bytes_to_guest,
             refused_at_cap: s.refused_at_cap,
+            defects: s.defects,
         }
     }
 }

@@ -146,6 +146,8 @@ pub struct Stats {
     pub datagrams_to_guest: u64,
     /// Guest connections refused at a flow cap.
     pub refused_at_cap: u64,
+    /// Panics caught in the engine (each a defect; see `Engine::guarded`).
+    pub defects: u64,
 }
 
 /// Why a destination cannot be reached, in terms either ICMP family has.
@@ -233,6 +235,10 @@ pub struct Engine<H: Host> {
     train_buf: Vec<u8>,
     /// The guest's datagrams until the next poll.
     outbox: udp::Outbox,
+    /// The flow being worked on, for `guarded` to drop should the work
+    /// panic.
+    current: Option<FlowId>,
+    defect_log: throttle::Throttle,
 }
 
 impl<H: Host> Engine<H> {
@@ -318,6 +324,8 @@ impl<H: Host> Engine<H> {
             dgrams: DgramBatch::default(),
             train_buf: Vec::new(),
             outbox: udp::Outbox::default(),
+            current: None,
+            defect_log: throttle::Throttle::default(),
         }
     }
 
@@ -432,7 +440,47 @@ impl<H: Host> Engine<H> {
     /// Handle one frame from the guest.
     pub fn process_frame<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
         self.stats.frames_from_guest += 1;
-        self.process_ethernet(now, frame, sink);
+        self.guarded(now, |e| e.process_ethernet(now, frame, sink));
+    }
+
+    /// Run one entry point's work so that a panic in it costs at most
+    /// the flow it was working on, not every flow of the container.
+    ///
+    /// A panic is a defect, never the answer to bad input: every length
+    /// from the guest is checked before use, and the fuzz targets hold
+    /// that. But one missed case must not end netferry, so the unwinding
+    /// stops here: the frame or event is dropped, the flow that was being
+    /// served (if any: `current`) is closed with a reset, a line is
+    /// logged (throttled: a guest that trips the defect on every frame
+    /// cannot flood the log) and counted in `Stats::defects`. Listeners
+    /// stay, since they belong to the API's forwards, not to one flow.
+    fn guarded(&mut self, now: Instant, work: impl FnOnce(&mut Self)) {
+        self.current = None;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
+        let flow = self.current.take();
+        if outcome.is_ok() {
+            return;
+        }
+        self.stats.defects += 1;
+        let flow = flow.filter(|&id| {
+            self.flows
+                .kind(id)
+                .is_some_and(|k| k != flows::Kind::Listener)
+        });
+        if let Some(held) = self.defect_log.allow(now) {
+            log::error!(
+                "a defect in netferry (a panic, reported above) {}; netferry goes on{}",
+                if flow.is_some() {
+                    "closed the flow it hit"
+                } else {
+                    "dropped what it was handling"
+                },
+                throttle::held_note(held)
+            );
+        }
+        if let Some(id) = flow {
+            self.remove_flow(id, true);
+        }
     }
 
     /// Handle a train of UDP datagrams the guest's kernel sent as one
@@ -450,7 +498,7 @@ impl<H: Host> Engine<H> {
         self.stats.frames_from_guest += 1;
         let mut buf = std::mem::take(&mut self.train_buf);
         let cut = crate::vnet::cut_udp_train(frame, size, &mut buf, |datagram| {
-            self.process_ethernet(now, datagram, sink)
+            self.guarded(now, |e| e.process_ethernet(now, datagram, sink))
         });
         self.train_buf = buf;
         if let Err(TooManySegments(n)) = cut {
@@ -825,6 +873,7 @@ impl<H: Host> Engine<H> {
 
     /// A frame of TCP flow `id`, into its own socket set.
     fn feed_flow<S: FrameSink>(&mut self, now: Instant, id: FlowId, frame: &[u8], sink: &mut S) {
+        self.current = Some(id);
         let Some(flow) = self.flows.tcp_mut(id) else {
             return;
         };
@@ -886,6 +935,10 @@ impl<H: Host> Engine<H> {
     /// Call after each batch of frames and host events, and when
     /// `poll_delay` comes due.
     pub fn poll<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        self.guarded(now, |e| e.poll_guarded(now, sink));
+    }
+
+    fn poll_guarded<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
         self.flush_udp(sink);
         self.flows.requeue_carried();
         self.flows.fire_timers(now);
@@ -935,6 +988,7 @@ impl<H: Host> Engine<H> {
     /// Serve every flow that had a frame or a host event since last time.
     fn service_flows<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
         while let Some(id) = self.flows.next_dirty() {
+            self.current = Some(id);
             let more = match self.flows.kind(id) {
                 Some(flows::Kind::Tcp) => {
                     self.pump_tcp(now, id, sink);
@@ -951,6 +1005,7 @@ impl<H: Host> Engine<H> {
                 self.flows.carry(id);
             }
         }
+        self.current = None;
     }
 
     /// Retire idle datagram flows and TCP flows smoltcp has finished with.

@@ -921,3 +921,41 @@ fn the_same_seed_gives_the_same_frames() {
     };
     assert_eq!(run(42), run(42));
 }
+
+/// A defect (a panic) that one flow trips costs that flow only: it is
+/// closed with resets both ways, counted, and every other flow, TCP or
+/// UDP, goes on; so does the flow's next connection.
+#[test]
+fn a_panic_in_one_flow_closes_that_flow_and_the_others_go_on() {
+    let mut w = World::new(31);
+    let (ok, ok_id) = established(&mut w, remote(80), 40001);
+    let (hit, hit_id) = established(&mut w, remote(81), 40002);
+    w.host().panic_on_write_to = Some(remote(81));
+    w.sock(hit).send_slice(b"trips the defect").unwrap();
+    w.sock(ok).send_slice(b"goes through").unwrap();
+    w.run_for(Duration::from_millis(200));
+    assert_eq!(w.engine.stats().defects, 1);
+    assert!(w.host().closed.contains(&(hit_id, true)), "not reset");
+    assert_eq!(w.host().peer_take(ok_id, 100), b"goes through");
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.sock(hit).state(), tcp::State::Closed, "the guest's end");
+    assert_eq!(w.tcp_flows(), 1);
+    w.host().peer_send(ok_id, b"and back");
+    w.run_for(Duration::from_millis(100));
+    let mut buf = [0u8; 16];
+    let n = w.sock(ok).recv_slice(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"and back");
+    // The same defect on a datagram flow, tripped while sending.
+    w.host().panic_on_write_to = Some(remote(53));
+    w.raw.push(udp_frame(5353, REMOTE, 53, b"query"));
+    w.run_for(Duration::from_millis(50));
+    assert_eq!(w.engine.stats().defects, 2);
+    assert_eq!(w.engine.flow_counts().2, 0, "the UDP flow is gone");
+    w.host().panic_on_write_to = None;
+    w.raw.push(udp_frame(5353, REMOTE, 53, b"query"));
+    w.run_for(Duration::from_millis(50));
+    let id = w.host().dgram_to(remote(53)).unwrap();
+    assert_eq!(w.host().dgram(id).unwrap().sent, vec![b"query".to_vec()]);
+    let (again, _) = established(&mut w, remote(81), 40003);
+    assert_eq!(w.sock(again).state(), tcp::State::Established);
+}

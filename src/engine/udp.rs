@@ -142,8 +142,10 @@ impl<H: Host> Engine<H> {
             if outbox.items[..i].iter().any(|(seen, _)| seen == id) {
                 continue;
             }
+            self.current = Some(*id);
             self.send_datagrams(*id, &outbox.of(*id), sink);
         }
+        self.current = None;
         self.outbox = outbox;
         self.outbox.clear();
     }

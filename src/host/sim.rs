@@ -101,6 +101,9 @@ pub struct SimHost {
     pub ping_allowed: bool,
     /// Sockets open at once before opens fail with EMFILE.
     pub fd_limit: usize,
+    /// Writing to this peer panics, standing in for a defect in netferry
+    /// that a flow trips (the engine's panic policy is tested with it).
+    pub panic_on_write_to: Option<SocketAddr>,
     bound: HashSet<(Proto, SocketAddr)>,
     next_port: u16,
     rng: u64,
@@ -132,6 +135,7 @@ impl SimHost {
             nameserver: None,
             ping_allowed: true,
             fd_limit: usize::MAX,
+            panic_on_write_to: None,
             bound: HashSet::new(),
             next_port: EPHEMERAL_START,
             // xorshift must not start at 0.
@@ -467,7 +471,13 @@ impl Host for SimHost {
 
     fn tcp_write(&mut self, id: FlowId, buf: &[u8]) -> io::Result<usize> {
         let limit = self.stream_limit;
+        let trap = self.panic_on_write_to;
         let s = self.stream_mut(id).ok_or_else(|| errno(libc::EBADF))?;
+        assert!(
+            trap != Some(s.peer),
+            "a simulated defect writing to {}",
+            s.peer
+        );
         if s.peer_reset {
             return Err(errno(libc::ECONNRESET));
         }
@@ -548,6 +558,11 @@ impl Host for SimHost {
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
+        assert!(
+            self.panic_on_write_to != Some(d.peer),
+            "a simulated defect sending to {}",
+            d.peer
+        );
         // Like sendmmsg(2): a pending error ends the batch, and is
         // reported by this call only when nothing went before it.
         if std::mem::take(&mut d.refused) {
