@@ -845,13 +845,13 @@ fn syn_floods_stop_at_the_caps_with_rst() {
     }
     w.run_for(Duration::from_millis(10));
     assert_eq!(w.host().pending_connects(), 4);
-    let rsts = segments(&w.trace).iter().filter(|s| s.4).count();
-    assert_eq!(
-        rsts,
-        6,
-        "every SYN past the pending cap is refused: {:?}",
-        segments(&w.trace)
-    );
+    // Each SYN past the pending cap made the oldest pending one give way.
+    let reset: Vec<u16> = segments(&w.trace)
+        .iter()
+        .filter(|s| s.4)
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(reset, (20000..20006).collect::<Vec<_>>());
     // Connects that complete leave the pending count; the flow cap holds.
     for id in 0..4 {
         w.host().finish_connect(id, Outcome::Accept);
@@ -869,6 +869,47 @@ fn syn_floods_stop_at_the_caps_with_rst() {
     w.run_for(Duration::from_millis(10));
     assert_eq!(w.tcp_flows(), 8);
     assert!(w.host().open_count() <= 8);
+}
+
+#[test]
+fn a_storm_of_connects_to_a_dead_service_gives_way_to_a_live_destination() {
+    let mut cfg = config();
+    cfg.limits = Limits {
+        tcp_flows: 64,
+        pending_connects: 4,
+    };
+    let mut w = World::with(18, cfg);
+    let dead = Ipv4Addr::new(198, 51, 100, 9);
+    w.host().set_outcome(dead.into(), Outcome::NeverAnswer);
+    let dead = SocketAddr::new(dead.into(), 443);
+    for port in 0..10 {
+        w.raw
+            .push(tcp_frame(21000 + port, dead, TcpControl::Syn, 1, None));
+    }
+    w.run_for(Duration::from_millis(10));
+    assert_eq!(w.host().pending_connects(), 4);
+    let closed_before = w.host().closed.len();
+    // A live destination, while the dead one still holds every slot.
+    let h = w.connect(remote(80), 40030);
+    w.run_for(Duration::from_millis(20));
+    assert_eq!(
+        w.sock(h).state(),
+        tcp::State::Established,
+        "the live destination was shut out: {:?}",
+        segments(&w.trace)
+    );
+    assert!(w.host().stream_to(remote(80)).is_some());
+    // The connect pending longest gave way: its host socket closed, and
+    // the guest heard RST for it (after the six earlier ones).
+    assert_eq!(w.host().pending_connects(), 3);
+    assert_eq!(w.host().closed.len(), closed_before + 1);
+    let reset: Vec<u16> = segments(&w.trace)
+        .iter()
+        .filter(|s| s.4)
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(reset, (21000..21007).collect::<Vec<_>>());
+    assert_eq!(w.engine.stats().refused_at_cap, 7);
 }
 
 #[test]

@@ -286,16 +286,15 @@ impl<H: Host> Engine<H> {
             }
             Route::Drop => return,
         };
-        let (_, connecting, ..) = self.flows.counts();
-        if self.tcp_full() || connecting >= self.limits.pending_connects {
+        if frame.len() > MAX_SYN_FRAME {
+            log::debug!("tcp {}: dropping a SYN that carries data", key.guest);
+            return;
+        }
+        if !self.make_room_for_connect(sink) {
             // Answer as a busy host would, at no cost to us.
             log::debug!("tcp {} -> {target}: at the flow cap, refusing", key.guest);
             self.stats.refused_at_cap += 1;
             return self.send_rst(pkt.guest_mac, &key, seq, sink);
-        }
-        if frame.len() > MAX_SYN_FRAME {
-            log::debug!("tcp {}: dropping a SYN that carries data", key.guest);
-            return;
         }
         let id = self.flows.next_id();
         if let Err(e) = self.host.tcp_connect(id, target) {
@@ -315,6 +314,37 @@ impl<H: Host> Engine<H> {
                 seq,
             },
         }));
+    }
+
+    /// Room for one more host connect under the caps. At a cap, the
+    /// connect pending the longest gives way (the guest hears RST for it)
+    /// rather than the new one: a guest retrying against a dead service
+    /// would otherwise hold every slot and shut out live destinations.
+    /// False when no pending connect can give way (the flows are all up).
+    fn make_room_for_connect<S: FrameSink>(&mut self, sink: &mut S) -> bool {
+        let (_, connecting, ..) = self.flows.counts();
+        if !self.tcp_full() && connecting < self.limits.pending_connects {
+            return true;
+        }
+        let Some(oldest) = self.flows.oldest_connecting() else {
+            return false;
+        };
+        let Some(flow) = self.flows.tcp_mut(oldest) else {
+            return false;
+        };
+        let TcpPhase::Connecting { seq, .. } = flow.phase else {
+            return false;
+        };
+        let (mac, key) = (flow.guest_mac, flow.key);
+        log::debug!(
+            "tcp {} -> {}: pending the longest at the cap, giving way",
+            key.guest,
+            key.dst
+        );
+        self.stats.refused_at_cap += 1;
+        self.remove_flow(oldest, false);
+        self.send_rst(mac, &key, seq, sink);
+        true
     }
 
     /// The host side of a connecting flow is up: hand the guest's SYN to
