@@ -107,6 +107,9 @@ pub struct TcpFlow {
     /// The time of this flow's live entry in the timer heap: when it is
     /// next woken, at or before `timer`.
     pub queued: Option<Instant>,
+    /// An outbound flow's guest SYN sequence number (the newest while
+    /// connecting): a SYN with any other one is a new connection.
+    pub guest_isn: Option<TcpSeqNumber>,
 }
 
 impl TcpFlow {

@@ -164,14 +164,55 @@ impl<H: Host> Engine<H> {
             guest: (pkt.src, tcp.src_port()).into(),
             dst: (pkt.dst, tcp.dst_port()).into(),
         };
+        let fresh_syn = tcp.syn() && !tcp.ack() && !tcp.rst();
         if let Some(id) = self.flows.find(Kind::Tcp, &key) {
-            return self.segment_of_flow(now, id, frame, &tcp, sink);
+            let superseded = fresh_syn
+                .then(|| self.superseded_by_syn(id, tcp.seq_number()))
+                .flatten();
+            let Some(reset) = superseded else {
+                return self.segment_of_flow(now, id, frame, &tcp, sink);
+            };
+            // The guest is done with the old connection on this 4-tuple
+            // and opens a new one, as a kernel may right after a reset:
+            // the old flow goes now, or it would swallow the new SYN.
+            log::debug!(
+                "tcp {} -> {}: a new SYN replaces the flow",
+                key.guest,
+                key.dst
+            );
+            self.remove_flow(id, reset);
         }
-        if tcp.syn() && !tcp.ack() && !tcp.rst() {
+        if fresh_syn {
             self.open_outbound(now, frame, pkt, key, tcp.seq_number(), sink);
         } else if !tcp.rst() {
             // A segment of no flow we know: smoltcp answers it with RST.
             self.feed_smoltcp(now, frame, sink);
+        }
+    }
+
+    /// Whether a guest SYN (no ACK) with sequence number `seq` starts a
+    /// new connection in place of flow `id`: the flow's socket is closed
+    /// or in TIME-WAIT, or its handshake answered a SYN with another
+    /// number (the guest gave that attempt up; smoltcp would ignore the
+    /// new SYN and keep sending SYN-ACKs for the old one). If so, whether
+    /// the old host connection is to be reset rather than closed.
+    fn superseded_by_syn(&mut self, id: FlowId, seq: TcpSeqNumber) -> Option<bool> {
+        let flow = self.flows.tcp_mut(id)?;
+        let handle = flow.handle()?;
+        let sock = flow.set.get::<tcp::Socket>(handle);
+        let clean = matches!(
+            flow.phase,
+            TcpPhase::Open {
+                host_eof: true,
+                guest_fin: true,
+                reset: false,
+                ..
+            }
+        ) && sock.recv_queue() == 0;
+        match sock.state() {
+            State::Closed | State::TimeWait => Some(!clean),
+            State::SynReceived if flow.guest_isn.is_some_and(|isn| isn != seq) => Some(true),
+            _ => None,
         }
     }
 
@@ -196,6 +237,7 @@ impl<H: Host> Engine<H> {
                 // expects an answer to.
                 *syn = frame.into();
                 *seq = tcp.seq_number();
+                flow.guest_isn = Some(*seq);
             }
             // Anything else has to wait for the handshake.
             return;
@@ -216,11 +258,21 @@ impl<H: Host> Engine<H> {
         self.flows.mark_dirty(id);
         if tcp.rst() {
             self.feed_flow(now, id, frame, sink);
-            if let Some(flow) = self.flows.tcp_mut(id)
-                && let TcpPhase::Open { handle, reset, .. } = &mut flow.phase
-                && flow.set.get::<tcp::Socket>(*handle).state() == State::Closed
+            let Some(flow) = self.flows.tcp_mut(id) else {
+                return;
+            };
+            let state = handle.map(|h| flow.set.get::<tcp::Socket>(h).state());
+            if let TcpPhase::Open { reset, .. } = &mut flow.phase
+                && state == Some(State::Closed)
             {
                 *reset = true;
+            }
+            if handshake && flow.guest_isn.is_some() && state == Some(State::SynReceived) {
+                // smoltcp found the reset outside its window and kept the
+                // handshake. Only the guest writes to the tap, and it
+                // reset its own connect: give up as while connecting.
+                log::debug!("tcp {}: the guest reset the handshake", flow.key.guest);
+                return self.remove_flow(id, true);
             }
         } else if self.offload && tcp.syn() && tcp.ack() {
             // A forward's SYN-ACK: its MSS bounds smoltcp's segments.
@@ -306,6 +358,7 @@ impl<H: Host> Engine<H> {
             set: SocketSet::new(Vec::new()),
             timer: None,
             queued: None,
+            guest_isn: Some(seq),
             key,
             guest_mac: pkt.guest_mac,
             ready: Ready::default(),
@@ -483,6 +536,7 @@ impl<H: Host> Engine<H> {
             set,
             timer: None,
             queued: None,
+            guest_isn: None,
             key,
             guest_mac: self.guest_mac_for(guest.ip()),
             // A fresh stream can take data at once.
