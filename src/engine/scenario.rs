@@ -21,7 +21,7 @@ use smoltcp::wire::{
 use super::{Engine, EngineConfig, Limits};
 use crate::config::Network;
 use crate::host::SimHost;
-use crate::host::sim::Outcome;
+use crate::host::sim::{Outcome, Stall};
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
@@ -1068,4 +1068,49 @@ fn rst_and_syn_pairs_racing_a_handshake_leave_nothing_behind() {
 /// The sequence number after a SYN with `isn`.
 fn ack_seq(isn: i32) -> i32 {
     isn.wrapping_add(1)
+}
+
+#[test]
+fn a_host_that_makes_no_progress_never_holds_the_engine_in_a_loop() {
+    // Host calls that move nothing (0 bytes or datagrams, or EINTR every
+    // time) while readiness says go: the engine must give up for now, not
+    // ask again for ever (the simulated host panics past 10,000 asks).
+    for stall in [Stall::Zero, Stall::Interrupted] {
+        let mut w = World::new(19);
+        let (h, id) = established(&mut w, remote(80), 40040);
+        w.raw.push(udp_frame(5370, REMOTE, 9, b"first"));
+        w.run_for(Duration::from_millis(10));
+        let udp = w.host().dgram_to(remote(9)).expect("no host UDP socket");
+        w.host().stall = Some(stall);
+        w.host().dgram_reply(udp, b"reply");
+        w.host().peer_send(id, b"down");
+        w.sock(h).send_slice(b"up").unwrap();
+        w.raw.push(udp_frame(5370, REMOTE, 9, b"second"));
+        w.run_for(Duration::from_millis(50));
+        let asked = w.host().stalled_calls;
+        assert!(asked > 0, "{stall:?}: the host was never asked");
+        assert!(asked < 1000, "{stall:?}: asked {asked} times in 50 ms");
+        // Once the host moves again, so does everything.
+        w.host().stall = None;
+        w.raw.push(udp_frame(5370, REMOTE, 9, b"third"));
+        w.host().dgram_reply(udp, b"reply");
+        w.host().peer_send(id, b"down");
+        w.run_for(Duration::from_millis(50));
+        let sent = &w.host().dgram(udp).unwrap().sent;
+        assert_eq!(
+            sent.last().map(Vec::as_slice),
+            Some(&b"third"[..]),
+            "{stall:?}"
+        );
+        let mut buf = [0u8; 16];
+        let n = w.sock(h).recv_slice(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"down"),
+            "{stall:?}: got {:?}",
+            &buf[..n]
+        );
+        if stall == Stall::Interrupted {
+            assert_eq!(w.host().peer_take(id, 16), b"up", "{stall:?}");
+        }
+    }
 }

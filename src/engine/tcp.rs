@@ -23,7 +23,7 @@ use smoltcp::wire::{
 
 use super::flows::{Flow, FlowKey, Kind, Ready, TcpFlow, TcpPhase};
 use super::{Engine, FrameSink, Packet, Route, Unreachable};
-use crate::host::{FlowId, Host, Step};
+use crate::host::{FlowId, Host, INTERRUPT_RETRIES, Step};
 
 /// A SYN frame kept while its host connect is under way is at most this
 /// long; a SYN carrying more (data on the SYN) is dropped, so a flood of
@@ -46,6 +46,8 @@ const ACK_DELAY: Duration = Duration::from_millis(1);
 
 enum Pump {
     More,
+    /// The host call was interrupted (EINTR): again, a few times.
+    Interrupted,
     Blocked,
     Eof,
     Failed(io::Error),
@@ -619,17 +621,29 @@ impl<H: Host> Engine<H> {
         let host = &mut self.host;
         let read_closed = flow.ready.read_closed;
         let (rx_before, tx_before) = (sock.recv_queue(), sock.send_queue());
+        // Interrupted host calls in a row; past the bound the flow waits
+        // for the next poll (`carry`).
+        let mut interrupted = 0;
+        let mut carry = false;
 
         // Guest to host.
         while flow.ready.writable && sock.can_recv() {
             let res = sock.recv(|buf| match Step::from(host.tcp_write(id, buf)) {
                 Step::Got(0) | Step::Drained => (0, Pump::Blocked),
-                Step::Got(n) => (n, Pump::More),
-                Step::Retry => (0, Pump::More),
+                // Never more than offered, whatever the host says.
+                Step::Got(n) => (n.min(buf.len()), Pump::More),
+                Step::Retry => (0, Pump::Interrupted),
                 Step::Failed(e) => (0, Pump::Failed(e)),
             });
             match res {
-                Ok(Pump::More) => {}
+                Ok(Pump::More) => interrupted = 0,
+                Ok(Pump::Interrupted) => {
+                    interrupted += 1;
+                    if interrupted > INTERRUPT_RETRIES {
+                        carry = true;
+                        break;
+                    }
+                }
                 Ok(Pump::Blocked) => flow.ready.writable = false,
                 Ok(Pump::Failed(e)) => {
                     log::debug!("tcp {}: host write failed: {e}", flow.key.guest);
@@ -648,7 +662,8 @@ impl<H: Host> Engine<H> {
         }
 
         // Host to guest.
-        while flow.ready.readable && !*host_eof && sock.can_send() {
+        interrupted = 0;
+        while !carry && flow.ready.readable && !*host_eof && sock.can_send() {
             let res = sock.send(|buf| match Step::from(host.tcp_read(id, buf)) {
                 Step::Got(0) => (0, Pump::Eof),
                 // A short read emptied the socket: skip the read that
@@ -656,13 +671,20 @@ impl<H: Host> Engine<H> {
                 // arrival, so new data wakes us again). Not once the peer
                 // has closed: its FIN raises no new edge, so read on to 0.
                 Step::Got(n) if n < buf.len() && !read_closed => (n, Pump::Blocked),
-                Step::Got(n) => (n, Pump::More),
+                Step::Got(n) => (n.min(buf.len()), Pump::More),
                 Step::Drained => (0, Pump::Blocked),
-                Step::Retry => (0, Pump::More),
+                Step::Retry => (0, Pump::Interrupted),
                 Step::Failed(e) => (0, Pump::Failed(e)),
             });
             match res {
-                Ok(Pump::More) => {}
+                Ok(Pump::More) => interrupted = 0,
+                Ok(Pump::Interrupted) => {
+                    interrupted += 1;
+                    if interrupted > INTERRUPT_RETRIES {
+                        carry = true;
+                        break;
+                    }
+                }
                 Ok(Pump::Blocked) => flow.ready.readable = false,
                 Ok(Pump::Eof) => {
                     *host_eof = true;
@@ -682,6 +704,9 @@ impl<H: Host> Engine<H> {
         // not: armed only while something waits for the guest's ACK.
         let waiting = sock.send_queue() > 0 || *host_eof;
         sock.set_timeout(waiting.then_some(UNACKED_TIMEOUT));
+        if carry {
+            self.flows.carry(id);
+        }
     }
 
     /// Remove flows whose guest side is over. Runs after egress, so a RST

@@ -27,6 +27,21 @@ pub enum Outcome {
     NeverAnswer,
 }
 
+/// A host that answers without making progress, for checking that no
+/// loop of the engine's retries on such an answer for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// Reads and writes of data say 0 bytes or 0 datagrams (a TCP read
+    /// is left alone: 0 is its end of stream).
+    Zero,
+    /// Every read, write, send, receive and accept is interrupted (EINTR).
+    Interrupted,
+}
+
+/// Answers a stalled host gives before it decides the engine is stuck in
+/// a loop on them (and panics, so the test fails instead of hanging).
+const STALL_LIMIT: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Connect {
     Pending { outcome: Outcome, at: Instant },
@@ -101,6 +116,10 @@ pub struct SimHost {
     pub ping_allowed: bool,
     /// Sockets open at once before opens fail with EMFILE.
     pub fd_limit: usize,
+    /// Answer data calls without progress (see `Stall`).
+    pub stall: Option<Stall>,
+    /// Calls answered while stalled.
+    pub stalled_calls: usize,
     bound: HashSet<(Proto, SocketAddr)>,
     next_port: u16,
     rng: u64,
@@ -132,6 +151,8 @@ impl SimHost {
             nameserver: None,
             ping_allowed: true,
             fd_limit: usize::MAX,
+            stall: None,
+            stalled_calls: 0,
             bound: HashSet::new(),
             next_port: EPHEMERAL_START,
             // xorshift must not start at 0.
@@ -383,6 +404,22 @@ impl SimHost {
         }
     }
 
+    /// While stalled, the answer to a data call: `zero` (what "nothing
+    /// moved" is for this call) or EINTR. `zero` None: the call is left
+    /// alone by `Stall::Zero`.
+    fn stalled<T>(&mut self, zero: Option<T>) -> Option<io::Result<T>> {
+        let answer = match self.stall? {
+            Stall::Zero => Ok(zero?),
+            Stall::Interrupted => Err(io::ErrorKind::Interrupted.into()),
+        };
+        self.stalled_calls += 1;
+        assert!(
+            self.stalled_calls <= STALL_LIMIT,
+            "the engine asked a stalled host {STALL_LIMIT} times: a loop retrying on it"
+        );
+        Some(answer)
+    }
+
     fn open(&mut self, id: FlowId, sock: SimSock) -> io::Result<()> {
         if self.socks.len() >= self.fd_limit {
             return Err(errno(libc::EMFILE));
@@ -447,6 +484,9 @@ impl Host for SimHost {
     }
 
     fn tcp_read(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(None) {
+            return answer;
+        }
         let s = self.stream_mut(id).ok_or_else(|| errno(libc::EBADF))?;
         if s.peer_reset {
             return Err(errno(libc::ECONNRESET));
@@ -466,6 +506,9 @@ impl Host for SimHost {
     }
 
     fn tcp_write(&mut self, id: FlowId, buf: &[u8]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let limit = self.stream_limit;
         let s = self.stream_mut(id).ok_or_else(|| errno(libc::EBADF))?;
         if s.peer_reset {
@@ -520,6 +563,9 @@ impl Host for SimHost {
     }
 
     fn send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -531,6 +577,9 @@ impl Host for SimHost {
     }
 
     fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -545,6 +594,9 @@ impl Host for SimHost {
     }
 
     fn send_batch(&mut self, id: FlowId, datagrams: &[&[u8]]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -561,6 +613,9 @@ impl Host for SimHost {
     }
 
     fn recv_batch(&mut self, id: FlowId, batch: &mut DgramBatch) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -622,6 +677,9 @@ impl Host for SimHost {
     }
 
     fn accept(&mut self, listener: FlowId, id: FlowId) -> io::Result<SocketAddr> {
+        if let Some(answer) = self.stalled(None) {
+            return answer;
+        }
         if self.socks.len() >= self.fd_limit {
             return Err(errno(libc::EMFILE));
         }
@@ -634,6 +692,9 @@ impl Host for SimHost {
     }
 
     fn recv_from(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        if let Some(answer) = self.stalled(None) {
+            return answer;
+        }
         let Some(SimSock::Listener(l)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -644,6 +705,9 @@ impl Host for SimHost {
     }
 
     fn send_to(&mut self, id: FlowId, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Listener(l)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
