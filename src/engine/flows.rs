@@ -110,6 +110,10 @@ pub struct TcpFlow {
     /// An outbound flow's guest SYN sequence number (the newest while
     /// connecting): a SYN with any other one is a new connection.
     pub guest_isn: Option<TcpSeqNumber>,
+    /// A forward's IPv6 client sent to the guest over IPv6: where to try
+    /// over IPv4 instead if the guest refuses (a service listening on
+    /// IPv4 only), as the flow would have gone without an IPv6 address.
+    pub v4_fallback: Option<FlowKey>,
 }
 
 impl TcpFlow {
@@ -295,6 +299,21 @@ impl FlowTable {
     /// The TCP flow whose host connect has been pending the longest.
     pub fn oldest_connecting(&self) -> Option<FlowId> {
         self.connecting.first_key_value().map(|(_, &id)| id)
+    }
+
+    /// TCP flow `id` now goes by `key` (a forward's client retried over
+    /// IPv4). False, and nothing changed, when another flow has `key`.
+    pub fn rekey_tcp(&mut self, id: FlowId, key: FlowKey) -> bool {
+        if self.tcp.contains_key(&key) {
+            return false;
+        }
+        let Some(Some(Flow::Tcp(f))) = self.slots.get_mut(id) else {
+            return false;
+        };
+        self.tcp.remove(&f.key);
+        f.key = key;
+        self.tcp.insert(key, id);
+        true
     }
 
     pub fn tcp_mut(&mut self, id: FlowId) -> Option<&mut TcpFlow> {

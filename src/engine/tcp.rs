@@ -269,6 +269,12 @@ impl<H: Host> Engine<H> {
             {
                 *reset = true;
             }
+            if handshake
+                && state == Some(State::Closed)
+                && let Some(key) = flow.v4_fallback.take()
+            {
+                return self.inbound_over_v4(id, key);
+            }
             if handshake && flow.guest_isn.is_some() && state == Some(State::SynReceived) {
                 // smoltcp found the reset outside its window and kept the
                 // handshake. Only the guest writes to the tap, and it
@@ -361,6 +367,7 @@ impl<H: Host> Engine<H> {
             timer: None,
             queued: None,
             guest_isn: Some(seq),
+            v4_fallback: None,
             key,
             guest_mac: pkt.guest_mac,
             ready: Ready::default(),
@@ -509,29 +516,69 @@ impl<H: Host> Engine<H> {
         );
     }
 
+    /// A smoltcp socket connecting to the guest's `key.guest` from
+    /// `key.dst` (the client as the guest sees it).
+    fn connect_to_guest(&mut self, key: &FlowKey) -> Option<tcp::Socket<'static>> {
+        let mut sock = self.new_tcp_socket();
+        let remote = IpEndpoint::new(key.guest.ip().into(), key.guest.port());
+        let local = IpListenEndpoint {
+            addr: Some(key.dst.ip().into()),
+            port: key.dst.port(),
+        };
+        match sock.connect(self.iface.context(), remote, local) {
+            Ok(()) => Some(sock),
+            Err(e) => {
+                log::debug!("forward: cannot open {} -> {}: {e}", key.dst, key.guest);
+                None
+            }
+        }
+    }
+
+    /// The guest refused a forward's IPv6 client over IPv6: carry it over
+    /// IPv4 instead, on the same host connection.
+    fn inbound_over_v4(&mut self, id: FlowId, key: FlowKey) {
+        let Some(sock) = self.connect_to_guest(&key) else {
+            return self.remove_flow(id, true);
+        };
+        if !self.flows.rekey_tcp(id, key) {
+            log::debug!("forward: {} -> {} is taken", key.dst, key.guest);
+            return self.remove_flow(id, true);
+        }
+        let guest_mac = self.guest_mac_for(key.guest.ip());
+        let Some(flow) = self.flows.tcp_mut(id) else {
+            return;
+        };
+        if let Some(old) = flow.handle() {
+            flow.set.remove(old);
+        }
+        flow.phase = TcpPhase::Handshake(flow.set.add(sock));
+        flow.guest_mac = guest_mac;
+        self.flows.mark_dirty(id);
+        log::debug!(
+            "forward: refused over IPv6, -> {} as {}",
+            key.guest,
+            key.dst
+        );
+    }
+
     /// The inbound constructor: host client `id`, already accepted, is
-    /// carried to `guest` from `src` (its address as the guest sees it).
+    /// carried to `guest` from `src` (its address as the guest sees it);
+    /// `v4_fallback` is where to go if the guest refuses it over IPv6.
     pub(super) fn open_inbound(
         &mut self,
         id: FlowId,
         src: std::net::SocketAddr,
         guest: std::net::SocketAddr,
+        v4_fallback: Option<FlowKey>,
     ) {
         let key = FlowKey { guest, dst: src };
         if self.flows.find(Kind::Tcp, &key).is_some() || self.tcp_full() {
             log::debug!("forward: no room for {src} -> {guest}; dropping it");
             return self.host.close(id, true);
         }
-        let mut sock = self.new_tcp_socket();
-        let remote = IpEndpoint::new(guest.ip().into(), guest.port());
-        let local = IpListenEndpoint {
-            addr: Some(src.ip().into()),
-            port: src.port(),
-        };
-        if let Err(e) = sock.connect(self.iface.context(), remote, local) {
-            log::debug!("forward: cannot open {src} -> {guest}: {e}");
+        let Some(sock) = self.connect_to_guest(&key) else {
             return self.host.close(id, true);
-        }
+        };
         let mut set = SocketSet::new(Vec::new());
         let handle: SocketHandle = set.add(sock);
         let flow = TcpFlow {
@@ -539,6 +586,7 @@ impl<H: Host> Engine<H> {
             timer: None,
             queued: None,
             guest_isn: None,
+            v4_fallback,
             key,
             guest_mac: self.guest_mac_for(guest.ip()),
             // A fresh stream can take data at once.
