@@ -179,6 +179,45 @@ fn a_syn_flood_stays_within_the_caps_while_a_transfer_runs() {
 }
 
 #[test]
+fn a_storm_of_connects_to_a_dead_service_leaves_room_for_a_live_one() {
+    // More connects pending to a service that never answers than the
+    // default cap (1024) allows, as a client retrying against a dead
+    // service makes them; a connection to a live one must still go
+    // through at once, not be refused at the cap.
+    const CAP: usize = 1024;
+    let net = TestNet::new();
+    let (_hole, _filler) = black_hole(&net, 7201);
+    let live = net.in_host(|| std::net::TcpListener::bind("127.0.0.1:7202").unwrap());
+    let ns = Namespace::new();
+    let nf = serve_from(Some(&net), &ns, &[]);
+    let baseline = nf.sockets();
+    syn_flood(&ns, 7201, CAP as u16 + 100);
+    assert!(
+        wait_until(Duration::from_secs(10), || nf.sockets() >= baseline + CAP),
+        "only {} of {CAP} connects pending\n{}",
+        nf.sockets() - baseline,
+        nf.output()
+    );
+    let started = Instant::now();
+    let conn =
+        ns.in_ns(|| common::connect("10.0.2.2:7202".parse().unwrap(), Duration::from_secs(10)));
+    let took = started.elapsed();
+    println!("a live connect beside {CAP} pending ones took {took:?}");
+    assert!(
+        conn.is_ok(),
+        "the live destination was shut out: {conn:?}\n{}",
+        nf.output()
+    );
+    live.set_nonblocking(false).unwrap();
+    assert!(live.accept().is_ok(), "the host never saw the connection");
+    let held = nf.sockets();
+    assert!(
+        held <= baseline + CAP + 2,
+        "{held} sockets held, cap {CAP} over {baseline}"
+    );
+}
+
+#[test]
 fn a_udp_idle_timeout_fires_on_time_while_a_host_connect_is_pending() {
     let net = TestNet::new();
     let (_hole, _filler) = black_hole(&net, 7101);

@@ -311,6 +311,52 @@ fn an_ipv6_forward_reaches_the_guest_over_ipv6_with_the_clients_address() {
 }
 
 #[test]
+fn an_ipv6_client_reaches_a_guest_service_that_listens_on_ipv4_only() {
+    // The service inside listens on 0.0.0.0 only, so the guest refuses
+    // the forward's IPv6 clients over IPv6; they must come over IPv4, from
+    // the gateway, as slirp4netns brings them, not get a reset.
+    let dir = TempDir::new("api6v4");
+    let sock = dir.path("api.sock");
+    let sock_arg = format!("--api-socket={}", sock.display());
+    let s = setup(&[&sock_arg]);
+    let guest = s.ns.in_ns(|| TcpListener::bind("0.0.0.0:8081").unwrap());
+    let server = std::thread::spawn(move || {
+        let mut peers = Vec::new();
+        for _ in 0..2 {
+            let (mut c, peer) = guest.accept().unwrap();
+            c.write_all(b"hello over ipv4").unwrap();
+            peers.push(peer);
+        }
+        peers
+    });
+    let reply = api(
+        &sock,
+        r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::","host_port":6181,"guest_addr":"","guest_port":8081}}"#,
+    );
+    assert_eq!(reply, r#"{"return":{"id":1}}"#);
+    let from_loopback = s
+        .net
+        .in_host(|| common::connect("[::1]:6181".parse().unwrap(), IO));
+    let from_remote = s
+        .net
+        .in_remote(|| common::connect(format!("[{HOST6}]:6181").parse().unwrap(), IO));
+    for (who, c) in [("::1", from_loopback), (REMOTE6, from_remote)] {
+        let mut c = c.unwrap_or_else(|e| panic!("{who}: connect: {e}"));
+        let mut got = String::new();
+        let r = c.read_to_string(&mut got);
+        assert!(
+            r.is_ok() && got == "hello over ipv4",
+            "{who}: {r:?} {got:?}\n{}",
+            s.nf.output()
+        );
+    }
+    let peers = server.join().unwrap();
+    for peer in peers {
+        assert_eq!(peer.ip().to_string(), "10.0.2.2", "seen as the gateway");
+    }
+}
+
+#[test]
 fn a_4000_byte_udp_reply_reaches_a_guest_at_mtu_1500_in_both_families() {
     let s = setup(&[]);
     for (bind, dst, guest_bind) in [

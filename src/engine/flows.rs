@@ -8,7 +8,7 @@
 //! never a scan over all flows per packet. This module owns no sockets.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -107,6 +107,13 @@ pub struct TcpFlow {
     /// The time of this flow's live entry in the timer heap: when it is
     /// next woken, at or before `timer`.
     pub queued: Option<Instant>,
+    /// An outbound flow's guest SYN sequence number (the newest while
+    /// connecting): a SYN with any other one is a new connection.
+    pub guest_isn: Option<TcpSeqNumber>,
+    /// A forward's IPv6 client sent to the guest over IPv6: where to try
+    /// over IPv4 instead if the guest refuses (a service listening on
+    /// IPv4 only), as the flow would have gone without an IPv6 address.
+    pub v4_fallback: Option<FlowKey>,
 }
 
 impl TcpFlow {
@@ -177,8 +184,12 @@ pub struct FlowTable {
     tcp: HashMap<FlowKey, FlowId>,
     udp: HashMap<FlowKey, FlowId>,
     ping: HashMap<FlowKey, FlowId>,
-    /// TCP flows in `TcpPhase::Connecting`.
-    connecting: usize,
+    /// TCP flows in `TcpPhase::Connecting`, oldest first: keyed by the
+    /// order they started in, so the oldest can give way at the cap.
+    connecting: BTreeMap<u64, FlowId>,
+    /// Per slot, the key its flow holds in `connecting`.
+    connect_order: Vec<u64>,
+    next_order: u64,
     queued: Vec<bool>,
     dirty: Vec<FlowId>,
     /// Flows whose batch ran out; served again in the next poll.
@@ -217,7 +228,7 @@ impl FlowTable {
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         (
             self.tcp.len(),
-            self.connecting,
+            self.connecting.len(),
             self.udp.len(),
             self.ping.len(),
         )
@@ -241,14 +252,18 @@ impl FlowTable {
         let id = self.free.pop().unwrap_or(self.slots.len());
         let kind = flow.kind();
         let key = flow.key();
-        if flow.is_connecting() {
-            self.connecting += 1;
-        }
+        let connecting = flow.is_connecting();
         if id == self.slots.len() {
             self.slots.push(Some(flow));
             self.queued.push(false);
+            self.connect_order.push(0);
         } else {
             self.slots[id] = Some(flow);
+        }
+        if connecting {
+            self.connect_order[id] = self.next_order;
+            self.connecting.insert(self.next_order, id);
+            self.next_order += 1;
         }
         if let (Some(map), Some(key)) = (self.map_mut(kind), key) {
             map.insert(key, id);
@@ -260,7 +275,7 @@ impl FlowTable {
     pub fn remove(&mut self, id: FlowId) -> Option<Flow> {
         let flow = self.slots.get_mut(id)?.take()?;
         if flow.is_connecting() {
-            self.connecting -= 1;
+            self.connecting.remove(&self.connect_order[id]);
         }
         if let (Some(key), kind) = (flow.key(), flow.kind())
             && let Some(map) = self.map_mut(kind)
@@ -277,8 +292,28 @@ impl FlowTable {
             && matches!(f.phase, TcpPhase::Connecting { .. })
         {
             f.phase = TcpPhase::Handshake(handle);
-            self.connecting -= 1;
+            self.connecting.remove(&self.connect_order[id]);
         }
+    }
+
+    /// The TCP flow whose host connect has been pending the longest.
+    pub fn oldest_connecting(&self) -> Option<FlowId> {
+        self.connecting.first_key_value().map(|(_, &id)| id)
+    }
+
+    /// TCP flow `id` now goes by `key` (a forward's client retried over
+    /// IPv4). False, and nothing changed, when another flow has `key`.
+    pub fn rekey_tcp(&mut self, id: FlowId, key: FlowKey) -> bool {
+        if self.tcp.contains_key(&key) {
+            return false;
+        }
+        let Some(Some(Flow::Tcp(f))) = self.slots.get_mut(id) else {
+            return false;
+        };
+        self.tcp.remove(&f.key);
+        f.key = key;
+        self.tcp.insert(key, id);
+        true
     }
 
     pub fn tcp_mut(&mut self, id: FlowId) -> Option<&mut TcpFlow> {

@@ -125,7 +125,9 @@ impl<H: Host> Engine<H> {
 
     /// Where in the guest a forward's client goes: an IPv6 client reaches
     /// the guest over IPv6 when the guest has a global address, keeping
-    /// its own address; otherwise the forward's (IPv4) guest address.
+    /// its own address; otherwise the forward's (IPv4) guest address. A
+    /// TCP client the guest refuses over IPv6 is carried over IPv4 after
+    /// all (`Engine::inbound_over_v4`).
     fn target_for(&self, client: SocketAddr, guest: SocketAddr) -> SocketAddr {
         match (client.ip(), guest.ip(), self.guest_v6) {
             (IpAddr::V6(c), IpAddr::V4(g), Some(v6))
@@ -192,10 +194,16 @@ impl<H: Host> Engine<H> {
             let new = self.flows.next_id();
             match Step::from(self.host.accept(id, new)) {
                 Step::Got(client) => {
-                    let guest = self.target_for(client, guest);
-                    let src = self.seen_source(client, guest);
+                    let target = self.target_for(client, guest);
+                    let src = self.seen_source(client, target);
+                    // Over IPv6 the guest may have no listener (a service
+                    // on 0.0.0.0 only): then IPv4, as without an address.
+                    let v4_fallback = (target != guest).then(|| FlowKey {
+                        guest,
+                        dst: self.seen_source(client, guest),
+                    });
                     log::debug!("forward: {client} accepted");
-                    self.open_inbound(new, src, guest);
+                    self.open_inbound(new, src, target, v4_fallback);
                 }
                 Step::Retry => {}
                 Step::Drained => {

@@ -23,7 +23,7 @@ use smoltcp::wire::{
 
 use super::flows::{Flow, FlowKey, Kind, Ready, TcpFlow, TcpPhase};
 use super::{Engine, FrameSink, Packet, Route, Unreachable};
-use crate::host::{FlowId, Host, Step};
+use crate::host::{FlowId, Host, INTERRUPT_RETRIES, Step};
 
 /// A SYN frame kept while its host connect is under way is at most this
 /// long; a SYN carrying more (data on the SYN) is dropped, so a flood of
@@ -46,6 +46,8 @@ const ACK_DELAY: Duration = Duration::from_millis(1);
 
 enum Pump {
     More,
+    /// The host call was interrupted (EINTR): again, a few times.
+    Interrupted,
     Blocked,
     Eof,
     Failed(io::Error),
@@ -164,14 +166,55 @@ impl<H: Host> Engine<H> {
             guest: (pkt.src, tcp.src_port()).into(),
             dst: (pkt.dst, tcp.dst_port()).into(),
         };
+        let fresh_syn = tcp.syn() && !tcp.ack() && !tcp.rst();
         if let Some(id) = self.flows.find(Kind::Tcp, &key) {
-            return self.segment_of_flow(now, id, frame, &tcp, sink);
+            let superseded = fresh_syn
+                .then(|| self.superseded_by_syn(id, tcp.seq_number()))
+                .flatten();
+            let Some(reset) = superseded else {
+                return self.segment_of_flow(now, id, frame, &tcp, sink);
+            };
+            // The guest is done with the old connection on this 4-tuple
+            // and opens a new one, as a kernel may right after a reset:
+            // the old flow goes now, or it would swallow the new SYN.
+            log::debug!(
+                "tcp {} -> {}: a new SYN replaces the flow",
+                key.guest,
+                key.dst
+            );
+            self.remove_flow(id, reset);
         }
-        if tcp.syn() && !tcp.ack() && !tcp.rst() {
+        if fresh_syn {
             self.open_outbound(now, frame, pkt, key, tcp.seq_number(), sink);
         } else if !tcp.rst() {
             // A segment of no flow we know: smoltcp answers it with RST.
             self.feed_smoltcp(now, frame, sink);
+        }
+    }
+
+    /// Whether a guest SYN (no ACK) with sequence number `seq` starts a
+    /// new connection in place of flow `id`: the flow's socket is closed
+    /// or in TIME-WAIT, or its handshake answered a SYN with another
+    /// number (the guest gave that attempt up; smoltcp would ignore the
+    /// new SYN and keep sending SYN-ACKs for the old one). If so, whether
+    /// the old host connection is to be reset rather than closed.
+    fn superseded_by_syn(&mut self, id: FlowId, seq: TcpSeqNumber) -> Option<bool> {
+        let flow = self.flows.tcp_mut(id)?;
+        let handle = flow.handle()?;
+        let sock = flow.set.get::<tcp::Socket>(handle);
+        let clean = matches!(
+            flow.phase,
+            TcpPhase::Open {
+                host_eof: true,
+                guest_fin: true,
+                reset: false,
+                ..
+            }
+        ) && sock.recv_queue() == 0;
+        match sock.state() {
+            State::Closed | State::TimeWait => Some(!clean),
+            State::SynReceived if flow.guest_isn.is_some_and(|isn| isn != seq) => Some(true),
+            _ => None,
         }
     }
 
@@ -196,6 +239,7 @@ impl<H: Host> Engine<H> {
                 // expects an answer to.
                 *syn = frame.into();
                 *seq = tcp.seq_number();
+                flow.guest_isn = Some(*seq);
             }
             // Anything else has to wait for the handshake.
             return;
@@ -216,11 +260,27 @@ impl<H: Host> Engine<H> {
         self.flows.mark_dirty(id);
         if tcp.rst() {
             self.feed_flow(now, id, frame, sink);
-            if let Some(flow) = self.flows.tcp_mut(id)
-                && let TcpPhase::Open { handle, reset, .. } = &mut flow.phase
-                && flow.set.get::<tcp::Socket>(*handle).state() == State::Closed
+            let Some(flow) = self.flows.tcp_mut(id) else {
+                return;
+            };
+            let state = handle.map(|h| flow.set.get::<tcp::Socket>(h).state());
+            if let TcpPhase::Open { reset, .. } = &mut flow.phase
+                && state == Some(State::Closed)
             {
                 *reset = true;
+            }
+            if handshake
+                && state == Some(State::Closed)
+                && let Some(key) = flow.v4_fallback.take()
+            {
+                return self.inbound_over_v4(id, key);
+            }
+            if handshake && flow.guest_isn.is_some() && state == Some(State::SynReceived) {
+                // smoltcp found the reset outside its window and kept the
+                // handshake. Only the guest writes to the tap, and it
+                // reset its own connect: give up as while connecting.
+                log::debug!("tcp {}: the guest reset the handshake", flow.key.guest);
+                return self.remove_flow(id, true);
             }
         } else if self.offload && tcp.syn() && tcp.ack() {
             // A forward's SYN-ACK: its MSS bounds smoltcp's segments.
@@ -286,16 +346,15 @@ impl<H: Host> Engine<H> {
             }
             Route::Drop => return,
         };
-        let (_, connecting, ..) = self.flows.counts();
-        if self.tcp_full() || connecting >= self.limits.pending_connects {
+        if frame.len() > MAX_SYN_FRAME {
+            log::debug!("tcp {}: dropping a SYN that carries data", key.guest);
+            return;
+        }
+        if !self.make_room_for_connect(sink) {
             // Answer as a busy host would, at no cost to us.
             log::debug!("tcp {} -> {target}: at the flow cap, refusing", key.guest);
             self.stats.refused_at_cap += 1;
             return self.send_rst(pkt.guest_mac, &key, seq, sink);
-        }
-        if frame.len() > MAX_SYN_FRAME {
-            log::debug!("tcp {}: dropping a SYN that carries data", key.guest);
-            return;
         }
         let id = self.flows.next_id();
         if let Err(e) = self.host.tcp_connect(id, target) {
@@ -307,6 +366,8 @@ impl<H: Host> Engine<H> {
             set: SocketSet::new(Vec::new()),
             timer: None,
             queued: None,
+            guest_isn: Some(seq),
+            v4_fallback: None,
             key,
             guest_mac: pkt.guest_mac,
             ready: Ready::default(),
@@ -315,6 +376,37 @@ impl<H: Host> Engine<H> {
                 seq,
             },
         }));
+    }
+
+    /// Room for one more host connect under the caps. At a cap, the
+    /// connect pending the longest gives way (the guest hears RST for it)
+    /// rather than the new one: a guest retrying against a dead service
+    /// would otherwise hold every slot and shut out live destinations.
+    /// False when no pending connect can give way (the flows are all up).
+    fn make_room_for_connect<S: FrameSink>(&mut self, sink: &mut S) -> bool {
+        let (_, connecting, ..) = self.flows.counts();
+        if !self.tcp_full() && connecting < self.limits.pending_connects {
+            return true;
+        }
+        let Some(oldest) = self.flows.oldest_connecting() else {
+            return false;
+        };
+        let Some(flow) = self.flows.tcp_mut(oldest) else {
+            return false;
+        };
+        let TcpPhase::Connecting { seq, .. } = flow.phase else {
+            return false;
+        };
+        let (mac, key) = (flow.guest_mac, flow.key);
+        log::debug!(
+            "tcp {} -> {}: pending the longest at the cap, giving way",
+            key.guest,
+            key.dst
+        );
+        self.stats.refused_at_cap += 1;
+        self.remove_flow(oldest, false);
+        self.send_rst(mac, &key, seq, sink);
+        true
     }
 
     /// The host side of a connecting flow is up: hand the guest's SYN to
@@ -424,35 +516,77 @@ impl<H: Host> Engine<H> {
         );
     }
 
+    /// A smoltcp socket connecting to the guest's `key.guest` from
+    /// `key.dst` (the client as the guest sees it).
+    fn connect_to_guest(&mut self, key: &FlowKey) -> Option<tcp::Socket<'static>> {
+        let mut sock = self.new_tcp_socket();
+        let remote = IpEndpoint::new(key.guest.ip().into(), key.guest.port());
+        let local = IpListenEndpoint {
+            addr: Some(key.dst.ip().into()),
+            port: key.dst.port(),
+        };
+        match sock.connect(self.iface.context(), remote, local) {
+            Ok(()) => Some(sock),
+            Err(e) => {
+                log::debug!("forward: cannot open {} -> {}: {e}", key.dst, key.guest);
+                None
+            }
+        }
+    }
+
+    /// The guest refused a forward's IPv6 client over IPv6: carry it over
+    /// IPv4 instead, on the same host connection.
+    fn inbound_over_v4(&mut self, id: FlowId, key: FlowKey) {
+        let Some(sock) = self.connect_to_guest(&key) else {
+            return self.remove_flow(id, true);
+        };
+        if !self.flows.rekey_tcp(id, key) {
+            log::debug!("forward: {} -> {} is taken", key.dst, key.guest);
+            return self.remove_flow(id, true);
+        }
+        let guest_mac = self.guest_mac_for(key.guest.ip());
+        let Some(flow) = self.flows.tcp_mut(id) else {
+            return;
+        };
+        if let Some(old) = flow.handle() {
+            flow.set.remove(old);
+        }
+        flow.phase = TcpPhase::Handshake(flow.set.add(sock));
+        flow.guest_mac = guest_mac;
+        self.flows.mark_dirty(id);
+        log::debug!(
+            "forward: refused over IPv6, -> {} as {}",
+            key.guest,
+            key.dst
+        );
+    }
+
     /// The inbound constructor: host client `id`, already accepted, is
-    /// carried to `guest` from `src` (its address as the guest sees it).
+    /// carried to `guest` from `src` (its address as the guest sees it);
+    /// `v4_fallback` is where to go if the guest refuses it over IPv6.
     pub(super) fn open_inbound(
         &mut self,
         id: FlowId,
         src: std::net::SocketAddr,
         guest: std::net::SocketAddr,
+        v4_fallback: Option<FlowKey>,
     ) {
         let key = FlowKey { guest, dst: src };
         if self.flows.find(Kind::Tcp, &key).is_some() || self.tcp_full() {
             log::debug!("forward: no room for {src} -> {guest}; dropping it");
             return self.host.close(id, true);
         }
-        let mut sock = self.new_tcp_socket();
-        let remote = IpEndpoint::new(guest.ip().into(), guest.port());
-        let local = IpListenEndpoint {
-            addr: Some(src.ip().into()),
-            port: src.port(),
-        };
-        if let Err(e) = sock.connect(self.iface.context(), remote, local) {
-            log::debug!("forward: cannot open {src} -> {guest}: {e}");
+        let Some(sock) = self.connect_to_guest(&key) else {
             return self.host.close(id, true);
-        }
+        };
         let mut set = SocketSet::new(Vec::new());
         let handle: SocketHandle = set.add(sock);
         let flow = TcpFlow {
             set,
             timer: None,
             queued: None,
+            guest_isn: None,
+            v4_fallback,
             key,
             guest_mac: self.guest_mac_for(guest.ip()),
             // A fresh stream can take data at once.
@@ -535,17 +669,29 @@ impl<H: Host> Engine<H> {
         let host = &mut self.host;
         let read_closed = flow.ready.read_closed;
         let (rx_before, tx_before) = (sock.recv_queue(), sock.send_queue());
+        // Interrupted host calls in a row; past the bound the flow waits
+        // for the next poll (`carry`).
+        let mut interrupted = 0;
+        let mut carry = false;
 
         // Guest to host.
         while flow.ready.writable && sock.can_recv() {
             let res = sock.recv(|buf| match Step::from(host.tcp_write(id, buf)) {
                 Step::Got(0) | Step::Drained => (0, Pump::Blocked),
-                Step::Got(n) => (n, Pump::More),
-                Step::Retry => (0, Pump::More),
+                // Never more than offered, whatever the host says.
+                Step::Got(n) => (n.min(buf.len()), Pump::More),
+                Step::Retry => (0, Pump::Interrupted),
                 Step::Failed(e) => (0, Pump::Failed(e)),
             });
             match res {
-                Ok(Pump::More) => {}
+                Ok(Pump::More) => interrupted = 0,
+                Ok(Pump::Interrupted) => {
+                    interrupted += 1;
+                    if interrupted > INTERRUPT_RETRIES {
+                        carry = true;
+                        break;
+                    }
+                }
                 Ok(Pump::Blocked) => flow.ready.writable = false,
                 Ok(Pump::Failed(e)) => {
                     log::debug!("tcp {}: host write failed: {e}", flow.key.guest);
@@ -564,7 +710,8 @@ impl<H: Host> Engine<H> {
         }
 
         // Host to guest.
-        while flow.ready.readable && !*host_eof && sock.can_send() {
+        interrupted = 0;
+        while !carry && flow.ready.readable && !*host_eof && sock.can_send() {
             let res = sock.send(|buf| match Step::from(host.tcp_read(id, buf)) {
                 Step::Got(0) => (0, Pump::Eof),
                 // A short read emptied the socket: skip the read that
@@ -572,13 +719,20 @@ impl<H: Host> Engine<H> {
                 // arrival, so new data wakes us again). Not once the peer
                 // has closed: its FIN raises no new edge, so read on to 0.
                 Step::Got(n) if n < buf.len() && !read_closed => (n, Pump::Blocked),
-                Step::Got(n) => (n, Pump::More),
+                Step::Got(n) => (n.min(buf.len()), Pump::More),
                 Step::Drained => (0, Pump::Blocked),
-                Step::Retry => (0, Pump::More),
+                Step::Retry => (0, Pump::Interrupted),
                 Step::Failed(e) => (0, Pump::Failed(e)),
             });
             match res {
-                Ok(Pump::More) => {}
+                Ok(Pump::More) => interrupted = 0,
+                Ok(Pump::Interrupted) => {
+                    interrupted += 1;
+                    if interrupted > INTERRUPT_RETRIES {
+                        carry = true;
+                        break;
+                    }
+                }
                 Ok(Pump::Blocked) => flow.ready.readable = false,
                 Ok(Pump::Eof) => {
                     *host_eof = true;
@@ -598,6 +752,9 @@ impl<H: Host> Engine<H> {
         // not: armed only while something waits for the guest's ACK.
         let waiting = sock.send_queue() > 0 || *host_eof;
         sock.set_timeout(waiting.then_some(UNACKED_TIMEOUT));
+        if carry {
+            self.flows.carry(id);
+        }
     }
 
     /// Remove flows whose guest side is over. Runs after egress, so a RST

@@ -28,7 +28,7 @@ use smoltcp::wire::{
 
 use super::flows::{DgramFlow, Flow, FlowKey, Kind, UDP_FLOW_LIMIT};
 use super::{Engine, FrameSink, HOP_LIMIT, Packet, Route, Unreachable};
-use crate::host::{self, FlowId, Host, SEND_SLOTS, Step};
+use crate::host::{self, DGRAM_SLOTS, FlowId, Host, INTERRUPT_RETRIES, SEND_SLOTS, Step};
 use crate::setup::Pages;
 
 /// Datagrams read from one host socket per poll before the others (and
@@ -156,17 +156,21 @@ impl<H: Host> Engine<H> {
         };
         let (guest_mac, key) = (flow.guest_mac, flow.key);
         let mut sent = 0;
+        let mut interrupted = 0;
         while sent < datagrams.len() {
             match Step::from(self.host.send_batch(id, &datagrams[sent..])) {
+                // The socket's buffer is full (or the host sent nothing,
+                // which would make no progress either): the rest is
+                // dropped, as a full network drops datagrams.
+                Step::Got(0) | Step::Drained => return,
                 Step::Got(n) => {
+                    let n = n.min(datagrams.len() - sent);
                     let bytes: usize = datagrams[sent..sent + n].iter().map(|d| d.len()).sum();
                     self.stats.bytes_to_host += bytes as u64;
                     sent += n;
                 }
-                Step::Retry => {}
-                // The socket's buffer is full: the rest is dropped, as a
-                // full network drops datagrams.
-                Step::Drained => return,
+                Step::Retry if interrupted < INTERRUPT_RETRIES => interrupted += 1,
+                Step::Retry => return,
                 // A refusal from an earlier datagram surfaces here (and
                 // this one is lost); report it like the kernel would.
                 Step::Failed(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -218,6 +222,7 @@ impl<H: Host> Engine<H> {
     ) -> bool {
         let ping = self.flows.kind(id) == Some(Kind::Ping);
         let mut delivered = 0;
+        let mut interrupted = 0;
         while delivered < DGRAM_BATCH {
             let Some(flow) = self.flows.dgram_mut(id) else {
                 return false;
@@ -227,12 +232,19 @@ impl<H: Host> Engine<H> {
             }
             let (guest_mac, key) = (flow.guest_mac, flow.key);
             let count = match Step::from(self.host.recv_batch(id, &mut self.dgrams)) {
-                Step::Got(count) => count,
-                Step::Retry => continue,
-                Step::Drained => {
+                // Nothing although the socket was readable: wait for the
+                // next event rather than ask again.
+                Step::Got(0) | Step::Drained => {
                     flow.readable = false;
                     return false;
                 }
+                Step::Got(count) => count.min(DGRAM_SLOTS),
+                Step::Retry if interrupted < INTERRUPT_RETRIES => {
+                    interrupted += 1;
+                    continue;
+                }
+                // Served again in the next poll.
+                Step::Retry => return true,
                 Step::Failed(e) if !ping && e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     // The host got ICMP port unreachable for our datagram.
                     let quote = udp_quote(&key);

@@ -170,11 +170,17 @@ pub fn train_len(datagrams: &[&[u8]]) -> usize {
     count
 }
 
+/// How many times in a row a call interrupted by a signal (EINTR) is
+/// made again before the caller leaves it for its next turn: a host that
+/// keeps answering so must not hold the event loop.
+pub const INTERRUPT_RETRIES: usize = 4;
+
 /// One policy for every loop that reads a host socket until it is empty:
 /// what to do with the result of one read.
 pub enum Step<T> {
     Got(T),
-    /// Interrupted: try the same read again.
+    /// Interrupted: try the same read again (at most
+    /// `INTERRUPT_RETRIES` times in a row).
     Retry,
     /// Drained: wait for the next readiness event.
     Drained,

@@ -27,6 +27,21 @@ pub enum Outcome {
     NeverAnswer,
 }
 
+/// A host that answers without making progress, for checking that no
+/// loop of the engine's retries on such an answer for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// Reads and writes of data say 0 bytes or 0 datagrams (a TCP read
+    /// is left alone: 0 is its end of stream).
+    Zero,
+    /// Every read, write, send, receive and accept is interrupted (EINTR).
+    Interrupted,
+}
+
+/// Answers a stalled host gives before it decides the engine is stuck in
+/// a loop on them (and panics, so the test fails instead of hanging).
+const STALL_LIMIT: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Connect {
     Pending { outcome: Outcome, at: Instant },
@@ -104,6 +119,10 @@ pub struct SimHost {
     /// Writing to this peer panics, standing in for a defect in netferry
     /// that a flow trips (the engine's panic policy is tested with it).
     pub panic_on_write_to: Option<SocketAddr>,
+    /// Answer data calls without progress (see `Stall`).
+    pub stall: Option<Stall>,
+    /// Calls answered while stalled.
+    pub stalled_calls: usize,
     bound: HashSet<(Proto, SocketAddr)>,
     next_port: u16,
     rng: u64,
@@ -136,6 +155,8 @@ impl SimHost {
             ping_allowed: true,
             fd_limit: usize::MAX,
             panic_on_write_to: None,
+            stall: None,
+            stalled_calls: 0,
             bound: HashSet::new(),
             next_port: EPHEMERAL_START,
             // xorshift must not start at 0.
@@ -387,6 +408,22 @@ impl SimHost {
         }
     }
 
+    /// While stalled, the answer to a data call: `zero` (what "nothing
+    /// moved" is for this call) or EINTR. `zero` None: the call is left
+    /// alone by `Stall::Zero`.
+    fn stalled<T>(&mut self, zero: Option<T>) -> Option<io::Result<T>> {
+        let answer = match self.stall? {
+            Stall::Zero => Ok(zero?),
+            Stall::Interrupted => Err(io::ErrorKind::Interrupted.into()),
+        };
+        self.stalled_calls += 1;
+        assert!(
+            self.stalled_calls <= STALL_LIMIT,
+            "the engine asked a stalled host {STALL_LIMIT} times: a loop retrying on it"
+        );
+        Some(answer)
+    }
+
     fn open(&mut self, id: FlowId, sock: SimSock) -> io::Result<()> {
         if self.socks.len() >= self.fd_limit {
             return Err(errno(libc::EMFILE));
@@ -451,6 +488,9 @@ impl Host for SimHost {
     }
 
     fn tcp_read(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(None) {
+            return answer;
+        }
         let s = self.stream_mut(id).ok_or_else(|| errno(libc::EBADF))?;
         if s.peer_reset {
             return Err(errno(libc::ECONNRESET));
@@ -470,6 +510,9 @@ impl Host for SimHost {
     }
 
     fn tcp_write(&mut self, id: FlowId, buf: &[u8]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let limit = self.stream_limit;
         let trap = self.panic_on_write_to;
         let s = self.stream_mut(id).ok_or_else(|| errno(libc::EBADF))?;
@@ -530,6 +573,9 @@ impl Host for SimHost {
     }
 
     fn send(&mut self, id: FlowId, data: &[u8]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -541,6 +587,9 @@ impl Host for SimHost {
     }
 
     fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -555,6 +604,9 @@ impl Host for SimHost {
     }
 
     fn send_batch(&mut self, id: FlowId, datagrams: &[&[u8]]) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -576,6 +628,9 @@ impl Host for SimHost {
     }
 
     fn recv_batch(&mut self, id: FlowId, batch: &mut DgramBatch) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Dgram(d)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -637,6 +692,9 @@ impl Host for SimHost {
     }
 
     fn accept(&mut self, listener: FlowId, id: FlowId) -> io::Result<SocketAddr> {
+        if let Some(answer) = self.stalled(None) {
+            return answer;
+        }
         if self.socks.len() >= self.fd_limit {
             return Err(errno(libc::EMFILE));
         }
@@ -649,6 +707,9 @@ impl Host for SimHost {
     }
 
     fn recv_from(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        if let Some(answer) = self.stalled(None) {
+            return answer;
+        }
         let Some(SimSock::Listener(l)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
@@ -659,6 +720,9 @@ impl Host for SimHost {
     }
 
     fn send_to(&mut self, id: FlowId, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        if let Some(answer) = self.stalled(Some(0)) {
+            return answer;
+        }
         let Some(SimSock::Listener(l)) = self.socks.get_mut(&id) else {
             return Err(errno(libc::EBADF));
         };
