@@ -142,7 +142,7 @@ pub struct Args {
     #[arg(long = "tcp-buffer", value_name = "BYTES")]
     pub tcp_buffer: Option<String>,
 
-    /// most TCP connections at once; a guest's further SYNs get RST (default 16384)
+    /// most TCP connections at once; past it the connect pending longest gives way, or with none pending the SYN gets RST (default 16384)
     #[arg(long = "max-tcp-flows", value_name = "N")]
     pub max_tcp_flows: Option<String>,
 
