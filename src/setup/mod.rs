@@ -62,6 +62,11 @@ pub enum SetupError {
         "cannot join namespaces from a process with {0} threads: joining a user namespace needs a single-threaded process"
     )]
     Threaded(usize),
+    #[error(
+        "cannot tell whether netferry is single-threaded, which forking needs \
+         (reading {path}: {err}); is /proc mounted?"
+    )]
+    ThreadsUnknown { path: PathBuf, err: io::Error },
     #[error("{0}")]
     Run(String),
 }
@@ -204,20 +209,37 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Threads of this process, from /proc/self/stat (field 20).
-fn thread_count() -> Option<usize> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// Where the kernel says how many threads this process has.
+const PROC_SELF_STAT: &str = "/proc/self/stat";
+
+/// Threads of the process whose stat file is `stat` (field 20).
+fn thread_count(stat: &Path) -> io::Result<usize> {
+    let text = std::fs::read_to_string(stat)?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "no thread count in it");
     // The command name (field 2) may hold spaces; count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(17)?.parse().ok()
+    let rest = &text[text.rfind(')').ok_or_else(bad)? + 1..];
+    rest.split_whitespace()
+        .nth(17)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(bad)
 }
 
 /// The precondition of every fork here: one thread, so the child is a
 /// sound copy that may run ordinary code (and may join a user namespace).
+/// A count that cannot be read (no /proc) fails too: soundness is not
+/// assumed.
 fn ensure_single_threaded() -> Result<(), SetupError> {
-    match thread_count() {
-        Some(1) | None => Ok(()),
-        Some(n) => Err(SetupError::Threaded(n)),
+    single_threaded_per(Path::new(PROC_SELF_STAT))
+}
+
+fn single_threaded_per(stat: &Path) -> Result<(), SetupError> {
+    match thread_count(stat) {
+        Ok(1) => Ok(()),
+        Ok(n) => Err(SetupError::Threaded(n)),
+        Err(err) => Err(SetupError::ThreadsUnknown {
+            path: stat.to_path_buf(),
+            err,
+        }),
     }
 }
 
@@ -402,12 +424,29 @@ mod tests {
 
     #[test]
     fn thread_count_sees_this_threaded_test_process() {
-        let before = thread_count().unwrap();
+        let stat = Path::new(PROC_SELF_STAT);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || rx.recv());
-        assert!(thread_count().unwrap() > before.max(1) - 1);
-        assert!(thread_count().unwrap() >= 2);
+        assert!(thread_count(stat).unwrap() >= 2);
+        assert!(matches!(
+            single_threaded_per(stat),
+            Err(SetupError::Threaded(n)) if n >= 2
+        ));
         drop(tx);
         let _ = t.join();
+    }
+
+    #[test]
+    fn an_unreadable_thread_count_refuses_the_fork() {
+        let missing = Path::new("/nonexistent/proc/self/stat");
+        let e = single_threaded_per(missing).unwrap_err();
+        assert!(matches!(e, SetupError::ThreadsUnknown { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/proc/self/stat"), "{e}");
+        // A file that holds no count is no better.
+        let garbage = std::env::temp_dir().join(format!("netferry-stat-{}", std::process::id()));
+        std::fs::write(&garbage, "1 (x) S").unwrap();
+        let refused = single_threaded_per(&garbage);
+        let _ = std::fs::remove_file(&garbage);
+        assert!(matches!(refused, Err(SetupError::ThreadsUnknown { .. })));
     }
 }
