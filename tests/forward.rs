@@ -278,6 +278,43 @@ fn the_socket_is_private_from_its_first_instant_whatever_the_umask() {
 }
 
 #[test]
+fn sighup_ends_netferry_and_removes_the_socket_unless_nohup_ignores_it() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("hup");
+    for nohup in [false, true] {
+        let ns = Namespace::new();
+        let sock = dir.path(&format!("api-{nohup}.sock"));
+        let pid = ns.pid.to_string();
+        let mut opts = Options::args(&["-c", "-a", sock.to_str().unwrap(), &pid, "tap0"]);
+        let via: &[&str] = if nohup {
+            &["unshare", "-n", "nohup"]
+        } else {
+            &["unshare", "-n"]
+        };
+        opts.exec_via = via.iter().map(|s| s.to_string()).collect();
+        let mut nf = Netferry::spawn(opts);
+        nf.wait_ready();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(nf.pid()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        if nohup {
+            // Still serving: the API answers after the hang-up.
+            assert_eq!(
+                api(&sock, r#"{"execute":"list_hostfwd"}"#, Style::Podman),
+                r#"{"return":{"entries":[]},"entries":[]}"#
+            );
+            assert!(nf.wait_exit(Duration::ZERO).is_none());
+        } else {
+            let status = nf.wait_exit(Duration::from_secs(5)).unwrap();
+            assert_eq!(status.signal(), Some(libc::SIGHUP), "{}", nf.output());
+            assert!(!sock.exists(), "socket file left behind");
+        }
+    }
+}
+
+#[test]
 fn tcp_forward_carries_20mb_both_ways_intact() {
     let s = setup();
     let _peers = guest_echo(&s, 5000);

@@ -186,6 +186,17 @@ pub fn die_by(sig: nix::sys::signal::Signal) -> ! {
     std::process::exit(128 + sig as i32)
 }
 
+/// Whether `sig` is ignored, as `nohup` leaves SIGHUP for the programs
+/// it runs.
+pub fn signal_ignored(sig: nix::sys::signal::Signal) -> bool {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: a null new action only reads the current one into `old`,
+    // which the kernel fills entirely on success.
+    let rc = unsafe { libc::sigaction(sig as libc::c_int, std::ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: initialised by the successful call above.
+    rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
+}
+
 /// Take ownership of an fd inherited from the caller (`--netns-type=tapfd`).
 pub fn adopt_fd(fd: RawFd) -> Result<OwnedFd, SetupError> {
     // Check first, so that a bad number is an error rather than UB.
