@@ -172,6 +172,7 @@ fn serve(
         Some(path) => Some(ApiServer::bind(path).context("cannot create the API socket")?),
         None => None,
     };
+    let api_dir = api.as_ref().map(ApiServer::dir_fd);
     let host = (Outbound::default(), Path::new("/etc/resolv.conf"));
     let mut event_loop = EventLoop::new(
         (tap, offload),
@@ -191,7 +192,8 @@ fn serve(
     }
     // Before the command runs (the sandbox joins its user namespace for
     // the rights).
-    setup::lock_down(&cfg)?;
+    let scope = setup::seccomp::Scope::here(Some(child.pid.as_raw()), api_dir);
+    setup::lock_down(&cfg, &scope)?;
     setup::release_startup_memory();
     event_loop.watch_child(child.pid);
     child.start().context("cannot start the command")?;

@@ -161,12 +161,13 @@ pub enum LockDownError {
 /// every fd the loop needs is open (the API socket is bound: its
 /// directory may lie outside the sandbox) and while netferry is still
 /// single-threaded; before ready, so the caller knows they are in force.
-pub fn lock_down(cfg: &Config) -> Result<(), LockDownError> {
+/// `scope` says what the filter still lets netferry reach beyond itself.
+pub fn lock_down(cfg: &Config, scope: &seccomp::Scope) -> Result<(), LockDownError> {
     if cfg.sandbox {
         sandbox::enter(cfg.userns_path.as_deref())?;
     }
     if cfg.seccomp {
-        seccomp::install()?;
+        seccomp::install(scope)?;
     }
     Ok(())
 }
