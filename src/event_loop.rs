@@ -26,7 +26,7 @@ use crate::api::ApiServer;
 use crate::busy_poll::{BusyPoll, Moved};
 use crate::engine::{Engine, EngineConfig, FrameSink, Readiness, send_cut};
 use crate::host::{NetHost, Outbound};
-use crate::setup::{Offload, Pages};
+use crate::setup::{self, Offload, Pages};
 use crate::tokens::{self, EXIT_FD, SIGNALS, TAP};
 use crate::vnet;
 
@@ -136,8 +136,9 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Register everything. SIGINT and SIGTERM are blocked and read from
-    /// a signalfd, so they are handled between events, never mid-frame.
+    /// Register everything. SIGINT, SIGTERM and SIGHUP are blocked and
+    /// read from a signalfd, so they are handled between events, never
+    /// mid-frame.
     /// `busy_poll` is the most the loop polls before sleeping.
     pub fn new(
         (tap, offload): (File, Offload),
@@ -157,6 +158,12 @@ impl EventLoop {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGINT);
         mask.add(Signal::SIGTERM);
+        // A hang-up ends netferry (or its command) as SIGTERM does, but
+        // not under nohup: a blocked signal reaches the signalfd even
+        // when its disposition says to ignore it.
+        if !setup::signal_ignored(Signal::SIGHUP) {
+            mask.add(Signal::SIGHUP);
+        }
         // Only `netferry run` has a child to hear of; otherwise ignored.
         mask.add(Signal::SIGCHLD);
         mask.thread_block().map_err(LoopError::Signals)?;
@@ -209,7 +216,8 @@ impl EventLoop {
         Ok(this)
     }
 
-    /// Serve until `child` ends; SIGINT and SIGTERM are passed to it.
+    /// Serve until `child` ends; SIGINT, SIGTERM and SIGHUP are passed
+    /// to it.
     pub fn watch_child(&mut self, child: Pid) {
         self.child = Some(child);
     }

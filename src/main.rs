@@ -156,6 +156,7 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
         Some(path) => Some(ApiServer::bind(path).context("cannot create the API socket")?),
         None => None,
     };
+    let api_dir = api.as_ref().map(ApiServer::dir_fd);
     let host = (outbound, Path::new(RESOLV_CONF));
     let mut event_loop = EventLoop::new(
         (tap, offload),
@@ -165,7 +166,7 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
         api,
     )
     .context("cannot start the event loop")?;
-    setup::lock_down(cfg)?;
+    setup::lock_down(cfg, &setup::seccomp::Scope::here(None, api_dir))?;
 
     print_banner(cfg, &tap_desc);
     setup::release_startup_memory();

@@ -146,7 +146,7 @@ pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
         args.cmd.clone()
     };
     let resolv = ResolvFile::write(&precheck)?;
-    let mut child = setup::spawn_namespaced(&cmd, args.map_user, &resolv.0)
+    let mut child = setup::spawn_namespaced(&cmd, args.map_user, &resolv.file)
         .context("cannot create the namespaces")?;
     drop(resolv); // the child's bind mount keeps it
     match serve(args, &mut child, &forwards) {
@@ -172,6 +172,7 @@ fn serve(
         Some(path) => Some(ApiServer::bind(path).context("cannot create the API socket")?),
         None => None,
     };
+    let api_dir = api.as_ref().map(ApiServer::dir_fd);
     let host = (Outbound::default(), Path::new("/etc/resolv.conf"));
     let mut event_loop = EventLoop::new(
         (tap, offload),
@@ -191,7 +192,8 @@ fn serve(
     }
     // Before the command runs (the sandbox joins its user namespace for
     // the rights).
-    setup::lock_down(&cfg)?;
+    let scope = setup::seccomp::Scope::here(Some(child.pid.as_raw()), api_dir);
+    setup::lock_down(&cfg, &scope)?;
     setup::release_startup_memory();
     event_loop.watch_child(child.pid);
     child.start().context("cannot start the command")?;
@@ -207,26 +209,47 @@ fn serve(
     })
 }
 
-/// The resolv.conf the command sees: the virtual DNS addresses. Removed
-/// on drop (the child's bind mount keeps its own reference).
-struct ResolvFile(PathBuf);
+/// The resolv.conf the command sees: the virtual DNS addresses. It lives
+/// in a directory of its own, made 0700 under a name nobody can guess, and
+/// is created there (never opened if it exists), so no other user can
+/// plant or change what the command reads. Both are removed on drop (the
+/// child's bind mount keeps its own reference).
+struct ResolvFile {
+    dir: PathBuf,
+    file: PathBuf,
+}
 
 impl ResolvFile {
     fn write(cfg: &Config) -> anyhow::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let mut text = format!("nameserver {}\n", cfg.net.dns);
         if let Some(n6) = cfg.net6 {
             text.push_str(&format!("nameserver {}\n", n6.dns));
         }
-        let path =
-            std::env::temp_dir().join(format!("netferry-run-{}.resolv.conf", std::process::id()));
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(ResolvFile(path))
+        let template = std::env::temp_dir().join("netferry-run-XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template)
+            .with_context(|| format!("cannot create a directory like {}", template.display()))?;
+        let this = ResolvFile {
+            file: dir.join("resolv.conf"),
+            dir,
+        };
+        // Readable by the command: it runs as our own uid, mapped inside.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&this.file)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {}", this.file.display()))?;
+        Ok(this)
     }
 }
 
 impl Drop for ResolvFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.file);
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 

@@ -306,3 +306,34 @@ fn a_closed_stdout_does_not_abort() {
     let code = String::from_utf8_lossy(&status.stdout).trim().to_string();
     assert_eq!(code, "0", "{:?}", status.status.signal());
 }
+
+#[test]
+fn without_proc_netferry_refuses_to_fork_rather_than_assume_one_thread() {
+    use common::{Netferry, Options, TestNet};
+    // A namespace file outside /proc (as podman passes), and /proc
+    // hidden under a tmpfs in netferry's own mount namespace.
+    let net = TestNet::new();
+    let target = net.remote_path();
+    let mut opts = Options::args(&["--netns-type=path", &target, "tap0"]);
+    opts.exec_via = [
+        "unshare",
+        "-m",
+        "-n",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /proc && exec \"$@\"",
+        "sh",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut nf = Netferry::spawn(opts);
+    let status = nf.wait_exit(std::time::Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", nf.output());
+    assert!(
+        nf.stderr()
+            .contains("cannot tell whether netferry is single-threaded"),
+        "{}",
+        nf.output()
+    );
+}

@@ -132,12 +132,13 @@ fn both_client_styles_get_exact_replies_and_ids_are_not_reused() {
 }
 
 #[test]
-fn socket_file_is_private_stale_files_are_replaced_and_it_is_removed_at_exit() {
+fn socket_file_is_private_a_stale_socket_is_replaced_and_it_is_removed_at_exit() {
     let net = TestNet::new();
     let ns = Namespace::new();
     let dir = TempDir::new("stale");
     let sock = dir.path("api.sock");
-    std::fs::write(&sock, "stale").unwrap();
+    // What a netferry killed with SIGKILL leaves: a socket nobody serves.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let pid = ns.pid.to_string();
     let mut opts = Options::args(&["-c", "-a", sock.to_str().unwrap(), &pid, "tap0"]);
     opts.host_netns = Some(net.host.clone());
@@ -148,6 +149,10 @@ fn socket_file_is_private_stale_files_are_replaced_and_it_is_removed_at_exit() {
     assert!(
         nf.stdout()
             .contains(&format!("* API Socket:      {}", sock.display()))
+    );
+    assert_eq!(
+        api(&sock, r#"{"execute":"list_hostfwd"}"#, Style::Rootlesskit),
+        r#"{"return":{"entries":[]},"entries":[]}"#
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(nf.pid()),
@@ -160,6 +165,153 @@ fn socket_file_is_private_stale_files_are_replaced_and_it_is_removed_at_exit() {
         Some(libc::SIGTERM)
     );
     assert!(!sock.exists(), "socket file left behind");
+}
+
+/// netferry with `-a sock`, in a fresh empty network namespace; what it
+/// exited with and said, once it ended.
+fn refused_api_socket(sock: &Path) -> (Option<i32>, String) {
+    let ns = Namespace::new();
+    let pid = ns.pid.to_string();
+    let mut nf = Netferry::spawn(Options::args(&[
+        "-c",
+        "-a",
+        sock.to_str().unwrap(),
+        &pid,
+        "tap0",
+    ]));
+    let status = nf.wait_exit(Duration::from_secs(15));
+    (status.and_then(|s| s.code()), nf.stderr())
+}
+
+#[test]
+fn a_file_that_is_not_a_socket_is_refused_and_kept() {
+    let dir = TempDir::new("notsock");
+    let sock = dir.path("api.sock");
+    std::fs::write(&sock, "someone's data").unwrap();
+    let (code, stderr) = refused_api_socket(&sock);
+    assert_eq!(code, Some(1), "{stderr}");
+    let want = format!(
+        "cannot create the API socket: {} exists and is not a socket",
+        sock.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "someone's data");
+}
+
+#[test]
+fn a_second_instance_does_not_take_over_a_live_socket() {
+    let s = setup();
+    let (code, stderr) = refused_api_socket(&s.sock);
+    assert_eq!(code, Some(1), "{stderr}");
+    let want = format!("another instance is listening on {}", s.sock.display());
+    assert!(stderr.contains(&want), "{stderr}");
+    // The first instance still answers on its socket.
+    assert_eq!(
+        api(&s.sock, r#"{"execute":"list_hostfwd"}"#, Style::Podman),
+        r#"{"return":{"entries":[]},"entries":[]}"#
+    );
+}
+
+/// Names of the files in a directory watched by `watch` whose attributes
+/// changed (IN_ATTRIB), and of those created (IN_CREATE), in the events
+/// waiting on it.
+fn inotify_events(fd: &std::os::fd::OwnedFd) -> (Vec<String>, Vec<String>) {
+    use std::os::fd::AsRawFd;
+    let (mut attrib, mut created) = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: reads into a buffer we own, of the length passed.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    let mut at = 0;
+    // struct inotify_event: wd, mask, cookie, len, then len bytes of name.
+    const HEADER: usize = 16;
+    while n > 0 && at + HEADER <= n as usize {
+        let word = |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap());
+        let (mask, len) = (word(4), word(12) as usize);
+        let name = &buf[at + HEADER..at + HEADER + len];
+        let name = String::from_utf8_lossy(name)
+            .trim_end_matches('\0')
+            .to_string();
+        if mask & libc::IN_ATTRIB != 0 {
+            attrib.push(name.clone());
+        }
+        if mask & libc::IN_CREATE != 0 {
+            created.push(name);
+        }
+        at += HEADER + len;
+    }
+    (attrib, created)
+}
+
+#[test]
+fn the_socket_is_private_from_its_first_instant_whatever_the_umask() {
+    use std::os::fd::FromRawFd;
+    let dir = TempDir::new("umask");
+    let sock = dir.path("api.sock");
+    // SAFETY: plain syscalls on a path we own; the fd is owned at once.
+    let watch = unsafe {
+        let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+        assert!(fd >= 0);
+        let path = std::ffi::CString::new(dir.0.to_str().unwrap()).unwrap();
+        let mask = libc::IN_CREATE | libc::IN_ATTRIB;
+        assert!(libc::inotify_add_watch(fd, path.as_ptr(), mask) >= 0);
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    };
+    let ns = Namespace::new();
+    let pid = ns.pid.to_string();
+    let mut opts = Options::args(&["-c", "-a", sock.to_str().unwrap(), &pid, "tap0"]);
+    // With umask 0, a socket created first and narrowed after would be
+    // open to every user until the chmod.
+    opts.exec_via = ["unshare", "-n", "sh", "-c", "umask 0; exec \"$@\"", "sh"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut nf = Netferry::spawn(opts);
+    nf.wait_ready();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let (attrib, created) = inotify_events(&watch);
+    assert!(created.contains(&"api.sock".to_string()), "{created:?}");
+    assert!(
+        !attrib.contains(&"api.sock".to_string()),
+        "the socket's mode was changed after it was created"
+    );
+}
+
+#[test]
+fn sighup_ends_netferry_and_removes_the_socket_unless_nohup_ignores_it() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("hup");
+    for nohup in [false, true] {
+        let ns = Namespace::new();
+        let sock = dir.path(&format!("api-{nohup}.sock"));
+        let pid = ns.pid.to_string();
+        let mut opts = Options::args(&["-c", "-a", sock.to_str().unwrap(), &pid, "tap0"]);
+        let via: &[&str] = if nohup {
+            &["unshare", "-n", "nohup"]
+        } else {
+            &["unshare", "-n"]
+        };
+        opts.exec_via = via.iter().map(|s| s.to_string()).collect();
+        let mut nf = Netferry::spawn(opts);
+        nf.wait_ready();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(nf.pid()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        if nohup {
+            // Still serving: the API answers after the hang-up.
+            assert_eq!(
+                api(&sock, r#"{"execute":"list_hostfwd"}"#, Style::Podman),
+                r#"{"return":{"entries":[]},"entries":[]}"#
+            );
+            assert!(nf.wait_exit(Duration::ZERO).is_none());
+        } else {
+            let status = nf.wait_exit(Duration::from_secs(5)).unwrap();
+            assert_eq!(status.signal(), Some(libc::SIGHUP), "{}", nf.output());
+            assert!(!sock.exists(), "socket file left behind");
+        }
+    }
 }
 
 #[test]

@@ -233,3 +233,188 @@ fn status_shows_a_forward_and_a_live_flow() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("netferry status:"));
 }
+
+/// A field of /proc/PID/status as a number ("SigBlk:\t0000..." is hex).
+fn status_hex(status: &str, key: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {status}"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+fn sig_bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+#[test]
+fn the_command_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
+    let net = TestNet::new();
+    let mut cmd = netferry_run(&net, &["--", "cat", "/proc/self/status"]);
+    // netferry's caller blocks a signal; the command must not inherit it.
+    // SAFETY: sigprocmask on the forked child's own thread, before exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let status = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(status_hex(&status, "SigBlk:"), 0, "{status}");
+    // Rust's runtime ignores SIGPIPE in netferry; `yes | head` inside
+    // must still end.
+    assert_eq!(
+        status_hex(&status, "SigIgn:") & sig_bit(libc::SIGPIPE),
+        0,
+        "{status}"
+    );
+}
+
+/// The pid of `pid`'s child running `comm`, once there is one.
+fn child_running(pid: u32, comm: &str) -> Option<u32> {
+    let mut found = None;
+    wait_until(Duration::from_secs(10), || {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        found = children.split_whitespace().find_map(|c| {
+            let name = std::fs::read_to_string(format!("/proc/{c}/comm")).ok()?;
+            (name.trim() == comm).then(|| c.parse().ok())?
+        });
+        found.is_some()
+    });
+    found
+}
+
+fn gone_or_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z"))
+        .unwrap_or(true)
+}
+
+#[test]
+fn the_command_dies_with_netferry_even_when_netferry_is_killed() {
+    let net = TestNet::new();
+    let mut nf = netferry_run(&net, &["--", "sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let command = child_running(nf.id(), "sleep").expect("the command never started");
+    nf.kill().unwrap();
+    let _ = nf.wait();
+    let died = wait_until(Duration::from_secs(10), || gone_or_zombie(command));
+    if !died {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(command as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(died, "the command {command} outlived a SIGKILLed netferry");
+}
+
+#[test]
+fn sighup_reaches_the_command_like_sigterm() {
+    use std::io::BufRead;
+    let net = TestNet::new();
+    let mut nf = netferry_run(
+        &net,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-hup; exit 3' HUP; echo ready; while :; do sleep 1; done",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut out = std::io::BufReader::new(nf.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let command = child_running(nf.id(), "sh").expect("the command is not running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(nf.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let mut status = None;
+    wait_until(Duration::from_secs(10), || {
+        status = nf.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.and_then(|s| s.code()) != Some(3) {
+        // Do not leave the command looping without netferry.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(command as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nf.kill();
+        panic!("netferry ended with {status:?}, not the command's 3");
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "got-hup\n");
+}
+
+#[test]
+fn the_resolv_conf_is_private_and_cannot_be_planted_by_another_user() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let net = TestNet::new();
+    let tmp = TempDir::new("tmpdir");
+    // Start netferry only once its pid is known, and plant a file where a
+    // name made from that pid would put the resolv.conf: root's, and
+    // writable by anyone, as another user could leave it in /tmp.
+    let inner = netferry_run(
+        &net,
+        &[
+            "--no-ipv6",
+            "--",
+            "sh",
+            "-c",
+            "stat -c '%a %u' /etc/resolv.conf; cat /etc/resolv.conf",
+        ],
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "read go; exec \"$@\"", "sh"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env("TMPDIR", &tmp.0)
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut nf = cmd.spawn().unwrap();
+    let planted = tmp.path(&format!("netferry-run-{}.resolv.conf", nf.id()));
+    std::fs::write(&planted, "nameserver 192.0.2.1\n").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut stdin = nf.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    let o = nf.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // Readable by the command (root inside, our own user outside), and by
+    // no one else.
+    assert_eq!(out, "600 0\nnameserver 10.0.2.3\n");
+    assert_eq!(
+        std::fs::read_to_string(&planted).unwrap(),
+        "nameserver 192.0.2.1\n",
+        "netferry wrote into a file another user made"
+    );
+    // Nothing of netferry's is left in TMPDIR.
+    let left: Vec<_> = std::fs::read_dir(&tmp.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy() != planted.file_name().unwrap().to_string_lossy())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -12,8 +12,8 @@ mod protocol;
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mio::net::{UnixListener, UnixStream};
@@ -29,11 +29,22 @@ pub const MAX_CLIENTS: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum ApiError {
-    #[error("cannot remove the stale file {path}: {err}")]
+    #[error("{path} exists and is not a socket; not replacing it")]
+    NotASocket { path: PathBuf },
+    #[error("another instance is listening on {path}")]
+    Live { path: PathBuf },
+    #[error("cannot tell whether {path} is in use: {err}")]
+    Probe { path: PathBuf, err: io::Error },
+    #[error("cannot remove the stale socket {path}: {err}")]
     Stale { path: PathBuf, err: io::Error },
+    #[error("cannot open the directory of {path}: {err}")]
+    Dir { path: PathBuf, err: io::Error },
     #[error("cannot listen on {path}: {err}")]
     Bind { path: PathBuf, err: io::Error },
 }
+
+/// Only the user who runs netferry may connect: the API adds forwards.
+const SOCKET_MODE: u32 = 0o600;
 
 struct Client {
     stream: UnixStream,
@@ -51,55 +62,66 @@ pub struct ApiServer {
     /// The socket's directory, opened at bind time: under
     /// `--enable-sandbox` the path no longer resolves (the directory may lie
     /// outside the sandbox's root), so the file is removed relative to this.
-    dir: Option<File>,
+    dir: File,
     clients: Vec<Option<Client>>,
     /// Slots in the order they were opened, to drop the oldest first.
     order: VecDeque<usize>,
 }
 
 impl ApiServer {
-    /// Replace a stale file, listen, and allow only our own user in.
+    /// Listen on `path`, reachable by our own user only from its first
+    /// instant. A socket left by an instance that is gone (nobody
+    /// accepts: ECONNREFUSED) is replaced, as podman and rootlesskit
+    /// expect after a crash; anything else at the path is refused: a file
+    /// that is not a socket, or a socket another instance still serves.
     pub fn bind(path: &Path) -> Result<Self, ApiError> {
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(ApiError::Stale {
-                    path: path.to_path_buf(),
-                    err,
-                });
-            }
-        }
-        let bind_err = |err| ApiError::Bind {
-            path: path.to_path_buf(),
-            err,
-        };
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        let owned = || path.to_path_buf();
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        // O_PATH: a handle to name the directory by, needing no read right.
-        let dir = match fs::OpenOptions::new()
+        // O_PATH: a handle to name the directory by, needing no read
+        // right. The file is removed relative to it at exit: under
+        // `--enable-sandbox` the path no longer resolves, and the seccomp
+        // filter allows unlinkat in this directory only.
+        let dir = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(parent)
-        {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                // Removal by path still works outside a sandbox.
-                log::warn!("api: cannot open {}: {e}", parent.display());
-                None
+            .map_err(|err| ApiError::Dir { path: owned(), err })?;
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(ApiError::Probe { path: owned(), err }),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ApiError::NotASocket { path: owned() });
             }
-        };
+            Ok(_) => match UnixStream::connect(path) {
+                // Non-blocking: a listener with a full queue says EAGAIN.
+                Ok(_) => return Err(ApiError::Live { path: owned() }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(ApiError::Live { path: owned() });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    log::info!("api: replacing the stale socket {}", path.display());
+                    fs::remove_file(path).map_err(|err| ApiError::Stale { path: owned(), err })?;
+                }
+                Err(err) => return Err(ApiError::Probe { path: owned(), err }),
+            },
+        }
+        let listener = listen_private(path).map_err(|err| ApiError::Bind { path: owned(), err })?;
         Ok(ApiServer {
             listener,
-            path: path.to_path_buf(),
+            path: owned(),
             dir,
             clients: Vec::new(),
             order: VecDeque::new(),
         })
+    }
+
+    /// The socket's directory, the one place netferry removes a file
+    /// from (for the seccomp filter).
+    pub fn dir_fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
     }
 
     pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
@@ -216,19 +238,41 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        match (&self.dir, self.path.file_name()) {
-            (Some(dir), Some(name)) => {
-                let _ = nix::unistd::unlinkat(
-                    Some(dir.as_raw_fd()),
-                    name,
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
-            }
-            _ => {
-                let _ = fs::remove_file(&self.path);
-            }
+        if let Some(name) = self.path.file_name() {
+            let _ = nix::unistd::unlinkat(
+                Some(self.dir.as_raw_fd()),
+                name,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
         }
     }
+}
+
+/// Bind and listen with mode 0600 from the start. The file bind creates
+/// takes the socket's own inode mode less the umask (`unix_bind` in
+/// Linux's net/unix/af_unix.c), so the mode is set on the unbound socket:
+/// a chmod after bind would leave the umask's mode in place for an
+/// instant, long enough for another user to connect.
+fn listen_private(path: &Path) -> io::Result<UnixListener> {
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use nix::sys::stat::{Mode, fchmod};
+    let sock = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    fchmod(sock.as_raw_fd(), Mode::from_bits_truncate(SOCKET_MODE))?;
+    nix::sys::socket::bind(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // A umask that takes the owner's bits (0277, say) leaves less than
+    // 0600: give them back, which opens nothing to anyone else.
+    if fs::symlink_metadata(path)?.permissions().mode() & 0o777 != SOCKET_MODE {
+        fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))?;
+    }
+    nix::sys::socket::listen(&sock, Backlog::MAXALLOWABLE)?;
+    Ok(UnixListener::from_std(
+        std::os::unix::net::UnixListener::from(sock),
+    ))
 }
 
 /// Ask the netferry serving `socket` for its status and say it for people

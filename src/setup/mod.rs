@@ -62,6 +62,11 @@ pub enum SetupError {
         "cannot join namespaces from a process with {0} threads: joining a user namespace needs a single-threaded process"
     )]
     Threaded(usize),
+    #[error(
+        "cannot tell whether netferry is single-threaded, which forking needs \
+         (reading {path}: {err}); is /proc mounted?"
+    )]
+    ThreadsUnknown { path: PathBuf, err: io::Error },
     #[error("{0}")]
     Run(String),
 }
@@ -156,12 +161,13 @@ pub enum LockDownError {
 /// every fd the loop needs is open (the API socket is bound: its
 /// directory may lie outside the sandbox) and while netferry is still
 /// single-threaded; before ready, so the caller knows they are in force.
-pub fn lock_down(cfg: &Config) -> Result<(), LockDownError> {
+/// `scope` says what the filter still lets netferry reach beyond itself.
+pub fn lock_down(cfg: &Config, scope: &seccomp::Scope) -> Result<(), LockDownError> {
     if cfg.sandbox {
         sandbox::enter(cfg.userns_path.as_deref())?;
     }
     if cfg.seccomp {
-        seccomp::install()?;
+        seccomp::install(scope)?;
     }
     Ok(())
 }
@@ -179,6 +185,17 @@ pub fn die_by(sig: nix::sys::signal::Signal) -> ! {
     let _ = raise(sig);
     // Not reached unless the signal was ignored by force.
     std::process::exit(128 + sig as i32)
+}
+
+/// Whether `sig` is ignored, as `nohup` leaves SIGHUP for the programs
+/// it runs.
+pub fn signal_ignored(sig: nix::sys::signal::Signal) -> bool {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: a null new action only reads the current one into `old`,
+    // which the kernel fills entirely on success.
+    let rc = unsafe { libc::sigaction(sig as libc::c_int, std::ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: initialised by the successful call above.
+    rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
 }
 
 /// Take ownership of an fd inherited from the caller (`--netns-type=tapfd`).
@@ -204,20 +221,37 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Threads of this process, from /proc/self/stat (field 20).
-fn thread_count() -> Option<usize> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// Where the kernel says how many threads this process has.
+const PROC_SELF_STAT: &str = "/proc/self/stat";
+
+/// Threads of the process whose stat file is `stat` (field 20).
+fn thread_count(stat: &Path) -> io::Result<usize> {
+    let text = std::fs::read_to_string(stat)?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "no thread count in it");
     // The command name (field 2) may hold spaces; count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(17)?.parse().ok()
+    let rest = &text[text.rfind(')').ok_or_else(bad)? + 1..];
+    rest.split_whitespace()
+        .nth(17)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(bad)
 }
 
 /// The precondition of every fork here: one thread, so the child is a
 /// sound copy that may run ordinary code (and may join a user namespace).
+/// A count that cannot be read (no /proc) fails too: soundness is not
+/// assumed.
 fn ensure_single_threaded() -> Result<(), SetupError> {
-    match thread_count() {
-        Some(1) | None => Ok(()),
-        Some(n) => Err(SetupError::Threaded(n)),
+    single_threaded_per(Path::new(PROC_SELF_STAT))
+}
+
+fn single_threaded_per(stat: &Path) -> Result<(), SetupError> {
+    match thread_count(stat) {
+        Ok(1) => Ok(()),
+        Ok(n) => Err(SetupError::Threaded(n)),
+        Err(err) => Err(SetupError::ThreadsUnknown {
+            path: stat.to_path_buf(),
+            err,
+        }),
     }
 }
 
@@ -402,12 +436,29 @@ mod tests {
 
     #[test]
     fn thread_count_sees_this_threaded_test_process() {
-        let before = thread_count().unwrap();
+        let stat = Path::new(PROC_SELF_STAT);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || rx.recv());
-        assert!(thread_count().unwrap() > before.max(1) - 1);
-        assert!(thread_count().unwrap() >= 2);
+        assert!(thread_count(stat).unwrap() >= 2);
+        assert!(matches!(
+            single_threaded_per(stat),
+            Err(SetupError::Threaded(n)) if n >= 2
+        ));
         drop(tx);
         let _ = t.join();
+    }
+
+    #[test]
+    fn an_unreadable_thread_count_refuses_the_fork() {
+        let missing = Path::new("/nonexistent/proc/self/stat");
+        let e = single_threaded_per(missing).unwrap_err();
+        assert!(matches!(e, SetupError::ThreadsUnknown { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/proc/self/stat"), "{e}");
+        // A file that holds no count is no better.
+        let garbage = std::env::temp_dir().join(format!("netferry-stat-{}", std::process::id()));
+        std::fs::write(&garbage, "1 (x) S").unwrap();
+        let refused = single_threaded_per(&garbage);
+        let _ = std::fs::remove_file(&garbage);
+        assert!(matches!(refused, Err(SetupError::ThreadsUnknown { .. })));
     }
 }

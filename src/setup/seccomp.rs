@@ -7,18 +7,21 @@
 //!    would make (exec, ptrace, mounts, namespaces, modules, reboot, ...)
 //!    kill the whole process at once, as in slirp4netns;
 //! 2. an allow list of the syscalls the running event loop makes (derived
-//!    from `event_loop.rs`, `host.rs`, `api.rs`, `resolv.rs` and what Rust's
-//!    std and glibc do for them, and checked under strace); any other
-//!    syscall fails with EPERM. A rare path that was missed then shows up
-//!    as an error in the log instead of a dead container network.
+//!    from `event_loop.rs`, `host/net.rs`, `api/mod.rs`, `resolv.rs` and
+//!    what Rust's std and glibc do for them, and checked under strace);
+//!    any other syscall fails with EPERM. A rare path that was missed then
+//!    shows up as an error in the log instead of a dead container network.
 //!
 //! A few entries are narrowed by their arguments: `socket` only for IPv4
 //! and IPv6, `openat` only read-only (resolv.conf), `ioctl` only for the
-//! requests std uses on sockets, and no executable memory. Nothing may be
-//! set up after the filter: no thread (`clone` is refused), no new
-//! namespace, no exec.
+//! requests std uses on sockets, no executable memory, and the calls that
+//! reach beyond netferry itself only to what is its own (`Scope`): `kill`
+//! to `netferry run`'s command, `tgkill` to netferry's own process,
+//! `unlinkat` to the API socket's directory. Nothing may be set up after
+//! the filter: no thread (`clone` is refused), no new namespace, no exec.
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -39,22 +42,47 @@ pub enum SeccompError {
     Install(seccompiler::Error),
 }
 
+/// What belongs to netferry, for the rules that compare arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    /// This process: `tgkill` (abort(), raise() in `die_by`) may signal
+    /// nothing else.
+    pub pid: i32,
+    /// `netferry run`'s command, the one process netferry signals (passing
+    /// SIGINT, SIGTERM and SIGHUP, or ending it). None: no `kill` at all.
+    pub child: Option<i32>,
+    /// The API socket's directory (an fd), the one place netferry removes
+    /// a file from, at exit. None: no `unlinkat` at all.
+    pub api_dir: Option<RawFd>,
+}
+
+impl Scope {
+    /// The scope of the calling process.
+    pub fn here(child: Option<i32>, api_dir: Option<RawFd>) -> Scope {
+        Scope {
+            pid: std::process::id() as i32,
+            child,
+            api_dir,
+        }
+    }
+}
+
 /// Build both filters and install them on the calling (only) thread.
 /// Sets no_new_privs, which an unprivileged process needs for this.
-pub fn install() -> Result<(), SeccompError> {
-    let (kill, allow) = filters()?;
+pub fn install(scope: &Scope) -> Result<(), SeccompError> {
+    let (kill, allow) = filters(scope)?;
     seccompiler::apply_filter(&kill).map_err(SeccompError::Install)?;
     seccompiler::apply_filter(&allow).map_err(SeccompError::Install)?;
     log::info!(
         "seccomp: {} syscalls allowed, {} kill the process, any other fails with EPERM",
-        allowed().len(),
+        allowed(scope).len(),
         killed().len()
     );
     Ok(())
 }
 
 /// The kill filter and the allow filter, in the order to install them.
-pub fn filters() -> Result<(BpfProgram, BpfProgram), SeccompError> {
+pub fn filters(scope: &Scope) -> Result<(BpfProgram, BpfProgram), SeccompError> {
     let arch = target_arch()?;
     let kill = SeccompFilter::new(
         killed().iter().map(|&nr| (nr, Vec::new())).collect(),
@@ -64,7 +92,7 @@ pub fn filters() -> Result<(BpfProgram, BpfProgram), SeccompError> {
     )
     .map_err(SeccompError::Build)?;
     let allow = SeccompFilter::new(
-        allowed().into_iter().collect(),
+        allowed(scope).into_iter().collect(),
         SeccompAction::Errno(libc::EPERM as u32),
         SeccompAction::Allow,
         arch,
@@ -86,8 +114,8 @@ fn target_arch() -> Result<TargetArch, SeccompError> {
     }
 }
 
-/// CONTRACT.md section 6, plus the rest of the mount family and three
-/// favourite doors of kernel exploits.
+/// slirp4netns's kill list (its seccompfilter.c), plus the rest of the
+/// mount family and three favourite doors of kernel exploits.
 fn killed() -> Vec<i64> {
     use libc::*;
     vec![
@@ -145,7 +173,7 @@ fn rule(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompRule {
 
 /// Every syscall the running process may make, with the rules that narrow
 /// it (an empty list: any arguments).
-fn allowed() -> BTreeMap<i64, Vec<SeccompRule>> {
+fn allowed(scope: &Scope) -> BTreeMap<i64, Vec<SeccompRule>> {
     use libc::*;
     let any = |nr: i64| (nr, Vec::new());
     let no_exec = vec![arg_lacks(2, PROT_EXEC as u64)];
@@ -196,8 +224,6 @@ fn allowed() -> BTreeMap<i64, Vec<SeccompRule>> {
         any(SYS_statx),
         any(SYS_fstat),
         any(SYS_lseek),
-        // Removing the API socket at exit.
-        any(SYS_unlinkat),
         // Memory: allocation, TCP buffers served from fresh pages.
         (SYS_mmap, no_exec.clone()),
         (SYS_mprotect, no_exec),
@@ -222,17 +248,25 @@ fn allowed() -> BTreeMap<i64, Vec<SeccompRule>> {
         any(SYS_clock_nanosleep),
         any(SYS_getpid),
         any(SYS_gettid),
-        // abort() re-raising a signal on a panic.
-        any(SYS_tgkill),
-        // `netferry run`: passing SIGINT/SIGTERM to its command, and
-        // reaping it.
-        any(SYS_kill),
+        // abort() on a panic, and die_by re-raising a signal: both signal
+        // this process alone.
+        (SYS_tgkill, vec![arg_eq(0, scope.pid as u32 as u64)]),
+        // `netferry run` reaping its command.
         any(SYS_wait4),
         any(SYS_exit),
         any(SYS_exit_group),
     ]
     .into_iter()
     .collect();
+    if let Some(child) = scope.child {
+        // Passing SIGINT, SIGTERM and SIGHUP to `netferry run`'s command,
+        // or ending it.
+        map.insert(SYS_kill, vec![arg_eq(0, child as u32 as u64)]);
+    }
+    if let Some(dir) = scope.api_dir {
+        // Removing the API socket at exit, relative to its directory.
+        map.insert(SYS_unlinkat, vec![arg_eq(0, dir as u32 as u64)]);
+    }
     #[cfg(target_arch = "x86_64")]
     {
         // The older calls glibc still makes on x86_64.
@@ -248,19 +282,24 @@ mod tests {
     use nix::sys::wait::{WaitStatus, waitpid};
     use nix::unistd::{ForkResult, fork};
 
+    /// A scope with everything in it, for the probes that do not test it.
+    fn wide_scope() -> Scope {
+        Scope::here(Some(1), Some(libc::AT_FDCWD))
+    }
+
     #[test]
     fn kill_and_allow_lists_do_not_overlap() {
-        let allowed = allowed();
+        let allowed = allowed(&wide_scope());
         for nr in killed() {
             assert!(!allowed.contains_key(&nr), "syscall {nr} is in both lists");
         }
-        filters().unwrap();
+        filters(&wide_scope()).unwrap();
     }
 
-    /// Run `probe` in a forked child under the filters; returns how the
-    /// child ended. The probe reports with its exit code.
-    fn in_filtered_child(probe: fn() -> i32) -> WaitStatus {
-        let (kill, allow) = filters().unwrap();
+    /// Run `probe` in a forked child under the filters built for `scope`;
+    /// returns how the child ended. The probe reports with its exit code.
+    fn in_filtered_child(scope: &Scope, probe: impl FnOnce() -> i32) -> WaitStatus {
+        let (kill, allow) = filters(scope).unwrap();
         // SAFETY: the test harness has threads, so the child may only do
         // async-signal-safe work: install the (prebuilt) filters, make raw
         // syscalls, and _exit. The filters were built before the fork, so
@@ -287,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_killed_syscall_kills_the_process() {
-        let status = in_filtered_child(|| {
+        let status = in_filtered_child(&wide_scope(), || {
             // SAFETY: unshare(0) changes nothing even when it is allowed.
             unsafe { libc::unshare(0) };
             0
@@ -300,7 +339,7 @@ mod tests {
 
     #[test]
     fn an_unlisted_syscall_fails_with_eperm_and_listed_ones_work() {
-        let status = in_filtered_child(|| {
+        let status = in_filtered_child(&wide_scope(), || {
             // SAFETY: getppid, pipe and socket have no preconditions; the
             // fds they may create die with the child.
             unsafe {
@@ -352,6 +391,110 @@ mod tests {
                 let clock = libc::CLOCK_MONOTONIC;
                 if libc::clock_nanosleep(clock, 0, &pause, std::ptr::null_mut()) != 0 {
                     return 10;
+                }
+            }
+            0
+        });
+        assert!(
+            matches!(status, WaitStatus::Exited(_, 0)),
+            "probe failed: {status:?}"
+        );
+    }
+
+    #[test]
+    fn kill_tgkill_and_unlinkat_reach_only_what_is_netferrys() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStringExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A process of our own to stand for `netferry run`'s command, and
+        // the test process (the child's parent) for "ourselves": the child
+        // cannot know its own pid before the filter is built, and tgkill
+        // compares only the pid it targets.
+        let mut command = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("netferry-seccomp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["api.sock", "other"] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let api_dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&dir)
+            .unwrap();
+        let elsewhere = std::fs::File::open("/").unwrap();
+        let scope = Scope {
+            pid: std::process::id() as i32,
+            child: Some(command.id() as i32),
+            api_dir: Some(api_dir.as_raw_fd()),
+        };
+        let other_path =
+            std::ffi::CString::new(dir.join("other").into_os_string().into_vec()).unwrap();
+        let (me, child) = (scope.pid, command.id() as i32);
+        let (api_fd, root_fd) = (api_dir.as_raw_fd(), elsewhere.as_raw_fd());
+        let status = in_filtered_child(&scope, move || {
+            // SAFETY: signal 0 sends nothing; unlinkat gets valid C strings
+            // and fds that stay open in the child.
+            unsafe {
+                if libc::kill(child, 0) != 0 {
+                    return 1;
+                }
+                // The init process, and ourselves: not netferry's to kill.
+                if libc::kill(1, 0) != -1 || errno() != libc::EPERM {
+                    return 2;
+                }
+                if libc::kill(me, 0) != -1 || errno() != libc::EPERM {
+                    return 3;
+                }
+                if libc::syscall(libc::SYS_tgkill, me, me, 0) != 0 {
+                    return 4;
+                }
+                if libc::syscall(libc::SYS_tgkill, child, child, 0) != -1 || errno() != libc::EPERM
+                {
+                    return 5;
+                }
+                if libc::unlinkat(libc::AT_FDCWD, other_path.as_ptr(), 0) != -1
+                    || errno() != libc::EPERM
+                {
+                    return 6;
+                }
+                if libc::unlinkat(root_fd, c"tmp/x".as_ptr(), 0) != -1 || errno() != libc::EPERM {
+                    return 7;
+                }
+                if libc::unlinkat(api_fd, c"api.sock".as_ptr(), 0) != 0 {
+                    return 8;
+                }
+            }
+            0
+        });
+        let _ = command.kill();
+        let _ = command.wait();
+        let api_sock_left = dir.join("api.sock").exists();
+        let other_left = dir.join("other").exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            matches!(status, WaitStatus::Exited(_, 0)),
+            "probe failed: {status:?}"
+        );
+        assert!(!api_sock_left && other_left);
+    }
+
+    #[test]
+    fn without_a_command_or_an_api_socket_kill_and_unlinkat_are_refused() {
+        let scope = Scope::here(None, None);
+        let parent = scope.pid;
+        let status = in_filtered_child(&scope, move || {
+            // SAFETY: signal 0 sends nothing; the path does not exist.
+            unsafe {
+                if libc::kill(parent, 0) != -1 || errno() != libc::EPERM {
+                    return 1;
+                }
+                let path = c"/nonexistent/netferry";
+                if libc::unlinkat(libc::AT_FDCWD, path.as_ptr(), 0) != -1 || errno() != libc::EPERM
+                {
+                    return 2;
                 }
             }
             0

@@ -6,7 +6,9 @@
 //! makes its mounts private, and bind-mounts a resolv.conf naming the
 //! virtual DNS addresses over /etc/resolv.conf, visible in its own mount
 //! namespace only. It waits on a pipe for the parent to finish setting up
-//! the network, then execs the command.
+//! the network, then execs the command with the signal state a shell
+//! would give it. It dies with netferry (parent-death signal): a command
+//! left without netferry would have no network.
 
 use std::ffi::CString;
 use std::fs;
@@ -16,7 +18,8 @@ use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
-use nix::unistd::{ForkResult, Pid, fork, getgid, getuid, pipe2};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+use nix::unistd::{ForkResult, Pid, fork, getgid, getpid, getppid, getuid, pipe2};
 
 use super::SetupError;
 
@@ -61,6 +64,7 @@ pub fn spawn_namespaced(
     };
     let (ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
+    let parent = getpid();
     super::ensure_single_threaded()?;
     // SAFETY: the process has one thread (checked above), so the child is
     // a full copy that may allocate and run ordinary code. It leaves by
@@ -68,7 +72,10 @@ pub fn spawn_namespaced(
     match unsafe { fork() }.map_err(SetupError::Fork)? {
         ForkResult::Child => {
             drop((ready_r, go_w));
-            let err = child(&ready_w, go_r, &argv, &uid_map, &gid_map, resolv_conf);
+            let err = match die_with(parent) {
+                Ok(()) => child(&ready_w, go_r, &argv, &uid_map, &gid_map, resolv_conf),
+                Err(e) => e,
+            };
             eprintln!("netferry run: {err}");
             // SAFETY: _exit ends the child without running the parent's
             // atexit handlers or flushing buffers it shares with it.
@@ -138,8 +145,34 @@ fn child(
     if !matches!(fs::File::from(go).read(&mut byte), Ok(1)) {
         return "the network was not set up; not running the command".into();
     }
+    if let Err(e) = default_signals() {
+        return format!("cannot reset the signal mask: {e}");
+    }
     match nix::unistd::execvp(&argv[0], argv) {
         Err(e) => format!("cannot run {}: {e}", argv[0].to_string_lossy()),
         Ok(never) => match never {},
     }
+}
+
+/// SIGKILL when `parent` (netferry) ends, however it ends. The setting
+/// survives the unshare and the exec of an ordinary program.
+fn die_with(parent: Pid) -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+    // netferry may have died before the line above: then nothing would
+    // ever send the signal.
+    if getppid() != parent {
+        return Err("netferry ended before the command started".into());
+    }
+    Ok(())
+}
+
+/// Nothing blocked and SIGPIPE at its default: Rust ignores SIGPIPE in
+/// netferry, and an ignored signal stays ignored across exec, so without
+/// this a pipeline such as `yes | head` inside would never end.
+fn default_signals() -> nix::Result<()> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    // SAFETY: SIG_DFL installs no handler code, and this single-threaded
+    // child is about to exec.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(drop)
 }
