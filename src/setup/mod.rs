@@ -10,6 +10,7 @@
 //! but for indexing into the buffers that `pages` maps.
 
 mod ifconfig;
+pub mod netlink;
 mod pages;
 pub mod sandbox;
 pub mod seccomp;
