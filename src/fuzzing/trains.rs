@@ -177,12 +177,17 @@ impl FragTrain {
     fn payload(&self, src: IpAddress, dst: IpAddress) -> (u8, Vec<u8>) {
         let total = usize::from(self.len) + usize::from(self.over) * UNIT;
         let mut p = pattern(total);
-        let (proto, header) = match self.proto {
-            0 => (UDP, 8),
-            1 if self.v6 => (ICMPV6, 8),
-            1 => (ICMP, 8),
-            2 => (TCP, 20),
-            n => (n, 0),
+        let proto = match self.proto {
+            0 => UDP,
+            1 if self.v6 => ICMPV6,
+            1 => ICMP,
+            2 => TCP,
+            n => n,
+        };
+        let header = match proto {
+            UDP | ICMP | ICMPV6 => 8,
+            TCP => 20,
+            _ => 0,
         };
         if total < header {
             return (proto, p);
@@ -346,5 +351,23 @@ mod tests {
             p.last().map(|p| (p.end, p.more)),
             Some((65535 + 255 * 8, false))
         );
+    }
+
+    #[test]
+    fn any_protocol_and_length_builds_a_train() {
+        let (net, net6) = (Network::default(), Network6::default());
+        let mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
+        for proto in 0..=255u8 {
+            for len in [0, 1, 7, 8, 19, 20, 21] {
+                for v6 in [false, true] {
+                    let t = FragTrain {
+                        v6,
+                        proto,
+                        ..train(len, 0, 8)
+                    };
+                    assert!(!t.frames(&net, &net6, mac, mac).is_empty());
+                }
+            }
+        }
     }
 }
