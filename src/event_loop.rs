@@ -366,21 +366,9 @@ impl EventLoop {
                         offload: self.offload,
                         mtu: self.mtu,
                     };
-                    // With a virtio-net header, what it says needs little
-                    // action: a large TCP segment is taken whole, a UDP
-                    // train is cut into its datagrams, and a partial
-                    // checksum is not checked (guest frames never are).
-                    let (read, header_len) = (&self.rx[..n], self.offload.header_len());
-                    match (
-                        vnet::frame_of(read, header_len),
-                        vnet::udp_train_size(read, header_len),
-                    ) {
-                        (Some(frame), Some(size)) => {
-                            self.engine.process_udp_train(now, frame, size, &mut sink)
-                        }
-                        (Some(frame), None) => self.engine.process_frame(now, frame, &mut sink),
-                        (None, _) => {}
-                    }
+                    let read = &self.rx[..n];
+                    self.engine
+                        .process_tap_read(now, read, self.offload.header_len(), &mut sink);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TapRead::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

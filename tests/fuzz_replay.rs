@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use netferry::fuzzing::TARGETS;
 use netferry::fuzzing::frames::{Framing, HostEvent, Step, encode};
+use netferry::fuzzing::trains::FragTrain;
 use netferry::host::sim::Outcome;
 use smoltcp::wire::{IpAddress, UdpPacket};
 
@@ -220,6 +221,39 @@ fn udp6_fragments(dst: Ipv6Addr, data: &[u8], piece: usize) -> Vec<Step> {
         })
         .collect()
 }
+
+/// A UDP datagram of `len` bytes to a remote host as fragments of
+/// `piece` bytes, in the order and with the faults `order` and `mangle`
+/// say (see `FragTrain`).
+fn frag_train(v6: bool, len: u16, piece: u16, order: u8, mangle: u8) -> Step {
+    Step::Fragments(FragTrain {
+        v6,
+        dst: 0,
+        proto: 0,
+        id: 0x2222,
+        len,
+        over: 0,
+        piece,
+        order,
+        mangle,
+        seed: 3,
+    })
+}
+
+/// A virtio-net header as a guest's kernel writes it (native byte order).
+fn vnet(flags: u8, gso_type: u8, fields: [u16; 4]) -> [u8; 10] {
+    let mut h = [flags, gso_type, 0, 0, 0, 0, 0, 0, 0, 0];
+    for (i, f) in fields.iter().enumerate() {
+        h[2 + 2 * i..4 + 2 * i].copy_from_slice(&f.to_ne_bytes());
+    }
+    h
+}
+
+const NEEDS_CSUM: u8 = 1;
+const GSO_TCPV4: u8 = 1;
+const GSO_UDP_L4: u8 = 5;
+/// `TapRead`'s index of the 10-byte virtio-net header.
+const VNET_10: u8 = 1;
 
 fn ndp(kind: u8, target: Option<Ipv6Addr>) -> Vec<u8> {
     let mut p = vec![kind, 0, 0, 0, 0, 0, 0, 0];
@@ -453,6 +487,98 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
     ];
+    seeds.extend([
+        (
+            // The largest datagram IPv4 carries, 45 fragments shuffled.
+            "ipv4-fragments-largest-datagram-shuffled",
+            encode(
+                MTU_1500,
+                &[
+                    frag_train(false, 65_515, 1480, 2, 0),
+                    host(FIRST_FLOW, Reply(b"reply".to_vec())),
+                ],
+            ),
+        ),
+        (
+            "ipv6-fragments-reversed-duplicate-overlap",
+            encode(
+                MTU_1500,
+                &[
+                    frag_train(true, 3000, 1232, 1, 1),
+                    frag_train(true, 3000, 1232, 0, 2),
+                ],
+            ),
+        ),
+        (
+            "ipv4-fragments-one-missing",
+            encode(
+                MTU_576,
+                &[
+                    frag_train(false, 4000, 552, 0, 4),
+                    Step::Secs(31),
+                    Step::Wake,
+                ],
+            ),
+        ),
+        (
+            // With offload on: a guest's UDP_SEGMENT send of 4-byte
+            // datagrams read behind its virtio-net header.
+            "vnet-udp-train-small-gso-size",
+            encode(
+                MTU_1500 | 0x80,
+                &[Step::TapRead {
+                    header: VNET_10,
+                    vnet: vnet(NEEDS_CSUM, GSO_UDP_L4, [42, 4, 34, 6]),
+                    framing: Framing::Ipv4,
+                    fix: true,
+                    head: ipv4(GUEST, REMOTE, 17, &udp(40050, 443, b"")),
+                    pad: 100,
+                }],
+            ),
+        ),
+        (
+            // With offload on: the guest's kernel sends a 30,000-byte TCP
+            // segment for netferry to take whole.
+            "vnet-guest-tso-segment",
+            encode(
+                MTU_1500 | 0x80,
+                &[
+                    frame(Framing::Raw, arp_request(GATEWAY)),
+                    frame(Framing::Raw, unhex(LINUX_SYN)),
+                    Step::Wake,
+                    ack(ACK, b""),
+                    Step::BigAnswer {
+                        segment: 0,
+                        flags: PSH_ACK,
+                        window: 0xffff,
+                        len: 30_000,
+                        header: VNET_10,
+                        vnet: vnet(NEEDS_CSUM, GSO_TCPV4, [54, 1448, 34, 16]),
+                    },
+                    host(FIRST_FLOW, Take(40_000)),
+                    host(FIRST_FLOW, SendPattern(60_000)),
+                    Step::Wake,
+                ],
+            ),
+        ),
+        (
+            "big-udp-datagram-and-reply-offload",
+            encode(
+                MTU_1500 | 0x80,
+                &[
+                    Step::Big {
+                        framing: Framing::Ipv4,
+                        broadcast: false,
+                        fix: true,
+                        train: 0,
+                        head: ipv4(GUEST, REMOTE, 17, &udp(40060, 9, b"")),
+                        pad: 60_000,
+                    },
+                    host(FIRST_FLOW, ReplyPattern(60_000)),
+                ],
+            ),
+        ),
+    ]);
     seeds.push(("custom-mtu", {
         let mut s = encode(
             200,

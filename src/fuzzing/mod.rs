@@ -9,6 +9,7 @@
 
 mod check;
 pub mod frames;
+pub mod trains;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -20,7 +21,7 @@ use serde_json::Value;
 use smoltcp::time::Instant;
 use smoltcp::wire::{DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress};
 
-pub use check::FrameCheck;
+pub use check::{FrameCheck, TapWrites, Written};
 
 use crate::api::respond;
 use crate::cli::{self, Parsed};
