@@ -13,7 +13,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::cli::Args;
-use crate::engine::{EngineConfig, Limits};
+use crate::engine::{AddressPlan, EngineConfig, Limits, Link4, Link6, MapTo, Mapping};
 
 /// Offsets from the network address, as slirp4netns places them.
 pub const GATEWAY_OFFSET: u32 = 2;
@@ -34,7 +34,7 @@ pub const MAX_PREFIX_LEN: u8 = 25;
 pub const MAX_SOCKET_PATH: usize = 107;
 /// Per-connection TCP buffer bounds: below 64 KiB window scaling buys
 /// nothing; above 64 MiB a few connections would eat the machine.
-pub const DEFAULT_TCP_BUFFER: usize = 1024 * 1024;
+pub use crate::engine::DEFAULT_TCP_BUFFER;
 pub const MIN_TCP_BUFFER: usize = 64 * 1024;
 pub const MAX_TCP_BUFFER: usize = 64 * 1024 * 1024;
 /// Flow caps above this would outgrow any fd limit a kernel allows.
@@ -164,6 +164,74 @@ impl Default for Network {
     }
 }
 
+/// slirp4netns's address plan: `net` (10.0.2.0/24 unless `--cidr`) with
+/// the gateway (.2) leading to the host's loopback, or nowhere with
+/// `--disable-host-loopback`, and the DNS address (.3) to the host's
+/// resolver, or refusing with `--disable-dns`; with `-6`, `net6`
+/// (fd00::/64) likewise, link-local ::2 and ::3 too. Nothing else lives
+/// on either network.
+pub fn slirp_plan(
+    net: &Network,
+    net6: Option<&Network6>,
+    host_loopback: bool,
+    dns: bool,
+) -> AddressPlan {
+    let gateway = if host_loopback {
+        MapTo::HostLoopback
+    } else {
+        MapTo::Unreachable
+    };
+    let resolver = if dns { MapTo::Resolver } else { MapTo::Refused };
+    let mut maps = vec![
+        Mapping {
+            addr: net.gateway.into(),
+            to: gateway,
+        },
+        Mapping {
+            addr: net.dns.into(),
+            to: resolver,
+        },
+    ];
+    if let Some(n6) = net6 {
+        for (addr, to) in [
+            (n6.gateway, gateway),
+            (n6.dns, resolver),
+            (n6.gateway_ll, gateway),
+            (n6.dns_ll, resolver),
+        ] {
+            maps.push(Mapping {
+                addr: addr.into(),
+                to,
+            });
+        }
+    }
+    AddressPlan {
+        v4: Link4 {
+            guest: net.guest,
+            prefix_len: net.prefix_len,
+            gateway: net.gateway,
+            dhcp_pool: Some((net.dhcp_start, net.dhcp_end)),
+            dns: Some(net.dns),
+        },
+        v6: net6.map(|n6| Link6 {
+            prefix: n6.prefix,
+            gateway: n6.gateway,
+            gateway_ll: n6.gateway_ll,
+            dns: dns.then_some(n6.dns),
+        }),
+        mac: net.gateway_mac(),
+        maps,
+        closed_subnets: true,
+    }
+}
+
+/// The plan of `netferry -c` (with `-6` when `ipv6`) on the default
+/// networks.
+pub fn default_plan(ipv6: bool) -> AddressPlan {
+    let net6 = ipv6.then(Network6::default);
+    slirp_plan(&Network::default(), net6.as_ref(), true, true)
+}
+
 /// The IPv6 side of the virtual network (`-6`): a /64 whose ::2 is the
 /// gateway (and the host's alias) and ::3 the DNS address, each with a
 /// link-local twin (fe80::2, fe80::3), as a real router has.
@@ -279,13 +347,11 @@ impl Config {
     /// seed for smoltcp's initial sequence numbers).
     pub fn engine_config(&self) -> EngineConfig {
         use std::hash::{BuildHasher, Hasher};
-        let mut e = EngineConfig::new(self.net, self.mtu as usize);
+        let plan = slirp_plan(&self.net, self.net6.as_ref(), self.host_loopback, self.dns);
+        let mut e = EngineConfig::new(plan, self.mtu as usize);
         e.seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
-        e.net6 = self.net6;
-        e.host_loopback = self.host_loopback;
-        e.dns = self.dns;
         e.tcp_buffer = self.tcp_buffer;
         e.limits = self.limits;
         e.udp_idle_timeout = smoltcp::time::Duration::from_secs(self.udp_timeout);

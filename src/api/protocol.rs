@@ -63,7 +63,7 @@ impl<H: Host> Control for Engine<H> {
         self.forwards().copied().collect()
     }
     fn default_guest(&self) -> Ipv4Addr {
-        self.network().guest
+        self.plan().v4.guest
     }
     fn status(&self) -> StatusReply {
         let (tcp, tcp_connecting, udp, ping) = self.flow_counts();
@@ -275,7 +275,6 @@ fn remove_hostfwd(args: Option<&Value>, ctl: &mut impl Control) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Network;
     use crate::engine::EngineConfig;
     use crate::host::SimHost;
 
@@ -284,7 +283,7 @@ mod tests {
     /// A real engine on the simulated host: listeners are the host's,
     /// and these requests never need the tap.
     fn engine() -> Engine {
-        let cfg = EngineConfig::new(Network::default(), 1500);
+        let cfg = EngineConfig::new(crate::config::default_plan(false), 1500);
         Engine::new(
             &cfg,
             smoltcp::time::Instant::from_millis(0),

@@ -18,9 +18,9 @@ use smoltcp::wire::{
     EthernetAddress, IpProtocol, UdpPacket, UdpRepr,
 };
 
+use super::plan::Link4;
 use super::throttle::{Throttle, held_note};
 use super::{Engine, FrameSink};
-use crate::config::Network;
 use crate::host::Host;
 
 /// DHCP option code smoltcp's Repr has no field for.
@@ -54,27 +54,29 @@ pub struct Answer {
 
 #[derive(Debug)]
 pub struct DhcpServer {
-    net: Network,
+    link: Link4,
     /// At most pool-size entries, so a linear scan is cheap.
     leases: Vec<Lease>,
     exhausted: Throttle,
 }
 
 impl DhcpServer {
-    pub fn new(net: Network) -> Self {
+    pub fn new(link: Link4) -> Self {
         DhcpServer {
-            net,
+            link,
             leases: Vec::new(),
             exhausted: Throttle::default(),
         }
     }
 
     fn pool(&self) -> impl Iterator<Item = Ipv4Addr> + use<> {
-        (u32::from(self.net.dhcp_start)..=u32::from(self.net.dhcp_end)).map(Ipv4Addr::from)
+        let (first, last) = self.link.pool();
+        (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from)
     }
 
     fn in_pool(&self, addr: Ipv4Addr) -> bool {
-        (self.net.dhcp_start..=self.net.dhcp_end).contains(&addr)
+        let (first, last) = self.link.pool();
+        (first..=last).contains(&addr)
     }
 
     fn lease_mut(&mut self, mac: EthernetAddress) -> Option<&mut Lease> {
@@ -144,7 +146,10 @@ impl DhcpServer {
                 }
             }
             DhcpMessageType::Request => {
-                if req.server_identifier.is_some_and(|s| s != self.net.gateway) {
+                if req
+                    .server_identifier
+                    .is_some_and(|s| s != self.link.gateway)
+                {
                     return None; // the client picked another server
                 }
                 let wanted = req
@@ -197,13 +202,16 @@ impl<H: Host> Engine<H> {
     }
 
     fn send_dhcp<S: FrameSink>(&mut self, dst_mac: EthernetAddress, a: &Answer, sink: &mut S) {
-        let net = self.net;
+        let link = self.plan.v4;
         let ack_or_offer = a.message_type != DhcpMessageType::Nak;
-        let dns = net.dns.octets();
-        let dns_opt = [DhcpOption {
-            kind: DHCP_OPT_DNS,
-            data: &dns,
-        }];
+        let dns = link.dns.map(|d| d.octets());
+        let dns_opt: Vec<DhcpOption> = dns
+            .iter()
+            .map(|d| DhcpOption {
+                kind: DHCP_OPT_DNS,
+                data: d,
+            })
+            .collect();
         let repr = DhcpRepr {
             message_type: a.message_type,
             transaction_id: a.transaction_id,
@@ -211,14 +219,14 @@ impl<H: Host> Engine<H> {
             client_hardware_address: a.client_mac,
             client_ip: Ipv4Addr::UNSPECIFIED,
             your_ip: a.your_ip,
-            server_ip: net.gateway,
-            router: ack_or_offer.then_some(net.gateway),
-            subnet_mask: ack_or_offer.then_some(net.netmask),
+            server_ip: link.gateway,
+            router: ack_or_offer.then_some(link.gateway),
+            subnet_mask: ack_or_offer.then_some(link.netmask()),
             relay_agent_ip: Ipv4Addr::UNSPECIFIED,
             broadcast: a.broadcast,
             requested_ip: None,
             client_identifier: None,
-            server_identifier: Some(net.gateway),
+            server_identifier: Some(link.gateway),
             parameter_request_list: None,
             dns_servers: None,
             max_size: None,
@@ -237,7 +245,7 @@ impl<H: Host> Engine<H> {
             dst_port: DHCP_CLIENT_PORT,
         };
         let dhcp_len = repr.buffer_len();
-        let (src, dst) = (IpAddr::V4(net.gateway), IpAddr::V4(dst_ip));
+        let (src, dst) = (IpAddr::V4(link.gateway), IpAddr::V4(dst_ip));
         self.send_ip(
             dst_mac,
             (src, dst),
@@ -309,7 +317,7 @@ mod tests {
 
     #[test]
     fn expired_leases_are_reclaimed_oldest_first_when_the_pool_is_full() {
-        let mut s = DhcpServer::new(Network::default());
+        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
         for mac in 0..16 {
             let now = T0 + Duration::from_secs(mac.into());
             assert_eq!(lease(&mut s, now, mac), Some(ip(15 + mac)));
@@ -334,7 +342,7 @@ mod tests {
 
     #[test]
     fn an_offer_nobody_requests_holds_its_address_for_a_minute_only() {
-        let mut s = DhcpServer::new(Network::default());
+        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
         for mac in 0..16 {
             s.handle(T0, &request(DhcpMessageType::Discover, mac, None))
                 .unwrap();
@@ -345,7 +353,7 @@ mod tests {
 
     #[test]
     fn first_client_gets_pool_start_and_keeps_it() {
-        let mut s = DhcpServer::new(Network::default());
+        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
         let offer = s
             .handle(T0, &request(DhcpMessageType::Discover, 1, None))
             .unwrap();
@@ -371,7 +379,7 @@ mod tests {
 
     #[test]
     fn request_for_someone_elses_address_is_refused() {
-        let mut s = DhcpServer::new(Network::default());
+        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
         s.handle(T0, &request(DhcpMessageType::Discover, 1, None));
         let nak = s
             .handle(T0, &request(DhcpMessageType::Request, 2, Some(ip(15))))
@@ -385,7 +393,7 @@ mod tests {
 
     #[test]
     fn rebooting_client_may_keep_a_free_address() {
-        let mut s = DhcpServer::new(Network::default());
+        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
         let ack = s
             .handle(T0, &request(DhcpMessageType::Request, 7, Some(ip(20))))
             .unwrap();
@@ -397,7 +405,7 @@ mod tests {
 
     #[test]
     fn pool_exhaustion_means_silence() {
-        let mut s = DhcpServer::new(Network::default());
+        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
         for mac in 0..16 {
             let o = s.handle(T0, &request(DhcpMessageType::Discover, mac, None));
             assert_eq!(o.unwrap().your_ip, ip(15 + mac));
@@ -410,7 +418,7 @@ mod tests {
 
     #[test]
     fn request_to_another_server_is_ignored() {
-        let mut s = DhcpServer::new(Network::default());
+        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
         let mut r = request(DhcpMessageType::Request, 1, Some(ip(15)));
         r.server_identifier = Some(Ipv4Addr::new(10, 0, 2, 1));
         assert_eq!(s.handle(T0, &r), None);

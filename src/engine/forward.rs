@@ -131,7 +131,7 @@ impl<H: Host> Engine<H> {
     fn target_for(&self, client: SocketAddr, guest: SocketAddr) -> SocketAddr {
         match (client.ip(), guest.ip(), self.guest_v6) {
             (IpAddr::V6(c), IpAddr::V4(g), Some(v6))
-                if c.to_ipv4_mapped().is_none() && g == self.net.guest =>
+                if c.to_ipv4_mapped().is_none() && g == self.plan.v4.guest =>
             {
                 SocketAddr::new(v6.into(), guest.port())
             }
@@ -149,7 +149,9 @@ impl<H: Host> Engine<H> {
             (IpAddr::V4(a), IpAddr::V6(_)) => Some(IpAddr::V6(a.to_ipv6_mapped())),
         };
         let outside = |a: &IpAddr| match a {
-            IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_unspecified() || self.net.contains(*v4)),
+            IpAddr::V4(v4) => {
+                !(v4.is_loopback() || v4.is_unspecified() || self.plan.in_closed_subnet(*a))
+            }
             IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified()),
         };
         let ip = ip

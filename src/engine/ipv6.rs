@@ -54,7 +54,7 @@ const PREFIX_ON_LINK_AUTONOMOUS: u8 = 0xc0;
 
 impl<H: Host> Engine<H> {
     pub(super) fn process_ipv6<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
-        let Some(net6) = self.net6 else {
+        let Some(link) = self.plan.v6 else {
             log::trace!("dropping an IPv6 frame: IPv6 is off");
             return;
         };
@@ -69,7 +69,7 @@ impl<H: Host> Engine<H> {
             return;
         };
         let guest_mac = eth.src_addr();
-        if net6.contains(repr.src_addr) {
+        if link.contains(repr.src_addr) {
             self.learn_guest(repr.src_addr.into(), guest_mac);
             self.guest_v6 = Some(repr.src_addr);
         } else if repr.src_addr.is_unicast_link_local() {
@@ -153,11 +153,11 @@ impl<H: Host> Engine<H> {
         lladdr: Option<RawHardwareAddress>,
         sink: &mut S,
     ) {
-        let Some(net6) = self.net6 else {
+        let Some(link) = self.plan.v6 else {
             return;
         };
-        if !net6.is_virtual(target) {
-            if src.is_unspecified() && net6.contains(target) {
+        if !self.is_virtual(target.into()) {
+            if src.is_unspecified() && link.contains(target) {
                 self.learn_guest(target.into(), guest_mac);
                 self.guest_v6 = Some(target);
             }
@@ -199,7 +199,7 @@ impl<H: Host> Engine<H> {
         mac: EthernetAddress,
         sink: &mut S,
     ) {
-        let Some(net6) = self.net6 else {
+        let Some(link) = self.plan.v6 else {
             return;
         };
         let mut ra = Vec::with_capacity(96);
@@ -216,13 +216,13 @@ impl<H: Host> Engine<H> {
         ra.extend_from_slice(&PREFIX_VALID_SECS.to_be_bytes());
         ra.extend_from_slice(&PREFIX_PREFERRED_SECS.to_be_bytes());
         ra.extend_from_slice(&[0; 4]);
-        ra.extend_from_slice(&net6.prefix.octets());
-        if self.dns {
+        ra.extend_from_slice(&link.prefix.octets());
+        if let Some(dns) = link.dns {
             ra.extend_from_slice(&[OPT_RDNSS, 3, 0, 0]);
             ra.extend_from_slice(&RDNSS_LIFETIME_SECS.to_be_bytes());
-            ra.extend_from_slice(&net6.dns.octets());
+            ra.extend_from_slice(&dns.octets());
         }
-        let from = net6.gateway_ll;
+        let from = link.gateway_ll;
         let len = ra.len();
         self.send_ip_with(
             NDP_HOP_LIMIT,

@@ -18,6 +18,7 @@ mod forward;
 mod frag;
 mod icmp;
 mod ipv6;
+pub mod plan;
 mod port;
 #[cfg(test)]
 mod scenario;
@@ -46,11 +47,11 @@ pub use flows::{
     DEFAULT_MAX_PENDING_CONNECTS, DEFAULT_MAX_TCP_FLOWS, FlowKey, Limits, UDP_FLOW_LIMIT,
 };
 pub use forward::{Forward, ForwardError, ForwardSpec};
+pub use plan::{AddressPlan, Link4, Link6, MapTo, Mapping};
 pub use port::{ETHERNET_HEADER_LEN, FrameSink, send_cut};
 
 pub use crate::host::{FlowId, Host, Proto, Readiness};
 
-use crate::config::{DEFAULT_TCP_BUFFER, Network, Network6};
 use crate::host::DgramBatch;
 use crate::setup::Pages;
 use crate::vnet::TooManySegments;
@@ -79,14 +80,15 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// A UDP (or ICMP echo) flow with no traffic either way for this long is
 /// closed. DNS answers come in milliseconds; two minutes keeps NAT-style
 /// conversations (NTP, QUIC, games) alive between bursts.
-pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration =
-    Duration::from_secs(crate::config::DEFAULT_UDP_TIMEOUT_SECS);
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes per smoltcp TCP buffer, each direction: enough for window
+/// scaling at MTU 65520.
+pub const DEFAULT_TCP_BUFFER: usize = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    pub net: Network,
-    /// The IPv6 network; `None` leaves IPv6 off.
-    pub net6: Option<Network6>,
+    /// Every address on the guest's link and where each leads.
+    pub plan: AddressPlan,
     /// The tap's IP MTU.
     pub mtu: usize,
     /// Verify checksums of received frames. Off in production (the guest
@@ -100,10 +102,6 @@ pub struct EngineConfig {
     pub split_udp: bool,
     /// Seed for smoltcp's initial sequence numbers.
     pub seed: u64,
-    /// The gateway address reaches the host's loopback.
-    pub host_loopback: bool,
-    /// The DNS address forwards to the host's resolver.
-    pub dns: bool,
     /// Bytes per smoltcp TCP buffer, each direction.
     pub tcp_buffer: usize,
     /// How long an idle UDP or ICMP echo flow lives.
@@ -112,17 +110,14 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    pub fn new(net: Network, mtu: usize) -> Self {
+    pub fn new(plan: AddressPlan, mtu: usize) -> Self {
         EngineConfig {
-            net,
-            net6: None,
+            plan,
             mtu,
             verify_checksums: false,
             offload: false,
             split_udp: false,
             seed: 0,
-            host_loopback: true,
-            dns: true,
             tcp_buffer: DEFAULT_TCP_BUFFER,
             udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             limits: Limits::default(),
@@ -183,8 +178,7 @@ struct Packet<'a> {
 }
 
 pub struct Engine<H: Host> {
-    net: Network,
-    net6: Option<Network6>,
+    plan: AddressPlan,
     /// The guest's global IPv6 address, as last seen (or announced by its
     /// duplicate address detection): where forwards from IPv6 clients go.
     guest_v6: Option<Ipv6Addr>,
@@ -214,8 +208,6 @@ pub struct Engine<H: Host> {
     guest_macs: HashMap<IpAddr, EthernetAddress>,
     last_guest: Option<(IpAddr, EthernetAddress)>,
     host: H,
-    host_loopback: bool,
-    dns: bool,
     tcp_buffer: usize,
     udp_idle_timeout: Duration,
     limits: Limits,
@@ -243,8 +235,8 @@ pub struct Engine<H: Host> {
 
 impl<H: Host> Engine<H> {
     pub fn new(cfg: &EngineConfig, now: Instant, host: H) -> Self {
-        let net = cfg.net;
-        let mac = EthernetAddress(net.gateway_mac());
+        let mut plan = cfg.plan.clone();
+        let mac = EthernetAddress(plan.mac);
         let mtu = cfg.mtu.max(MIN_MTU);
         if mtu != cfg.mtu {
             log::warn!("MTU {} is below IPv4's minimum; using {mtu}", cfg.mtu);
@@ -252,9 +244,10 @@ impl<H: Host> Engine<H> {
         // IPv6 needs links of 1280 bytes; Linux turns it off on a smaller
         // MTU, and so do we (found by the frames fuzzer: neighbour
         // solicitations larger than the MTU).
-        let net6 = cfg.net6.filter(|_| mtu >= IPV6_MIN_MTU);
-        if cfg.net6.is_some() && net6.is_none() {
+        if plan.v6.is_some() && mtu < IPV6_MIN_MTU {
             log::warn!("MTU {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}; IPv6 stays off");
+            plan.v6 = None;
+            plan.maps.retain(|m| m.addr.is_ipv4());
         }
         let caps = port::capabilities(mtu, cfg.verify_checksums, cfg.offload);
         let mut tx = Vec::new();
@@ -270,13 +263,23 @@ impl<H: Host> Engine<H> {
         };
         let mut iface = Interface::new(iface_cfg, &mut dev, now);
         iface.update_ip_addrs(|addrs| {
-            // Capacity is set by the iface-max-addr-count feature (4).
-            for addr in [net.gateway, net.dns] {
-                let _ = addrs.push(IpCidr::new(addr.into(), net.prefix_len));
-            }
-            if let Some(n6) = net6 {
-                for addr in [n6.gateway, n6.dns, n6.gateway_ll, n6.dns_ll] {
-                    let _ = addrs.push(IpCidr::new(addr.into(), 64));
+            // The addresses smoltcp answers ARP and TCP for: the gateway
+            // and every mapped address. Capacity is set by the
+            // iface-max-addr-count feature (8).
+            let gateways = [
+                Some(plan.v4.gateway.into()),
+                plan.v6.map(|l| l.gateway.into()),
+            ];
+            let mapped = plan.maps.iter().map(|m| Some(m.addr));
+            for addr in gateways.into_iter().chain(mapped).flatten() {
+                let prefix_len = match addr {
+                    IpAddr::V4(a) if plan.v4.contains(a) => plan.v4.prefix_len,
+                    IpAddr::V4(_) => 32,
+                    IpAddr::V6(_) => 64,
+                };
+                let cidr = IpCidr::new(addr.into(), prefix_len);
+                if !addrs.contains(&cidr) && addrs.push(cidr).is_err() {
+                    log::warn!("more virtual addresses than smoltcp holds; {addr} is left out");
                 }
             }
         });
@@ -284,18 +287,16 @@ impl<H: Host> Engine<H> {
         // one of its own addresses, so a flow to any address can terminate
         // here and be proxied.
         iface.set_any_ip(true);
-        let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
-        if let Some(n6) = net6 {
-            let _ = iface.routes_mut().add_default_ipv6_route(n6.gateway);
+        let _ = iface.routes_mut().add_default_ipv4_route(plan.v4.gateway);
+        if let Some(l6) = plan.v6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(l6.gateway);
         }
 
         Engine {
-            net,
-            net6,
+            dhcp: DhcpServer::new(plan.v4),
+            next_ra: plan.v6.map(|_| now + Duration::from_secs(1)),
+            plan,
             guest_v6: None,
-            // The first one soon after start, in case the guest's
-            // solicitation came before we listened.
-            next_ra: net6.map(|_| now + Duration::from_secs(1)),
             frags: frag::Reassembly::default(),
             frag_id: 0,
             mtu,
@@ -305,14 +306,11 @@ impl<H: Host> Engine<H> {
             caps,
             iface,
             sockets: SocketSet::new(Vec::new()),
-            dhcp: DhcpServer::new(net),
             flows: FlowTable::default(),
             forwards: forward::Forwards::default(),
             guest_macs: HashMap::new(),
             last_guest: None,
             host,
-            host_loopback: cfg.host_loopback,
-            dns: cfg.dns,
             tcp_buffer: cfg.tcp_buffer,
             udp_idle_timeout: cfg.udp_idle_timeout,
             limits: cfg.limits,
@@ -329,8 +327,9 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    pub fn network(&self) -> &Network {
-        &self.net
+    /// The address plan the engine serves.
+    pub fn plan(&self) -> &AddressPlan {
+        &self.plan
     }
 
     pub fn host(&self) -> &H {
@@ -350,91 +349,70 @@ impl<H: Host> Engine<H> {
         self.flows.counts()
     }
 
+    /// Whether the engine answers for `addr` itself (ARP, neighbour
+    /// discovery, ping).
     fn is_virtual(&self, addr: IpAddr) -> bool {
-        match addr {
-            IpAddr::V4(a) => a == self.net.gateway || a == self.net.dns,
-            IpAddr::V6(a) => self.net6.is_some_and(|n| n.is_virtual(a)),
-        }
+        self.plan.is_mapped(addr)
     }
 
-    /// The gateway's address in `addr`'s family: the source of ICMP
-    /// errors about routing, and how host-local clients of a forward
-    /// appear.
     fn gateway_for(&self, addr: IpAddr) -> IpAddr {
-        match (addr, self.net6) {
-            (IpAddr::V6(_), Some(n6)) => n6.gateway.into(),
-            _ => self.net.gateway.into(),
-        }
+        self.plan.gateway_for(addr)
     }
 
-    /// Where traffic from the guest to an IPv6 `dst:port` goes: the
-    /// gateway's addresses lead to the host's ::1, the DNS addresses to
-    /// the host's resolver, the rest of the prefix and link-local
-    /// addresses nowhere, anything else out through a host socket.
-    fn route6(&mut self, now: Instant, dst: Ipv6Addr, port: u16) -> Route {
-        let Some(n6) = self.net6 else {
-            return Route::Drop;
-        };
-        if dst == n6.gateway || dst == n6.gateway_ll {
-            return if self.host_loopback {
-                Route::Host(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port))
-            } else {
-                Route::Unreachable(Unreachable::Net)
-            };
-        }
-        if dst == n6.dns || dst == n6.dns_ll {
-            return self.route_dns(now, port);
-        }
-        if n6.contains(dst) || dst.is_unicast_link_local() {
-            return Route::Unreachable(Unreachable::Host);
-        }
-        // A v4-mapped destination would reach IPv4 addresses (the host's
-        // 127.0.0.1 among them) through a dual-stack socket: never.
-        if dst.is_loopback()
-            || dst.is_multicast()
-            || dst.is_unspecified()
-            || dst.to_ipv4_mapped().is_some()
-        {
-            return Route::Drop;
-        }
-        Route::Host(SocketAddr::new(dst.into(), port))
-    }
-
-    fn route_dns(&mut self, now: Instant, port: u16) -> Route {
-        if !self.dns || port != DNS_PORT {
-            return Route::Refused;
-        }
-        match self.host.nameserver(now) {
-            Some(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
-            None => Route::Drop,
-        }
-    }
-
-    /// Where traffic from the guest to `dst:port` goes.
+    /// Where traffic from the guest to `dst:port` goes: a mapped address
+    /// where the plan says, the rest of a closed subnet nowhere, anything
+    /// else out to the address itself through a host socket.
     fn route(&mut self, now: Instant, dst: IpAddr, port: u16) -> Route {
-        let dst = match dst {
-            IpAddr::V4(v4) => v4,
-            IpAddr::V6(v6) => return self.route6(now, v6, port),
-        };
-        if dst == self.net.gateway {
-            return if self.host_loopback {
-                Route::Host(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))
-            } else {
-                Route::Unreachable(Unreachable::Net)
-            };
-        }
-        if dst == self.net.dns {
-            return self.route_dns(now, port);
-        }
-        if self.net.contains(dst) {
-            // Nothing else lives on the virtual network; never let such a
-            // destination leak to a host network that happens to use it.
-            return Route::Unreachable(Unreachable::Host);
-        }
-        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() || dst.is_loopback() {
+        if dst.is_ipv6() && self.plan.v6.is_none() {
             return Route::Drop;
         }
-        Route::Host(SocketAddr::new(dst.into(), port))
+        if let Some(target) = self.plan.target(dst) {
+            return match target {
+                MapTo::HostLoopback => {
+                    let lo: IpAddr = match dst {
+                        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                    };
+                    Route::Host(SocketAddr::new(lo, port))
+                }
+                MapTo::Resolver if port != DNS_PORT => Route::Refused,
+                MapTo::Resolver => match self.host.nameserver(now) {
+                    Some(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
+                    None => Route::Drop,
+                },
+                MapTo::Host(addr) => Route::Host(SocketAddr::new(addr, port)),
+                MapTo::Refused => Route::Refused,
+                MapTo::Unreachable => Route::Unreachable(Unreachable::Net),
+            };
+        }
+        if self.plan.in_closed_subnet(dst) {
+            // Nothing else lives there; never let such a destination leak
+            // to a host network that happens to use the same prefix.
+            return Route::Unreachable(Unreachable::Host);
+        }
+        let nowhere = match dst {
+            IpAddr::V4(d) => {
+                d.is_broadcast() || d.is_multicast() || d.is_unspecified() || d.is_loopback()
+            }
+            // A v4-mapped destination would reach IPv4 addresses (the
+            // host's 127.0.0.1 among them) through a dual-stack socket.
+            IpAddr::V6(d) => {
+                d.is_loopback()
+                    || d.is_multicast()
+                    || d.is_unspecified()
+                    || d.to_ipv4_mapped().is_some()
+            }
+        };
+        if nowhere {
+            return Route::Drop;
+        }
+        if let IpAddr::V6(d) = dst
+            && d.is_unicast_link_local()
+        {
+            // A host socket cannot reach the guest's link.
+            return Route::Unreachable(Unreachable::Host);
+        }
+        Route::Host(SocketAddr::new(dst, port))
     }
 
     /// Handle one read from the tap: a frame behind a virtio-net header
@@ -589,7 +567,7 @@ impl<H: Host> Engine<H> {
             return;
         };
         let guest_mac = eth.src_addr();
-        if self.net.contains(ip_repr.src_addr) {
+        if self.plan.v4.contains(ip_repr.src_addr) {
             self.learn_guest(ip_repr.src_addr.into(), guest_mac);
         }
         let total = ip.total_len() as usize;

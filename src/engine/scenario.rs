@@ -19,7 +19,6 @@ use smoltcp::wire::{
 };
 
 use super::{Engine, EngineConfig, Limits};
-use crate::config::Network;
 use crate::host::SimHost;
 use crate::host::sim::{Outcome, Stall};
 
@@ -95,7 +94,7 @@ struct World {
 }
 
 fn config() -> EngineConfig {
-    let mut cfg = EngineConfig::new(Network::default(), 1500);
+    let mut cfg = EngineConfig::new(crate::config::default_plan(false), 1500);
     cfg.verify_checksums = true;
     cfg.seed = 7;
     cfg.tcp_buffer = 64 * 1024;

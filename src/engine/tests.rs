@@ -4,6 +4,7 @@
 //! field.
 
 use super::*;
+use crate::config::{Network, default_plan, slirp_plan};
 use crate::host::SimHost;
 use crate::host::sim::Outcome;
 use smoltcp::wire::{
@@ -21,7 +22,7 @@ fn engine() -> Engine {
 }
 
 fn engine_for(net: Network) -> Engine {
-    let mut cfg = EngineConfig::new(net, 1500);
+    let mut cfg = EngineConfig::new(slirp_plan(&net, None, true, true), 1500);
     cfg.verify_checksums = true;
     cfg.seed = 1;
     Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1))
@@ -243,7 +244,7 @@ fn ping_to_gateway_and_dns_is_answered_locally() {
 /// ARP reply or ping fits it; the engine works with IPv4's minimum.
 #[test]
 fn an_mtu_below_ipv4s_minimum_is_raised_to_it() {
-    let mut cfg = EngineConfig::new(Network::default(), 15);
+    let mut cfg = EngineConfig::new(default_plan(false), 15);
     cfg.verify_checksums = true;
     let mut e = Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1));
     let out = feed(&mut e, &echo_request(Ipv4Addr::new(10, 0, 2, 2)));
@@ -356,9 +357,9 @@ impl Rig {
     }
 
     fn with_offload(host_loopback: bool, offload: bool) -> Self {
-        let mut cfg = EngineConfig::new(Network::default(), 1500);
+        let plan = slirp_plan(&Network::default(), None, host_loopback, true);
+        let mut cfg = EngineConfig::new(plan, 1500);
         cfg.verify_checksums = true;
-        cfg.host_loopback = host_loopback;
         cfg.offload = offload;
         let engine = Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1));
         let mut rig = Rig {

@@ -14,7 +14,7 @@ use smoltcp::wire::{
 
 use super::EngineConfig;
 use super::frag::{FragKey, Fragment, Reassembly};
-use crate::config::{Network, Network6};
+use crate::config::{Network, Network6, slirp_plan};
 use crate::host::SimHost;
 
 type Engine = super::Engine<SimHost>;
@@ -37,10 +37,10 @@ struct Rig {
 
 impl Rig {
     fn new(mtu: usize, host_loopback: bool) -> Self {
-        let mut cfg = EngineConfig::new(Network::default(), mtu);
-        cfg.net6 = Some(Network6::default());
+        let net6 = Network6::default();
+        let plan = slirp_plan(&Network::default(), Some(&net6), host_loopback, true);
+        let mut cfg = EngineConfig::new(plan, mtu);
         cfg.verify_checksums = true;
-        cfg.host_loopback = host_loopback;
         Rig {
             e: Engine::new(&cfg, Instant::from_millis(0), SimHost::new(3)),
             now: Instant::from_millis(10),

@@ -474,12 +474,12 @@ pub fn run(input: &[u8]) {
 impl Run {
     fn new(mtu: usize, offload: bool) -> Run {
         let net = Network::default();
-        let mut cfg = EngineConfig::new(net, mtu);
+        let plan = crate::config::slirp_plan(&net, Some(&Network6::default()), true, true);
+        let mut cfg = EngineConfig::new(plan, mtu);
         cfg.offload = offload;
         // Trains are cut by the Vec sink as the kernel would, so the
         // frame check sees each datagram.
         cfg.split_udp = offload;
-        cfg.net6 = Some(Network6::default());
         cfg.verify_checksums = true;
         cfg.seed = 1;
         cfg.tcp_buffer = crate::config::MIN_TCP_BUFFER;
@@ -541,8 +541,8 @@ impl Run {
             }
             Step::Fragments(train) => {
                 let net6 = Network6::default();
-                let gateway = EthernetAddress(self.engine.network().gateway_mac());
-                let net = *self.engine.network();
+                let gateway = EthernetAddress(self.engine.plan().mac);
+                let net = Network::default();
                 for frame in train.frames(&net, &net6, GUEST_MAC, gateway) {
                     self.engine.process_frame(self.now, &frame, &mut out);
                 }
@@ -666,7 +666,7 @@ impl Run {
             return None;
         }
         let i = self.segments.len() - 1 - usize::from(segment) % self.segments.len();
-        let gateway = EthernetAddress(self.engine.network().gateway_mac());
+        let gateway = EthernetAddress(self.engine.plan().mac);
         let mut frame = answer(&self.segments[i], gateway, flags, window, data);
         fix_frame(&mut frame);
         Some(frame)
@@ -680,7 +680,7 @@ impl Run {
             Framing::Ipv6 => EthernetProtocol::Ipv6,
         };
         let dst = match (broadcast, framing) {
-            (false, _) => EthernetAddress(self.engine.network().gateway_mac()),
+            (false, _) => EthernetAddress(self.engine.plan().mac),
             (true, Framing::Ipv6) => EthernetAddress([0x33, 0x33, 0, 0, 0, 2]),
             (true, _) => EthernetAddress::BROADCAST,
         };
@@ -967,7 +967,7 @@ mod tests {
     /// lost its network. The largest datagram still comes through.
     #[test]
     fn ipv4_fragments_past_the_largest_datagram_are_dropped() {
-        let cfg = EngineConfig::new(Network::default(), 1500);
+        let cfg = EngineConfig::new(crate::config::default_plan(false), 1500);
         let now = Instant::from_millis(0);
         let mut engine = Engine::new(&cfg, now, SimHost::new(1));
         let mut out = Vec::new();
