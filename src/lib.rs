@@ -33,6 +33,7 @@ pub mod event_loop;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod pasta;
 pub mod resolv;
 pub mod run;
 pub mod setup;

@@ -1,0 +1,18 @@
+//! pasta's command line, for netferry's pasta front end.
+//!
+//! netferry behaves as pasta when `argv[0]`'s basename is `pasta` or when run
+//! as `netferry pasta ARGS...`, so that podman, rootlesskit and Docker can
+//! use it in pasta's place. This module turns that command line into typed
+//! [`cli::PastaArgs`] with pasta's option syntax and its exact error texts
+//! (callers parse them): [`cli`] the options, [`ports`] the `-t`/`-u`/
+//! `-T`/`-U` specs. It does nothing else: no namespace, no socket, no
+//! output; the daemon is built on what it returns.
+
+mod args;
+pub mod cli;
+mod getopt;
+mod options;
+pub mod ports;
+#[cfg(test)]
+mod tests;
+mod values;
