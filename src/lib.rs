@@ -37,5 +37,6 @@ pub mod pasta;
 pub mod resolv;
 pub mod run;
 pub mod setup;
+pub mod slirp4netns;
 pub mod tokens;
 pub mod vnet;

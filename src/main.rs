@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use netferry::api::ApiServer;
 use netferry::cli::{self, Parsed};
-use netferry::config::{Config, ConfigError, Target};
+use netferry::config::{Config, Target};
 use netferry::event_loop::{EventLoop, Exit};
 use netferry::host::{self, Outbound};
 use netferry::setup;
+use netferry::slirp4netns::{self, ConfigError};
 
 /// The host's resolver configuration, re-read when it changes.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let cfg = match Config::from_args(&args) {
+    let cfg = match slirp4netns::config(&args) {
         Ok(cfg) => cfg,
         Err(ConfigError::MissingArguments) => {
             let _ = std::io::Write::write_all(&mut std::io::stderr(), cli::usage().as_bytes());
@@ -179,30 +180,5 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
 }
 
 fn print_banner(cfg: &Config, tap: &str) {
-    let n = &cfg.net;
-    say!(
-        out,
-        "netferry {} serving {tap}\n\
-         * MTU:             {}\n\
-         * Network:         {}\n\
-         * Netmask:         {}\n\
-         * Gateway:         {}\n\
-         * DNS:             {}\n\
-         * DHCP begin:      {}\n\
-         * DHCP end:        {}\n\
-         * Recommended IP:  {}{}",
-        env!("CARGO_PKG_VERSION"),
-        cfg.mtu,
-        n.network,
-        n.netmask,
-        n.gateway,
-        n.dns,
-        n.dhcp_start,
-        n.dhcp_end,
-        n.guest,
-        cfg.api_socket
-            .as_ref()
-            .map(|p| format!("\n* API Socket:      {}", p.display()))
-            .unwrap_or_default()
-    );
+    say!(out, "{}", slirp4netns::banner(cfg, tap));
 }

@@ -116,7 +116,7 @@ pub fn parse_publish(spec: &str, guest: Ipv4Addr) -> Result<Vec<ForwardSpec>, Pu
 }
 
 /// The slirp4netns-style configuration that serves `pid`.
-fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::config::ConfigError> {
+fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::slirp4netns::ConfigError> {
     let raw = Args {
         configure: true,
         enable_ipv6: !args.no_ipv6,
@@ -129,7 +129,7 @@ fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::config::ConfigE
         positional: vec![pid.to_string(), "tap0".to_string()],
         ..Args::default()
     };
-    Config::from_args(&raw)
+    crate::slirp4netns::config(&raw)
 }
 
 /// Run the command; the status to exit with.
@@ -138,7 +138,7 @@ pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
     let precheck = config_for(args, 1)?;
     let mut forwards = Vec::new();
     for spec in &args.publish {
-        forwards.extend(parse_publish(spec, precheck.net.guest)?);
+        forwards.extend(parse_publish(spec, precheck.plan.v4.guest)?);
     }
     let cmd = if args.cmd.is_empty() {
         vec![std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into())]
@@ -223,9 +223,14 @@ impl ResolvFile {
     fn write(cfg: &Config) -> anyhow::Result<Self> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut text = format!("nameserver {}\n", cfg.net.dns);
-        if let Some(n6) = cfg.net6 {
-            text.push_str(&format!("nameserver {}\n", n6.dns));
+        let plan = &cfg.plan;
+        let servers = [
+            plan.v4.dns.map(IpAddr::from),
+            plan.v6.and_then(|l| l.dns).map(IpAddr::from),
+        ];
+        let mut text = String::new();
+        for server in servers.into_iter().flatten() {
+            text.push_str(&format!("nameserver {server}\n"));
         }
         let template = std::env::temp_dir().join("netferry-run-XXXXXX");
         let dir = nix::unistd::mkdtemp(&template)

@@ -283,7 +283,7 @@ mod tests {
     /// A real engine on the simulated host: listeners are the host's,
     /// and these requests never need the tap.
     fn engine() -> Engine {
-        let cfg = EngineConfig::new(crate::config::default_plan(false), 1500);
+        let cfg = EngineConfig::new(crate::slirp4netns::default_plan(false), 1500);
         Engine::new(
             &cfg,
             smoltcp::time::Instant::from_millis(0),

@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn expired_leases_are_reclaimed_oldest_first_when_the_pool_is_full() {
-        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
+        let mut s = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
         for mac in 0..16 {
             let now = T0 + Duration::from_secs(mac.into());
             assert_eq!(lease(&mut s, now, mac), Some(ip(15 + mac)));
@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn an_offer_nobody_requests_holds_its_address_for_a_minute_only() {
-        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
+        let mut s = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
         for mac in 0..16 {
             s.handle(T0, &request(DhcpMessageType::Discover, mac, None))
                 .unwrap();
@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn first_client_gets_pool_start_and_keeps_it() {
-        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
+        let mut s = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
         let offer = s
             .handle(T0, &request(DhcpMessageType::Discover, 1, None))
             .unwrap();
@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn request_for_someone_elses_address_is_refused() {
-        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
+        let mut s = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
         s.handle(T0, &request(DhcpMessageType::Discover, 1, None));
         let nak = s
             .handle(T0, &request(DhcpMessageType::Request, 2, Some(ip(15))))
@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn rebooting_client_may_keep_a_free_address() {
-        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
+        let mut s = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
         let ack = s
             .handle(T0, &request(DhcpMessageType::Request, 7, Some(ip(20))))
             .unwrap();
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn pool_exhaustion_means_silence() {
-        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
+        let mut s = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
         for mac in 0..16 {
             let o = s.handle(T0, &request(DhcpMessageType::Discover, mac, None));
             assert_eq!(o.unwrap().your_ip, ip(15 + mac));
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn request_to_another_server_is_ignored() {
-        let mut s = DhcpServer::new(crate::config::default_plan(false).v4);
+        let mut s = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
         let mut r = request(DhcpMessageType::Request, 1, Some(ip(15)));
         r.server_identifier = Some(Ipv4Addr::new(10, 0, 2, 1));
         assert_eq!(s.handle(T0, &r), None);

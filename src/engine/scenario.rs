@@ -94,7 +94,7 @@ struct World {
 }
 
 fn config() -> EngineConfig {
-    let mut cfg = EngineConfig::new(crate::config::default_plan(false), 1500);
+    let mut cfg = EngineConfig::new(crate::slirp4netns::default_plan(false), 1500);
     cfg.verify_checksums = true;
     cfg.seed = 7;
     cfg.tcp_buffer = 64 * 1024;

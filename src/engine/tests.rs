@@ -4,9 +4,9 @@
 //! field.
 
 use super::*;
-use crate::config::{Network, default_plan, slirp_plan};
 use crate::host::SimHost;
 use crate::host::sim::Outcome;
+use crate::slirp4netns::{Network, default_plan, slirp_plan};
 use smoltcp::wire::{
     DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpMessageType, DhcpPacket, DhcpRepr, Icmpv4Packet,
     Icmpv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,

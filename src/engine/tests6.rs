@@ -14,8 +14,8 @@ use smoltcp::wire::{
 
 use super::EngineConfig;
 use super::frag::{FragKey, Fragment, Reassembly};
-use crate::config::{Network, Network6, slirp_plan};
 use crate::host::SimHost;
+use crate::slirp4netns::{Network, Network6, slirp_plan};
 
 type Engine = super::Engine<SimHost>;
 

@@ -26,10 +26,10 @@ use smoltcp::wire::{
 
 use super::check::{FrameCheck, TapWrites};
 use super::trains::{FragTrain, pattern};
-use crate::config::{Network, Network6};
 use crate::engine::{Engine, EngineConfig, ForwardSpec, Limits, MIN_MTU, Proto, UDP_FLOW_LIMIT};
 use crate::host::SimHost;
 use crate::host::sim::Outcome;
+use crate::slirp4netns::{Network, Network6};
 use crate::vnet;
 
 /// Steps run from one input at most; longer inputs are cut.
@@ -474,7 +474,7 @@ pub fn run(input: &[u8]) {
 impl Run {
     fn new(mtu: usize, offload: bool) -> Run {
         let net = Network::default();
-        let plan = crate::config::slirp_plan(&net, Some(&Network6::default()), true, true);
+        let plan = crate::slirp4netns::slirp_plan(&net, Some(&Network6::default()), true, true);
         let mut cfg = EngineConfig::new(plan, mtu);
         cfg.offload = offload;
         // Trains are cut by the Vec sink as the kernel would, so the
@@ -967,7 +967,7 @@ mod tests {
     /// lost its network. The largest datagram still comes through.
     #[test]
     fn ipv4_fragments_past_the_largest_datagram_are_dropped() {
-        let cfg = EngineConfig::new(crate::config::default_plan(false), 1500);
+        let cfg = EngineConfig::new(crate::slirp4netns::default_plan(false), 1500);
         let now = Instant::from_millis(0);
         let mut engine = Engine::new(&cfg, now, SimHost::new(1));
         let mut out = Vec::new();

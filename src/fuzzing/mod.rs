@@ -25,9 +25,9 @@ pub use check::{FrameCheck, TapWrites, Written};
 
 use crate::api::respond;
 use crate::cli::{self, Parsed};
-use crate::config::{Config, Network};
 use crate::engine::{DhcpServer, Engine, EngineConfig};
 use crate::host::SimHost;
+use crate::slirp4netns::Network;
 
 /// What a fuzz target runs on one input; it panics on a broken invariant.
 pub type Harness = fn(&[u8]);
@@ -50,7 +50,7 @@ const MAX_ARGS: usize = 32;
 /// Each line of the input is one API request (with the client's EOF),
 /// against one engine: every reply is JSON of a documented shape.
 pub fn api(input: &[u8]) {
-    let cfg = EngineConfig::new(crate::config::default_plan(true), 1500);
+    let cfg = EngineConfig::new(crate::slirp4netns::default_plan(true), 1500);
     let mut engine = Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1));
     for request in input.split(|&b| b == b'\n').take(MAX_REQUESTS) {
         let Some(reply) = respond(request, true, &mut engine) else {
@@ -108,7 +108,7 @@ fn reply_shape(reply: &str, forwards: usize) -> Result<(), String> {
 /// and a client keeps its address while no two clients share one.
 pub fn dhcp(input: &[u8]) {
     let net = Network::default();
-    let mut server = DhcpServer::new(crate::config::default_plan(false).v4);
+    let mut server = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
     let mut leases: HashMap<EthernetAddress, Ipv4Addr> = HashMap::new();
     let mut u = Unstructured::new(input);
     while !u.is_empty() {
@@ -175,7 +175,7 @@ pub fn cli(input: &[u8]) {
             .map(|a| OsString::from_vec(a.to_vec())),
     );
     match cli::parse(argv) {
-        Parsed::Run(args) => match Config::from_args(&args) {
+        Parsed::Run(args) => match crate::slirp4netns::config(&args) {
             Ok(cfg) => assert!(
                 (1..=crate::config::MAX_MTU).contains(&cfg.mtu),
                 "MTU {} accepted",

@@ -12,7 +12,7 @@ use smoltcp::wire::{
     EthernetAddress, Icmpv4Packet, Icmpv6Packet, IpAddress, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
-use crate::config::{Network, Network6};
+use crate::slirp4netns::{Network, Network6};
 
 /// Fragments in one train at most: pieces grow to keep under it.
 pub const MAX_PIECES: usize = 256;

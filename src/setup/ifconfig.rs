@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use thiserror::Error;
 
 use super::tap::ifreq_for;
-use crate::config::Network;
+use crate::engine::Link4;
 
 #[derive(Debug, Error)]
 pub enum IfconfigError {
@@ -31,7 +31,7 @@ pub struct IfConfig<'a> {
     pub name: &'a str,
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,
-    pub net: &'a Network,
+    pub link: &'a Link4,
 }
 
 pub fn configure(cfg: &IfConfig<'_>) -> Result<(), IfconfigError> {
@@ -54,15 +54,15 @@ pub fn configure(cfg: &IfConfig<'_>) -> Result<(), IfconfigError> {
         cfg.name,
         libc::SIOCSIFADDR,
         "set the address",
-        cfg.net.guest,
+        cfg.link.guest,
     )?;
     ctl.set_addr(
         cfg.name,
         libc::SIOCSIFNETMASK,
         "set the netmask",
-        cfg.net.netmask,
+        cfg.link.netmask(),
     )?;
-    ctl.add_default_route(cfg.name, cfg.net.gateway)
+    ctl.add_default_route(cfg.name, cfg.link.gateway)
 }
 
 struct Ctl<'a> {

@@ -332,7 +332,7 @@ fn child(cfg: &Config, netns: &Path, sock: &OwnedFd) -> Result<(), SetupError> {
             name,
             mtu: cfg.mtu,
             mac: cfg.mac,
-            net: &cfg.net,
+            link: &cfg.plan.v4,
         })?;
     }
     send_fd(sock, tap.as_raw_fd()).map_err(SetupError::PassFd)?;
