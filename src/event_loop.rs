@@ -26,7 +26,8 @@ use crate::api::ApiServer;
 use crate::busy_poll::{BusyPoll, Moved};
 use crate::engine::{Engine, EngineConfig, FrameSink, Readiness, send_cut};
 use crate::host::{NetHost, Outbound};
-use crate::setup::{self, Offload, Pages};
+use crate::pages::Pages;
+use crate::setup::{self, Offload};
 use crate::tokens::{self, EXIT_FD, SIGNALS, TAP};
 use crate::vnet;
 

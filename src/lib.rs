@@ -1,25 +1,33 @@
 //! netferry: rootless user-mode networking for network namespaces.
 //!
-//! A drop-in replacement for slirp4netns. It joins a container's network
+//! A drop-in replacement for slirp4netns (a pasta front end is being
+//! built: [`pasta`]). It joins a container's network
 //! namespace, opens a tap there, and runs a userspace TCP/IP stack
 //! (smoltcp) on it, so the container reaches the world through ordinary
 //! sockets of the unprivileged user who runs netferry.
 //!
-//! The layers, top to bottom:
+//! The layers, top to bottom; each imports only from those below it
+//! (`tests/layering.rs` holds that):
 //!
-//! - [`cli`] and [`config`]: the slirp4netns command line, validated into a
-//!   [`config::Config`] with every address derived from the CIDR;
-//! - [`setup`]: namespace join, tap, `-c`, fd passing; all `unsafe` is here;
-//! - [`event_loop`]: one thread, `mio`, tap and control fds, timers;
-//!   [`busy_poll`]: how it waits: spinning between requests and
-//!   responses, pausing for batches while datagrams stream;
-//! - [`engine`]: frames in, frames out; the virtual hosts (gateway, DNS,
-//!   DHCP) and smoltcp. No I/O and no clock of its own, so tests drive it
-//!   with literal frames;
+//! - front ends, one per command line: [`cli`] and [`slirp4netns`] (the
+//!   slirp4netns flags), [`pasta`] (pasta's), [`run`] (`netferry run`).
+//!   Each validates its flags into one [`config::Config`]; none of them
+//!   leaks below;
+//! - [`config`]: what every front end produces, including the address
+//!   plan ([`engine::AddressPlan`]): every address the guest sees and
+//!   where it leads on the host;
+//! - [`setup`]: namespace join, tap, interface configuration, fd passing,
+//!   the sandbox; nearly all `unsafe` is here;
+//! - [`event_loop`] (with [`api`], the JSON control socket, and
+//!   [`busy_poll`], how it waits): one thread, `mio`, tap and control
+//!   fds, timers;
+//! - [`engine`]: frames in, frames out, against the address plan; the
+//!   virtual hosts (gateway, DNS, DHCP) and smoltcp. No I/O and no clock
+//!   of its own, so tests drive it with literal frames;
 //! - [`host`]: what the engine asks of the host, behind a trait: real
 //!   sockets ([`host::NetHost`]) or a simulation ([`host::SimHost`]);
-//! - [`api`]: the JSON control socket;
-//! - [`vnet`]: the virtio-net header of a tap with segmentation offload.
+//!   [`vnet`]: the virtio-net header of a tap with segmentation offload;
+//!   [`pages`]: buffers mapped so that unused pages cost nothing.
 //!
 //! `fuzzing` holds the fuzz targets' harnesses (see `fuzz/`); it is no
 //! part of the API.
@@ -33,6 +41,7 @@ pub mod event_loop;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod pages;
 pub mod pasta;
 pub mod resolv;
 pub mod run;

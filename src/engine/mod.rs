@@ -53,7 +53,7 @@ pub use port::{ETHERNET_HEADER_LEN, FrameSink, send_cut};
 pub use crate::host::{FlowId, Host, Proto, Readiness};
 
 use crate::host::DgramBatch;
-use crate::setup::Pages;
+use crate::pages::Pages;
 use crate::vnet::TooManySegments;
 use flows::FlowTable;
 use port::Port;

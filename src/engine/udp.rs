@@ -29,7 +29,7 @@ use smoltcp::wire::{
 use super::flows::{DgramFlow, Flow, FlowKey, Kind, UDP_FLOW_LIMIT};
 use super::{Engine, FrameSink, HOP_LIMIT, Packet, Route, Unreachable};
 use crate::host::{self, DGRAM_SLOTS, FlowId, Host, INTERRUPT_RETRIES, SEND_SLOTS, Step};
-use crate::setup::Pages;
+use crate::pages::Pages;
 
 /// Datagrams read from one host socket per poll before the others (and
 /// the tap) get their turn.

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::time::Instant;
 
-use crate::setup::Pages;
+use crate::pages::Pages;
 
 pub use net::{NetHost, Outbound, OutboundError, resolve_outbound_v4, resolve_outbound_v6};
 pub use sim::SimHost;

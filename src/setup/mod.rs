@@ -2,16 +2,15 @@
 //! namespaces, opening the tap, `-c`, and handing the tap fd back; then,
 //! last of all, locking netferry down (`sandbox`, `seccomp`).
 //!
-//! All of netferry's `unsafe` lives in this module. Joining a user
+//! All of netferry's `unsafe` lives in this module, but for the mapping
+//! of buffers in `crate::pages`, which the engine uses. Joining a user
 //! namespace needs a single-threaded process and cannot be undone, and the
 //! host sockets must stay in the caller's network namespace, so the join
 //! happens in a forked child that sends the tap fd back over a socketpair
-//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started,
-//! but for indexing into the buffers that `pages` maps.
+//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started.
 
 mod ifconfig;
 pub mod netlink;
-mod pages;
 pub mod sandbox;
 pub mod seccomp;
 mod tap;
@@ -33,7 +32,6 @@ use nix::unistd::{ForkResult, fork};
 use thiserror::Error;
 
 pub use ifconfig::{IfConfig, IfconfigError, configure};
-pub use pages::Pages;
 pub use tap::{Offload, TapError, offload_of, open_tap};
 pub use userns::{Namespaced, spawn_namespaced};
 

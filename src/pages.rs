@@ -9,6 +9,10 @@
 //! Anonymous mappings are zero already and the kernel provides a page on
 //! its first touch. Nothing here does I/O; a failed mapping is treated as
 //! the allocation failure it is.
+//!
+//! It sits below the engine, which maps its buffers here: beside
+//! `crate::setup`, the one other place with `unsafe`, each block with a
+//! `// SAFETY:` line.
 
 use std::alloc::{Layout, handle_alloc_error};
 use std::ops::{Deref, DerefMut};
