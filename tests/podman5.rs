@@ -60,14 +60,14 @@ struct Podman5 {
 }
 
 impl Podman5 {
-    /// None (after saying so loudly) only when .ci/run could not reach
-    /// the Debian archive to build the tree.
+    /// None only when .ci/run could not reach the Debian archive to
+    /// build the tree (a failure under CI: [`common::skip_or_fail`]).
     fn new() -> Option<Self> {
         if !Path::new(ROOTFS_STAMP).exists() {
             if Path::new(ROOTFS_UNREACHABLE).exists() {
-                eprintln!(
-                    "\n!!! SKIPPED: no trixie root filesystem for podman 5: .ci/run could not \
-                     reach the Debian archive !!!\n"
+                common::skip_or_fail(
+                    "no trixie root filesystem for podman 5: .ci/run could not reach the \
+                     Debian archive",
                 );
                 return None;
             }

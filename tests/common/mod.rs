@@ -9,6 +9,9 @@
 
 pub mod podman;
 pub mod rootless;
+pub mod skip;
+
+pub use skip::skip_or_fail;
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -753,8 +756,8 @@ pub struct Rootlesskit {
 /// rootlesskit 1.1 is on PATH.
 pub const ROOTLESSKIT2: &str = "/var/cache/netferry-ci/rootlesskit2/usr/bin/rootlesskit";
 
-/// rootlesskit 2's binary, or `None` (after saying so loudly) where .ci/run
-/// could not reach the Debian archive to fetch it.
+/// rootlesskit 2's binary, or `None` where .ci/run could not reach the
+/// Debian archive to fetch it (a failure under CI: [`skip_or_fail`]).
 pub fn rootlesskit2() -> Option<&'static str> {
     if Path::new(ROOTLESSKIT2).exists() {
         return Some(ROOTLESSKIT2);
@@ -764,7 +767,7 @@ pub fn rootlesskit2() -> Option<&'static str> {
         unreachable.exists(),
         "{ROOTLESSKIT2} is missing: bash .ci/run fetches it"
     );
-    eprintln!("!!! SKIPPED: no rootlesskit 2 (the Debian archive was out of reach for .ci/run)");
+    skip_or_fail("no rootlesskit 2 (the Debian archive was out of reach for .ci/run)");
     None
 }
 
