@@ -5,6 +5,7 @@
 //! reads only this. Where the guest's addresses lead is its
 //! [`AddressPlan`]; nothing here knows a flag's spelling.
 
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub struct Config {
     /// The user namespace to join before the network namespace.
     pub userns_path: Option<PathBuf>,
     pub configure: bool,
+    /// pasta's `--config-net`: the host's addresses and routes to give
+    /// the tap, through netlink, in place of slirp4netns's `-c`.
+    pub copy: Option<InterfaceCopy>,
     pub exit_fd: Option<RawFd>,
     pub ready_fd: Option<RawFd>,
     pub mtu: u32,
@@ -80,6 +84,33 @@ pub struct Config {
     pub debug: bool,
     /// Non-fatal remarks for the user (deprecated flags, extra arguments).
     pub warnings: Vec<String>,
+}
+
+/// What pasta's `--config-net` sets on the tap: its MTU (`None`: left
+/// as it is), the addresses and the routes, as copied from the host's
+/// template interface or given with `-a`, `-n`, `-g`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceCopy {
+    pub mtu: Option<u32>,
+    pub addrs: Vec<CopiedAddr>,
+    pub routes: Vec<CopiedRoute>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopiedAddr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+    /// The host's address came without its prefix route.
+    pub no_prefix_route: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopiedRoute {
+    pub dst: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+    pub metric: Option<u32>,
+    pub onlink: bool,
 }
 
 impl Config {

@@ -28,7 +28,7 @@ use crate::engine::{Engine, EngineConfig, FrameSink, Readiness, send_cut};
 use crate::host::{NetHost, Outbound};
 use crate::pages::Pages;
 use crate::setup::{self, Offload};
-use crate::tokens::{self, EXIT_FD, SIGNALS, TAP};
+use crate::tokens::{self, EXIT_FD, NETNS_WATCH, SIGNALS, TAP};
 use crate::vnet;
 
 /// Large enough for any frame a tap can hold (MTU 65521, or a 64 KiB
@@ -53,6 +53,8 @@ pub enum Exit {
     ExitFd,
     Signal(Signal),
     TapGone,
+    /// The namespace file was deleted (pasta's way to end).
+    NetnsGone,
     /// The command of `netferry run` ended with this status.
     Child(WaitStatus),
 }
@@ -130,6 +132,8 @@ pub struct EventLoop {
     api: Option<ApiServer>,
     /// `netferry run`'s command: signals go to it, and its end is ours.
     child: Option<Pid>,
+    /// pasta mode: the namespace file, whose deletion ends netferry.
+    netns: Option<setup::NetnsWatch>,
     start: StdInstant,
     /// Mapped, not allocated: an idle instance touches one page of it.
     rx: Pages,
@@ -195,6 +199,7 @@ impl EventLoop {
             exit_fd: None,
             api,
             child: None,
+            netns: None,
             start: StdInstant::now(),
             rx: Pages::zeroed(RX_BUFFER_LEN),
             busy_poll: BusyPoll::new(busy_poll),
@@ -221,6 +226,20 @@ impl EventLoop {
     /// to it.
     pub fn watch_child(&mut self, child: Pid) {
         self.child = Some(child);
+    }
+
+    /// Serve until the namespace file `watch` follows is deleted.
+    pub fn watch_netns(&mut self, watch: setup::NetnsWatch) -> Result<(), LoopError> {
+        self.poll
+            .registry()
+            .register(
+                &mut SourceFd(&watch.raw_fd()),
+                NETNS_WATCH,
+                Interest::READABLE,
+            )
+            .map_err(LoopError::Poll)?;
+        self.netns = Some(watch);
+        Ok(())
     }
 
     /// Whether the child has ended, reaped.
@@ -286,6 +305,12 @@ impl EventLoop {
                     EXIT_FD => {
                         log::info!("exit fd hung up; exiting");
                         return Ok(Exit::ExitFd);
+                    }
+                    NETNS_WATCH => {
+                        if self.netns.as_ref().is_some_and(|w| w.gone()) {
+                            log::info!("the namespace is gone; exiting");
+                            return Ok(Exit::NetnsGone);
+                        }
                     }
                     SIGNALS => {
                         while let Ok(Some(info)) = self.signals.read_signal() {

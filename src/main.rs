@@ -38,6 +38,19 @@ compile_error!("netferry must be built with panic = \"unwind\" (see Cargo.toml)"
 
 fn main() -> ExitCode {
     throttle_panic_messages();
+    // pasta's command line, when called by that name (a `pasta` link, as
+    // podman and rootlesskit find it) or as `netferry pasta ARGS...`.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv0 = argv
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if Path::new(&argv0).file_name().is_some_and(|n| n == "pasta") {
+        return netferry::pasta::daemon::main(&argv0, &argv[1..]);
+    }
+    if argv.get(1).is_some_and(|a| a == "pasta") {
+        return netferry::pasta::daemon::main("pasta", &argv[2..]);
+    }
     let args = match cli::parse(std::env::args_os()) {
         Parsed::Print(text) => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());

@@ -447,6 +447,7 @@ impl Config {
             tap_name,
             userns_path,
             configure: args.configure,
+            copy: None,
             exit_fd,
             ready_fd,
             mtu,

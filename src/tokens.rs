@@ -10,6 +10,7 @@ pub const TAP: Token = Token(0);
 pub const EXIT_FD: Token = Token(1);
 pub const SIGNALS: Token = Token(2);
 pub const API_LISTENER: Token = Token(3);
+pub const NETNS_WATCH: Token = Token(4);
 /// Flow `id` is watched under `Token(FLOW_BASE + id)`.
 pub const FLOW_BASE: usize = 16;
 /// Flow tokens stay below this; API connections use the tokens above.

@@ -153,6 +153,13 @@ pub(crate) enum Unreachable {
     Port,
 }
 
+/// Who answers an ARP message from the guest.
+enum ArpAnswer {
+    Smoltcp,
+    Ours(ArpRepr),
+    None,
+}
+
 /// Where a guest's packet to some address goes on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -515,35 +522,89 @@ impl<H: Host> Engine<H> {
             return;
         };
         match eth.ethertype() {
-            EthernetProtocol::Arp => {
-                if self.arp_is_ours(eth.payload()) {
-                    self.feed_smoltcp(now, frame, sink);
-                }
-            }
+            EthernetProtocol::Arp => match self.arp_answer(eth.payload()) {
+                ArpAnswer::Smoltcp => self.feed_smoltcp(now, frame, sink),
+                ArpAnswer::Ours(request) => self.answer_arp(&request, sink),
+                ArpAnswer::None => {}
+            },
             EthernetProtocol::Ipv4 => self.process_ipv4(now, frame, sink),
             EthernetProtocol::Ipv6 => self.process_ipv6(now, frame, sink),
             other => log::trace!("dropping an ethertype {other} frame"),
         }
     }
 
-    /// Requests for a virtual address and replies to smoltcp's own requests
-    /// go to smoltcp; with any-IP on it would claim every address otherwise.
-    fn arp_is_ours(&self, payload: &[u8]) -> bool {
+    /// Who answers an ARP message: smoltcp its own addresses' requests
+    /// (the gateway's and the mapped ones; with any-IP on it would claim
+    /// every address otherwise) and the replies to its own requests; the
+    /// engine, where the guest's subnets are open (pasta's model, the
+    /// host's own subnets), every other request but for the guest's own
+    /// address, since the guest reaches its neighbours through netferry.
+    fn arp_answer(&self, payload: &[u8]) -> ArpAnswer {
         let Ok(repr) = ArpPacket::new_checked(payload).and_then(|p| ArpRepr::parse(&p)) else {
-            return false;
+            return ArpAnswer::None;
         };
         match repr {
             ArpRepr::EthernetIpv4 {
                 operation: ArpOperation::Request,
-                target_protocol_addr,
+                target_protocol_addr: target,
+                source_protocol_addr: source,
                 ..
-            } => self.is_virtual(target_protocol_addr.into()),
+            } => {
+                if self.is_virtual(target.into()) || target == self.plan.v4.gateway {
+                    ArpAnswer::Smoltcp
+                } else if !self.plan.closed_subnets
+                    && target != self.plan.v4.guest
+                    && target != source
+                    && self.plan.v4.contains(target)
+                {
+                    ArpAnswer::Ours(repr)
+                } else {
+                    ArpAnswer::None
+                }
+            }
             ArpRepr::EthernetIpv4 {
                 operation: ArpOperation::Reply,
                 ..
-            } => true,
-            _ => false,
+            } => ArpAnswer::Smoltcp,
+            _ => ArpAnswer::None,
         }
+    }
+
+    /// Reply to the guest's ARP request for a neighbour with our MAC.
+    fn answer_arp<S: FrameSink>(&mut self, request: &ArpRepr, sink: &mut S) {
+        let ArpRepr::EthernetIpv4 {
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } = *request
+        else {
+            return;
+        };
+        if !source_hardware_addr.is_unicast() {
+            return;
+        }
+        let reply = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: self.mac,
+            source_protocol_addr: target_protocol_addr,
+            target_hardware_addr: source_hardware_addr,
+            target_protocol_addr: source_protocol_addr,
+        };
+        let eth = EthernetRepr {
+            src_addr: self.mac,
+            dst_addr: source_hardware_addr,
+            ethertype: EthernetProtocol::Arp,
+        };
+        let len = eth.buffer_len() + reply.buffer_len();
+        if self.tx.len() < len {
+            self.tx.resize(len, 0);
+        }
+        let buf = &mut self.tx[..len];
+        let mut frame = EthernetFrame::new_unchecked(&mut *buf);
+        eth.emit(&mut frame);
+        reply.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        sink.send_frame(buf);
     }
 
     fn process_ipv4<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {

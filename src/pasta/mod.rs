@@ -5,11 +5,11 @@
 //! use it in pasta's place. This module turns that command line into typed
 //! [`cli::PastaArgs`] with pasta's option syntax and its exact error texts
 //! (callers parse them): [`cli`] the options, [`ports`] the `-t`/`-u`/
-//! `-T`/`-U` specs. It does nothing else: no namespace, no socket, no
-//! output; the daemon is built on what it returns.
+//! `-T`/`-U` specs; [`daemon`] serves it.
 
 mod args;
 pub mod cli;
+pub mod daemon;
 mod getopt;
 mod options;
 pub mod ports;

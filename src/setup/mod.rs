@@ -13,11 +13,13 @@ mod ifconfig;
 pub mod netlink;
 pub mod sandbox;
 pub mod seccomp;
+mod watch;
+pub use watch::NetnsWatch;
 mod tap;
 mod userns;
 
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -35,7 +37,7 @@ pub use ifconfig::{IfConfig, IfconfigError, configure};
 pub use tap::{Offload, TapError, offload_of, open_tap};
 pub use userns::{Namespaced, spawn_namespaced};
 
-use crate::config::{Config, Target};
+use crate::config::{Config, InterfaceCopy, Target};
 
 #[derive(Debug, Error)]
 pub enum SetupError {
@@ -47,6 +49,8 @@ pub enum SetupError {
     Tap(#[from] TapError),
     #[error("-c failed: {0}")]
     Configure(#[from] IfconfigError),
+    #[error("--config-net failed: {0}")]
+    CopyNet(#[from] netlink::NetlinkError),
     #[error("cannot create the socketpair for passing the tap fd: {0}")]
     SocketPair(nix::Error),
     #[error("cannot fork the namespace-joining child: {0}")]
@@ -333,8 +337,153 @@ fn child(cfg: &Config, netns: &Path, sock: &OwnedFd) -> Result<(), SetupError> {
             link: &cfg.plan.v4,
         })?;
     }
+    if let Some(copy) = &cfg.copy {
+        copy_onto(name, copy)?;
+    }
     send_fd(sock, tap.as_raw_fd()).map_err(SetupError::PassFd)?;
     log::info!("sent tapfd={} for {name}", tap.as_raw_fd());
+    Ok(())
+}
+
+/// Which side of [`daemonize`] this is.
+pub enum Daemon {
+    /// The caller's process: the daemon's pid, and its word on setup
+    /// (`Err` with what failed).
+    Parent {
+        child: i32,
+        ready: Result<(), String>,
+    },
+    /// The daemon: in a session of its own; it tells the parent through
+    /// this when it is ready.
+    Child(Readiness),
+}
+
+/// The daemon's end of the pipe its parent waits on.
+pub struct Readiness(OwnedFd);
+
+impl Readiness {
+    /// Everything is in place: tell the parent, and let go of the
+    /// caller's stdin, stdout and stderr (/dev/null from now on), so a
+    /// caller waiting for EOF on them sees it.
+    pub fn done(self) {
+        let _ = nix::unistd::write(&self.0, b"1");
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            for fd in 0..=2 {
+                // SAFETY: dup2 onto the standard fds, which this process
+                // owns; `null` stays open until after the call.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+    }
+
+    /// Setup failed: the parent prints `message` and exits 1.
+    pub fn failed(self, message: &str) {
+        let _ = nix::unistd::write(&self.0, message.as_bytes());
+    }
+}
+
+/// Become a daemon as pasta does: fork; the child, in a new session, sets
+/// everything up and reports through [`Readiness`]; the parent waits for
+/// that word (EOF without one counts as a failure).
+pub fn daemonize() -> Result<Daemon, SetupError> {
+    ensure_single_threaded()?;
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SetupError::Fork)?;
+    // SAFETY: the process has one thread (checked above), so the child is
+    // a full copy that may go on running ordinary code.
+    match unsafe { fork() }.map_err(SetupError::Fork)? {
+        ForkResult::Parent { child } => {
+            drop(write);
+            let mut word = Vec::new();
+            let _ = File::from(read).read_to_end(&mut word);
+            let ready = match word.as_slice() {
+                b"1" => Ok(()),
+                b"" => Err("the daemon ended before it was ready".to_string()),
+                message => Err(String::from_utf8_lossy(message).into_owned()),
+            };
+            Ok(Daemon::Parent {
+                child: child.as_raw(),
+                ready,
+            })
+        }
+        ForkResult::Child => {
+            drop(read);
+            let _ = nix::unistd::setsid();
+            Ok(Daemon::Child(Readiness(write)))
+        }
+    }
+}
+
+/// End this process at once with `code`, running no destructors: the
+/// parent of [`daemonize`] must not close or remove what the daemon now
+/// owns.
+pub fn leave_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit ends the process without unwinding or running atexit
+    // handlers; nothing it skips is needed (the daemon owns the rest).
+    unsafe { libc::_exit(code) }
+}
+
+/// pasta's `--config-net`, in the namespace: `lo` up; the tap's MTU, its
+/// IPv6 link-local address made without duplicate address detection
+/// (NOARP while it appears), up; then the addresses and the routes.
+fn copy_onto(name: &str, copy: &InterfaceCopy) -> Result<(), SetupError> {
+    use netlink::{Addr, LinkChange, Route};
+    let lo = netlink::link_index("lo")?;
+    netlink::set_link(
+        lo,
+        &LinkChange {
+            up: Some(true),
+            ..Default::default()
+        },
+    )?;
+    let tap = netlink::link_index(name)?;
+    let mtu = copy.mtu;
+    netlink::set_link(
+        tap,
+        &LinkChange {
+            up: Some(true),
+            noarp: Some(true),
+            mtu,
+        },
+    )?;
+    for a in &copy.addrs {
+        let addr = Addr {
+            addr: a.addr,
+            prefix_len: a.prefix_len,
+            no_prefix_route: a.no_prefix_route,
+        };
+        netlink::add_addr(tap, &addr)?;
+    }
+    let routes: Vec<Route> = copy
+        .routes
+        .iter()
+        .map(|r| Route {
+            dst: r.dst,
+            prefix_len: r.prefix_len,
+            gateway: r.gateway,
+            metric: r.metric,
+            onlink: r.onlink,
+        })
+        .collect();
+    for skipped in netlink::add_routes(tap, &routes)? {
+        log::debug!(
+            "route {}/{} not copied: its gateway is not reachable",
+            skipped.dst,
+            skipped.prefix_len
+        );
+    }
+    netlink::set_link(
+        tap,
+        &LinkChange {
+            noarp: Some(false),
+            ..Default::default()
+        },
+    )?;
     Ok(())
 }
 

@@ -1,0 +1,323 @@
+//! netferry as `pasta`, run with the command lines its callers pass, in a
+//! host namespace the test makes (198.51.100.1/24 with a default route
+//! through the "remote" namespace at 198.51.100.2, dnsmasq on its
+//! loopback as the resolver): the host's address copied into the
+//! container, DNS through the forward address, the host through
+//! `--map-guest-addr`, published ports with the client's address kept,
+//! and the end when the namespace file goes.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{HOST_ADDR, KillOnDrop, REMOTE_ADDR, TempDir, TestNet, dns_server, wait_until};
+
+/// podman 5.3 to 6.0's argv for `podman run -p 8080:80 -p 127.0.0.1:8081:80`
+/// (`createPastaArgs`), with the netns path in the place podman puts it.
+fn podman_argv(netns: &Path) -> Vec<String> {
+    [
+        "--config-net",
+        "-t",
+        "8080-8080:80-80",
+        "-t",
+        "127.0.0.1/8081-8081:80-80",
+        "--dns-forward",
+        "169.254.1.1",
+        "-u",
+        "none",
+        "-T",
+        "none",
+        "-U",
+        "none",
+        "--no-map-gw",
+        "--quiet",
+        "--netns",
+        &netns.display().to_string(),
+        "--map-guest-addr",
+        "169.254.1.2",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A container's network namespace bound at a file, as podman keeps it
+/// under `$XDG_RUNTIME_DIR/netns/`.
+struct NetnsFile(PathBuf);
+
+impl NetnsFile {
+    fn new(dir: &TempDir, name: &str) -> Self {
+        let path = dir.path(name);
+        std::fs::write(&path, b"").unwrap();
+        let st = Command::new("unshare")
+            .arg(format!("--net={}", path.display()))
+            .arg("true")
+            .status()
+            .unwrap();
+        assert!(st.success(), "unshare --net={}", path.display());
+        NetnsFile(path)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.0.display())).args(args);
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What podman does when the container goes: unmount and delete.
+    fn remove(&self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Drop for NetnsFile {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// netferry under the name `pasta`, as podman finds it in
+/// `helper_binaries_dir`.
+fn pasta_link(dir: &TempDir) -> PathBuf {
+    let link = dir.path("pasta");
+    let _ = std::fs::remove_file(&link);
+    symlink(common::netferry_bin(), &link).unwrap();
+    link
+}
+
+/// Run `pasta ARGS` in the host namespace as podman does: wait for it to
+/// exit and for its stdout and stderr to reach EOF (the daemon must let go
+/// of them), within a bound.
+fn start_pasta(net: &TestNet, pasta: &Path, args: &[String]) -> Output {
+    let mut cmd = net.host_cmd(&[]);
+    cmd.arg(pasta).args(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("pasta's parent did not exit, or the daemon kept its pipes")
+        .unwrap()
+}
+
+/// The pids of the serving processes named `pasta` in the host namespace.
+fn serving(net: &TestNet) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", &net.host])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.ends_with("netferry"))
+        })
+        .map(String::from)
+        .collect()
+}
+
+fn host_net() -> TestNet {
+    let net = TestNet::new();
+    net.host_ok(&["ip", "route", "add", "default", "via", REMOTE_ADDR]);
+    net
+}
+
+#[test]
+fn podmans_argv_gives_the_container_the_hosts_address_dns_the_host_and_ports() {
+    let net = host_net();
+    let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
+    let dir = TempDir::new("pasta");
+    let pasta = pasta_link(&dir);
+    let netns = NetnsFile::new(&dir, "netns-c1");
+    let out = start_pasta(&net, &pasta, &podman_argv(&netns.0));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(serving(&net).len(), 1, "one daemon serves the namespace");
+
+    // The host's address, prefix, routes and an MTU of 65520, on an
+    // interface named after the host's.
+    let addrs: serde_json::Value =
+        serde_json::from_str(&netns.ok(&["ip", "-j", "-4", "addr", "show"])).unwrap();
+    let tap = addrs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifname"] == net.host_veth.as_str())
+        .unwrap_or_else(|| panic!("no {} in the container: {addrs}", net.host_veth));
+    assert_eq!(tap["mtu"], 65520);
+    assert_eq!(tap["addr_info"][0]["local"], HOST_ADDR);
+    assert_eq!(tap["addr_info"][0]["prefixlen"], 24);
+    let routes = netns.ok(&["ip", "-4", "route"]);
+    assert!(
+        routes.contains(&format!("default via {REMOTE_ADDR}")),
+        "{routes}"
+    );
+    assert!(
+        netns
+            .ok(&["ip", "-br", "link", "show", "lo"])
+            .contains("UNKNOWN")
+    );
+
+    // DNS through the forward address, answered by the host's resolver.
+    let answer = netns.ok(&[
+        "dig",
+        "+short",
+        "+tries=1",
+        "+time=2",
+        "@169.254.1.1",
+        "probe.netferry.test",
+    ]);
+    assert_eq!(answer.trim(), "192.0.2.77");
+
+    // host.containers.internal (169.254.1.2) reaches a server on the
+    // host's own address.
+    let _host_server = KillOnDrop(
+        net.host_cmd(&["ncat", "-l", "-k", "9000", "--sh-exec", "echo host here"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        netns
+            .cmd(&["ncat", "--recv-only", "-w", "2", "169.254.1.2", "9000"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("host here"))
+    }));
+
+    // Published ports: the service inside sees a remote client's own
+    // address; 8081 listens on the host's loopback only.
+    let _service = KillOnDrop(
+        netns
+            .cmd(&[
+                "ncat",
+                "-l",
+                "-k",
+                "80",
+                "--sh-exec",
+                "echo client $NCAT_REMOTE_ADDR",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let ask = |cmd: &mut Command| {
+        let o = cmd.output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let remote = |port: &str| {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &net.remote,
+            "ncat",
+            "--recv-only",
+            "-w",
+            "2",
+        ])
+        .args([HOST_ADDR, port]);
+        c
+    };
+    assert!(wait_until(Duration::from_secs(5), || ask(&mut remote(
+        "8080"
+    )) == format!(
+        "client {REMOTE_ADDR}"
+    )));
+    assert!(
+        ask(&mut net.host_cmd(&["ncat", "--recv-only", "-w", "2", "127.0.0.1", "8081"]))
+            .starts_with("client "),
+        "127.0.0.1:8081 from the host"
+    );
+    assert_eq!(
+        ask(&mut remote("8081")),
+        "",
+        "8081 is the host's loopback only"
+    );
+
+    // podman rm: the namespace file goes, so does netferry, and the next
+    // container gets the same ports at once.
+    netns.remove();
+    assert!(
+        wait_until(Duration::from_secs(3), || serving(&net).is_empty()),
+        "netferry outlived its namespace"
+    );
+    let again = NetnsFile::new(&dir, "netns-c2");
+    let out = start_pasta(&net, &pasta, &podman_argv(&again.0));
+    assert!(out.status.success(), "rerun on the same ports: {out:?}");
+    again.remove();
+}
+
+#[test]
+fn the_rootless_network_argv_writes_the_daemons_pid() {
+    let net = host_net();
+    let dir = TempDir::new("pasta-pid");
+    let pasta = pasta_link(&dir);
+    let netns = NetnsFile::new(&dir, "rootless-netns");
+    let pid_file = dir.path("rootless-netns-conn.pid");
+    let mut argv = vec![
+        "--config-net".to_string(),
+        "--pid".into(),
+        pid_file.display().to_string(),
+    ];
+    argv.extend(podman_argv(&netns.0).into_iter().skip(5));
+    let out = start_pasta(&net, &pasta, &argv);
+    assert!(out.status.success(), "{out:?}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(
+        serving(&net),
+        vec![pid.trim().to_string()],
+        "the pid file names the daemon"
+    );
+    // podman ends it with SIGTERM.
+    let started = Instant::now();
+    Command::new("kill").arg(pid.trim()).status().unwrap();
+    assert!(wait_until(Duration::from_secs(3), || serving(&net).is_empty()));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn callers_probes_and_refusals_answer_as_pasta_does() {
+    let dir = TempDir::new("pasta-cli");
+    let pasta = pasta_link(&dir);
+    let run = |args: &[&str]| Command::new(&pasta).args(args).output().unwrap();
+    // rootlesskit's probes.
+    for probe in [&["--version"][..], &["--host-lo-to-ns-lo", "--version"]] {
+        let o = run(probe);
+        assert!(o.status.success(), "{probe:?}");
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("pasta "));
+    }
+    // podman retries without --map-guest-addr on this text (older pasta).
+    let o = run(&["--map-guest-addr-x", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "{}: unrecognized option '--map-guest-addr-x'",
+            pasta.display()
+        )),
+        "{err}"
+    );
+    // `netferry pasta` is the same front end.
+    let o = Command::new(common::netferry_bin())
+        .args(["pasta", "--version"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("pasta "));
+    // A target that does not exist: exit 1 with a message naming it.
+    let o = run(&["--config-net", "--netns", "/nonexistent/netns-x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/nonexistent/netns-x"),
+        "{o:?}"
+    );
+}
