@@ -13,7 +13,7 @@
 # name, so an old tree is rebuilt. The mirror is the one this machine's
 # apt already uses. debootstrap on Debian 12 has no forky script: forky
 # is built with sid's, which is the same. Exit 2 when the archive cannot
-# be reached.
+# be reached. Run by .ci/run.
 set -euo pipefail
 root=${1:?usage: forky-rootfs.sh DIR}
 stamp=$root/.complete-v1

@@ -5,6 +5,11 @@
 //! container, DNS through the forward address, the host through
 //! `--map-guest-addr`, published ports with the client's address kept,
 //! and the end when the namespace file goes.
+//!
+//! Each end-to-end case runs twice: with netferry as `pasta`, and with
+//! the real pasta (Debian forky's, from the tree `.ci/forky-rootfs.sh`
+//! builds, run with that tree's own libraries), which shows the test
+//! checks what pasta's callers get.
 
 mod common;
 
@@ -43,26 +48,99 @@ fn podman_argv(netns: &Path) -> Vec<String> {
     .to_vec()
 }
 
-/// A container's network namespace bound at a file, as podman keeps it
-/// under `$XDG_RUNTIME_DIR/netns/`.
-struct NetnsFile(PathBuf);
+/// A rootless caller, as podman is: a user namespace of the unprivileged
+/// user nobody (root inside, mapped to nobody) with a mount namespace of
+/// its own, held open by a process in the test's host namespace. pasta
+/// and the container's namespace files live inside it, as they do under
+/// podman, where the real pasta (which drops to nobody when started as
+/// root in the init namespace) runs as it does for its users.
+struct Caller {
+    holder: KillOnDrop,
+    /// A directory the caller may write to.
+    dir: PathBuf,
+}
 
-impl NetnsFile {
-    fn new(dir: &TempDir, name: &str) -> Self {
-        let path = dir.path(name);
-        std::fs::write(&path, b"").unwrap();
-        let st = Command::new("unshare")
-            .arg(format!("--net={}", path.display()))
-            .arg("true")
+impl Caller {
+    fn new(net: &TestNet, dir: &TempDir, tag: &str) -> Self {
+        let own = dir.path(&format!("caller-{tag}"));
+        std::fs::create_dir_all(&own).unwrap();
+        Command::new("chown")
+            .arg("65534:65534")
+            .arg(&own)
             .status()
             .unwrap();
-        assert!(st.success(), "unshare --net={}", path.display());
-        NetnsFile(path)
+        let holder = net
+            .host_cmd(&[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--",
+                "sleep",
+                "infinity",
+            ])
+            .spawn()
+            .unwrap();
+        let holder = KillOnDrop(holder);
+        let pid = holder.0.id();
+        // Wait until the holder is in its own user namespace.
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_link(format!("/proc/{pid}/ns/user")).ok()
+                != std::fs::read_link("/proc/self/ns/user").ok()
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+        }));
+        Caller { holder, dir: own }
     }
 
+    /// A command run in the caller's user, mount and (host) network
+    /// namespaces.
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.0.display())).args(args);
+        cmd.arg(format!("--target={}", self.holder.0.id()))
+            .args(["--user", "--mount", "--net", "--"])
+            .args(args);
+        cmd
+    }
+}
+
+/// A container's network namespace bound at a file in the caller's mount
+/// namespace, as podman keeps it under `$XDG_RUNTIME_DIR/netns/`.
+struct NetnsFile<'a> {
+    caller: &'a Caller,
+    path: PathBuf,
+}
+
+impl<'a> NetnsFile<'a> {
+    fn new(caller: &'a Caller, name: &str) -> Self {
+        let path = caller.dir.join(name);
+        let file = path.display().to_string();
+        let st = caller
+            .cmd(&[
+                "sh",
+                "-c",
+                &format!("touch {file} && unshare --net={file} true"),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "unshare --net={file}");
+        NetnsFile { caller, path }
+    }
+
+    /// A command inside the container's network namespace (as the test's
+    /// root, through the caller's mount namespace, where the file is).
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--target={}", self.caller.holder.0.id()))
+            .args(["--mount", "--", "nsenter"])
+            .arg(format!("--net={}", self.path.display()))
+            .arg("--")
+            .args(args);
         cmd
     }
 
@@ -72,14 +150,18 @@ impl NetnsFile {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// What podman does when the container goes: unmount and delete.
+    /// What podman does when the container goes: unmount (MNT_DETACH) and
+    /// delete.
     fn remove(&self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_file(&self.0);
+        let file = self.path.display().to_string();
+        let _ = self
+            .caller
+            .cmd(&["sh", "-c", &format!("umount -l {file} 2>/dev/null; rm -f {file}")])
+            .status();
     }
 }
 
-impl Drop for NetnsFile {
+impl Drop for NetnsFile<'_> {
     fn drop(&mut self) {
         self.remove();
     }
@@ -94,11 +176,49 @@ fn pasta_link(dir: &TempDir) -> PathBuf {
     link
 }
 
-/// Run `pasta ARGS` in the host namespace as podman does: wait for it to
-/// exit and for its stdout and stderr to reach EOF (the daemon must let go
-/// of them), within a bound.
-fn start_pasta(net: &TestNet, pasta: &Path, args: &[String]) -> Output {
-    let mut cmd = net.host_cmd(&[]);
+/// Where .ci/run builds Debian forky's tree, with its pasta.
+const FORKY: &str = "/var/cache/netferry-ci/forky-rootfs";
+
+/// The real pasta, run by the forky tree's dynamic loader with that
+/// tree's libraries (its glibc is newer than this machine's), through a
+/// script named `pasta`.
+fn real_pasta(dir: &TempDir) -> Option<PathBuf> {
+    let bin = format!("{FORKY}/usr/bin/pasta");
+    if !Path::new(&format!("{FORKY}/.complete-v1")).exists() || !Path::new(&bin).exists() {
+        common::skip_or_fail(&format!(
+            "no Debian forky tree with pasta at {FORKY} (bash .ci/run builds it)"
+        ));
+        return None;
+    }
+    let script = dir.path("real/pasta");
+    std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {FORKY}/lib64/ld-linux-x86-64.so.2 --library-path \
+             {FORKY}/lib/x86_64-linux-gnu:{FORKY}/usr/lib/x86_64-linux-gnu {bin} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(script)
+}
+
+/// netferry as pasta, then the real pasta where its tree exists.
+fn implementations(dir: &TempDir) -> Vec<(&'static str, PathBuf)> {
+    let mut all = vec![("netferry", pasta_link(dir))];
+    if let Some(real) = real_pasta(dir) {
+        all.push(("pasta", real));
+    }
+    all
+}
+
+/// Run `pasta ARGS` as the caller, as podman does: wait for it to exit
+/// and for its stdout and stderr to reach EOF (the daemon must let go of
+/// them), within a bound.
+fn start_pasta(caller: &Caller, pasta: &Path, args: &[String]) -> Output {
+    let mut cmd = caller.cmd(&[]);
     cmd.arg(pasta).args(args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -113,17 +233,19 @@ fn start_pasta(net: &TestNet, pasta: &Path, args: &[String]) -> Output {
         .unwrap()
 }
 
-/// The pids of the serving processes named `pasta` in the host namespace.
-fn serving(net: &TestNet) -> Vec<String> {
+/// The pids of the processes in the host namespace serving `netns`
+/// (those with it on their command line).
+fn serving(net: &TestNet, netns: &Path) -> Vec<String> {
     let out = Command::new("ip")
         .args(["netns", "pids", &net.host])
         .output()
         .unwrap();
+    let needle = netns.display().to_string();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/exe"))
-                .is_ok_and(|exe| exe.ends_with("netferry"))
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
         })
         .map(String::from)
         .collect()
@@ -137,14 +259,24 @@ fn host_net() -> TestNet {
 
 #[test]
 fn podmans_argv_gives_the_container_the_hosts_address_dns_the_host_and_ports() {
+    let dir = TempDir::new("pasta");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        podman_session(&dir, &pasta, name);
+    }
+}
+
+fn podman_session(dir: &TempDir, pasta: &Path, tag: &str) {
     let net = host_net();
     let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
-    let dir = TempDir::new("pasta");
-    let pasta = pasta_link(&dir);
-    let netns = NetnsFile::new(&dir, "netns-c1");
-    let out = start_pasta(&net, &pasta, &podman_argv(&netns.0));
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "netns-c1");
+    let out = start_pasta(&caller, pasta, &podman_argv(&netns.path));
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(serving(&net).len(), 1, "one daemon serves the namespace");
+    assert!(
+        !serving(&net, &netns.path).is_empty(),
+        "a daemon serves the namespace"
+    );
 
     // The host's address, prefix, routes and an MTU of 65520, on an
     // interface named after the host's.
@@ -248,40 +380,57 @@ fn podmans_argv_gives_the_container_the_hosts_address_dns_the_host_and_ports() {
     // container gets the same ports at once.
     netns.remove();
     assert!(
-        wait_until(Duration::from_secs(3), || serving(&net).is_empty()),
-        "netferry outlived its namespace"
+        wait_until(Duration::from_secs(3), || serving(&net, &netns.path)
+            .is_empty()),
+        "the daemon outlived its namespace"
     );
-    let again = NetnsFile::new(&dir, "netns-c2");
-    let out = start_pasta(&net, &pasta, &podman_argv(&again.0));
+    let again = NetnsFile::new(&caller, "netns-c2");
+    let out = start_pasta(&caller, pasta, &podman_argv(&again.path));
     assert!(out.status.success(), "rerun on the same ports: {out:?}");
     again.remove();
+    assert!(wait_until(Duration::from_secs(3), || serving(
+        &net,
+        &again.path
+    )
+    .is_empty()));
 }
 
 #[test]
 fn the_rootless_network_argv_writes_the_daemons_pid() {
-    let net = host_net();
     let dir = TempDir::new("pasta-pid");
-    let pasta = pasta_link(&dir);
-    let netns = NetnsFile::new(&dir, "rootless-netns");
-    let pid_file = dir.path("rootless-netns-conn.pid");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        rootless_netns_session(&dir, &pasta, name);
+    }
+}
+
+fn rootless_netns_session(dir: &TempDir, pasta: &Path, tag: &str) {
+    let net = host_net();
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "rootless-netns");
+    let pid_file = caller.dir.join("rootless-netns-conn.pid");
     let mut argv = vec![
         "--config-net".to_string(),
         "--pid".into(),
         pid_file.display().to_string(),
     ];
-    argv.extend(podman_argv(&netns.0).into_iter().skip(5));
-    let out = start_pasta(&net, &pasta, &argv);
+    argv.extend(podman_argv(&netns.path).into_iter().skip(5));
+    let out = start_pasta(&caller, pasta, &argv);
     assert!(out.status.success(), "{out:?}");
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     assert_eq!(
-        serving(&net),
+        serving(&net, &netns.path),
         vec![pid.trim().to_string()],
         "the pid file names the daemon"
     );
     // podman ends it with SIGTERM.
     let started = Instant::now();
     Command::new("kill").arg(pid.trim()).status().unwrap();
-    assert!(wait_until(Duration::from_secs(3), || serving(&net).is_empty()));
+    assert!(wait_until(Duration::from_secs(3), || serving(
+        &net,
+        &netns.path
+    )
+    .is_empty()));
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
