@@ -156,7 +156,11 @@ impl<'a> NetnsFile<'a> {
         let file = self.path.display().to_string();
         let _ = self
             .caller
-            .cmd(&["sh", "-c", &format!("umount -l {file} 2>/dev/null; rm -f {file}")])
+            .cmd(&[
+                "sh",
+                "-c",
+                &format!("umount -l {file} 2>/dev/null; rm -f {file}"),
+            ])
             .status();
     }
 }
@@ -422,6 +426,16 @@ fn rootless_netns_session(dir: &TempDir, pasta: &Path, tag: &str) {
         serving(&net, &netns.path),
         vec![pid.trim().to_string()],
         "the pid file names the daemon"
+    );
+    // Isolated, as pasta always is: under a seccomp filter, with
+    // no_new_privs, in a mount namespace of its own.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{}/ns/mnt", pid.trim())).unwrap(),
+        std::fs::read_link(format!("/proc/{}/ns/mnt", caller.holder.0.id())).unwrap(),
+        "a mount namespace of its own"
     );
     // podman ends it with SIGTERM.
     let started = Instant::now();

@@ -16,7 +16,9 @@
 //! fully set up (tap with its addresses, routes and MTU, `lo` up, every
 //! given port bound, the pid file written), and the daemon lets go of
 //! their stdin, stdout and stderr (podman waits for EOF on them). Any
-//! failure: exit 1 with a message on stderr.
+//! failure: exit 1 with a message on stderr. Like pasta, the daemon
+//! isolates itself before it is ready: the sandbox (a mount namespace
+//! with an empty root) and the seccomp filter, always.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -366,8 +368,9 @@ pub fn config_of(args: &PastaArgs) -> anyhow::Result<(Config, Vec<ForwardSpec>, 
         limits: Limits::default(),
         udp_timeout: config::DEFAULT_UDP_TIMEOUT_SECS,
         api_socket: None,
-        sandbox: false,
-        seccomp: false,
+        // pasta always isolates itself; so does netferry in its place.
+        sandbox: true,
+        seccomp: true,
         debug: matches!(args.log_level, LogLevel::Debug | LogLevel::Trace),
         warnings: Vec::new(),
     };
@@ -401,7 +404,7 @@ fn serve(args: &PastaArgs) -> anyhow::Result<()> {
 /// Set up and serve in this process; tell `ready` (the daemon's parent)
 /// when everything is in place, or what failed.
 fn serve_here(args: &PastaArgs, ready: Option<setup::Readiness>) -> anyhow::Result<()> {
-    let mut event_loop = match set_up(args) {
+    let mut event_loop = match set_up(args, ready.as_ref()) {
         Ok(event_loop) => event_loop,
         Err(e) => {
             if let Some(ready) = ready {
@@ -416,13 +419,10 @@ fn serve_here(args: &PastaArgs, ready: Option<setup::Readiness>) -> anyhow::Resu
     setup::release_startup_memory();
     let exit = event_loop.run()?;
     log::info!("exiting: {exit:?}");
-    if let Some(path) = &args.pid_file {
-        let _ = std::fs::remove_file(path);
-    }
     Ok(())
 }
 
-fn set_up(args: &PastaArgs) -> anyhow::Result<EventLoop> {
+fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<EventLoop> {
     let (cfg, forwards, netns) = config_of(args)?;
     let outbound = Outbound {
         v4: cfg
@@ -463,6 +463,10 @@ fn set_up(args: &PastaArgs) -> anyhow::Result<EventLoop> {
             .with_context(|| format!("cannot watch {}", netns.display()))?;
         event_loop.watch_netns(watch)?;
     }
+    if let Some(ready) = ready {
+        ready.release_stdio();
+    }
+    setup::lock_down(&cfg, &setup::seccomp::Scope::here(None, None))?;
     Ok(event_loop)
 }
 

@@ -358,31 +358,34 @@ pub enum Daemon {
     Child(Readiness),
 }
 
-/// The daemon's end of the pipe its parent waits on.
-pub struct Readiness(OwnedFd);
+/// The daemon's end of the pipe its parent waits on, and /dev/null,
+/// opened early: the sandbox has no /dev and the filter no `open`.
+pub struct Readiness {
+    pipe: OwnedFd,
+    null: File,
+}
 
 impl Readiness {
-    /// Everything is in place: tell the parent, and let go of the
-    /// caller's stdin, stdout and stderr (/dev/null from now on), so a
-    /// caller waiting for EOF on them sees it.
-    pub fn done(self) {
-        let _ = nix::unistd::write(&self.0, b"1");
-        if let Ok(null) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-        {
-            for fd in 0..=2 {
-                // SAFETY: dup2 onto the standard fds, which this process
-                // owns; `null` stays open until after the call.
-                unsafe { libc::dup2(null.as_raw_fd(), fd) };
-            }
+    /// Let go of the caller's stdin, stdout and stderr (/dev/null from
+    /// now on), so a caller waiting for EOF on them sees it. Called before
+    /// [`lock_down`], whose filter allows no `dup2`; what fails after goes
+    /// to the parent through [`Readiness::failed`].
+    pub fn release_stdio(&self) {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard fds, which this process
+            // owns; `null` stays open until after the call.
+            unsafe { libc::dup2(self.null.as_raw_fd(), fd) };
         }
+    }
+
+    /// Everything is in place: tell the parent.
+    pub fn done(self) {
+        let _ = nix::unistd::write(&self.pipe, b"1");
     }
 
     /// Setup failed: the parent prints `message` and exits 1.
     pub fn failed(self, message: &str) {
-        let _ = nix::unistd::write(&self.0, message.as_bytes());
+        let _ = nix::unistd::write(&self.pipe, message.as_bytes());
     }
 }
 
@@ -397,8 +400,21 @@ pub fn daemonize() -> Result<Daemon, SetupError> {
     match unsafe { fork() }.map_err(SetupError::Fork)? {
         ForkResult::Parent { child } => {
             drop(write);
-            let mut word = Vec::new();
-            let _ = File::from(read).read_to_end(&mut word);
+            // One read: "1" is the word (a process the daemon forks while
+            // setting up, such as the sandbox's, may hold the pipe open
+            // longer); anything else is what failed, to the end.
+            let mut pipe = File::from(read);
+            let mut word = vec![0u8; 4096];
+            let n = loop {
+                match pipe.read(&mut word) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other.unwrap_or(0),
+                }
+            };
+            word.truncate(n);
+            if !word.is_empty() && word != b"1" {
+                let _ = pipe.read_to_end(&mut word);
+            }
             let ready = match word.as_slice() {
                 b"1" => Ok(()),
                 b"" => Err("the daemon ended before it was ready".to_string()),
@@ -412,7 +428,12 @@ pub fn daemonize() -> Result<Daemon, SetupError> {
         ForkResult::Child => {
             drop(read);
             let _ = nix::unistd::setsid();
-            Ok(Daemon::Child(Readiness(write)))
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| SetupError::Run(format!("cannot open /dev/null: {e}")))?;
+            Ok(Daemon::Child(Readiness { pipe: write, null }))
         }
     }
 }
