@@ -105,7 +105,8 @@ fn reply_shape(reply: &str, forwards: usize) -> Result<(), String> {
 
 /// DHCP packets, one after another, to one server: every answer is of
 /// the right kind, echoes the transaction, offers an address of the pool,
-/// and a client keeps its address while no two clients share one.
+/// and a client keeps its address (until it releases it) while no two
+/// clients share one.
 pub fn dhcp(input: &[u8]) {
     let net = Network::default();
     let mut server = DhcpServer::new(crate::slirp4netns::default_plan(false).v4);
@@ -122,10 +123,14 @@ pub fn dhcp(input: &[u8]) {
         let Ok(req) = DhcpRepr::parse(&packet) else {
             continue;
         };
+        let mac = req.client_hardware_address;
+        if req.message_type == DhcpMessageType::Release {
+            // The client gives its address up; another may get it.
+            leases.remove(&mac);
+        }
         let Some(a) = server.handle(Instant::from_secs(0), &req) else {
             continue;
         };
-        let mac = req.client_hardware_address;
         assert_eq!(a.transaction_id, req.transaction_id, "transaction id");
         assert_eq!(a.client_mac, mac, "client MAC");
         match (req.message_type, a.message_type) {
