@@ -11,6 +11,12 @@
 //! engine asks of the host's sockets, and tells it which host sockets are
 //! ready. So the same engine runs on the tap and real sockets in
 //! production, and on literal frames and a simulated host in tests.
+//!
+//! Its public face follows quinn-proto's: `handle_*` takes an event in (a
+//! tap read, a frame, a UDP train, a host socket's readiness), and
+//! `poll_*` says what the caller must do (`poll_transmit`: move the data
+//! those events made ready and send the frames due) or wait for
+//! (`poll_timeout`: how long until `poll_transmit` must run again).
 
 mod dhcp;
 mod flows;
@@ -421,7 +427,7 @@ impl<H: Host> Engine<H> {
     /// UDP train is cut into its datagrams, and a partial checksum is not
     /// checked (guest frames never are). The event loop and the `frames`
     /// fuzz target both come in here, so a read is fuzzed as it is read.
-    pub fn process_tap_read<S: FrameSink>(
+    pub fn handle_tap_read<S: FrameSink>(
         &mut self,
         now: Instant,
         read: &[u8],
@@ -432,14 +438,14 @@ impl<H: Host> Engine<H> {
             crate::vnet::frame_of(read, header_len),
             crate::vnet::udp_train_size(read, header_len),
         ) {
-            (Some(frame), Some(size)) => self.process_udp_train(now, frame, size, sink),
-            (Some(frame), None) => self.process_frame(now, frame, sink),
+            (Some(frame), Some(size)) => self.handle_udp_train(now, frame, size, sink),
+            (Some(frame), None) => self.handle_frame(now, frame, sink),
             (None, _) => {}
         }
     }
 
     /// Handle one frame from the guest.
-    pub fn process_frame<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
+    pub fn handle_frame<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
         self.stats.frames_from_guest += 1;
         self.guarded(now, |e| e.process_ethernet(now, frame, sink));
     }
@@ -489,7 +495,7 @@ impl<H: Host> Engine<H> {
     /// datagram). It is cut into the frames the kernel would otherwise
     /// have sent, each handled as such; those of one flow then leave
     /// together in the flow's next host send.
-    pub fn process_udp_train<S: FrameSink>(
+    pub fn handle_udp_train<S: FrameSink>(
         &mut self,
         now: Instant,
         frame: &[u8],
@@ -926,16 +932,16 @@ impl<H: Host> Engine<H> {
             .poll_ingress_single(now, &mut dev, &mut self.sockets);
     }
 
-    /// Host socket `id` is ready. The work happens in the next `poll`.
-    pub fn host_event(&mut self, id: FlowId, ready: Readiness) {
+    /// Host socket `id` is ready. The work happens in the next `poll_transmit`.
+    pub fn handle_host_event(&mut self, id: FlowId, ready: Readiness) {
         self.flows.mark_ready(id, ready);
     }
 
     /// Move data between flows and their host sockets, let smoltcp send
     /// what it has queued and run its timers, and retire finished flows.
     /// Call after each batch of frames and host events, and when
-    /// `poll_delay` comes due.
-    pub fn poll<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+    /// `poll_timeout` comes due.
+    pub fn poll_transmit<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
         self.guarded(now, |e| e.poll_guarded(now, sink));
     }
 
@@ -959,10 +965,10 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// How long until `poll` must run again: zero when work is waiting
+    /// How long until `poll_transmit` must run again: zero when work is waiting
     /// (a flow whose batch was cut short, or a smoltcp deadline that has
     /// passed), `None` when nothing is due until the next event.
-    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
         if self.flows.has_carried() {
             return Some(Duration::ZERO);
         }

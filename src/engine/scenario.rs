@@ -173,14 +173,14 @@ impl World {
                 self.raw.drain(..).chain(self.nic.tx.drain(..)).collect();
             for frame in from_guest {
                 moved = true;
-                self.engine.process_frame(now, &frame, &mut out);
+                self.engine.handle_frame(now, &frame, &mut out);
             }
             self.engine.host_mut().tick(now);
             for (id, ready) in self.engine.host_mut().take_events() {
                 moved = true;
-                self.engine.host_event(id, ready);
+                self.engine.handle_host_event(id, ready);
             }
-            self.engine.poll(now, &mut out);
+            self.engine.poll_transmit(now, &mut out);
             for frame in out {
                 moved = true;
                 self.trace.push(frame.clone());
@@ -208,7 +208,7 @@ impl World {
             }
             let now = self.now;
             let deadlines = [
-                self.engine.poll_delay(now).map(|d| now + d),
+                self.engine.poll_timeout(now).map(|d| now + d),
                 self.iface.poll_at(now, &self.sockets),
                 self.engine.host_mut().next_deadline(),
             ];
@@ -686,7 +686,7 @@ fn a_guest_udp_train_reaches_the_host_as_its_datagrams() {
     let frame = udp_frame(5360, REMOTE, 4433, &datagrams.concat());
     let before = w.engine.stats();
     let mut out: Vec<Vec<u8>> = Vec::new();
-    w.engine.process_udp_train(w.now, &frame, 100, &mut out);
+    w.engine.handle_udp_train(w.now, &frame, 100, &mut out);
     let after = w.engine.stats();
     assert_eq!(after.frames_from_guest - before.frames_from_guest, 1);
     assert_eq!(after.datagrams_from_guest - before.datagrams_from_guest, 11);
@@ -695,13 +695,13 @@ fn a_guest_udp_train_reaches_the_host_as_its_datagrams() {
     assert_eq!(w.host().dgram(id).unwrap().sent, datagrams);
     // A train whose size covers it all is one datagram; one that is not
     // UDP, or not a packet at all, is handled as the frame it is.
-    w.engine.process_udp_train(
+    w.engine.handle_udp_train(
         w.now,
         &udp_frame(5360, REMOTE, 4434, b"short"),
         100,
         &mut out,
     );
-    w.engine.process_udp_train(w.now, &[0xff; 9], 100, &mut out);
+    w.engine.handle_udp_train(w.now, &[0xff; 9], 100, &mut out);
     w.run_for(Duration::from_millis(10));
     let id = w.host().dgram_to(remote(4434)).expect("no host socket");
     assert_eq!(w.host().dgram(id).unwrap().sent, [b"short".to_vec()]);
@@ -748,10 +748,10 @@ fn host_datagrams_of_one_size_go_to_the_guest_as_trains() {
         w.host().dgram_reply(id, r);
     }
     for (id, ready) in w.engine.host_mut().take_events() {
-        w.engine.host_event(id, ready);
+        w.engine.handle_host_event(id, ready);
     }
     let mut sink = TrainSink::default();
-    w.engine.poll(w.now, &mut sink);
+    w.engine.poll_transmit(w.now, &mut sink);
     assert_eq!(sink.trains, [16, 5, 3]);
     let mut got = Vec::new();
     let mut fragments = 0;
@@ -809,7 +809,7 @@ fn a_timer_fires_on_time_while_a_host_connect_is_pending() {
     let now = w.now;
     let delay = w
         .engine
-        .poll_delay(now)
+        .poll_timeout(now)
         .expect("no deadline with flows open");
     assert!(
         delay > Duration::ZERO && delay <= Duration::from_secs(1),

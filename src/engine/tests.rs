@@ -30,8 +30,8 @@ fn engine_for(net: Network) -> Engine {
 
 fn feed(e: &mut Engine, frame: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    e.process_frame(Instant::from_millis(1), frame, &mut out);
-    e.poll(Instant::from_millis(1), &mut out);
+    e.handle_frame(Instant::from_millis(1), frame, &mut out);
+    e.poll_transmit(Instant::from_millis(1), &mut out);
     out
 }
 
@@ -378,8 +378,8 @@ impl Rig {
 
     fn feed(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        self.engine.process_frame(self.now, frame, &mut out);
-        self.engine.poll(self.now, &mut out);
+        self.engine.handle_frame(self.now, frame, &mut out);
+        self.engine.poll_transmit(self.now, &mut out);
         out
     }
 
@@ -392,9 +392,9 @@ impl Rig {
             let now = self.now;
             self.host().tick(now);
             for (id, ready) in self.host().take_events() {
-                self.engine.host_event(id, ready);
+                self.engine.handle_host_event(id, ready);
             }
-            self.engine.poll(now, &mut out);
+            self.engine.poll_transmit(now, &mut out);
         }
         out
     }

@@ -49,8 +49,8 @@ impl Rig {
 
     fn feed(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        self.e.process_frame(self.now, frame, &mut out);
-        self.e.poll(self.now, &mut out);
+        self.e.handle_frame(self.now, frame, &mut out);
+        self.e.poll_transmit(self.now, &mut out);
         out
     }
 
@@ -61,9 +61,9 @@ impl Rig {
             let now = self.now;
             self.e.host_mut().tick(now);
             for (id, r) in self.e.host_mut().take_events() {
-                self.e.host_event(id, r);
+                self.e.handle_host_event(id, r);
             }
-            self.e.poll(now, &mut out);
+            self.e.poll_transmit(now, &mut out);
         }
         out
     }

@@ -52,7 +52,7 @@ pub struct Readiness {
 
 /// Everything the engine asks of the host. Calls never block: a socket
 /// that cannot make progress says `WouldBlock`, and readiness is reported
-/// later through `Engine::host_event` with the same flow id.
+/// later through `Engine::handle_host_event` with the same flow id.
 pub trait Host {
     /// Start a non-blocking TCP connect for flow `id`; completion (or
     /// failure) shows as readiness.
