@@ -10,8 +10,6 @@
 //! smoltcp's buffers and the host stream, and each side stops reading
 //! while the other is full.
 
-use std::io;
-
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, State};
@@ -23,7 +21,7 @@ use smoltcp::wire::{
 
 use super::flows::{Flow, FlowKey, Kind, Ready, TcpFlow, TcpPhase};
 use super::{Engine, FrameSink, Packet, Route, Unreachable};
-use crate::host::{FlowId, Host, INTERRUPT_RETRIES, Step};
+use crate::host::{FlowId, Host, HostError, INTERRUPT_RETRIES, Step};
 
 /// A SYN frame kept while its host connect is under way is at most this
 /// long; a SYN carrying more (data on the SYN) is dropped, so a flood of
@@ -50,7 +48,7 @@ enum Pump {
     Interrupted,
     Blocked,
     Eof,
-    Failed(io::Error),
+    Failed(HostError),
 }
 
 /// How long the ACK for `tcp` may wait, as a Linux receiver decides it
@@ -359,7 +357,8 @@ impl<H: Host> Engine<H> {
         let id = self.flows.next_id();
         if let Err(e) = self.host.tcp_connect(id, target) {
             log::debug!("tcp {} -> {target}: connect failed: {e}", key.guest);
-            return self.fail_connect(pkt.guest_mac, &key, seq, pkt.quote, &e, sink);
+            let err = HostError::from(e);
+            return self.fail_connect(pkt.guest_mac, &key, seq, pkt.quote, &err, sink);
         }
         log::debug!("tcp {} -> {target}: connecting", key.guest);
         self.flows.insert(Flow::Tcp(TcpFlow {
@@ -462,12 +461,12 @@ impl<H: Host> Engine<H> {
         key: &FlowKey,
         seq: TcpSeqNumber,
         quote: &[u8],
-        err: &io::Error,
+        err: &HostError,
         sink: &mut S,
     ) {
-        let reason = match err.raw_os_error() {
-            Some(libc::ENETUNREACH) => Some(Unreachable::Net),
-            Some(libc::EHOSTUNREACH) | Some(libc::ETIMEDOUT) => Some(Unreachable::Host),
+        let reason = match err {
+            HostError::NetUnreachable => Some(Unreachable::Net),
+            HostError::HostUnreachable | HostError::TimedOut => Some(Unreachable::Host),
             _ => None,
         };
         match reason {
@@ -631,7 +630,8 @@ impl<H: Host> Engine<H> {
                     // Our own RST or ICMP error: the guest never saw a
                     // SYN-ACK, so nothing of smoltcp's is involved.
                     self.remove_flow(id, false);
-                    return self.fail_connect(mac, &key, seq, quote_of_frame(&syn), &e, sink);
+                    let err = HostError::from(e);
+                    return self.fail_connect(mac, &key, seq, quote_of_frame(&syn), &err, sink);
                 }
             }
         }

@@ -619,6 +619,25 @@ fn refused_connect_sends_rst() {
 }
 
 #[test]
+fn unreachable_connect_answers_host_unreachable() {
+    let mut rig = Rig::new(true);
+    rig.host()
+        .set_outcome(Ipv4Addr::LOCALHOST.into(), Outcome::Unreachable);
+    rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), 8080));
+    let out = rig.run(5);
+    assert!(tcp_segments(&out).is_empty(), "a RST instead of ICMP");
+    assert_eq!(out.len(), 1);
+    let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!(
+        icmp.msg_type(),
+        smoltcp::wire::Icmpv4Message::DstUnreachable
+    );
+    assert_eq!(icmp.msg_code(), 1, "code 1: host unreachable");
+}
+
+#[test]
 fn syn_ack_waits_for_the_host_connect() {
     let port = 8080;
     let mut rig = Rig::new(true);
