@@ -3,6 +3,11 @@
 //! it emits is parsed back with smoltcp's wire types and checked field by
 //! field.
 
+use std::net::{Ipv4Addr, SocketAddr};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr};
+
 use super::*;
 use crate::host::SimHost;
 use crate::host::sim::Outcome;
