@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, IpRepr, Ipv4Packet,
-    Ipv4Repr, Ipv6Packet, Ipv6Repr,
+    Ipv4Repr, Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr,
 };
 
 use super::{Engine, FrameSink, HOP_LIMIT, Host, frag, port};
@@ -213,11 +213,12 @@ impl<H: Host> Engine<H> {
                     let mut p = Ipv6Packet::new_unchecked(frame.payload_mut());
                     part.emit(&mut p);
                     let body = p.payload_mut();
-                    body[0] = u8::from(repr.next_header);
-                    body[1] = 0;
-                    let off_flags = offset as u16 | u16::from(more);
-                    body[2..4].copy_from_slice(&off_flags.to_be_bytes());
-                    body[4..8].copy_from_slice(&id.to_be_bytes());
+                    let fields = Ipv6FragmentRepr {
+                        frag_offset: (offset / frag::FRAGMENT_UNIT) as u16,
+                        more_frags: more,
+                        ident: id,
+                    };
+                    frag::emit_v6_header(body, repr.next_header, &fields);
                     body[frag::IPV6_FRAGMENT_HEADER_LEN..].copy_from_slice(piece);
                     sink.send_frame(&mut buf);
                     count += 1;

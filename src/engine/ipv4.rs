@@ -13,7 +13,7 @@ use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
 };
 
-use super::{Engine, FrameSink, Host, Packet, frag};
+use super::{ETHERNET_HEADER_LEN, Engine, FrameSink, Host, Packet, frag};
 
 impl<H: Host> Engine<H> {
     /// An IPv4 frame from the guest.
@@ -93,7 +93,7 @@ impl<H: Host> Engine<H> {
             payload_len: whole.len(),
             ..repr
         };
-        let mut frame = vec![0u8; 14 + inner.buffer_len() + whole.len()];
+        let mut frame = vec![0u8; ETHERNET_HEADER_LEN + inner.buffer_len() + whole.len()];
         let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
         EthernetRepr {
             src_addr: eth.src_addr(),

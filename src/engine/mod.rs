@@ -71,6 +71,8 @@ use crate::host::DgramBatch;
 use crate::pages::Pages;
 use crate::vnet::TooManySegments;
 use flows::FlowTable;
+/// For the fuzz targets, which build the guest's fragments.
+pub(crate) use frag::{IPV6_FRAGMENT_HEADER_LEN, emit_v6_header as emit_v6_fragment_header};
 use port::Port;
 use route::Route;
 pub(crate) use route::Unreachable;

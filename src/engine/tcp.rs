@@ -15,12 +15,12 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, IPV4_HEADER_LEN, IpEndpoint, IpListenEndpoint, IpProtocol,
-    TCP_HEADER_LEN, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetAddress, EthernetFrame, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpEndpoint, IpListenEndpoint,
+    IpProtocol, TCP_HEADER_LEN, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, checksum,
 };
 
 use super::flows::{Flow, FlowKey, Kind, Ready, TcpFlow, TcpPhase};
-use super::{Engine, FrameSink, Packet, Route, Unreachable};
+use super::{ETHERNET_HEADER_LEN, Engine, FrameSink, Packet, Route, Unreachable};
 use crate::host::{FlowId, Host, HostError, INTERRUPT_RETRIES, Step};
 
 /// A SYN frame kept while its host connect is under way is at most this
@@ -95,8 +95,8 @@ fn quote_of_frame(frame: &[u8]) -> &[u8] {
 /// smoltcp's segments are then bounded by that and not by the MTU, and
 /// the guest's kernel cuts each into equal frames with none left over.
 fn wide_mss(mtu: usize, ip_header_len: usize) -> u16 {
-    let per_frame = mtu.saturating_sub(ip_header_len + 20).max(1);
-    let most = super::port::MAX_IP_PACKET - ip_header_len - 20;
+    let per_frame = mtu.saturating_sub(ip_header_len + TCP_HEADER_LEN).max(1);
+    let most = super::port::MAX_IP_PACKET - ip_header_len - TCP_HEADER_LEN;
     (most / per_frame * per_frame).clamp(per_frame.min(most), most) as u16
 }
 
@@ -104,19 +104,25 @@ fn wide_mss(mtu: usize, ip_header_len: usize) -> u16 {
 /// keeping its checksum right. A SYN without the option keeps smoltcp's
 /// default of 536, as any receiver would.
 fn widen_mss(frame: &mut [u8], mtu: usize) {
-    let Some(ip) = frame.get(14..) else {
+    let Some(ip) = frame.get(ETHERNET_HEADER_LEN..) else {
         return;
     };
     let (tcp, wide) = match ip.first().map(|b| b >> 4) {
-        Some(4) => (14 + usize::from(ip[0] & 0x0f) * 4, wide_mss(mtu, 20)),
-        Some(6) => (14 + 40, wide_mss(mtu, 40)),
+        Some(4) => (
+            ETHERNET_HEADER_LEN + usize::from(ip[0] & 0x0f) * 4,
+            wide_mss(mtu, IPV4_HEADER_LEN),
+        ),
+        Some(6) => (
+            ETHERNET_HEADER_LEN + IPV6_HEADER_LEN,
+            wide_mss(mtu, IPV6_HEADER_LEN),
+        ),
         _ => return,
     };
     let Some(data_offset) = frame.get(tcp + 12) else {
         return;
     };
     let end = (tcp + usize::from(data_offset >> 4) * 4).min(frame.len());
-    let mut at = tcp + 20;
+    let mut at = tcp + TCP_HEADER_LEN;
     while at < end {
         match frame[at] {
             0 => return,
@@ -131,8 +137,7 @@ fn widen_mss(frame: &mut [u8], mtu: usize) {
                     frame[at + 2..at + 4].copy_from_slice(&wide.to_be_bytes());
                     // RFC 1624: HC' = ~(~HC + ~m + m').
                     let hc = u16::from_be_bytes([frame[tcp + 16], frame[tcp + 17]]);
-                    let sum = u32::from(!hc) + u32::from(!old) + u32::from(wide);
-                    let hc = !crate::vnet::fold(sum);
+                    let hc = !checksum::combine(&[!hc, !old, wide]);
                     frame[tcp + 16..tcp + 18].copy_from_slice(&hc.to_be_bytes());
                     return;
                 }

@@ -8,12 +8,13 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Message, Icmpv6Packet,
-    Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags,
-    NdiscRepr, RawHardwareAddress, UdpPacket, UdpRepr,
+    Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6ExtHeader, Ipv6FragmentHeader,
+    Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
+    UdpPacket, UdpRepr,
 };
 
 use super::EngineConfig;
-use super::frag::{FragKey, Fragment, Reassembly};
+use super::frag::{FragKey, Fragment, IPV6_FRAGMENT_HEADER_LEN, Reassembly, emit_v6_header};
 use crate::host::SimHost;
 use crate::slirp4netns::{Network, Network6, slirp_plan};
 
@@ -284,6 +285,56 @@ fn router_solicitation_gets_prefix_mtu_and_rdnss_and_advertisements_repeat() {
     );
 }
 
+/// A router advertisement, byte for byte as guests have been given it
+/// (header, source link-layer address, MTU, prefix, RDNSS), even when
+/// the reused send buffer last held other bytes.
+#[test]
+fn router_advertisement_is_byte_for_byte_what_guests_were_given() {
+    let mut r = Rig::new(1500, true);
+    // A large reply first leaves 0xff bytes in the send buffer.
+    let req = Icmpv6Repr::EchoRequest {
+        ident: 1,
+        seq_no: 1,
+        data: &[0xff; 1200],
+    };
+    assert_eq!(
+        r.feed(&icmp6(guest6(), v6("fd00::2"), GW_MAC, 64, &req))
+            .len(),
+        1
+    );
+    let rs = Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { lladdr: None });
+    let out = icmp6_out(&r.feed(&icmp6(
+        v6("fe80::66"),
+        v6("ff02::2"),
+        EthernetAddress([0x33, 0x33, 0, 0, 0, 2]),
+        255,
+        &rs,
+    )));
+    assert_eq!(out.len(), 1);
+    #[rustfmt::skip]
+    let want = [
+        // Type 134, code, checksum, hop limit 64, no flags, lifetime 1800 s,
+        // reachable time and retransmission timer unspecified.
+        0x86, 0x00, 0xe3, 0x2f, 0x40, 0x00, 0x07, 0x08,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        // Source link-layer address: the gateway's MAC.
+        0x01, 0x01, 0x52, 0x55, 0x0a, 0x00, 0x02, 0x02,
+        // MTU 1500.
+        0x05, 0x01, 0x00, 0x00, 0x00, 0x00, 0x05, 0xdc,
+        // Prefix fd00::/64, on-link and autonomous, valid 1 day,
+        // preferred 4 hours.
+        0x03, 0x04, 0x40, 0xc0, 0x00, 0x01, 0x51, 0x80,
+        0x00, 0x00, 0x38, 0x40, 0x00, 0x00, 0x00, 0x00,
+        0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        // RDNSS fd00::3 for 1800 s.
+        0x19, 0x03, 0x00, 0x00, 0x00, 0x00, 0x07, 0x08,
+        0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03,
+    ];
+    assert_eq!(out[0].4, want);
+}
+
 #[test]
 fn echo_to_the_virtual_hosts_is_answered() {
     let mut r = Rig::new(1500, true);
@@ -380,18 +431,20 @@ fn defragment(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
             _ => {
                 let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
                 assert_eq!(ip.next_header(), IpProtocol::Ipv6Frag);
-                let h = &f[54..62];
-                let off = u16::from_be_bytes([h[2], h[3]]);
+                let header = Ipv6ExtHeader::new_checked(ip.payload()).unwrap();
+                assert_eq!(header.header_len(), 0, "a fragment header's reserved byte");
+                let fields = Ipv6FragmentHeader::new_checked(header.payload()).unwrap();
+                let fields = Ipv6FragmentRepr::parse(&fields).unwrap();
                 Fragment {
                     key: FragKey {
                         src: ip.src_addr().into(),
                         dst: ip.dst_addr().into(),
-                        proto: h[0],
-                        id: u32::from_be_bytes(h[4..8].try_into().unwrap()),
+                        proto: header.next_header().into(),
+                        id: fields.ident,
                     },
-                    offset: (off & !7) as usize,
-                    more: off & 1 == 1,
-                    data: &f[62..],
+                    offset: usize::from(fields.frag_offset) * 8,
+                    more: fields.more_frags,
+                    data: &ip.payload()[IPV6_FRAGMENT_HEADER_LEN..],
                 }
             }
         };
@@ -514,6 +567,24 @@ fn fragmented_guest_datagrams_reach_the_host_whole_both_families() {
     }
 }
 
+/// The byte after a fragment header's next header is reserved and
+/// ignored on reception (RFC 8200, 4.5): a guest that sets it still gets
+/// its datagram through, as it would with Linux.
+#[test]
+fn a_fragment_headers_reserved_byte_is_ignored() {
+    let mut r = Rig::new(1500, true);
+    for offset in (0..3000).step_by(1480) {
+        let mut f = guest_fragment(6, 9, 3000, offset, (3000 - offset).min(1480));
+        f[14 + 40 + 1] = 0xff;
+        r.feed(&f);
+    }
+    let id =
+        r.e.host()
+            .dgram_to("[2001:db8::7]:9".parse().unwrap())
+            .expect("the datagram did not reach the host");
+    assert_eq!(r.e.host().dgram(id).unwrap().sent[0].len(), 3000 - 8);
+}
+
 /// One fragment of a guest UDP datagram of `total` payload bytes (UDP
 /// header included) to 198.51.100.7 or 2001:db8::7: the piece at
 /// `offset`, `len` bytes long.
@@ -548,9 +619,13 @@ fn guest_fragment(family: u8, id: u16, total: usize, offset: usize, len: usize) 
         frame.extend_from_slice(&ip);
         frame
     } else {
-        let mut body = vec![17, 0, 0, 0];
-        body[2..4].copy_from_slice(&(offset as u16 | u16::from(more)).to_be_bytes());
-        body.extend_from_slice(&u32::from(id).to_be_bytes());
+        let mut body = vec![0; IPV6_FRAGMENT_HEADER_LEN];
+        let fields = Ipv6FragmentRepr {
+            frag_offset: (offset / 8) as u16,
+            more_frags: more,
+            ident: id.into(),
+        };
+        emit_v6_header(&mut body, IpProtocol::Udp, &fields);
         body.extend_from_slice(&piece);
         frame6(
             guest6(),
