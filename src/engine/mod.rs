@@ -30,6 +30,8 @@ mod emit;
 mod flows;
 mod forward;
 mod frag;
+#[cfg(test)]
+mod harness;
 mod icmp;
 mod ipv4;
 mod ipv6;

@@ -13,12 +13,13 @@ use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress, IpAddress,
+    IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr,
 };
 
-use super::{Engine, EngineConfig, Limits};
+use super::harness::{SimEngine, arp_request, deliver_host_events, sim_engine};
+use super::{ETHERNET_HEADER_LEN, EngineConfig, Limits};
 use crate::host::SimHost;
 use crate::host::sim::{Outcome, Stall};
 
@@ -53,7 +54,7 @@ impl phy::Device for GuestNic {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.mtu + 14;
+        caps.max_transmission_unit = self.mtu + ETHERNET_HEADER_LEN;
         caps
     }
 }
@@ -74,7 +75,7 @@ impl phy::TxToken for TxTok<'_> {
 }
 
 struct World {
-    engine: Engine<SimHost>,
+    engine: SimEngine,
     nic: GuestNic,
     iface: Interface,
     sockets: SocketSet<'static>,
@@ -95,7 +96,6 @@ struct World {
 
 fn config() -> EngineConfig {
     let mut cfg = EngineConfig::new(crate::slirp4netns::default_plan(false), 1500);
-    cfg.verify_checksums = true;
     cfg.seed = 7;
     cfg.tcp_buffer = 64 * 1024;
     cfg
@@ -121,7 +121,7 @@ impl World {
         });
         let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY);
         World {
-            engine: Engine::new(&cfg, now, SimHost::new(seed)),
+            engine: sim_engine(cfg, seed),
             nic,
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -139,23 +139,7 @@ impl World {
     /// tells smoltcp the guest's MAC.
     fn play_guest_by_hand(&mut self) {
         self.stack = false;
-        let arp = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Request,
-            source_hardware_addr: GUEST_MAC,
-            source_protocol_addr: GUEST_IP,
-            target_hardware_addr: EthernetAddress([0; 6]),
-            target_protocol_addr: GATEWAY,
-        };
-        let mut buf = vec![0u8; 14 + arp.buffer_len()];
-        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
-        EthernetRepr {
-            src_addr: GUEST_MAC,
-            dst_addr: EthernetAddress::BROADCAST,
-            ethertype: EthernetProtocol::Arp,
-        }
-        .emit(&mut f);
-        arp.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
-        self.raw.push(buf);
+        self.raw.push(arp_request(GUEST_MAC, GUEST_IP, GATEWAY));
     }
 
     fn host(&mut self) -> &mut SimHost {
@@ -175,11 +159,7 @@ impl World {
                 moved = true;
                 self.engine.handle_frame(now, &frame, &mut out);
             }
-            self.engine.host_mut().tick(now);
-            for (id, ready) in self.engine.host_mut().take_events() {
-                moved = true;
-                self.engine.handle_host_event(id, ready);
-            }
+            moved |= deliver_host_events(&mut self.engine, now);
             self.engine.poll_transmit(now, &mut out);
             for frame in out {
                 moved = true;
