@@ -278,7 +278,7 @@ impl EventLoop {
                 Some(Duration::ZERO)
             } else {
                 self.engine
-                    .poll_delay(now)
+                    .poll_timeout(now)
                     .map(|d| Duration::from_micros(d.total_micros()))
             };
             let stats = self.engine.stats();
@@ -353,7 +353,7 @@ impl EventLoop {
                                 || event.is_error(),
                             read_closed: event.is_read_closed() || event.is_error(),
                         };
-                        self.engine.host_event(id, ready);
+                        self.engine.handle_host_event(id, ready);
                     }
                 }
             }
@@ -370,7 +370,7 @@ impl EventLoop {
                 offload: self.offload,
                 mtu: self.mtu,
             };
-            self.engine.poll(now, &mut sink);
+            self.engine.poll_transmit(now, &mut sink);
         }
     }
 
@@ -394,7 +394,7 @@ impl EventLoop {
                     };
                     let read = &self.rx[..n];
                     self.engine
-                        .process_tap_read(now, read, self.offload.header_len(), &mut sink);
+                        .handle_tap_read(now, read, self.offload.header_len(), &mut sink);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TapRead::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -23,7 +23,9 @@
 //! else (ARP, single datagrams, ICMP, NDP) carries its full checksum and
 //! a header of zeros.
 
-use smoltcp::wire::UDP_HEADER_LEN;
+use smoltcp::wire::{
+    ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN, checksum,
+};
 
 /// `struct virtio_net_hdr`: flags, gso_type, then four 16-bit fields.
 /// A tap may be told to use a longer header (12 bytes for virtio 1.0);
@@ -40,7 +42,6 @@ const GSO_TCPV6: u8 = 4;
 const GSO_UDP_L4: u8 = 5;
 /// Set beside a GSO type when the segments carry ECN's CWR flag.
 const GSO_ECN: u8 = 0x80;
-const ETH_LEN: usize = 14;
 const TCP_CHECKSUM_OFFSET: usize = 16;
 const UDP_CHECKSUM_OFFSET: usize = 6;
 
@@ -61,7 +62,7 @@ pub fn header_for(frame: &mut [u8], mtu: usize) -> [u8; HEADER_LEN] {
     if seg.ip_len > mtu {
         // Each frame the guest's kernel cuts carries all the headers, so
         // what fits after them in the MTU is the segment size.
-        let gso_size = mtu.saturating_sub(headers - ETH_LEN);
+        let gso_size = mtu.saturating_sub(headers - ETHERNET_HEADER_LEN);
         if gso_size > 0 {
             hdr[1] = if seg.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
             put16(&mut hdr, 2, headers as u16);
@@ -135,12 +136,14 @@ pub fn cut_udp_train(
         // Each piece is shorter than the train, whose lengths the
         // transport check found consistent: no length here overflows.
         let (src, dst): (IpAddress, IpAddress) = if udp.v6 {
-            let mut ip = Ipv6Packet::new_unchecked(&mut f[ETH_LEN..]);
+            let mut ip = Ipv6Packet::new_unchecked(&mut f[ETHERNET_HEADER_LEN..]);
             ip.set_payload_len((UDP_HEADER_LEN + chunk.len()) as u16);
             (ip.src_addr().into(), ip.dst_addr().into())
         } else {
-            let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]);
-            ip.set_total_len((udp.start - ETH_LEN + UDP_HEADER_LEN + chunk.len()) as u16);
+            let mut ip = Ipv4Packet::new_unchecked(&mut f[ETHERNET_HEADER_LEN..]);
+            ip.set_total_len(
+                (udp.start - ETHERNET_HEADER_LEN + UDP_HEADER_LEN + chunk.len()) as u16,
+            );
             ip.fill_checksum();
             (ip.src_addr().into(), ip.dst_addr().into())
         };
@@ -190,7 +193,7 @@ pub fn complete_checksum(frame: &mut [u8], hdr: &[u8; HEADER_LEN]) {
     if at + 2 > frame.len() {
         return;
     }
-    let sum = !fold(sum_bytes(&frame[start..]));
+    let sum = !checksum::data(&frame[start..]);
     frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
 }
 
@@ -216,7 +219,7 @@ struct TcpSegment {
 fn tcp_segment(frame: &[u8]) -> Option<TcpSegment> {
     let t = transport(frame, 6)?;
     let tcp_header_len = usize::from(frame.get(t.start + 12)? >> 4) * 4;
-    if tcp_header_len < 20 || t.start + tcp_header_len > frame.len() {
+    if tcp_header_len < TCP_HEADER_LEN || t.start + tcp_header_len > frame.len() {
         return None;
     }
     Some(TcpSegment {
@@ -241,61 +244,50 @@ struct Transport {
 /// A `proto` packet in an Ethernet frame, IPv4 unfragmented or IPv6 with
 /// no extension header (all netferry sends), the IP length the frame's.
 fn transport(frame: &[u8], proto: u8) -> Option<Transport> {
-    let ip = frame.get(ETH_LEN..)?;
+    let ip = frame.get(ETHERNET_HEADER_LEN..)?;
     let (v6, start, ip_len, pseudo) = match u16::from_be_bytes([frame[12], frame[13]]) {
         0x0800 => {
             let ihl = usize::from(ip.first()? & 0x0f) * 4;
             let ip_len = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
             let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
-            if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != proto || fragment != 0 {
+            if ip[0] >> 4 != 4 || ihl < IPV4_HEADER_LEN || *ip.get(9)? != proto || fragment != 0 {
                 return None;
             }
             let len = ip_len.checked_sub(ihl)?;
-            let pseudo = sum_bytes(ip.get(12..20)?) + u32::from(proto) + len as u32;
-            (false, ETH_LEN + ihl, ip_len, pseudo)
+            let pseudo = pseudo_sum(ip.get(12..20)?, proto, len);
+            (false, ETHERNET_HEADER_LEN + ihl, ip_len, pseudo)
         }
         0x86dd => {
             if ip.first()? >> 4 != 6 || *ip.get(6)? != proto {
                 return None;
             }
             let len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
-            let pseudo = sum_bytes(ip.get(8..40)?) + u32::from(proto) + len as u32;
-            (true, ETH_LEN + 40, 40 + len, pseudo)
+            let pseudo = pseudo_sum(ip.get(8..IPV6_HEADER_LEN)?, proto, len);
+            (
+                true,
+                ETHERNET_HEADER_LEN + IPV6_HEADER_LEN,
+                IPV6_HEADER_LEN + len,
+                pseudo,
+            )
         }
         _ => return None,
     };
-    if ETH_LEN + ip_len != frame.len() || start > frame.len() {
+    if ETHERNET_HEADER_LEN + ip_len != frame.len() || start > frame.len() {
         return None;
     }
     Some(Transport {
         v6,
         start,
         ip_len,
-        pseudo_sum: fold(pseudo),
+        pseudo_sum: pseudo,
     })
 }
 
-fn sum_bytes(bytes: &[u8]) -> u32 {
-    let mut sum = 0u32;
-    let mut chunks = bytes.chunks_exact(2);
-    for c in &mut chunks {
-        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
-        if sum > 0xffff_0000 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-    }
-    if let [last] = chunks.remainder() {
-        sum = sum.wrapping_add(u32::from(*last) << 8);
-    }
-    sum
-}
-
-/// A 32-bit one's-complement sum folded to 16 bits, not complemented.
-pub(crate) fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+/// The folded pseudo-header sum, not complemented, over `addrs` (source
+/// and destination, as they stand in the IP header), the protocol and
+/// the transport length.
+fn pseudo_sum(addrs: &[u8], proto: u8, len: usize) -> u16 {
+    checksum::combine(&[checksum::data(addrs), u16::from(proto), len as u16])
 }
 
 fn put16(hdr: &mut [u8; HEADER_LEN], at: usize, v: u16) {

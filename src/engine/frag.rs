@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::IPV4_HEADER_LEN;
+use smoltcp::wire::{
+    IPV4_HEADER_LEN, IpProtocol, Ipv6ExtHeader, Ipv6ExtHeaderRepr, Ipv6FragmentHeader,
+    Ipv6FragmentRepr,
+};
 
 /// Datagrams being put back together at once; the oldest is dropped to
 /// make room.
@@ -24,7 +27,9 @@ pub const MAX_DATAGRAM: usize = 65535;
 /// A datagram whose fragments have not all come by then is dropped, as
 /// Linux does (`ipfrag_time`).
 pub const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// IPv6's fragment header.
+/// IPv6's fragment header: the two bytes every extension header starts
+/// with, then the six of smoltcp's `Ipv6FragmentHeader` (smoltcp names
+/// no constant for the whole).
 pub const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
 /// Fragment offsets count in units of this many bytes: every piece but
 /// the last carries a multiple of it, so at least this much.
@@ -68,6 +73,34 @@ pub fn max_payload(addr: IpAddr) -> usize {
         IpAddr::V4(_) => MAX_DATAGRAM - IPV4_HEADER_LEN,
         IpAddr::V6(_) => MAX_DATAGRAM,
     }
+}
+
+/// An IPv6 fragment header at the start of `payload`: the next header,
+/// the fragment's fields (its offset in `FRAGMENT_UNIT`s) and the data
+/// after it. smoltcp's generic extension header would read the second
+/// byte as a length; in a fragment header it is reserved and ignored on
+/// reception (RFC 8200, 4.5), so only the first byte is taken from it.
+pub fn parse_v6_header(payload: &[u8]) -> Option<(IpProtocol, Ipv6FragmentRepr, &[u8])> {
+    let (header, data) = payload.split_at_checked(IPV6_FRAGMENT_HEADER_LEN)?;
+    let next = Ipv6ExtHeader::new_unchecked(header).next_header();
+    let fields = Ipv6FragmentHeader::new_checked(&header[2..]).ok()?;
+    let repr = Ipv6FragmentRepr::parse(&fields).ok()?;
+    Some((next, repr, data))
+}
+
+/// Write an IPv6 fragment header into the first `IPV6_FRAGMENT_HEADER_LEN`
+/// bytes of `buf`.
+pub fn emit_v6_header(buf: &mut [u8], next_header: IpProtocol, repr: &Ipv6FragmentRepr) {
+    let ext = Ipv6ExtHeaderRepr {
+        next_header,
+        // Reserved in a fragment header: zero.
+        length: 0,
+        data: &[],
+    };
+    ext.emit(&mut Ipv6ExtHeader::new_unchecked(&mut *buf));
+    repr.emit(&mut Ipv6FragmentHeader::new_unchecked(
+        &mut buf[2..IPV6_FRAGMENT_HEADER_LEN],
+    ));
 }
 
 /// Why a fragment was not taken.

@@ -12,9 +12,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    EthernetAddress, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
-    Icmpv6DstUnreachable, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv4Packet,
-    Ipv4Repr, Ipv6Packet, Ipv6Repr,
+    EthernetAddress, IPV6_HEADER_LEN, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet,
+    Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpProtocol,
+    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr,
 };
 
 use super::flows::{DgramFlow, Flow, FlowKey, Kind};
@@ -261,7 +261,7 @@ impl<H: Host> Engine<H> {
         quote: &[u8],
         sink: &mut S,
     ) {
-        if quote.len() < 40 {
+        if quote.len() < IPV6_HEADER_LEN {
             return;
         }
         let orig = Ipv6Packet::new_unchecked(quote);
@@ -280,7 +280,7 @@ impl<H: Host> Engine<H> {
         let repr = Icmpv6Repr::DstUnreachable {
             reason,
             header,
-            data: &quote[40..],
+            data: &quote[IPV6_HEADER_LEN..],
         };
         log::debug!(
             "telling {} that {}: {reason}",

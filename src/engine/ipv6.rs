@@ -15,42 +15,45 @@ use std::net::{IpAddr, Ipv6Addr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IPV6_HEADER_LEN, Icmpv6Packet,
     Icmpv6ParamProblem, Icmpv6Repr, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags,
-    NdiscRepr, RawHardwareAddress,
+    NdiscOption, NdiscOptionRepr, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr,
+    NdiscRouterFlags, RawHardwareAddress,
 };
 
-use super::frag::{FragKey, Fragment, IPV6_FRAGMENT_HEADER_LEN, Refused};
-use super::{Engine, FrameSink, Packet};
+use super::frag::{self, FragKey, Fragment, Refused};
+use super::{ETHERNET_HEADER_LEN, Engine, FrameSink, IPV6_MIN_MTU, Packet};
 use crate::host::Host;
 
 /// Unsolicited router advertisements this often.
 pub const RA_INTERVAL: Duration = Duration::from_secs(30);
 /// How long the guest keeps the gateway as its default router, the
 /// prefix and the DNS address without hearing again.
-const ROUTER_LIFETIME_SECS: u16 = 1800;
-const PREFIX_VALID_SECS: u32 = 86400;
-const PREFIX_PREFERRED_SECS: u32 = 14400;
-const RDNSS_LIFETIME_SECS: u32 = 1800;
+const ROUTER_LIFETIME: Duration = Duration::from_secs(1800);
+const PREFIX_VALID: Duration = Duration::from_secs(86400);
+const PREFIX_PREFERRED: Duration = Duration::from_secs(14400);
+const RDNSS_LIFETIME: Duration = Duration::from_secs(1800);
+/// The hop limit the guest is told to use for what it sends.
+const ADVERTISED_HOP_LIMIT: u8 = 64;
+/// The advertised prefix's length: SLAAC needs a /64.
+const PREFIX_LEN: u8 = 64;
 /// Neighbour discovery is only valid with the largest hop limit (RFC 4861).
 pub const NDP_HOP_LIMIT: u8 = 255;
-/// IPv6's smallest MTU; an ICMPv6 error quotes what fits in it.
-const IPV6_MIN_MTU: usize = 1280;
-pub const QUOTE6_LEN: usize = IPV6_MIN_MTU - 40 - 8;
+/// An ICMPv6 error quotes what fits in IPv6's smallest MTU behind its
+/// own IPv6 header and the error's 8-byte header.
+pub const QUOTE6_LEN: usize = IPV6_MIN_MTU - IPV6_HEADER_LEN - ICMPV6_ERROR_HEADER_LEN;
+const ICMPV6_ERROR_HEADER_LEN: usize = 8;
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES_MAC: EthernetAddress = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
-const IPV6_HEADER_LEN: usize = 40;
 /// Where a parameter problem about a fragment's offset points: the
 /// offset field, 2 bytes into the fragment header right after ours.
 const FRAGMENT_OFFSET_POINTER: u32 = IPV6_HEADER_LEN as u32 + 2;
 
-/// NDP option types.
-const OPT_SOURCE_LLADDR: u8 = 1;
-const OPT_PREFIX_INFO: u8 = 3;
-const OPT_MTU: u8 = 5;
+/// The RDNSS option (RFC 8106): its type, its length with one address
+/// in 8-byte units, and that length less the type and length bytes.
 const OPT_RDNSS: u8 = 25;
-/// Prefix information flags: on-link, autonomous address configuration.
-const PREFIX_ON_LINK_AUTONOMOUS: u8 = 0xc0;
+const RDNSS_UNITS: u8 = 3;
+const RDNSS_DATA_LEN: usize = RDNSS_UNITS as usize * 8 - 2;
 
 impl<H: Host> Engine<H> {
     pub(super) fn process_ipv6<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
@@ -202,28 +205,39 @@ impl<H: Host> Engine<H> {
         let Some(link) = self.plan.v6 else {
             return;
         };
-        let mut ra = Vec::with_capacity(96);
-        ra.extend_from_slice(&[134, 0, 0, 0, 64, 0]); // type, code, checksum, hop limit, flags
-        ra.extend_from_slice(&ROUTER_LIFETIME_SECS.to_be_bytes());
-        ra.extend_from_slice(&[0; 8]); // reachable time, retransmission timer: unspecified
-        ra.extend_from_slice(&[OPT_SOURCE_LLADDR, 1]);
-        ra.extend_from_slice(&self.mac.0);
-        if self.mtu >= IPV6_MIN_MTU {
-            ra.extend_from_slice(&[OPT_MTU, 1, 0, 0]);
-            ra.extend_from_slice(&(self.mtu as u32).to_be_bytes());
-        }
-        ra.extend_from_slice(&[OPT_PREFIX_INFO, 4, 64, PREFIX_ON_LINK_AUTONOMOUS]);
-        ra.extend_from_slice(&PREFIX_VALID_SECS.to_be_bytes());
-        ra.extend_from_slice(&PREFIX_PREFERRED_SECS.to_be_bytes());
-        ra.extend_from_slice(&[0; 4]);
-        ra.extend_from_slice(&link.prefix.octets());
-        if let Some(dns) = link.dns {
-            ra.extend_from_slice(&[OPT_RDNSS, 3, 0, 0]);
-            ra.extend_from_slice(&RDNSS_LIFETIME_SECS.to_be_bytes());
-            ra.extend_from_slice(&dns.octets());
-        }
+        let advert = NdiscRepr::RouterAdvert {
+            hop_limit: ADVERTISED_HOP_LIMIT,
+            flags: NdiscRouterFlags::empty(),
+            router_lifetime: ROUTER_LIFETIME,
+            // Reachable time and retransmission timer: unspecified.
+            reachable_time: Duration::ZERO,
+            retrans_time: Duration::ZERO,
+            lladdr: Some(self.mac.into()),
+            mtu: (self.mtu >= IPV6_MIN_MTU).then_some(self.mtu as u32),
+            prefix_info: Some(NdiscPrefixInformation {
+                prefix_len: PREFIX_LEN,
+                flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
+                valid_lifetime: PREFIX_VALID,
+                preferred_lifetime: PREFIX_PREFERRED,
+                prefix: link.prefix,
+            }),
+        };
+        // smoltcp has no RDNSS option (RFC 8106): it follows the others,
+        // as data of our own: reserved, lifetime, the address.
+        let rdnss = link.dns.map(|dns| {
+            let mut data = [0u8; RDNSS_DATA_LEN];
+            data[2..6].copy_from_slice(&(RDNSS_LIFETIME.secs() as u32).to_be_bytes());
+            data[6..].copy_from_slice(&dns.octets());
+            data
+        });
+        let rdnss = rdnss.as_ref().map(|data| NdiscOptionRepr::Unknown {
+            type_: OPT_RDNSS,
+            length: RDNSS_UNITS,
+            data,
+        });
+        let at = advert.buffer_len();
+        let len = at + rdnss.map_or(0, |o| o.buffer_len());
         let from = link.gateway_ll;
-        let len = ra.len();
         self.send_ip_with(
             NDP_HOP_LIMIT,
             mac,
@@ -232,7 +246,13 @@ impl<H: Host> Engine<H> {
             len,
             sink,
             |buf| {
-                buf.copy_from_slice(&ra);
+                // The send buffer is reused: smoltcp leaves the MTU
+                // option's reserved bytes as it found them.
+                buf.fill(0);
+                advert.emit(&mut Icmpv6Packet::new_unchecked(&mut *buf));
+                if let Some(rdnss) = rdnss {
+                    rdnss.emit(&mut NdiscOption::new_unchecked(&mut buf[at..]));
+                }
                 Icmpv6Packet::new_unchecked(buf).fill_checksum(&from, &to);
             },
         );
@@ -275,22 +295,19 @@ impl<H: Host> Engine<H> {
         payload: &[u8],
         sink: &mut S,
     ) {
-        if payload.len() < IPV6_FRAGMENT_HEADER_LEN {
+        let Some((next, fields, data)) = frag::parse_v6_header(payload) else {
             return;
-        }
-        let next = payload[0];
-        let off_flags = u16::from_be_bytes([payload[2], payload[3]]);
-        let id = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        };
         let fragment = Fragment {
             key: FragKey {
                 src: repr.src_addr.into(),
                 dst: repr.dst_addr.into(),
-                proto: next,
-                id,
+                proto: u8::from(next),
+                id: fields.ident,
             },
-            offset: (off_flags & !7) as usize,
-            more: off_flags & 1 == 1,
-            data: &payload[IPV6_FRAGMENT_HEADER_LEN..],
+            offset: usize::from(fields.frag_offset) * frag::FRAGMENT_UNIT,
+            more: fields.more_frags,
+            data,
         };
         let whole = match self.frags.add(now, fragment) {
             Ok(Some(whole)) => whole,
@@ -300,11 +317,11 @@ impl<H: Host> Engine<H> {
             }
         };
         let inner = Ipv6Repr {
-            next_header: IpProtocol::from(next),
+            next_header: next,
             payload_len: whole.len(),
             ..*repr
         };
-        let mut frame = vec![0u8; 14 + IPV6_HEADER_LEN + whole.len()];
+        let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + whole.len()];
         let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
         EthernetRepr {
             src_addr: eth.src_addr(),

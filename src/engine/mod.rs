@@ -11,15 +11,33 @@
 //! engine asks of the host's sockets, and tells it which host sockets are
 //! ready. So the same engine runs on the tap and real sockets in
 //! production, and on literal frames and a simulated host in tests.
+//!
+//! Its public face follows quinn-proto's: `handle_*` takes an event in (a
+//! tap read, a frame, a UDP train, a host socket's readiness), and
+//! `poll_*` says what the caller must do (`poll_transmit`: move the data
+//! those events made ready and send the frames due) or wait for
+//! (`poll_timeout`: how long until `poll_transmit` must run again).
+//!
+//! This file holds the engine's state, its entry points, the panic guard
+//! around them and the first dispatch of a frame by ethertype. Where a
+//! destination leads is decided in `route`; IPv4 input and reassembly is
+//! `ipv4`, IPv6 and neighbour discovery `ipv6`; every packet the engine
+//! originates is framed (and fragmented) in `emit`; each transport has
+//! its own file (`tcp`, `udp`, `icmp`, `dhcp`, `forward`).
 
 mod dhcp;
+mod emit;
 mod flows;
 mod forward;
 mod frag;
+#[cfg(test)]
+mod harness;
 mod icmp;
+mod ipv4;
 mod ipv6;
 pub mod plan;
 mod port;
+mod route;
 #[cfg(test)]
 mod scenario;
 mod tcp;
@@ -31,15 +49,14 @@ mod throttle;
 mod udp;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
-use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
+use smoltcp::phy::DeviceCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, IpCidr, IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr, Ipv6Packet,
-    Ipv6Repr,
+    EthernetRepr, HardwareAddress, IpCidr,
 };
 
 pub use dhcp::{Answer as DhcpAnswer, DhcpServer, LEASE_SECS};
@@ -56,7 +73,11 @@ use crate::host::DgramBatch;
 use crate::pages::Pages;
 use crate::vnet::TooManySegments;
 use flows::FlowTable;
+/// For the fuzz targets, which build the guest's fragments.
+pub(crate) use frag::{IPV6_FRAGMENT_HEADER_LEN, emit_v6_header as emit_v6_fragment_header};
 use port::Port;
+use route::Route;
+pub(crate) use route::Unreachable;
 
 /// The smallest IP MTU the engine works with: IPv4's minimum (RFC 791),
 /// which every link carries (a Linux tap refuses less). A smaller `--mtu`
@@ -145,32 +166,11 @@ pub struct Stats {
     pub defects: u64,
 }
 
-/// Why a destination cannot be reached, in terms either ICMP family has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unreachable {
-    Net,
-    Host,
-    Port,
-}
-
 /// Who answers an ARP message from the guest.
 enum ArpAnswer {
     Smoltcp,
     Ours(ArpRepr),
     None,
-}
-
-/// Where a guest's packet to some address goes on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// To this host socket address.
-    Host(SocketAddr),
-    /// Answer with ICMP destination unreachable from the gateway.
-    Unreachable(Unreachable),
-    /// Answer as a closed port would: TCP RST, ICMP port unreachable.
-    Refused,
-    /// Drop silently (broadcast, multicast, nothing configured).
-    Drop,
 }
 
 /// One IP packet from the guest, parsed as far as every protocol needs.
@@ -356,79 +356,13 @@ impl<H: Host> Engine<H> {
         self.flows.counts()
     }
 
-    /// Whether the engine answers for `addr` itself (ARP, neighbour
-    /// discovery, ping).
-    fn is_virtual(&self, addr: IpAddr) -> bool {
-        self.plan.is_mapped(addr)
-    }
-
-    fn gateway_for(&self, addr: IpAddr) -> IpAddr {
-        self.plan.gateway_for(addr)
-    }
-
-    /// Where traffic from the guest to `dst:port` goes: a mapped address
-    /// where the plan says, the rest of a closed subnet nowhere, anything
-    /// else out to the address itself through a host socket.
-    fn route(&mut self, now: Instant, dst: IpAddr, port: u16) -> Route {
-        if dst.is_ipv6() && self.plan.v6.is_none() {
-            return Route::Drop;
-        }
-        if let Some(target) = self.plan.target(dst) {
-            return match target {
-                MapTo::HostLoopback => {
-                    let lo: IpAddr = match dst {
-                        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-                        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-                    };
-                    Route::Host(SocketAddr::new(lo, port))
-                }
-                MapTo::Resolver if port != DNS_PORT => Route::Refused,
-                MapTo::Resolver => match self.host.nameserver(now) {
-                    Some(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
-                    None => Route::Drop,
-                },
-                MapTo::Host(addr) => Route::Host(SocketAddr::new(addr, port)),
-                MapTo::Refused => Route::Refused,
-                MapTo::Unreachable => Route::Unreachable(Unreachable::Net),
-            };
-        }
-        if self.plan.in_closed_subnet(dst) {
-            // Nothing else lives there; never let such a destination leak
-            // to a host network that happens to use the same prefix.
-            return Route::Unreachable(Unreachable::Host);
-        }
-        let nowhere = match dst {
-            IpAddr::V4(d) => {
-                d.is_broadcast() || d.is_multicast() || d.is_unspecified() || d.is_loopback()
-            }
-            // A v4-mapped destination would reach IPv4 addresses (the
-            // host's 127.0.0.1 among them) through a dual-stack socket.
-            IpAddr::V6(d) => {
-                d.is_loopback()
-                    || d.is_multicast()
-                    || d.is_unspecified()
-                    || d.to_ipv4_mapped().is_some()
-            }
-        };
-        if nowhere {
-            return Route::Drop;
-        }
-        if let IpAddr::V6(d) = dst
-            && d.is_unicast_link_local()
-        {
-            // A host socket cannot reach the guest's link.
-            return Route::Unreachable(Unreachable::Host);
-        }
-        Route::Host(SocketAddr::new(dst, port))
-    }
-
     /// Handle one read from the tap: a frame behind a virtio-net header
     /// of `header_len` bytes (0 on a tap without one). What the header
     /// says needs little action: a large TCP segment is taken whole, a
     /// UDP train is cut into its datagrams, and a partial checksum is not
     /// checked (guest frames never are). The event loop and the `frames`
     /// fuzz target both come in here, so a read is fuzzed as it is read.
-    pub fn process_tap_read<S: FrameSink>(
+    pub fn handle_tap_read<S: FrameSink>(
         &mut self,
         now: Instant,
         read: &[u8],
@@ -439,14 +373,14 @@ impl<H: Host> Engine<H> {
             crate::vnet::frame_of(read, header_len),
             crate::vnet::udp_train_size(read, header_len),
         ) {
-            (Some(frame), Some(size)) => self.process_udp_train(now, frame, size, sink),
-            (Some(frame), None) => self.process_frame(now, frame, sink),
+            (Some(frame), Some(size)) => self.handle_udp_train(now, frame, size, sink),
+            (Some(frame), None) => self.handle_frame(now, frame, sink),
             (None, _) => {}
         }
     }
 
     /// Handle one frame from the guest.
-    pub fn process_frame<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
+    pub fn handle_frame<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
         self.stats.frames_from_guest += 1;
         self.guarded(now, |e| e.process_ethernet(now, frame, sink));
     }
@@ -496,7 +430,7 @@ impl<H: Host> Engine<H> {
     /// datagram). It is cut into the frames the kernel would otherwise
     /// have sent, each handled as such; those of one flow then leave
     /// together in the flow's next host send.
-    pub fn process_udp_train<S: FrameSink>(
+    pub fn handle_udp_train<S: FrameSink>(
         &mut self,
         now: Instant,
         frame: &[u8],
@@ -607,48 +541,6 @@ impl<H: Host> Engine<H> {
         sink.send_frame(buf);
     }
 
-    fn process_ipv4<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
-        let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            return;
-        };
-        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-            self.stats.frames_dropped += 1;
-            log::trace!("dropping a malformed IPv4 packet");
-            return;
-        };
-        if ip.more_frags() || ip.frag_offset() != 0 {
-            // smoltcp's parser refuses fragments; they are ours to join.
-            if self.caps.checksum.ipv4.rx() && !ip.verify_checksum() {
-                return;
-            }
-            return self.reassemble_v4(now, &eth, &ip, sink);
-        }
-        let Ok(ip_repr) = Ipv4Repr::parse(&ip, &self.caps.checksum) else {
-            log::trace!("dropping an IPv4 packet that does not parse");
-            return;
-        };
-        let guest_mac = eth.src_addr();
-        if self.plan.v4.contains(ip_repr.src_addr) {
-            self.learn_guest(ip_repr.src_addr.into(), guest_mac);
-        }
-        let total = ip.total_len() as usize;
-        let header = ip.header_len() as usize;
-        let packet = eth.payload();
-        let pkt = Packet {
-            guest_mac,
-            src: ip_repr.src_addr.into(),
-            dst: ip_repr.dst_addr.into(),
-            payload: ip.payload(),
-            quote: &packet[..(header + 8).min(total)],
-        };
-        match ip_repr.next_header {
-            IpProtocol::Tcp => self.process_tcp(now, frame, &pkt, sink),
-            IpProtocol::Udp => self.process_udp(now, &pkt, sink),
-            IpProtocol::Icmp => self.process_icmp(now, &pkt, sink),
-            other => log::trace!("dropping IP protocol {other} to {}", ip_repr.dst_addr),
-        }
-    }
-
     /// Remember the guest's MAC for an address it sends from.
     fn learn_guest(&mut self, addr: IpAddr, mac: EthernetAddress) {
         if self.last_guest == Some((addr, mac)) || !mac.is_unicast() {
@@ -671,266 +563,6 @@ impl<H: Host> Engine<H> {
             .get(&ip)
             .copied()
             .unwrap_or(EthernetAddress::BROADCAST)
-    }
-
-    /// Wrap a payload in an IP header of `src`'s family and an Ethernet
-    /// header from the gateway's MAC, in the reused buffer, and send it.
-    /// The one place every packet the engine originates is framed.
-    fn send_ip<S: FrameSink>(
-        &mut self,
-        dst_mac: EthernetAddress,
-        addrs: (IpAddr, IpAddr),
-        proto: IpProtocol,
-        payload_len: usize,
-        sink: &mut S,
-        emit_payload: impl FnOnce(&mut [u8]),
-    ) {
-        self.send_ip_with(
-            HOP_LIMIT,
-            dst_mac,
-            addrs,
-            proto,
-            payload_len,
-            sink,
-            emit_payload,
-        )
-    }
-
-    /// `send_ip` with a hop limit of the caller's (neighbour discovery
-    /// needs 255). A datagram larger than the MTU is sent in fragments.
-    #[allow(clippy::too_many_arguments)]
-    fn send_ip_with<S: FrameSink>(
-        &mut self,
-        hop_limit: u8,
-        dst_mac: EthernetAddress,
-        addrs: (IpAddr, IpAddr),
-        proto: IpProtocol,
-        payload_len: usize,
-        sink: &mut S,
-        emit_payload: impl FnOnce(&mut [u8]),
-    ) {
-        if payload_len > frag::max_payload(addrs.1) {
-            // An IPv6 host datagram forwarded to an IPv4 guest can be
-            // larger than IPv4 carries.
-            log::debug!(
-                "not sending a {payload_len}-byte payload to {}: more than an IP packet holds",
-                addrs.1
-            );
-            return;
-        }
-        let Some((eth, ip)) = self.headers(hop_limit, dst_mac, addrs, proto, payload_len) else {
-            return;
-        };
-        let len = eth.buffer_len() + ip.header_len() + payload_len;
-        if len > self.mtu + port::ETHERNET_HEADER_LEN {
-            if proto == IpProtocol::Tcp {
-                log::debug!(
-                    "not sending a {len}-byte frame to {}: larger than the MTU",
-                    addrs.1
-                );
-                return;
-            }
-            let mut payload = vec![0u8; payload_len];
-            emit_payload(&mut payload);
-            return self.send_fragments(&eth, &ip, &payload, sink);
-        }
-        sink.send_frame(self.frame(&eth, &ip, emit_payload));
-    }
-
-    /// The Ethernet and IP headers of a packet from the engine, or `None`
-    /// when the addresses' families differ.
-    fn headers(
-        &self,
-        hop_limit: u8,
-        dst_mac: EthernetAddress,
-        (src, dst): (IpAddr, IpAddr),
-        proto: IpProtocol,
-        payload_len: usize,
-    ) -> Option<(EthernetRepr, IpRepr)> {
-        let (ip, ethertype) = match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => (
-                IpRepr::Ipv4(Ipv4Repr {
-                    src_addr: s,
-                    dst_addr: d,
-                    next_header: proto,
-                    payload_len,
-                    hop_limit,
-                }),
-                EthernetProtocol::Ipv4,
-            ),
-            (IpAddr::V6(s), IpAddr::V6(d)) => (
-                IpRepr::Ipv6(Ipv6Repr {
-                    src_addr: s,
-                    dst_addr: d,
-                    next_header: proto,
-                    payload_len,
-                    hop_limit,
-                }),
-                EthernetProtocol::Ipv6,
-            ),
-            _ => {
-                log::debug!("not sending a packet from {src} to {dst}: families differ");
-                return None;
-            }
-        };
-        let eth = EthernetRepr {
-            src_addr: self.mac,
-            dst_addr: dst_mac,
-            ethertype,
-        };
-        Some((eth, ip))
-    }
-
-    /// A frame with these headers in the reused buffer, its payload
-    /// written by `emit_payload`.
-    fn frame(
-        &mut self,
-        eth: &EthernetRepr,
-        ip: &IpRepr,
-        emit_payload: impl FnOnce(&mut [u8]),
-    ) -> &mut [u8] {
-        let len = eth.buffer_len() + ip.header_len() + ip.payload_len();
-        if self.tx.len() < len {
-            self.tx.resize(len, 0);
-        }
-        let buf = &mut self.tx[..len];
-        let mut frame = EthernetFrame::new_unchecked(&mut *buf);
-        eth.emit(&mut frame);
-        let packet = frame.payload_mut();
-        ip.emit(&mut *packet, &ChecksumCapabilities::default());
-        emit_payload(&mut packet[ip.header_len()..]);
-        buf
-    }
-
-    /// A datagram too large for the guest's MTU, in fragments: IPv4's own,
-    /// or IPv6's fragment header (netferry is the sender on this link).
-    fn send_fragments<S: FrameSink>(
-        &mut self,
-        eth: &EthernetRepr,
-        ip: &IpRepr,
-        payload: &[u8],
-        sink: &mut S,
-    ) {
-        let eth_len = eth.buffer_len();
-        let fixed = match ip {
-            IpRepr::Ipv4(repr) => repr.buffer_len(),
-            IpRepr::Ipv6(repr) => repr.buffer_len() + frag::IPV6_FRAGMENT_HEADER_LEN,
-        };
-        // An MTU the command line accepts (down to 1) may leave no room
-        // for a fragment's headers and one unit of data.
-        let Some(room) = (self.mtu + port::ETHERNET_HEADER_LEN)
-            .checked_sub(eth_len + fixed)
-            .filter(|&room| room >= frag::FRAGMENT_UNIT)
-        else {
-            log::debug!(
-                "not sending a {}-byte datagram: MTU {} is too small to fragment it",
-                payload.len(),
-                self.mtu
-            );
-            return;
-        };
-        self.frag_id = self.frag_id.wrapping_add(1);
-        let id = self.frag_id;
-        let mut count = 0;
-        match *ip {
-            IpRepr::Ipv4(repr) => {
-                for (offset, piece, more) in frag::pieces(payload, room) {
-                    let part = Ipv4Repr {
-                        payload_len: piece.len(),
-                        ..repr
-                    };
-                    let mut buf = vec![0u8; eth_len + part.buffer_len() + piece.len()];
-                    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-                    eth.emit(&mut frame);
-                    let mut p = Ipv4Packet::new_unchecked(frame.payload_mut());
-                    part.emit(&mut p, &ChecksumCapabilities::ignored());
-                    p.set_ident(id as u16);
-                    p.set_dont_frag(false);
-                    p.set_more_frags(more);
-                    p.set_frag_offset(offset as u16);
-                    p.fill_checksum();
-                    p.payload_mut().copy_from_slice(piece);
-                    sink.send_frame(&mut buf);
-                    count += 1;
-                }
-            }
-            IpRepr::Ipv6(repr) => {
-                for (offset, piece, more) in frag::pieces(payload, room) {
-                    let part = Ipv6Repr {
-                        next_header: IpProtocol::Ipv6Frag,
-                        payload_len: frag::IPV6_FRAGMENT_HEADER_LEN + piece.len(),
-                        ..repr
-                    };
-                    let mut buf = vec![0u8; eth_len + fixed + piece.len()];
-                    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-                    eth.emit(&mut frame);
-                    let mut p = Ipv6Packet::new_unchecked(frame.payload_mut());
-                    part.emit(&mut p);
-                    let body = p.payload_mut();
-                    body[0] = u8::from(repr.next_header);
-                    body[1] = 0;
-                    let off_flags = offset as u16 | u16::from(more);
-                    body[2..4].copy_from_slice(&off_flags.to_be_bytes());
-                    body[4..8].copy_from_slice(&id.to_be_bytes());
-                    body[frag::IPV6_FRAGMENT_HEADER_LEN..].copy_from_slice(piece);
-                    sink.send_frame(&mut buf);
-                    count += 1;
-                }
-            }
-        }
-        log::debug!(
-            "sent a {}-byte datagram in {count} fragments",
-            payload.len()
-        );
-    }
-
-    /// A fragment of a guest IPv4 datagram: once all are in, the whole is
-    /// handled as if it had come in one frame.
-    fn reassemble_v4<S: FrameSink>(
-        &mut self,
-        now: Instant,
-        eth: &EthernetFrame<&[u8]>,
-        ip: &Ipv4Packet<&[u8]>,
-        sink: &mut S,
-    ) {
-        let repr = Ipv4Repr {
-            src_addr: ip.src_addr(),
-            dst_addr: ip.dst_addr(),
-            next_header: ip.next_header(),
-            payload_len: 0,
-            hop_limit: ip.hop_limit(),
-        };
-        let fragment = frag::Fragment {
-            key: frag::FragKey {
-                src: repr.src_addr.into(),
-                dst: repr.dst_addr.into(),
-                proto: u8::from(repr.next_header),
-                id: u32::from(ip.ident()),
-            },
-            offset: ip.frag_offset() as usize,
-            more: ip.more_frags(),
-            data: ip.payload(),
-        };
-        let Ok(Some(whole)) = self.frags.add(now, fragment) else {
-            return;
-        };
-        let inner = Ipv4Repr {
-            payload_len: whole.len(),
-            ..repr
-        };
-        let mut frame = vec![0u8; 14 + inner.buffer_len() + whole.len()];
-        let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
-        EthernetRepr {
-            src_addr: eth.src_addr(),
-            dst_addr: eth.dst_addr(),
-            ethertype: EthernetProtocol::Ipv4,
-        }
-        .emit(&mut f);
-        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
-        inner.emit(&mut p, &ChecksumCapabilities::default());
-        p.payload_mut().copy_from_slice(&whole);
-        log::debug!("reassembled a {}-byte IPv4 datagram", whole.len());
-        self.process_ipv4(now, &frame, sink);
     }
 
     /// A frame of TCP flow `id`, into its own socket set.
@@ -987,16 +619,17 @@ impl<H: Host> Engine<H> {
             .poll_ingress_single(now, &mut dev, &mut self.sockets);
     }
 
-    /// Host socket `id` is ready. The work happens in the next `poll`.
-    pub fn host_event(&mut self, id: FlowId, ready: Readiness) {
+    /// Host socket `id` is ready. The work happens in the next
+    /// `poll_transmit`.
+    pub fn handle_host_event(&mut self, id: FlowId, ready: Readiness) {
         self.flows.mark_ready(id, ready);
     }
 
     /// Move data between flows and their host sockets, let smoltcp send
     /// what it has queued and run its timers, and retire finished flows.
     /// Call after each batch of frames and host events, and when
-    /// `poll_delay` comes due.
-    pub fn poll<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+    /// `poll_timeout` comes due.
+    pub fn poll_transmit<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
         self.guarded(now, |e| e.poll_guarded(now, sink));
     }
 
@@ -1020,10 +653,10 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// How long until `poll` must run again: zero when work is waiting
-    /// (a flow whose batch was cut short, or a smoltcp deadline that has
-    /// passed), `None` when nothing is due until the next event.
-    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+    /// How long until `poll_transmit` must run again: zero when work is
+    /// waiting (a flow whose batch was cut short, or a smoltcp deadline
+    /// that has passed), `None` when nothing is due until the next event.
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
         if self.flows.has_carried() {
             return Some(Duration::ZERO);
         }

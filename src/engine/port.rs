@@ -39,7 +39,7 @@ impl FrameSink for Vec<Vec<u8>> {
 }
 
 /// Ethernet header length; smoltcp's MTU counts it.
-pub const ETHERNET_HEADER_LEN: usize = 14;
+pub use smoltcp::wire::ETHERNET_HEADER_LEN;
 
 /// The largest IP packet: with segmentation offload, smoltcp's TCP
 /// segments may be this large whatever the tap's MTU.

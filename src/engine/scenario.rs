@@ -13,12 +13,13 @@ use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress, IpAddress,
+    IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr,
 };
 
-use super::{Engine, EngineConfig, Limits};
+use super::harness::{SimEngine, arp_request, deliver_host_events, sim_engine};
+use super::{ETHERNET_HEADER_LEN, EngineConfig, Limits};
 use crate::host::SimHost;
 use crate::host::sim::{Outcome, Stall};
 
@@ -53,7 +54,7 @@ impl phy::Device for GuestNic {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.mtu + 14;
+        caps.max_transmission_unit = self.mtu + ETHERNET_HEADER_LEN;
         caps
     }
 }
@@ -74,7 +75,7 @@ impl phy::TxToken for TxTok<'_> {
 }
 
 struct World {
-    engine: Engine<SimHost>,
+    engine: SimEngine,
     nic: GuestNic,
     iface: Interface,
     sockets: SocketSet<'static>,
@@ -95,7 +96,6 @@ struct World {
 
 fn config() -> EngineConfig {
     let mut cfg = EngineConfig::new(crate::slirp4netns::default_plan(false), 1500);
-    cfg.verify_checksums = true;
     cfg.seed = 7;
     cfg.tcp_buffer = 64 * 1024;
     cfg
@@ -121,7 +121,7 @@ impl World {
         });
         let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY);
         World {
-            engine: Engine::new(&cfg, now, SimHost::new(seed)),
+            engine: sim_engine(cfg, seed),
             nic,
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -139,23 +139,7 @@ impl World {
     /// tells smoltcp the guest's MAC.
     fn play_guest_by_hand(&mut self) {
         self.stack = false;
-        let arp = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Request,
-            source_hardware_addr: GUEST_MAC,
-            source_protocol_addr: GUEST_IP,
-            target_hardware_addr: EthernetAddress([0; 6]),
-            target_protocol_addr: GATEWAY,
-        };
-        let mut buf = vec![0u8; 14 + arp.buffer_len()];
-        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
-        EthernetRepr {
-            src_addr: GUEST_MAC,
-            dst_addr: EthernetAddress::BROADCAST,
-            ethertype: EthernetProtocol::Arp,
-        }
-        .emit(&mut f);
-        arp.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
-        self.raw.push(buf);
+        self.raw.push(arp_request(GUEST_MAC, GUEST_IP, GATEWAY));
     }
 
     fn host(&mut self) -> &mut SimHost {
@@ -173,14 +157,10 @@ impl World {
                 self.raw.drain(..).chain(self.nic.tx.drain(..)).collect();
             for frame in from_guest {
                 moved = true;
-                self.engine.process_frame(now, &frame, &mut out);
+                self.engine.handle_frame(now, &frame, &mut out);
             }
-            self.engine.host_mut().tick(now);
-            for (id, ready) in self.engine.host_mut().take_events() {
-                moved = true;
-                self.engine.host_event(id, ready);
-            }
-            self.engine.poll(now, &mut out);
+            moved |= deliver_host_events(&mut self.engine, now);
+            self.engine.poll_transmit(now, &mut out);
             for frame in out {
                 moved = true;
                 self.trace.push(frame.clone());
@@ -208,7 +188,7 @@ impl World {
             }
             let now = self.now;
             let deadlines = [
-                self.engine.poll_delay(now).map(|d| now + d),
+                self.engine.poll_timeout(now).map(|d| now + d),
                 self.iface.poll_at(now, &self.sockets),
                 self.engine.host_mut().next_deadline(),
             ];
@@ -686,7 +666,7 @@ fn a_guest_udp_train_reaches_the_host_as_its_datagrams() {
     let frame = udp_frame(5360, REMOTE, 4433, &datagrams.concat());
     let before = w.engine.stats();
     let mut out: Vec<Vec<u8>> = Vec::new();
-    w.engine.process_udp_train(w.now, &frame, 100, &mut out);
+    w.engine.handle_udp_train(w.now, &frame, 100, &mut out);
     let after = w.engine.stats();
     assert_eq!(after.frames_from_guest - before.frames_from_guest, 1);
     assert_eq!(after.datagrams_from_guest - before.datagrams_from_guest, 11);
@@ -695,13 +675,13 @@ fn a_guest_udp_train_reaches_the_host_as_its_datagrams() {
     assert_eq!(w.host().dgram(id).unwrap().sent, datagrams);
     // A train whose size covers it all is one datagram; one that is not
     // UDP, or not a packet at all, is handled as the frame it is.
-    w.engine.process_udp_train(
+    w.engine.handle_udp_train(
         w.now,
         &udp_frame(5360, REMOTE, 4434, b"short"),
         100,
         &mut out,
     );
-    w.engine.process_udp_train(w.now, &[0xff; 9], 100, &mut out);
+    w.engine.handle_udp_train(w.now, &[0xff; 9], 100, &mut out);
     w.run_for(Duration::from_millis(10));
     let id = w.host().dgram_to(remote(4434)).expect("no host socket");
     assert_eq!(w.host().dgram(id).unwrap().sent, [b"short".to_vec()]);
@@ -748,10 +728,10 @@ fn host_datagrams_of_one_size_go_to_the_guest_as_trains() {
         w.host().dgram_reply(id, r);
     }
     for (id, ready) in w.engine.host_mut().take_events() {
-        w.engine.host_event(id, ready);
+        w.engine.handle_host_event(id, ready);
     }
     let mut sink = TrainSink::default();
-    w.engine.poll(w.now, &mut sink);
+    w.engine.poll_transmit(w.now, &mut sink);
     assert_eq!(sink.trains, [16, 5, 3]);
     let mut got = Vec::new();
     let mut fragments = 0;
@@ -809,7 +789,7 @@ fn a_timer_fires_on_time_while_a_host_connect_is_pending() {
     let now = w.now;
     let delay = w
         .engine
-        .poll_delay(now)
+        .poll_timeout(now)
         .expect("no deadline with flows open");
     assert!(
         delay > Duration::ZERO && delay <= Duration::from_secs(1),

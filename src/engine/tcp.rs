@@ -10,20 +10,18 @@
 //! smoltcp's buffers and the host stream, and each side stops reading
 //! while the other is full.
 
-use std::io;
-
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, IPV4_HEADER_LEN, IpEndpoint, IpListenEndpoint, IpProtocol,
-    TCP_HEADER_LEN, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetAddress, EthernetFrame, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpEndpoint, IpListenEndpoint,
+    IpProtocol, TCP_HEADER_LEN, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, checksum,
 };
 
 use super::flows::{Flow, FlowKey, Kind, Ready, TcpFlow, TcpPhase};
-use super::{Engine, FrameSink, Packet, Route, Unreachable};
-use crate::host::{FlowId, Host, INTERRUPT_RETRIES, Step};
+use super::{ETHERNET_HEADER_LEN, Engine, FrameSink, Packet, Route, Unreachable};
+use crate::host::{FlowId, Host, HostError, INTERRUPT_RETRIES, Step};
 
 /// A SYN frame kept while its host connect is under way is at most this
 /// long; a SYN carrying more (data on the SYN) is dropped, so a flood of
@@ -50,7 +48,7 @@ enum Pump {
     Interrupted,
     Blocked,
     Eof,
-    Failed(io::Error),
+    Failed(HostError),
 }
 
 /// How long the ACK for `tcp` may wait, as a Linux receiver decides it
@@ -97,8 +95,8 @@ fn quote_of_frame(frame: &[u8]) -> &[u8] {
 /// smoltcp's segments are then bounded by that and not by the MTU, and
 /// the guest's kernel cuts each into equal frames with none left over.
 fn wide_mss(mtu: usize, ip_header_len: usize) -> u16 {
-    let per_frame = mtu.saturating_sub(ip_header_len + 20).max(1);
-    let most = super::port::MAX_IP_PACKET - ip_header_len - 20;
+    let per_frame = mtu.saturating_sub(ip_header_len + TCP_HEADER_LEN).max(1);
+    let most = super::port::MAX_IP_PACKET - ip_header_len - TCP_HEADER_LEN;
     (most / per_frame * per_frame).clamp(per_frame.min(most), most) as u16
 }
 
@@ -106,19 +104,25 @@ fn wide_mss(mtu: usize, ip_header_len: usize) -> u16 {
 /// keeping its checksum right. A SYN without the option keeps smoltcp's
 /// default of 536, as any receiver would.
 fn widen_mss(frame: &mut [u8], mtu: usize) {
-    let Some(ip) = frame.get(14..) else {
+    let Some(ip) = frame.get(ETHERNET_HEADER_LEN..) else {
         return;
     };
     let (tcp, wide) = match ip.first().map(|b| b >> 4) {
-        Some(4) => (14 + usize::from(ip[0] & 0x0f) * 4, wide_mss(mtu, 20)),
-        Some(6) => (14 + 40, wide_mss(mtu, 40)),
+        Some(4) => (
+            ETHERNET_HEADER_LEN + usize::from(ip[0] & 0x0f) * 4,
+            wide_mss(mtu, IPV4_HEADER_LEN),
+        ),
+        Some(6) => (
+            ETHERNET_HEADER_LEN + IPV6_HEADER_LEN,
+            wide_mss(mtu, IPV6_HEADER_LEN),
+        ),
         _ => return,
     };
     let Some(data_offset) = frame.get(tcp + 12) else {
         return;
     };
     let end = (tcp + usize::from(data_offset >> 4) * 4).min(frame.len());
-    let mut at = tcp + 20;
+    let mut at = tcp + TCP_HEADER_LEN;
     while at < end {
         match frame[at] {
             0 => return,
@@ -133,8 +137,7 @@ fn widen_mss(frame: &mut [u8], mtu: usize) {
                     frame[at + 2..at + 4].copy_from_slice(&wide.to_be_bytes());
                     // RFC 1624: HC' = ~(~HC + ~m + m').
                     let hc = u16::from_be_bytes([frame[tcp + 16], frame[tcp + 17]]);
-                    let sum = u32::from(!hc) + u32::from(!old) + u32::from(wide);
-                    let hc = !crate::vnet::fold(sum);
+                    let hc = !checksum::combine(&[!hc, !old, wide]);
                     frame[tcp + 16..tcp + 18].copy_from_slice(&hc.to_be_bytes());
                     return;
                 }
@@ -359,7 +362,8 @@ impl<H: Host> Engine<H> {
         let id = self.flows.next_id();
         if let Err(e) = self.host.tcp_connect(id, target) {
             log::debug!("tcp {} -> {target}: connect failed: {e}", key.guest);
-            return self.fail_connect(pkt.guest_mac, &key, seq, pkt.quote, &e, sink);
+            let err = HostError::from(e);
+            return self.fail_connect(pkt.guest_mac, &key, seq, pkt.quote, &err, sink);
         }
         log::debug!("tcp {} -> {target}: connecting", key.guest);
         self.flows.insert(Flow::Tcp(TcpFlow {
@@ -462,12 +466,12 @@ impl<H: Host> Engine<H> {
         key: &FlowKey,
         seq: TcpSeqNumber,
         quote: &[u8],
-        err: &io::Error,
+        err: &HostError,
         sink: &mut S,
     ) {
-        let reason = match err.raw_os_error() {
-            Some(libc::ENETUNREACH) => Some(Unreachable::Net),
-            Some(libc::EHOSTUNREACH) | Some(libc::ETIMEDOUT) => Some(Unreachable::Host),
+        let reason = match err {
+            HostError::NetUnreachable => Some(Unreachable::Net),
+            HostError::HostUnreachable | HostError::TimedOut => Some(Unreachable::Host),
             _ => None,
         };
         match reason {
@@ -631,7 +635,8 @@ impl<H: Host> Engine<H> {
                     // Our own RST or ICMP error: the guest never saw a
                     // SYN-ACK, so nothing of smoltcp's is involved.
                     self.remove_flow(id, false);
-                    return self.fail_connect(mac, &key, seq, quote_of_frame(&syn), &e, sink);
+                    let err = HostError::from(e);
+                    return self.fail_connect(mac, &key, seq, quote_of_frame(&syn), &err, sink);
                 }
             }
         }

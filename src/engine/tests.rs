@@ -3,6 +3,12 @@
 //! it emits is parsed back with smoltcp's wire types and checked field by
 //! field.
 
+use std::net::{Ipv4Addr, SocketAddr};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr};
+
+use super::harness::{self, Rig, ipv4_packet};
 use super::*;
 use crate::host::SimHost;
 use crate::host::sim::Outcome;
@@ -17,63 +23,39 @@ const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 
 type Engine = super::Engine<SimHost>;
 
-fn engine() -> Engine {
+/// The engine of the default network, the clock at 1 ms, the guest not
+/// heard from yet.
+fn engine() -> Rig {
     engine_for(Network::default())
 }
 
-fn engine_for(net: Network) -> Engine {
+fn engine_for(net: Network) -> Rig {
     let mut cfg = EngineConfig::new(slirp_plan(&net, None, true, true), 1500);
-    cfg.verify_checksums = true;
     cfg.seed = 1;
-    Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1))
+    Rig::new(cfg, 1, Instant::from_millis(1))
 }
 
-fn feed(e: &mut Engine, frame: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    e.process_frame(Instant::from_millis(1), frame, &mut out);
-    e.poll(Instant::from_millis(1), &mut out);
-    out
+/// A rig whose guest has resolved the gateway first, as a real one does;
+/// this also gives smoltcp the guest's MAC.
+fn rig(host_loopback: bool) -> Rig {
+    rig_with_offload(host_loopback, false)
+}
+
+fn rig_with_offload(host_loopback: bool, offload: bool) -> Rig {
+    let plan = slirp_plan(&Network::default(), None, host_loopback, true);
+    let mut cfg = EngineConfig::new(plan, 1500);
+    cfg.offload = offload;
+    let mut rig = Rig::new(cfg, 1, Instant::from_millis(1));
+    rig.feed(&arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+    rig
 }
 
 fn eth(dst: EthernetAddress, proto: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
-    let repr = EthernetRepr {
-        src_addr: GUEST_MAC,
-        dst_addr: dst,
-        ethertype: proto,
-    };
-    let mut buf = vec![0u8; repr.buffer_len() + payload.len()];
-    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-    repr.emit(&mut frame);
-    frame.payload_mut().copy_from_slice(payload);
-    buf
+    harness::ethernet(GUEST_MAC, dst, proto, payload)
 }
 
 fn arp_request(target: Ipv4Addr) -> Vec<u8> {
-    let repr = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: GUEST_MAC,
-        source_protocol_addr: GUEST_IP,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: target,
-    };
-    let mut buf = vec![0u8; repr.buffer_len()];
-    repr.emit(&mut ArpPacket::new_unchecked(&mut buf[..]));
-    eth(EthernetAddress::BROADCAST, EthernetProtocol::Arp, &buf)
-}
-
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload: &[u8]) -> Vec<u8> {
-    let repr = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len: payload.len(),
-        hop_limit: 64,
-    };
-    let mut buf = vec![0u8; repr.buffer_len() + payload.len()];
-    let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
-    repr.emit(&mut p, &ChecksumCapabilities::default());
-    p.payload_mut().copy_from_slice(payload);
-    buf
+    harness::arp_request(GUEST_MAC, GUEST_IP, target)
 }
 
 fn echo_request(dst: Ipv4Addr) -> Vec<u8> {
@@ -87,7 +69,7 @@ fn echo_request(dst: Ipv4Addr) -> Vec<u8> {
         &mut Icmpv4Packet::new_unchecked(&mut buf[..]),
         &ChecksumCapabilities::default(),
     );
-    let ip = ipv4(GUEST_IP, dst, IpProtocol::Icmp, &buf);
+    let ip = ipv4_packet(GUEST_IP, dst, IpProtocol::Icmp, &buf);
     eth(
         Engine::gateway_mac_of(&Network::default()),
         EthernetProtocol::Ipv4,
@@ -141,7 +123,7 @@ fn dhcp_frame(kind: DhcpMessageType, requested: Option<Ipv4Addr>) -> Vec<u8> {
         |p| p.copy_from_slice(&dhcp),
         &ChecksumCapabilities::default(),
     );
-    let ip = ipv4(
+    let ip = ipv4_packet(
         Ipv4Addr::UNSPECIFIED,
         Ipv4Addr::BROADCAST,
         IpProtocol::Udp,
@@ -182,7 +164,7 @@ fn option(options: &[(u8, Vec<u8>)], kind: u8) -> Option<&[u8]> {
 fn arp_for_gateway_and_dns_is_answered_with_the_gateway_mac() {
     let mut e = engine();
     for target in [Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)] {
-        let out = feed(&mut e, &arp_request(target));
+        let out = e.feed(&arp_request(target));
         assert_eq!(out.len(), 1, "one reply for {target}");
         let frame = EthernetFrame::new_checked(&out[0][..]).unwrap();
         assert_eq!(frame.dst_addr(), GUEST_MAC);
@@ -211,15 +193,15 @@ fn arp_for_gateway_and_dns_is_answered_with_the_gateway_mac() {
 #[test]
 fn arp_for_other_addresses_is_not_claimed() {
     let mut e = engine();
-    assert!(feed(&mut e, &arp_request(Ipv4Addr::new(10, 0, 2, 50))).is_empty());
-    assert!(feed(&mut e, &arp_request(GUEST_IP)).is_empty());
+    assert!(e.feed(&arp_request(Ipv4Addr::new(10, 0, 2, 50))).is_empty());
+    assert!(e.feed(&arp_request(GUEST_IP)).is_empty());
 }
 
 #[test]
 fn ping_to_gateway_and_dns_is_answered_locally() {
     let mut e = engine();
     for dst in [Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)] {
-        let out = feed(&mut e, &echo_request(dst));
+        let out = e.feed(&echo_request(dst));
         assert_eq!(out.len(), 1);
         let frame = EthernetFrame::new_checked(&out[0][..]).unwrap();
         assert_eq!(frame.dst_addr(), GUEST_MAC);
@@ -244,10 +226,9 @@ fn ping_to_gateway_and_dns_is_answered_locally() {
 /// ARP reply or ping fits it; the engine works with IPv4's minimum.
 #[test]
 fn an_mtu_below_ipv4s_minimum_is_raised_to_it() {
-    let mut cfg = EngineConfig::new(default_plan(false), 15);
-    cfg.verify_checksums = true;
-    let mut e = Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1));
-    let out = feed(&mut e, &echo_request(Ipv4Addr::new(10, 0, 2, 2)));
+    let cfg = EngineConfig::new(default_plan(false), 15);
+    let mut e = Rig::new(cfg, 1, Instant::from_millis(1));
+    let out = e.feed(&echo_request(Ipv4Addr::new(10, 0, 2, 2)));
     assert_eq!(out.len(), 1, "the echo reply was not sent");
     assert!(out[0].len() <= MIN_MTU + ETHERNET_HEADER_LEN);
 }
@@ -255,13 +236,16 @@ fn an_mtu_below_ipv4s_minimum_is_raised_to_it() {
 #[test]
 fn ping_elsewhere_is_not_answered_by_the_engine() {
     let mut e = engine();
-    assert!(feed(&mut e, &echo_request(Ipv4Addr::new(192, 0, 2, 1))).is_empty());
+    assert!(
+        e.feed(&echo_request(Ipv4Addr::new(192, 0, 2, 1)))
+            .is_empty()
+    );
 }
 
 #[test]
 fn dhcp_discover_request_gets_pool_start_with_options() {
     let mut e = engine();
-    let out = feed(&mut e, &dhcp_frame(DhcpMessageType::Discover, None));
+    let out = e.feed(&dhcp_frame(DhcpMessageType::Discover, None));
     assert_eq!(out.len(), 1);
     let (dst, kind, yiaddr, opts) = parse_dhcp(&out[0]);
     assert_eq!(dst, Ipv4Addr::BROADCAST);
@@ -273,10 +257,10 @@ fn dhcp_discover_request_gets_pool_start_with_options() {
     assert_eq!(option(&opts, 51), Some(&86400u32.to_be_bytes()[..]));
     assert_eq!(option(&opts, 54), Some(&[10, 0, 2, 2][..]));
 
-    let out = feed(
-        &mut e,
-        &dhcp_frame(DhcpMessageType::Request, Some(Ipv4Addr::new(10, 0, 2, 15))),
-    );
+    let out = e.feed(&dhcp_frame(
+        DhcpMessageType::Request,
+        Some(Ipv4Addr::new(10, 0, 2, 15)),
+    ));
     assert_eq!(out.len(), 1);
     let (_, kind, yiaddr, _) = parse_dhcp(&out[0]);
     assert_eq!(
@@ -291,7 +275,7 @@ fn dhcp_follows_a_custom_cidr() {
     let mut e = engine_for(net);
     let mut frame = dhcp_frame(DhcpMessageType::Discover, None);
     // Same frame, the client just does not know the network yet.
-    let out = feed(&mut e, &frame);
+    let out = e.feed(&frame);
     let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
     let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
     assert_eq!(ip.src_addr(), Ipv4Addr::new(172, 30, 0, 2));
@@ -303,7 +287,7 @@ fn dhcp_follows_a_custom_cidr() {
     // A corrupted copy is dropped, not answered.
     let last = frame.len() - 1;
     frame[last] ^= 0xff;
-    assert!(feed(&mut e, &frame).is_empty());
+    assert!(e.feed(&frame).is_empty());
 }
 
 #[test]
@@ -320,7 +304,7 @@ fn malformed_frames_are_dropped_quietly() {
         eth(
             gw,
             EthernetProtocol::Ipv4,
-            &ipv4(
+            &ipv4_packet(
                 GUEST_IP,
                 Ipv4Addr::new(10, 0, 2, 2),
                 IpProtocol::Udp,
@@ -330,76 +314,19 @@ fn malformed_frames_are_dropped_quietly() {
         eth(
             gw,
             EthernetProtocol::Ipv4,
-            &ipv4(GUEST_IP, Ipv4Addr::new(10, 0, 2, 2), IpProtocol::Icmp, &[8]),
+            &ipv4_packet(GUEST_IP, Ipv4Addr::new(10, 0, 2, 2), IpProtocol::Icmp, &[8]),
         ),
     ];
     for frame in cases {
-        assert!(feed(&mut e, &frame).is_empty(), "answered {frame:?}");
+        assert!(e.feed(&frame).is_empty(), "answered {frame:?}");
     }
     // Still serving after all that.
-    assert_eq!(
-        feed(&mut e, &echo_request(Ipv4Addr::new(10, 0, 2, 2))).len(),
-        1
-    );
+    assert_eq!(e.feed(&echo_request(Ipv4Addr::new(10, 0, 2, 2))).len(), 1);
 }
 
 /// An engine on the simulated host, whose clock the test moves: TCP
 /// flows to the gateway address become the host's connects to its
 /// loopback, finished as the test scripted them.
-struct Rig {
-    engine: Engine,
-    now: Instant,
-}
-
-impl Rig {
-    fn new(host_loopback: bool) -> Self {
-        Self::with_offload(host_loopback, false)
-    }
-
-    fn with_offload(host_loopback: bool, offload: bool) -> Self {
-        let plan = slirp_plan(&Network::default(), None, host_loopback, true);
-        let mut cfg = EngineConfig::new(plan, 1500);
-        cfg.verify_checksums = true;
-        cfg.offload = offload;
-        let engine = Engine::new(&cfg, Instant::from_millis(0), SimHost::new(1));
-        let mut rig = Rig {
-            engine,
-            now: Instant::from_millis(1),
-        };
-        // The guest resolves the gateway first, as a real one does; this
-        // also gives smoltcp the guest's MAC.
-        rig.feed(&arp_request(Ipv4Addr::new(10, 0, 2, 2)));
-        rig
-    }
-
-    fn host(&mut self) -> &mut SimHost {
-        self.engine.host_mut()
-    }
-
-    fn feed(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        self.engine.process_frame(self.now, frame, &mut out);
-        self.engine.poll(self.now, &mut out);
-        out
-    }
-
-    /// Let `ms` of virtual time pass in 1 ms steps, handing the host's
-    /// events to the engine; everything the engine sent meanwhile.
-    fn run(&mut self, ms: u64) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for _ in 0..ms {
-            self.now += Duration::from_millis(1);
-            let now = self.now;
-            self.host().tick(now);
-            for (id, ready) in self.host().take_events() {
-                self.engine.host_event(id, ready);
-            }
-            self.engine.poll(now, &mut out);
-        }
-        out
-    }
-}
-
 const GUEST_PORT: u16 = 40000;
 const GUEST_ISN: u32 = 1000;
 
@@ -431,7 +358,7 @@ fn guest_segment(dst: Ipv4Addr, tcp: TcpRepr) -> Vec<u8> {
         &dst.into(),
         &ChecksumCapabilities::default(),
     );
-    let ip = ipv4(GUEST_IP, dst, IpProtocol::Tcp, &seg);
+    let ip = ipv4_packet(GUEST_IP, dst, IpProtocol::Tcp, &seg);
     eth(
         EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
         EthernetProtocol::Ipv4,
@@ -529,7 +456,7 @@ fn host_to_guest_through(rig: &mut Rig) -> Vec<Vec<u8>> {
 
 #[test]
 fn without_offload_segments_toward_the_guest_fit_its_mss() {
-    let mut rig = Rig::new(true);
+    let mut rig = rig(true);
     let lens = payload_lens(&host_to_guest_through(&mut rig));
     assert_eq!(lens.iter().sum::<usize>(), 40_000, "{lens:?}");
     assert!(lens.iter().all(|&n| n <= 1460), "{lens:?}");
@@ -537,7 +464,7 @@ fn without_offload_segments_toward_the_guest_fit_its_mss() {
 
 #[test]
 fn with_offload_one_large_segment_goes_for_the_tap_to_split() {
-    let mut rig = Rig::with_offload(true, true);
+    let mut rig = rig_with_offload(true, true);
     let mut out = host_to_guest_through(&mut rig);
     let lens = payload_lens(&out);
     // 40,000 bytes fit in one segment below the widened MSS (44 × 1460).
@@ -558,7 +485,7 @@ fn with_offload_one_large_segment_goes_for_the_tap_to_split() {
 #[test]
 fn guest_data_is_acked_at_once_when_it_ends_a_write_or_fills_frames_and_soon_otherwise() {
     let gw = Ipv4Addr::new(10, 0, 2, 2);
-    let mut rig = Rig::new(true);
+    let mut rig = rig(true);
     rig.feed(&syn_to(gw, 8080));
     let syn_ack = rig.run(5);
     rig.feed(&ack_of_syn_ack(&syn_ack, gw));
@@ -603,7 +530,7 @@ fn guest_data_is_acked_at_once_when_it_ends_a_write_or_fills_frames_and_soon_oth
 
 #[test]
 fn refused_connect_sends_rst() {
-    let mut rig = Rig::new(true);
+    let mut rig = rig(true);
     rig.host()
         .set_outcome(Ipv4Addr::LOCALHOST.into(), Outcome::Refuse);
     let port = 8080;
@@ -619,9 +546,28 @@ fn refused_connect_sends_rst() {
 }
 
 #[test]
+fn unreachable_connect_answers_host_unreachable() {
+    let mut rig = rig(true);
+    rig.host()
+        .set_outcome(Ipv4Addr::LOCALHOST.into(), Outcome::Unreachable);
+    rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), 8080));
+    let out = rig.run(5);
+    assert!(tcp_segments(&out).is_empty(), "a RST instead of ICMP");
+    assert_eq!(out.len(), 1);
+    let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!(
+        icmp.msg_type(),
+        smoltcp::wire::Icmpv4Message::DstUnreachable
+    );
+    assert_eq!(icmp.msg_code(), 1, "code 1: host unreachable");
+}
+
+#[test]
 fn syn_ack_waits_for_the_host_connect() {
     let port = 8080;
-    let mut rig = Rig::new(true);
+    let mut rig = rig(true);
     rig.host().connect_delay = Duration::from_millis(50);
     let out = rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), port));
     assert!(tcp_segments(&out).is_empty(), "answered before connecting");
@@ -640,7 +586,7 @@ fn syn_ack_waits_for_the_host_connect() {
 
 #[test]
 fn disabled_host_loopback_answers_net_unreachable() {
-    let mut rig = Rig::new(false);
+    let mut rig = rig(false);
     let out = rig.feed(&syn_to(Ipv4Addr::new(10, 0, 2, 2), 80));
     assert_eq!(out.len(), 1);
     let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
@@ -703,7 +649,7 @@ mod golden {
             discover[6..12],
             "chaddr is the source MAC"
         );
-        let out = feed(&mut e, &discover);
+        let out = e.feed(&discover);
         assert_eq!(out.len(), 1);
         let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
         assert_eq!(eth.dst_addr(), client_mac);
@@ -724,7 +670,7 @@ mod golden {
     fn busybox_ping_of_the_gateway_is_echoed_byte_for_byte() {
         let mut e = engine();
         let req = unhex(BUSYBOX_PING);
-        let out = feed(&mut e, &req);
+        let out = e.feed(&req);
         assert_eq!(out.len(), 1);
         let reply = &out[0];
         // Ethernet: addresses swapped.
@@ -748,7 +694,7 @@ mod golden {
 
     #[test]
     fn linux_syn_is_answered_with_window_scaling_once_the_host_connects() {
-        let mut rig = Rig::new(true);
+        let mut rig = rig(true);
         let syn = unhex(LINUX_SYN);
         assert!(tcp_segments(&rig.feed(&syn)).is_empty());
         let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080);

@@ -5,19 +5,18 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::time::{Duration, Instant};
+use smoltcp::time::Instant;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Message, Icmpv6Packet,
-    Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags,
-    NdiscRepr, RawHardwareAddress, UdpPacket, UdpRepr,
+    Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6ExtHeader, Ipv6FragmentHeader,
+    Ipv6FragmentRepr, Ipv6Packet, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress, UdpPacket,
+    UdpRepr,
 };
 
 use super::EngineConfig;
-use super::frag::{FragKey, Fragment, Reassembly};
-use crate::host::SimHost;
+use super::frag::{FragKey, Fragment, IPV6_FRAGMENT_HEADER_LEN, Reassembly, emit_v6_header};
+use super::harness::{Rig, ethernet, ipv6_packet};
 use crate::slirp4netns::{Network, Network6, slirp_plan};
-
-type Engine = super::Engine<SimHost>;
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x66]);
 const GW_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
@@ -30,43 +29,11 @@ fn guest6() -> Ipv6Addr {
     v6("fd00::1234")
 }
 
-struct Rig {
-    e: Engine,
-    now: Instant,
-}
-
-impl Rig {
-    fn new(mtu: usize, host_loopback: bool) -> Self {
-        let net6 = Network6::default();
-        let plan = slirp_plan(&Network::default(), Some(&net6), host_loopback, true);
-        let mut cfg = EngineConfig::new(plan, mtu);
-        cfg.verify_checksums = true;
-        Rig {
-            e: Engine::new(&cfg, Instant::from_millis(0), SimHost::new(3)),
-            now: Instant::from_millis(10),
-        }
-    }
-
-    fn feed(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        self.e.process_frame(self.now, frame, &mut out);
-        self.e.poll(self.now, &mut out);
-        out
-    }
-
-    fn run(&mut self, ms: u64) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for _ in 0..ms {
-            self.now += Duration::from_millis(1);
-            let now = self.now;
-            self.e.host_mut().tick(now);
-            for (id, r) in self.e.host_mut().take_events() {
-                self.e.host_event(id, r);
-            }
-            self.e.poll(now, &mut out);
-        }
-        out
-    }
+/// The IPv6 network of `slirp4netns -6` at `mtu`, the clock at 10 ms.
+fn rig(mtu: usize, host_loopback: bool) -> Rig {
+    let net6 = Network6::default();
+    let plan = slirp_plan(&Network::default(), Some(&net6), host_loopback, true);
+    Rig::new(EngineConfig::new(plan, mtu), 3, Instant::from_millis(10))
 }
 
 fn frame6(
@@ -77,25 +44,8 @@ fn frame6(
     hop: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let ip = Ipv6Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len: payload.len(),
-        hop_limit: hop,
-    };
-    let mut buf = vec![0u8; 14 + 40 + payload.len()];
-    let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr {
-        src_addr: GUEST_MAC,
-        dst_addr: dst_mac,
-        ethertype: EthernetProtocol::Ipv6,
-    }
-    .emit(&mut f);
-    let mut p = Ipv6Packet::new_unchecked(f.payload_mut());
-    ip.emit(&mut p);
-    p.payload_mut().copy_from_slice(payload);
-    buf
+    let ip = ipv6_packet(src, dst, proto, hop, payload);
+    ethernet(GUEST_MAC, dst_mac, EthernetProtocol::Ipv6, &ip)
 }
 
 fn icmp6(
@@ -188,7 +138,7 @@ fn solicit(src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
 
 #[test]
 fn solicitations_for_the_virtual_hosts_get_router_advertisements_of_our_mac() {
-    let mut r = Rig::new(1500, true);
+    let mut r = rig(1500, true);
     for target in ["fd00::2", "fd00::3", "fe80::2", "fe80::3"] {
         let out = icmp6_out(&r.feed(&solicit(v6("fe80::66"), v6(target))));
         assert_eq!(out.len(), 1, "{target}");
@@ -219,28 +169,29 @@ fn solicitations_for_the_virtual_hosts_get_router_advertisements_of_our_mac() {
 
 #[test]
 fn other_addresses_and_the_guests_own_dad_are_not_claimed() {
-    let mut r = Rig::new(1500, true);
+    let mut r = rig(1500, true);
     assert!(r.feed(&solicit(v6("fe80::66"), guest6())).is_empty());
     assert!(r.feed(&solicit(v6("fe80::66"), v6("fd00::99"))).is_empty());
     // Duplicate address detection from :: is left unanswered and tells
     // us where forwards from IPv6 clients can go.
     assert!(r.feed(&solicit(Ipv6Addr::UNSPECIFIED, guest6())).is_empty());
-    assert_eq!(r.e.guest_v6, Some(guest6()));
+    assert_eq!(r.engine.guest_v6, Some(guest6()));
+}
+
+/// A router solicitation from the guest's link-local address to all
+/// routers, with its link-layer address or without.
+fn router_solicitation(lladdr: Option<EthernetAddress>) -> Vec<u8> {
+    let rs = Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit {
+        lladdr: lladdr.map(RawHardwareAddress::from),
+    });
+    let all_routers_mac = EthernetAddress([0x33, 0x33, 0, 0, 0, 2]);
+    icmp6(v6("fe80::66"), v6("ff02::2"), all_routers_mac, 255, &rs)
 }
 
 #[test]
 fn router_solicitation_gets_prefix_mtu_and_rdnss_and_advertisements_repeat() {
-    let mut r = Rig::new(1500, true);
-    let rs = Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit {
-        lladdr: Some(RawHardwareAddress::from(GUEST_MAC)),
-    });
-    let out = icmp6_out(&r.feed(&icmp6(
-        v6("fe80::66"),
-        v6("ff02::2"),
-        EthernetAddress([0x33, 0x33, 0, 0, 0, 2]),
-        255,
-        &rs,
-    )));
+    let mut r = rig(1500, true);
+    let out = icmp6_out(&r.feed(&router_solicitation(Some(GUEST_MAC))));
     assert_eq!(out.len(), 1);
     let (src, dst, hop, _, body) = &out[0];
     assert_eq!((*src, *dst, *hop), (v6("fe80::2"), v6("fe80::66"), 255));
@@ -284,9 +235,52 @@ fn router_solicitation_gets_prefix_mtu_and_rdnss_and_advertisements_repeat() {
     );
 }
 
+/// A router advertisement, byte for byte as guests have been given it
+/// (header, source link-layer address, MTU, prefix, RDNSS), even when
+/// the reused send buffer last held other bytes.
+#[test]
+fn router_advertisement_is_byte_for_byte_what_guests_were_given() {
+    let mut r = rig(1500, true);
+    // A large reply first leaves 0xff bytes in the send buffer.
+    let req = Icmpv6Repr::EchoRequest {
+        ident: 1,
+        seq_no: 1,
+        data: &[0xff; 1200],
+    };
+    assert_eq!(
+        r.feed(&icmp6(guest6(), v6("fd00::2"), GW_MAC, 64, &req))
+            .len(),
+        1
+    );
+    let out = icmp6_out(&r.feed(&router_solicitation(None)));
+    assert_eq!(out.len(), 1);
+    #[rustfmt::skip]
+    let want = [
+        // Type 134, code, checksum, hop limit 64, no flags, lifetime 1800 s,
+        // reachable time and retransmission timer unspecified.
+        0x86, 0x00, 0xe3, 0x2f, 0x40, 0x00, 0x07, 0x08,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        // Source link-layer address: the gateway's MAC.
+        0x01, 0x01, 0x52, 0x55, 0x0a, 0x00, 0x02, 0x02,
+        // MTU 1500.
+        0x05, 0x01, 0x00, 0x00, 0x00, 0x00, 0x05, 0xdc,
+        // Prefix fd00::/64, on-link and autonomous, valid 1 day,
+        // preferred 4 hours.
+        0x03, 0x04, 0x40, 0xc0, 0x00, 0x01, 0x51, 0x80,
+        0x00, 0x00, 0x38, 0x40, 0x00, 0x00, 0x00, 0x00,
+        0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        // RDNSS fd00::3 for 1800 s.
+        0x19, 0x03, 0x00, 0x00, 0x00, 0x00, 0x07, 0x08,
+        0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03,
+    ];
+    assert_eq!(out[0].4, want);
+}
+
 #[test]
 fn echo_to_the_virtual_hosts_is_answered() {
-    let mut r = Rig::new(1500, true);
+    let mut r = rig(1500, true);
     for dst in ["fd00::2", "fd00::3"] {
         let req = Icmpv6Repr::EchoRequest {
             ident: 9,
@@ -308,19 +302,23 @@ fn echo_to_the_virtual_hosts_is_answered() {
 
 #[test]
 fn the_gateway_leads_to_the_hosts_ipv6_loopback_unless_disabled() {
-    let mut r = Rig::new(1500, true);
+    let mut r = rig(1500, true);
     r.feed(&udp6(
         "[fd00::1234]:5000".parse().unwrap(),
         "[fd00::2]:6000".parse().unwrap(),
         b"hi",
     ));
-    let id =
-        r.e.host()
-            .dgram_to("[::1]:6000".parse().unwrap())
-            .expect("no host socket to ::1");
-    assert_eq!(r.e.host().dgram(id).unwrap().sent, vec![b"hi".to_vec()]);
+    let id = r
+        .engine
+        .host()
+        .dgram_to("[::1]:6000".parse().unwrap())
+        .expect("no host socket to ::1");
+    assert_eq!(
+        r.engine.host().dgram(id).unwrap().sent,
+        vec![b"hi".to_vec()]
+    );
 
-    let mut r = Rig::new(1500, false);
+    let mut r = rig(1500, false);
     let out = icmp6_out(&r.feed(&udp6(
         "[fd00::1234]:5000".parse().unwrap(),
         "[fd00::2]:6000".parse().unwrap(),
@@ -333,12 +331,12 @@ fn the_gateway_leads_to_the_hosts_ipv6_loopback_unless_disabled() {
         (Icmpv6Message::DstUnreachable, 0),
         "no route"
     );
-    assert_eq!(r.e.host().open_count(), 0);
+    assert_eq!(r.engine.host().open_count(), 0);
 }
 
 #[test]
 fn mapped_and_local_destinations_never_reach_a_host_socket() {
-    let mut r = Rig::new(1500, true);
+    let mut r = rig(1500, true);
     for dst in [
         "[::ffff:127.0.0.1]:80",
         "[::1]:80",
@@ -351,7 +349,7 @@ fn mapped_and_local_destinations_never_reach_a_host_socket() {
             b"x",
         ));
     }
-    assert_eq!(r.e.host().open_count(), 0);
+    assert_eq!(r.engine.host().open_count(), 0);
 }
 
 /// Join the fragments among `frames` (either family) into payloads.
@@ -380,18 +378,20 @@ fn defragment(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
             _ => {
                 let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
                 assert_eq!(ip.next_header(), IpProtocol::Ipv6Frag);
-                let h = &f[54..62];
-                let off = u16::from_be_bytes([h[2], h[3]]);
+                let header = Ipv6ExtHeader::new_checked(ip.payload()).unwrap();
+                assert_eq!(header.header_len(), 0, "a fragment header's reserved byte");
+                let fields = Ipv6FragmentHeader::new_checked(header.payload()).unwrap();
+                let fields = Ipv6FragmentRepr::parse(&fields).unwrap();
                 Fragment {
                     key: FragKey {
                         src: ip.src_addr().into(),
                         dst: ip.dst_addr().into(),
-                        proto: h[0],
-                        id: u32::from_be_bytes(h[4..8].try_into().unwrap()),
+                        proto: header.next_header().into(),
+                        id: fields.ident,
                     },
-                    offset: (off & !7) as usize,
-                    more: off & 1 == 1,
-                    data: &f[62..],
+                    offset: usize::from(fields.frag_offset) * 8,
+                    more: fields.more_frags,
+                    data: &ip.payload()[IPV6_FRAGMENT_HEADER_LEN..],
                 }
             }
         };
@@ -403,13 +403,13 @@ fn defragment(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
 #[test]
 fn a_4000_byte_reply_reaches_a_guest_at_mtu_1500_in_fragments_both_families() {
     let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
-    let mut r = Rig::new(1500, true);
+    let mut r = rig(1500, true);
     // IPv6: the guest asks, the host answers with 4000 bytes.
     let guest: SocketAddr = "[fd00::1234]:5000".parse().unwrap();
     let remote: SocketAddr = "[2001:db8::5]:7".parse().unwrap();
     r.feed(&udp6(guest, remote, b"q"));
-    let id = r.e.host().dgram_to(remote).unwrap();
-    r.e.host_mut().dgram_reply(id, &data);
+    let id = r.engine.host().dgram_to(remote).unwrap();
+    r.engine.host_mut().dgram_reply(id, &data);
     let out = r.run(2);
     assert_eq!(out.len(), 3, "4000 bytes at MTU 1500: three fragments");
     let whole = defragment(&out);
@@ -449,8 +449,12 @@ fn a_4000_byte_reply_reaches_a_guest_at_mtu_1500_in_fragments_both_families() {
         &ChecksumCapabilities::default(),
     );
     r.feed(&buf);
-    let id = r.e.host().dgram_to("127.0.0.1:7".parse().unwrap()).unwrap();
-    r.e.host_mut().dgram_reply(id, &data);
+    let id = r
+        .engine
+        .host()
+        .dgram_to("127.0.0.1:7".parse().unwrap())
+        .unwrap();
+    r.engine.host_mut().dgram_reply(id, &data);
     let out = r.run(2);
     assert_eq!(out.len(), 3);
     let whole = defragment(&out);
@@ -465,7 +469,7 @@ fn fragmented_guest_datagrams_reach_the_host_whole_both_families() {
     // Build the datagram with our own sender at a small MTU, then feed
     // its fragments back in reverse order, as from the guest.
     for family in [4, 6] {
-        let mut sender = Rig::new(1280, true);
+        let mut sender = rig(1280, true);
         let (src, dst): (IpAddr, IpAddr) = if family == 4 {
             (
                 Ipv4Addr::new(10, 0, 2, 100).into(),
@@ -479,7 +483,7 @@ fn fragmented_guest_datagrams_reach_the_host_whole_both_families() {
             src_port: 4444,
             dst_port: 9,
         };
-        sender.e.send_ip(
+        sender.engine.send_ip(
             GW_MAC,
             (src, dst),
             IpProtocol::Udp,
@@ -497,21 +501,41 @@ fn fragmented_guest_datagrams_reach_the_host_whole_both_families() {
             },
         );
         assert!(frames.len() >= 3, "{family}: not fragmented");
-        let mut r = Rig::new(1500, true);
+        let mut r = rig(1500, true);
         for f in frames.iter_mut().rev() {
             f[6..12].copy_from_slice(&GUEST_MAC.0); // from the guest
             r.feed(f);
         }
-        let id =
-            r.e.host()
-                .dgram_to(SocketAddr::new(dst, 9))
-                .unwrap_or_else(|| panic!("IPv{family}: nothing reached the host"));
+        let id = r
+            .engine
+            .host()
+            .dgram_to(SocketAddr::new(dst, 9))
+            .unwrap_or_else(|| panic!("IPv{family}: nothing reached the host"));
         assert_eq!(
-            r.e.host().dgram(id).unwrap().sent,
+            r.engine.host().dgram(id).unwrap().sent,
             vec![data.clone()],
             "IPv{family}"
         );
     }
+}
+
+/// The byte after a fragment header's next header is reserved and
+/// ignored on reception (RFC 8200, 4.5): a guest that sets it still gets
+/// its datagram through, as it would with Linux.
+#[test]
+fn a_fragment_headers_reserved_byte_is_ignored() {
+    let mut r = rig(1500, true);
+    for offset in (0..3000).step_by(1480) {
+        let mut f = guest_fragment(6, 9, 3000, offset, (3000 - offset).min(1480));
+        f[14 + 40 + 1] = 0xff;
+        r.feed(&f);
+    }
+    let id = r
+        .engine
+        .host()
+        .dgram_to("[2001:db8::7]:9".parse().unwrap())
+        .expect("the datagram did not reach the host");
+    assert_eq!(r.engine.host().dgram(id).unwrap().sent[0].len(), 3000 - 8);
 }
 
 /// One fragment of a guest UDP datagram of `total` payload bytes (UDP
@@ -548,9 +572,13 @@ fn guest_fragment(family: u8, id: u16, total: usize, offset: usize, len: usize) 
         frame.extend_from_slice(&ip);
         frame
     } else {
-        let mut body = vec![17, 0, 0, 0];
-        body[2..4].copy_from_slice(&(offset as u16 | u16::from(more)).to_be_bytes());
-        body.extend_from_slice(&u32::from(id).to_be_bytes());
+        let mut body = vec![0; IPV6_FRAGMENT_HEADER_LEN];
+        let fields = Ipv6FragmentRepr {
+            frag_offset: (offset / 8) as u16,
+            more_frags: more,
+            ident: id.into(),
+        };
+        emit_v6_header(&mut body, IpProtocol::Udp, &fields);
         body.extend_from_slice(&piece);
         frame6(
             guest6(),
@@ -580,22 +608,29 @@ fn feed_fragmented(r: &mut Rig, family: u8, id: u16, total: usize) -> Vec<Vec<u8
 /// largest datagram each can carry still gets through.
 #[test]
 fn fragments_past_the_largest_datagram_are_dropped_and_the_largest_one_passes() {
-    let mut r = Rig::new(65520, true);
+    let mut r = rig(65520, true);
     let dst4 = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 7).into(), 9);
     let dst6 = SocketAddr::new(v6("2001:db8::7").into(), 9);
     assert!(feed_fragmented(&mut r, 4, 1, 65_528).is_empty());
-    assert!(r.e.host().dgram_to(dst4).is_none(), "an oversized datagram");
-    assert!(r.e.frags.is_empty());
+    assert!(
+        r.engine.host().dgram_to(dst4).is_none(),
+        "an oversized datagram"
+    );
+    assert!(r.engine.frags.is_empty());
     feed_fragmented(&mut r, 4, 2, 65_515);
-    let id =
-        r.e.host()
-            .dgram_to(dst4)
-            .expect("65,515 bytes is IPv4's largest");
-    assert_eq!(r.e.host().dgram(id).unwrap().sent[0].len(), 65_515 - 8);
+    let id = r
+        .engine
+        .host()
+        .dgram_to(dst4)
+        .expect("65,515 bytes is IPv4's largest");
+    assert_eq!(r.engine.host().dgram(id).unwrap().sent[0].len(), 65_515 - 8);
 
     // IPv6: past 65,535 is a parameter problem pointing at the offset.
     let out = feed_fragmented(&mut r, 6, 3, 65_536);
-    assert!(r.e.host().dgram_to(dst6).is_none(), "an oversized datagram");
+    assert!(
+        r.engine.host().dgram_to(dst6).is_none(),
+        "an oversized datagram"
+    );
     let errors = icmp6_out(&out);
     assert_eq!(errors.len(), 1, "one parameter problem: {errors:?}");
     let (src, dst, _, mac, body) = &errors[0];
@@ -603,27 +638,29 @@ fn fragments_past_the_largest_datagram_are_dropped_and_the_largest_one_passes() 
     assert_eq!(body[0], u8::from(Icmpv6Message::ParamProblem));
     assert_eq!((body[1], &body[4..8]), (0, &[0, 0, 0, 42][..]));
     feed_fragmented(&mut r, 6, 4, 65_535);
-    let id =
-        r.e.host()
-            .dgram_to(dst6)
-            .expect("65,535 bytes is IPv6's largest");
-    assert_eq!(r.e.host().dgram(id).unwrap().sent[0].len(), 65_535 - 8);
+    let id = r
+        .engine
+        .host()
+        .dgram_to(dst6)
+        .expect("65,535 bytes is IPv6's largest");
+    assert_eq!(r.engine.host().dgram(id).unwrap().sent[0].len(), 65_535 - 8);
 }
 
 /// netferry never emits an IPv4 datagram over 65,535 bytes, even when a
 /// payload for one (an IPv6 host's datagram, say) is larger.
 #[test]
 fn no_ipv4_datagram_over_65535_bytes_leaves_the_engine() {
-    let mut r = Rig::new(1500, true);
+    let mut r = rig(1500, true);
     let addrs: (IpAddr, IpAddr) = (
         Ipv4Addr::new(198, 51, 100, 7).into(),
         Ipv4Addr::new(10, 0, 2, 100).into(),
     );
     for (len, sent) in [(65_516, false), (65_515, true)] {
         let mut frames: Vec<Vec<u8>> = Vec::new();
-        r.e.send_ip(GUEST_MAC, addrs, IpProtocol::Udp, len, &mut frames, |b| {
-            b.fill(7)
-        });
+        r.engine
+            .send_ip(GUEST_MAC, addrs, IpProtocol::Udp, len, &mut frames, |b| {
+                b.fill(7)
+            });
         let whole = defragment(&frames);
         assert_eq!(!whole.is_empty(), sent, "{len} bytes");
         assert!(whole.iter().all(|w| w.len() == len));

@@ -28,7 +28,9 @@ use smoltcp::wire::{
 
 use super::flows::{DgramFlow, Flow, FlowKey, Kind, UDP_FLOW_LIMIT};
 use super::{Engine, FrameSink, HOP_LIMIT, Packet, Route, Unreachable};
-use crate::host::{self, DGRAM_SLOTS, FlowId, Host, INTERRUPT_RETRIES, SEND_SLOTS, Step};
+use crate::host::{
+    self, DGRAM_SLOTS, FlowId, Host, HostError, INTERRUPT_RETRIES, SEND_SLOTS, Step,
+};
 use crate::pages::Pages;
 
 /// Datagrams read from one host socket per poll before the others (and
@@ -173,7 +175,7 @@ impl<H: Host> Engine<H> {
                 Step::Retry => return,
                 // A refusal from an earlier datagram surfaces here (and
                 // this one is lost); report it like the kernel would.
-                Step::Failed(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Step::Failed(HostError::Refused) => {
                     let quote = udp_quote(&key);
                     let reason = Unreachable::Port;
                     self.send_unreachable(guest_mac, key.dst.ip(), reason, &quote, sink);
@@ -245,7 +247,7 @@ impl<H: Host> Engine<H> {
                 }
                 // Served again in the next poll.
                 Step::Retry => return true,
-                Step::Failed(e) if !ping && e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Step::Failed(HostError::Refused) if !ping => {
                     // The host got ICMP port unreachable for our datagram.
                     let quote = udp_quote(&key);
                     let reason = Unreachable::Port;

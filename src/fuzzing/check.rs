@@ -18,21 +18,17 @@ use std::collections::BTreeMap;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet,
-    Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket,
-    TcpRepr, UdpPacket, UdpRepr,
+    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN, Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
+    Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr, TcpPacket, TcpRepr,
+    UDP_HEADER_LEN, UdpPacket, UdpRepr,
 };
 
-use crate::engine::{ETHERNET_HEADER_LEN, FrameSink, send_cut};
+use crate::engine::{ETHERNET_HEADER_LEN, FrameSink, IPV6_FRAGMENT_HEADER_LEN, send_cut};
 use crate::vnet;
 
-/// Bytes of an IPv6 fragment header.
-const FRAG6_LEN: usize = 8;
 /// The most an IPv4 packet (total length) or an IPv6 payload can hold.
 const IP_MAX: usize = 65535;
-const IPV4_MIN_HEADER: usize = 20;
-const IPV6_HEADER: usize = 40;
-const UDP_HEADER: usize = 8;
 /// `struct virtio_net_hdr`, from the virtio spec (5.1.6).
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
@@ -163,7 +159,7 @@ impl FrameCheck {
                 .join()
                 .map_err(|e| format!("fragments {id} from {src} to {dst}: {e}"))?;
             let headers = if matches!(src, IpAddress::Ipv4(_)) {
-                IPV4_MIN_HEADER
+                IPV4_HEADER_LEN
             } else {
                 0
             };
@@ -204,14 +200,14 @@ impl FrameCheck {
         }
         let tcp_len = usize::from(frame.get(start + 12).ok_or("no TCP header")? >> 4) * 4;
         self.segmentation(hdr, start, start + tcp_len)?;
-        self.frame(frame, ETHERNET_HEADER_LEN + IPV6_HEADER + IP_MAX)
+        self.frame(frame, ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + IP_MAX)
     }
 
     /// A train of UDP datagrams of `gso_size` bytes (the last may be
     /// shorter): checked as the frames the guest's kernel cuts from it.
     fn udp_train(&mut self, hdr: &VnetHeader, frame: &[u8]) -> Result<(), String> {
         let (v6, start) = transport_start(frame, IpProtocol::Udp)?;
-        self.segmentation(hdr, start, start + UDP_HEADER)?;
+        self.segmentation(hdr, start, start + UDP_HEADER_LEN)?;
         let headers = hdr.hdr_len;
         if frame.len() - headers <= hdr.gso_size {
             return Err(format!(
@@ -222,7 +218,7 @@ impl FrameCheck {
         }
         for chunk in frame[headers..].chunks(hdr.gso_size) {
             let mut f = [&frame[..headers], chunk].concat();
-            let udp_len = UDP_HEADER + chunk.len();
+            let udp_len = UDP_HEADER_LEN + chunk.len();
             let (src, dst): (IpAddress, IpAddress) = if v6 {
                 let mut ip = Ipv6Packet::new_unchecked(&mut f[ETHERNET_HEADER_LEN..]);
                 ip.set_payload_len(udp_len as u16);
@@ -320,10 +316,10 @@ impl FrameCheck {
     }
 
     fn ipv6(&mut self, packet: &[u8]) -> Result<(), String> {
-        if packet.len() > IPV6_HEADER + IP_MAX {
+        if packet.len() > IPV6_HEADER_LEN + IP_MAX {
             return Err(format!(
                 "an IPv6 payload of {} bytes, over 65,535",
-                packet.len() - IPV6_HEADER
+                packet.len() - IPV6_HEADER_LEN
             ));
         }
         let ip = Ipv6Packet::new_checked(packet).map_err(|_| "IPv6 header malformed")?;
@@ -336,15 +332,17 @@ impl FrameCheck {
         if ip.next_header() != IpProtocol::Ipv6Frag {
             return transport(ip.next_header(), src, dst, payload);
         }
-        if payload.len() < FRAG6_LEN {
-            return Err("short IPv6 fragment header".into());
-        }
-        let next = IpProtocol::from(payload[0]);
-        let off_flags = u16::from_be_bytes([payload[2], payload[3]]);
-        let id = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
-        let offset = usize::from(off_flags & !7);
-        let more = off_flags & 1 == 1;
-        self.add_piece((src, dst, next, id), offset, &payload[FRAG6_LEN..], more)
+        let header = Ipv6ExtHeader::new_checked(payload)
+            .ok()
+            .filter(|h| h.header_len() == 0)
+            .ok_or("short or malformed IPv6 fragment header")?;
+        let fields = Ipv6FragmentHeader::new_checked(header.payload())
+            .and_then(|h| Ipv6FragmentRepr::parse(&h))
+            .map_err(|_| "short IPv6 fragment header")?;
+        let offset = usize::from(fields.frag_offset) * 8;
+        let key = (src, dst, header.next_header(), fields.ident);
+        let data = &payload[IPV6_FRAGMENT_HEADER_LEN..];
+        self.add_piece(key, offset, data, fields.more_frags)
     }
 
     fn add_piece(
@@ -421,8 +419,8 @@ fn transport_start(frame: &[u8], proto: IpProtocol) -> Result<(bool, usize), Str
         EthernetProtocol::Ipv4 if ip.len() > IP_MAX => {
             return Err(format!("an IPv4 packet of {} bytes, over 65,535", ip.len()));
         }
-        EthernetProtocol::Ipv6 if ip.len() > IPV6_HEADER + IP_MAX => {
-            let payload = ip.len() - IPV6_HEADER;
+        EthernetProtocol::Ipv6 if ip.len() > IPV6_HEADER_LEN + IP_MAX => {
+            let payload = ip.len() - IPV6_HEADER_LEN;
             return Err(format!("an IPv6 payload of {payload} bytes, over 65,535"));
         }
         EthernetProtocol::Ipv4 => {
@@ -434,7 +432,7 @@ fn transport_start(frame: &[u8], proto: IpProtocol) -> Result<(bool, usize), Str
         }
         EthernetProtocol::Ipv6 => {
             let p = Ipv6Packet::new_checked(ip).map_err(|_| "IPv6 header malformed")?;
-            (true, p.next_header(), IPV6_HEADER)
+            (true, p.next_header(), IPV6_HEADER_LEN)
         }
         other => return Err(format!("ethertype {other} marked for segmentation")),
     };

@@ -9,7 +9,7 @@
 //! frame padded with a pattern to 64 KiB, a guest datagram as a train of
 //! fragments ([`FragTrain`]), and reads from the tap with a virtio-net
 //! header of any content in front, through the event loop's own dispatch
-//! (`Engine::process_tap_read`). After every step the engine is polled
+//! (`Engine::handle_tap_read`). After every step the engine is polled
 //! until it is quiet, and everything it wrote goes through
 //! [`FrameCheck`] with the header the tap would get; no guest train may
 //! become more than [`GUEST_TRAIN_LIMIT`] datagrams, the flow table must
@@ -38,7 +38,7 @@ const MAX_STEPS: usize = 256;
 const MAX_SEGMENTS: usize = 8;
 /// The guest's initial sequence number when it answers a SYN.
 const GUEST_ISN: u32 = 1000;
-/// Polls at one instant before a still-zero `poll_delay` counts as a spin.
+/// Polls at one instant before a still-zero `poll_timeout` counts as a spin.
 const MAX_POLLS: usize = 64;
 /// Caps set small, so a short input can reach them.
 const LIMITS: Limits = Limits {
@@ -544,7 +544,7 @@ impl Run {
                 let gateway = EthernetAddress(self.engine.plan().mac);
                 let net = Network::default();
                 for frame in train.frames(&net, &net6, GUEST_MAC, gateway) {
-                    self.engine.process_frame(self.now, &frame, &mut out);
+                    self.engine.handle_frame(self.now, &frame, &mut out);
                 }
             }
             Step::TapRead {
@@ -577,7 +577,7 @@ impl Run {
             Step::Millis(ms) => self.now += Duration::from_millis(u64::from(ms)),
             Step::Secs(s) => self.now += Duration::from_secs(u64::from(s)),
             Step::Wake => {
-                let wait = self.engine.poll_delay(self.now);
+                let wait = self.engine.poll_timeout(self.now);
                 let wait = wait.unwrap_or(Duration::from_secs(600));
                 self.now += wait.max(Duration::from_millis(1));
             }
@@ -589,7 +589,7 @@ impl Run {
                 data,
             } => {
                 if let Some(frame) = self.answer(segment, flags, window, &data) {
-                    self.engine.process_frame(self.now, &frame, &mut out);
+                    self.engine.handle_frame(self.now, &frame, &mut out);
                 }
             }
             Step::Client {
@@ -635,8 +635,8 @@ impl Run {
             fix_frame(&mut frame);
         }
         match usize::from(train) * 24 {
-            0 => self.engine.process_frame(self.now, &frame, out),
-            size => self.engine.process_udp_train(self.now, &frame, size, out),
+            0 => self.engine.handle_frame(self.now, &frame, out),
+            size => self.engine.handle_udp_train(self.now, &frame, size, out),
         }
     }
 
@@ -656,7 +656,7 @@ impl Run {
         read.extend_from_slice(frame);
         read.truncate(MAX_TAP_READ);
         self.engine
-            .process_tap_read(self.now, &read, header_len, out);
+            .handle_tap_read(self.now, &read, header_len, out);
     }
 
     /// The guest's answer to the `segment`th last TCP segment the engine
@@ -722,9 +722,9 @@ impl Run {
             let host = self.engine.host_mut();
             host.tick(now);
             for (id, ready) in host.take_events() {
-                self.engine.host_event(id, ready);
+                self.engine.handle_host_event(id, ready);
             }
-            self.engine.poll(now, out);
+            self.engine.poll_transmit(now, out);
             if let Err(e) = self.check.batch(&out.writes) {
                 panic!("at {now} (MTU {}): {e}", self.mtu);
             }
@@ -738,13 +738,13 @@ impl Run {
             }
             out.writes.clear();
             self.check_tables();
-            if self.engine.poll_delay(now) != Some(Duration::ZERO) {
+            if self.engine.poll_timeout(now) != Some(Duration::ZERO) {
                 return;
             }
         }
         panic!(
-            "at {now}: still busy after {MAX_POLLS} polls (poll_delay {:?})",
-            self.engine.poll_delay(now)
+            "at {now}: still busy after {MAX_POLLS} polls (poll_timeout {:?})",
+            self.engine.poll_timeout(now)
         );
     }
 
@@ -974,17 +974,17 @@ mod tests {
         let largest = fragments(65_515);
         assert_eq!(largest.len(), 45);
         for frame in &largest {
-            engine.process_frame(now, frame, &mut out);
+            engine.handle_frame(now, frame, &mut out);
         }
         assert_eq!(engine.stats().datagrams_from_guest, 1, "the largest");
 
         let over = fragments(65_520);
         assert_eq!(over.len(), 45);
         for frame in &over {
-            engine.process_frame(now, frame, &mut out);
+            engine.handle_frame(now, frame, &mut out);
         }
         assert_eq!(engine.stats().datagrams_from_guest, 1, "dropped");
-        engine.poll(now, &mut out);
+        engine.poll_transmit(now, &mut out);
     }
 
     /// Seeds are written with `encode`: each step must read back as

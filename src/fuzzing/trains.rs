@@ -8,10 +8,14 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use arbitrary::Unstructured;
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, Icmpv4Packet, Icmpv6Packet, IpAddress, Ipv4Packet, TcpPacket, UdpPacket,
+    ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
+    IPV4_HEADER_LEN, IPV6_HEADER_LEN, Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv4Repr, Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket,
 };
 
+use crate::engine::{IPV6_FRAGMENT_HEADER_LEN, emit_v6_fragment_header};
 use crate::slirp4netns::{Network, Network6};
 
 /// Fragments in one train at most: pieces grow to keep under it.
@@ -19,10 +23,10 @@ pub const MAX_PIECES: usize = 256;
 /// Fragment offsets count in 8-byte units, in 13 bits (both families).
 const UNIT: usize = 8;
 const MAX_OFFSET: usize = 0x1fff * UNIT;
-/// Bytes of a fragment's IP headers: IPv4's, IPv6's plus its fragment
-/// header.
-const IPV4_HEADER: usize = 20;
-const IPV6_HEADERS: usize = 40 + 8;
+/// Bytes of an IPv6 fragment's headers: IPv6's plus its fragment header.
+const IPV6_HEADERS: usize = IPV6_HEADER_LEN + IPV6_FRAGMENT_HEADER_LEN;
+/// The hop limit the guest's fragments carry.
+const HOP_LIMIT: u8 = 64;
 /// An IP packet's largest size (IPv4 total length; IPv6 payload length).
 const IP_MAX: usize = 65535;
 /// The guest's IPv6 address (any in the prefix will do).
@@ -132,41 +136,66 @@ impl FragTrain {
         self.mangle(&mut pieces);
         self.reorder(&mut pieces);
         let dont_frag = self.mangle & 32 != 0;
+        let (ethertype, headers) = if self.v6 {
+            (EthernetProtocol::Ipv6, IPV6_HEADERS)
+        } else {
+            (EthernetProtocol::Ipv4, IPV4_HEADER_LEN)
+        };
+        let eth = EthernetRepr {
+            src_addr: guest_mac,
+            dst_addr: gateway_mac,
+            ethertype,
+        };
         pieces
             .iter()
             .map(|p| {
                 let data = &payload[p.start.min(payload.len())..p.end.min(payload.len())];
-                let mut f = Vec::with_capacity(14 + IPV6_HEADERS + data.len());
-                f.extend_from_slice(gateway_mac.as_bytes());
-                f.extend_from_slice(guest_mac.as_bytes());
+                let mut f = vec![0; ETHERNET_HEADER_LEN + headers + data.len()];
+                let mut frame = EthernetFrame::new_unchecked(&mut f[..]);
+                eth.emit(&mut frame);
+                let packet = frame.payload_mut();
+                // The offset field holds 13 bits of 8-byte units.
+                let units = ((p.start / UNIT) & 0x1fff) as u16;
                 match (src, dst) {
                     (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => {
-                        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-                        f.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
-                        f.extend_from_slice(&[44, 64]);
-                        f.extend_from_slice(&s.octets());
-                        f.extend_from_slice(&d.octets());
-                        f.extend_from_slice(&[proto, 0]);
-                        let off = (p.start & 0xfff8) as u16 | u16::from(p.more);
-                        f.extend_from_slice(&off.to_be_bytes());
-                        f.extend_from_slice(&self.id.to_be_bytes());
+                        let ip = Ipv6Repr {
+                            src_addr: s,
+                            dst_addr: d,
+                            next_header: IpProtocol::Ipv6Frag,
+                            payload_len: IPV6_FRAGMENT_HEADER_LEN + data.len(),
+                            hop_limit: HOP_LIMIT,
+                        };
+                        let mut ip6 = Ipv6Packet::new_unchecked(&mut *packet);
+                        ip.emit(&mut ip6);
+                        let fields = Ipv6FragmentRepr {
+                            frag_offset: units,
+                            more_frags: p.more,
+                            ident: self.id,
+                        };
+                        emit_v6_fragment_header(ip6.payload_mut(), proto.into(), &fields);
                     }
                     (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => {
-                        f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
-                        f.extend_from_slice(&((IPV4_HEADER + data.len()) as u16).to_be_bytes());
-                        f.extend_from_slice(&(self.id as u16).to_be_bytes());
-                        let flags =
-                            if p.more { 0x2000 } else { 0 } | if dont_frag { 0x4000 } else { 0 };
-                        let off = ((p.start / UNIT) & 0x1fff) as u16 | flags;
-                        f.extend_from_slice(&off.to_be_bytes());
-                        f.extend_from_slice(&[64, proto, 0, 0]);
-                        f.extend_from_slice(&s.octets());
-                        f.extend_from_slice(&d.octets());
-                        Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
+                        let ip = Ipv4Repr {
+                            src_addr: s,
+                            dst_addr: d,
+                            next_header: proto.into(),
+                            payload_len: 0,
+                            hop_limit: HOP_LIMIT,
+                        };
+                        let mut ip4 = Ipv4Packet::new_unchecked(&mut *packet);
+                        ip.emit(&mut ip4, &ChecksumCapabilities::ignored());
+                        // By hand: a mangled piece may be longer than the
+                        // field can say, and then it says what it can.
+                        ip4.set_total_len((IPV4_HEADER_LEN + data.len()) as u16);
+                        ip4.set_ident(self.id as u16);
+                        ip4.set_dont_frag(dont_frag);
+                        ip4.set_more_frags(p.more);
+                        ip4.set_frag_offset(units * UNIT as u16);
+                        ip4.fill_checksum();
                     }
                     _ => unreachable!("both addresses come from one family"),
                 }
-                f.extend_from_slice(data);
+                f[ETHERNET_HEADER_LEN + headers..].copy_from_slice(data);
                 f
             })
             .collect()
@@ -225,7 +254,11 @@ impl FragTrain {
     /// of 8 bytes, no more than `MAX_PIECES`, every offset one the header
     /// can say, no fragment over an IP packet's largest size.
     fn pieces(&self, total: usize) -> Vec<Piece> {
-        let headers = if self.v6 { IPV6_HEADERS } else { IPV4_HEADER };
+        let headers = if self.v6 {
+            IPV6_HEADERS
+        } else {
+            IPV4_HEADER_LEN
+        };
         let biggest = (IP_MAX - headers) & !7;
         let step = (usize::from(self.piece) & !7)
             .max(total.div_ceil(MAX_PIECES).next_multiple_of(UNIT))

@@ -17,6 +17,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::time::Instant;
+use thiserror::Error;
 
 use crate::pages::Pages;
 
@@ -52,7 +53,7 @@ pub struct Readiness {
 
 /// Everything the engine asks of the host. Calls never block: a socket
 /// that cannot make progress says `WouldBlock`, and readiness is reported
-/// later through `Engine::host_event` with the same flow id.
+/// later through `Engine::handle_host_event` with the same flow id.
 pub trait Host {
     /// Start a non-blocking TCP connect for flow `id`; completion (or
     /// failure) shows as readiness.
@@ -186,7 +187,7 @@ pub enum Step<T> {
     Drained,
     /// Any other error: stop for now (an error that repeats must not
     /// spin); the caller decides whether it means anything to the guest.
-    Failed(io::Error),
+    Failed(HostError),
 }
 
 impl<T> From<io::Result<T>> for Step<T> {
@@ -195,7 +196,49 @@ impl<T> From<io::Result<T>> for Step<T> {
             Ok(v) => Step::Got(v),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Drained,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Retry,
-            Err(e) => Step::Failed(e),
+            Err(e) => Step::Failed(e.into()),
+        }
+    }
+}
+
+/// A host socket's failure, in the terms the engine answers the guest in:
+/// a refused connect becomes RST, an unreachable or silent destination
+/// ICMP destination unreachable, the rest a log line. Built from the
+/// `io::Error` a [`Host`] returns in this one place, so the engine never
+/// matches errno values itself.
+#[derive(Debug, Error)]
+pub enum HostError {
+    /// The destination refused: RST to our SYN, or ICMP port unreachable
+    /// for an earlier datagram.
+    #[error("connection refused")]
+    Refused,
+    /// No route to the destination's network.
+    #[error("network unreachable")]
+    NetUnreachable,
+    /// No route to the destination host (or its neighbour did not
+    /// answer).
+    #[error("host unreachable")]
+    HostUnreachable,
+    /// The destination never answered.
+    #[error("timed out")]
+    TimedOut,
+    /// The peer reset the connection.
+    #[error("connection reset")]
+    Reset,
+    /// Anything else; it means nothing to the guest beyond the flow's end.
+    #[error(transparent)]
+    Other(io::Error),
+}
+
+impl From<io::Error> for HostError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => HostError::Refused,
+            io::ErrorKind::NetworkUnreachable => HostError::NetUnreachable,
+            io::ErrorKind::HostUnreachable => HostError::HostUnreachable,
+            io::ErrorKind::TimedOut => HostError::TimedOut,
+            io::ErrorKind::ConnectionReset => HostError::Reset,
+            _ => HostError::Other(e),
         }
     }
 }
@@ -217,5 +260,17 @@ mod tests {
         assert_eq!(run(&[0, 0]), 0);
         assert_eq!(run(&[1000; 100]), TRAIN_SEGMENTS);
         assert_eq!(run(&[1400; 64]), TRAIN_BYTES / 1400);
+    }
+
+    #[test]
+    fn host_errors_are_typed_by_what_the_guest_hears() {
+        let of = |code| HostError::from(io::Error::from_raw_os_error(code));
+        assert!(matches!(of(libc::ECONNREFUSED), HostError::Refused));
+        assert!(matches!(of(libc::ENETUNREACH), HostError::NetUnreachable));
+        assert!(matches!(of(libc::EHOSTUNREACH), HostError::HostUnreachable));
+        assert!(matches!(of(libc::ETIMEDOUT), HostError::TimedOut));
+        assert!(matches!(of(libc::ECONNRESET), HostError::Reset));
+        assert!(matches!(of(libc::EMFILE), HostError::Other(_)));
+        assert_eq!(of(libc::ECONNREFUSED).to_string(), "connection refused");
     }
 }

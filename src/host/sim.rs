@@ -232,7 +232,7 @@ impl SimHost {
         self.event(id, failed, true, failed);
     }
 
-    /// Readiness edges since the last call, for `Engine::host_event`.
+    /// Readiness edges since the last call, for `Engine::handle_host_event`.
     pub fn take_events(&mut self) -> Vec<(FlowId, Readiness)> {
         std::mem::take(&mut self.events)
     }
