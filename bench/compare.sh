@@ -49,7 +49,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
 
-cargo build --release --quiet --bin netferry --example connrate
+# Two builds: built together, the example's dev-dependencies would turn on
+# netferry's `test-support` feature in the binary measured here too.
+cargo build --release --quiet --bin netferry
+cargo build --release --quiet --example connrate
 install -m 0755 target/release/netferry "$WORK/netferry"
 install -m 0755 target/release/examples/connrate "$WORK/connrate"
 

@@ -25,12 +25,13 @@
 //!   virtual hosts (gateway, DNS, DHCP) and smoltcp. No I/O and no clock
 //!   of its own, so tests drive it with literal frames;
 //! - [`host`]: what the engine asks of the host, behind a trait: real
-//!   sockets ([`host::NetHost`]) or a simulation ([`host::SimHost`]);
+//!   sockets ([`host::NetHost`]) or a simulation (`host::SimHost`);
 //!   [`vnet`]: the virtio-net header of a tap with segmentation offload;
 //!   [`pages`]: buffers mapped so that unused pages cost nothing.
 //!
 //! `fuzzing` holds the fuzz targets' harnesses (see `fuzz/`); it is no
-//! part of the API.
+//! part of the API. It and `host::SimHost` exist only in tests and with
+//! the `test-support` feature, so a release build carries neither.
 
 pub mod api;
 pub mod busy_poll;
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event_loop;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;

@@ -51,6 +51,31 @@ fn every_seed_and_past_failure_passes_its_harness() {
     assert!(failed.is_empty(), "failing inputs: {failed:#?}");
 }
 
+/// The harnesses decode their inputs with `arbitrary`, so a release build
+/// whose dependencies leave `arbitrary` out cannot be compiling them: they
+/// (and the simulated host) come only with the `test-support` feature,
+/// which this test binary is built with.
+#[test]
+fn a_release_build_leaves_the_harnesses_out() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["tree", "--offline", "--locked", "--edges", "normal,build"])
+        .args(["--prefix", "none", "--format", "{p}"])
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.contains("netferry"), "no netferry in {tree}");
+    assert!(
+        !tree.lines().any(|l| l.starts_with("arbitrary ")),
+        "a release build pulls in arbitrary:\n{tree}"
+    );
+}
+
 // ---- seeds ----
 
 /// Captured from a real client (see src/engine/tests.rs).

@@ -239,11 +239,7 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         if let Some(name) = self.path.file_name() {
-            let _ = nix::unistd::unlinkat(
-                Some(self.dir.as_raw_fd()),
-                name,
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+            let _ = nix::unistd::unlinkat(&self.dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
     }
 }
@@ -262,7 +258,7 @@ fn listen_private(path: &Path) -> io::Result<UnixListener> {
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    fchmod(sock.as_raw_fd(), Mode::from_bits_truncate(SOCKET_MODE))?;
+    fchmod(&sock, Mode::from_bits_truncate(SOCKET_MODE))?;
     nix::sys::socket::bind(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
     // A umask that takes the owner's bits (0277, say) leaves less than
     // 0600: give them back, which opens nothing to anyone else.

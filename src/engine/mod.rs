@@ -74,6 +74,7 @@ use crate::pages::Pages;
 use crate::vnet::TooManySegments;
 use flows::FlowTable;
 /// For the fuzz targets, which build the guest's fragments.
+#[cfg(any(test, feature = "test-support"))]
 pub(crate) use frag::{IPV6_FRAGMENT_HEADER_LEN, emit_v6_header as emit_v6_fragment_header};
 use port::Port;
 use route::Route;

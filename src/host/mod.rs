@@ -7,10 +7,12 @@
 //! engine keyed by that id, so the engine itself performs no syscall.
 //!
 //! [`NetHost`] is the real one (mio sockets in the caller's network
-//! namespace); [`SimHost`] is an in-memory one with scripted outcomes and
-//! a virtual clock, for scenario tests and fuzzing.
+//! namespace); `SimHost` is an in-memory one with scripted outcomes and
+//! a virtual clock, for scenario tests and fuzzing (built for tests and
+//! with the `test-support` feature only).
 
 mod net;
+#[cfg(any(test, feature = "test-support"))]
 pub mod sim;
 
 use std::io;
@@ -22,6 +24,7 @@ use thiserror::Error;
 use crate::pages::Pages;
 
 pub use net::{NetHost, Outbound, OutboundError, resolve_outbound_v4, resolve_outbound_v6};
+#[cfg(any(test, feature = "test-support"))]
 pub use sim::SimHost;
 
 /// The engine's name for a flow, and for the host socket that carries it.

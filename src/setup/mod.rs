@@ -204,7 +204,7 @@ pub fn signal_ignored(sig: nix::sys::signal::Signal) -> bool {
 /// Take ownership of an fd inherited from the caller (`--netns-type=tapfd`).
 pub fn adopt_fd(fd: RawFd) -> Result<OwnedFd, SetupError> {
     // Check first, so that a bad number is an error rather than UB.
-    fcntl(fd, FcntlArg::F_GETFD).map_err(|err| SetupError::BadFd { fd, err })?;
+    fd_flags(fd).map_err(|err| SetupError::BadFd { fd, err })?;
     // SAFETY: the fd is open (checked above) and was handed to us by the
     // caller for our exclusive use; nothing else in netferry owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -212,15 +212,23 @@ pub fn adopt_fd(fd: RawFd) -> Result<OwnedFd, SetupError> {
 
 /// Whether `fd` is an open descriptor.
 pub fn fd_is_open(fd: RawFd) -> bool {
-    fcntl(fd, FcntlArg::F_GETFD).is_ok()
+    fd_flags(fd).is_ok()
+}
+
+/// The descriptor flags of a number that may name no open fd at all,
+/// which nix's `fcntl` (it borrows an fd that must be open) cannot ask.
+fn fd_flags(fd: RawFd) -> nix::Result<libc::c_int> {
+    // SAFETY: F_GETFD touches no memory and fails with EBADF on a number
+    // that is not an open descriptor (negative ones included).
+    nix::errno::Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), SetupError> {
     let raw = fd.as_raw_fd();
     let bad = |err| SetupError::BadFd { fd: raw, err };
-    let flags = fcntl(raw, FcntlArg::F_GETFL).map_err(bad)?;
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(bad)?;
     let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
-    fcntl(raw, FcntlArg::F_SETFL(flags)).map_err(bad)?;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(bad)?;
     Ok(())
 }
 
@@ -601,6 +609,8 @@ pub fn release_startup_memory() {}
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::IntoRawFd;
+
     use super::*;
 
     #[test]
@@ -615,6 +625,25 @@ mod tests {
         ));
         drop(tx);
         let _ = t.join();
+    }
+
+    #[test]
+    fn an_fd_number_that_names_no_open_fd_is_refused_not_adopted() {
+        for fd in [-1, RawFd::MAX] {
+            assert!(!fd_is_open(fd));
+            let e = adopt_fd(fd).unwrap_err();
+            assert!(
+                matches!(e, SetupError::BadFd { fd: f, err: nix::Error::EBADF } if f == fd),
+                "{e}"
+            );
+        }
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        let fd = read.into_raw_fd();
+        assert!(fd_is_open(fd));
+        let adopted = adopt_fd(fd).unwrap();
+        set_nonblocking(&adopted).unwrap();
+        let flags = fcntl(&adopted, FcntlArg::F_GETFL).unwrap();
+        assert!(OFlag::from_bits_retain(flags).contains(OFlag::O_NONBLOCK));
     }
 
     #[test]
