@@ -2,41 +2,21 @@
 # A Debian forky root filesystem holding podman 5.8 (whose pasta command
 # line is Podman 6's), pasta (passt), slirp4netns, netavark with
 # aardvark-dns and nftables (rootless bridge networks), runc, conmon,
-# catatonit, uidmap and busybox-static, for the pasta-mode tests and the
-# benchmark's pasta rows: forky's programs need a newer glibc than this
-# machine's Debian 12, so they run inside this tree (entered with
-# pivot_root, not chroot).
+# catatonit, uidmap, iproute2 and busybox-static: the real pasta that
+# tests/pasta.rs runs in netferry's place (by this tree's dynamic
+# loader), and the callers for the pasta-mode tests to come. Its user
+# nfpodman6 (uid 4760, ids 600000-665535) is for podman.
 #
 # Usage: forky-rootfs.sh DIR
-# Built once per machine: the stamp is written last, so an interrupted
-# build is started over; a change to what goes in changes the stamp's
-# name, so an old tree is rebuilt. The mirror is the one this machine's
-# apt already uses. debootstrap on Debian 12 has no forky script: forky
-# is built with sid's, which is the same. Exit 2 when the archive cannot
-# be reached. Run by .ci/run.
+# Built once per machine (debian-tree.sh) by .ci/run. Debian 12's
+# debootstrap has no forky script: sid's builds it. Exit 2 when the
+# archive cannot be reached.
 set -euo pipefail
 root=${1:?usage: forky-rootfs.sh DIR}
-stamp=$root/.complete-v1
-[ -e "$stamp" ] && exit 0
-
+[ -e "$root/.complete-v1" ] && exit 0
 suite=forky
 . "$(dirname "$0")/debian-mirror.sh"
-
-packages=podman,passt,slirp4netns,netavark,aardvark-dns,nftables,runc,conmon,catatonit,uidmap,busybox-static,iproute2
-echo "== debootstrap forky into $root (from $mirror)"
-start=$(date +%s)
-if [ -d "$root" ]; then
-    awk -v r="$root/" 'index($5, r) == 1 { print $5 }' /proc/self/mountinfo |
-        sort -r | xargs -r -n1 umount -l
-    rm -rf --one-file-system "$root"
-fi
-mkdir -p "$(dirname "$root")"
-debootstrap --variant=minbase --include="$packages" forky "$root" "$mirror" \
-    /usr/share/debootstrap/scripts/sid
-chroot "$root" useradd --uid 4760 --user-group --home-dir /home/nfpodman6 \
-    --create-home --shell /bin/sh nfpodman6
-echo "nfpodman6:600000:65536" >"$root/etc/subuid"
-echo "nfpodman6:600000:65536" >"$root/etc/subgid"
-rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-touch "$stamp"
-echo "== forky rootfs built in $(( $(date +%s) - start ))s"
+. "$(dirname "$0")/debian-tree.sh"
+build_tree forky "$root" \
+    podman,passt,slirp4netns,netavark,aardvark-dns,nftables,runc,conmon,catatonit,uidmap,busybox-static,iproute2 \
+    nfpodman6 4760 600000 /usr/share/debootstrap/scripts/sid
