@@ -375,6 +375,8 @@ fn checksum(bytes: &[u8]) -> u16 {
 #[test]
 fn twenty_thousand_malformed_frames_then_normal_traffic() {
     const N: u32 = 20_000;
+    /// Frames written at once: well within the tap's queue (1,000).
+    const CHUNK: usize = 500;
     // A large MTU, so oversized frames (for a 1500-byte link) reach it.
     let s = setup_with(&["--mtu=65520"], &[]);
     s.host_echo(6104);
@@ -382,7 +384,16 @@ fn twenty_thousand_malformed_frames_then_normal_traffic() {
     let frames0 = s.status()["return"]["frames_from_guest"].as_u64().unwrap();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let frames: Vec<Vec<u8>> = (0..N).map(|i| malformed(i, &mut rng)).collect();
-    let sent = send_frames(&s.ns, frames);
+    // In chunks that fit the tap's queue, each given time to be read: a
+    // busy machine then slows the test down instead of making the tap
+    // drop what netferry had no CPU to read yet.
+    let read = || s.status()["return"]["frames_from_guest"].as_u64().unwrap() - frames0;
+    let mut sent = 0;
+    for chunk in frames.chunks(CHUNK) {
+        sent += send_frames(&s.ns, chunk.to_vec());
+        let want = u64::from(sent) / 2;
+        wait_until(Duration::from_secs(10), || read() >= want);
+    }
     sleep(Duration::from_millis(500));
     assert!(s.alive(), "netferry died\n{}", s.nf.output());
     let status = s.status();
