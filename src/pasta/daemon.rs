@@ -108,13 +108,12 @@ fn init_logging(level: LogLevel, file: Option<&Path>) -> anyhow::Result<()> {
 
 /// The namespace file to join and the user namespace to join first.
 fn target_of(args: &PastaArgs) -> anyhow::Result<(config::Target, Option<PathBuf>, PathBuf)> {
+    const NO_COMMAND: &str = "netferry's pasta mode cannot run a command in new namespaces yet; \
+                              use `netferry run -- CMD`, or give --netns or a PID";
     let userns = |u: &UserNs| match u {
         UserNs::Join(path) => Ok(Some(path.clone())),
         UserNs::Keep => Ok(None),
-        UserNs::New => bail!(
-            "netferry's pasta mode cannot run a command in new namespaces yet; \
-             use `netferry run -- CMD`, or give --netns or a PID"
-        ),
+        UserNs::New => bail!(NO_COMMAND),
     };
     match &args.target {
         Target::Netns { path, userns: u } => {
@@ -125,10 +124,7 @@ fn target_of(args: &PastaArgs) -> anyhow::Result<(config::Target, Option<PathBuf
             let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
             Ok((config::Target::Pid(pid), userns(u)?, netns))
         }
-        Target::Command { .. } => {
-            userns(&UserNs::New)?;
-            unreachable!("userns(New) always fails")
-        }
+        Target::Command { .. } => bail!(NO_COMMAND),
     }
 }
 

@@ -5,7 +5,7 @@
 //! where inotify cannot see it (procfs paths, a PID target) the file is
 //! checked once a second instead, through a timerfd.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -137,7 +137,7 @@ fn inotify_names(buf: &[u8], name: &[u8]) -> bool {
             break;
         };
         let event_name = raw.split(|&b| b == 0).next().unwrap_or(&[]);
-        if mask & libc::IN_DELETE_SELF != 0 || OsStr::from_bytes(event_name).as_bytes() == name {
+        if mask & libc::IN_DELETE_SELF != 0 || event_name == name {
             found = true;
         }
         at += HEADER + len;
