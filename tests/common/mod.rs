@@ -9,6 +9,7 @@
 //! host and remote namespaces), `netferry` (starting and watching the
 //! process under test), `dns` (the tests' DNS server), `rootless` and
 //! `podman` (the callers that start netferry, and what their guests see),
+//! `pasta` (a rootless caller of pasta mode and the real pasta beside it),
 //! `skip` (a missing prerequisite), `tools` (scratch directories, waits,
 //! commands, TCP and payload helpers). The most used items are
 //! re-exported here, so a test writes `common::TestNet`.
@@ -18,6 +19,7 @@
 pub mod dns;
 pub mod netferry;
 pub mod ns;
+pub mod pasta;
 pub mod podman;
 pub mod rootless;
 pub mod skip;
