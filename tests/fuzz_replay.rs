@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use netferry::fuzzing::TARGETS;
-use netferry::fuzzing::frames::{Framing, HostEvent, Step, encode};
+use netferry::fuzzing::frames::{Action, Framing, HostEvent, encode};
 use netferry::fuzzing::trains::FragTrain;
 use netferry::host::sim::Outcome;
 use smoltcp::wire::{IpAddress, UdpPacket};
@@ -157,8 +157,8 @@ fn echo(kind: u8, data: &[u8]) -> Vec<u8> {
     p
 }
 
-fn frame(framing: Framing, bytes: Vec<u8>) -> Step {
-    Step::Frame {
+fn frame(framing: Framing, bytes: Vec<u8>) -> Action {
+    Action::Frame {
         framing,
         broadcast: false,
         fix: framing != Framing::Raw,
@@ -167,17 +167,17 @@ fn frame(framing: Framing, bytes: Vec<u8>) -> Step {
     }
 }
 
-fn v4(bytes: Vec<u8>) -> Step {
+fn v4(bytes: Vec<u8>) -> Action {
     frame(Framing::Ipv4, bytes)
 }
 
-fn v6f(bytes: Vec<u8>) -> Step {
+fn v6f(bytes: Vec<u8>) -> Action {
     frame(Framing::Ipv6, bytes)
 }
 
 /// The guest's answer to the engine's last TCP segment.
-fn ack(flags: u8, data: &[u8]) -> Step {
-    Step::Answer {
+fn ack(flags: u8, data: &[u8]) -> Action {
+    Action::Answer {
         segment: 0,
         flags,
         window: 0xffff,
@@ -191,8 +191,8 @@ const FIN_ACK: u8 = 0x11;
 const SYN_ACK: u8 = 0x12;
 const RST: u8 = 0x04;
 
-fn host(index: u8, event: HostEvent) -> Step {
-    Step::Host { index, event }
+fn host(index: u8, event: HostEvent) -> Action {
+    Action::Host { index, event }
 }
 
 fn arp_request(target: Ipv4Addr) -> Vec<u8> {
@@ -206,7 +206,7 @@ fn arp_request(target: Ipv4Addr) -> Vec<u8> {
 }
 
 /// A UDP datagram with its checksum, as IPv4 fragments of `piece` bytes.
-fn udp_fragments(dst: Ipv4Addr, data: &[u8], piece: usize) -> Vec<Step> {
+fn udp_fragments(dst: Ipv4Addr, data: &[u8], piece: usize) -> Vec<Action> {
     let mut dgram = udp(40000, 9, data);
     let len = dgram.len() as u16;
     let mut p = UdpPacket::new_unchecked(&mut dgram[..]);
@@ -226,7 +226,7 @@ fn udp_fragments(dst: Ipv4Addr, data: &[u8], piece: usize) -> Vec<Step> {
         .collect()
 }
 
-fn udp6_fragments(dst: Ipv6Addr, data: &[u8], piece: usize) -> Vec<Step> {
+fn udp6_fragments(dst: Ipv6Addr, data: &[u8], piece: usize) -> Vec<Action> {
     let mut dgram = udp(40000, 9, data);
     let len = dgram.len() as u16;
     let mut p = UdpPacket::new_unchecked(&mut dgram[..]);
@@ -250,8 +250,8 @@ fn udp6_fragments(dst: Ipv6Addr, data: &[u8], piece: usize) -> Vec<Step> {
 /// A UDP datagram of `len` bytes to a remote host as fragments of
 /// `piece` bytes, in the order and with the faults `order` and `mangle`
 /// say (see `FragTrain`).
-fn frag_train(v6: bool, len: u16, piece: u16, order: u8, mangle: u8) -> Step {
-    Step::Fragments(FragTrain {
+fn frag_train(v6: bool, len: u16, piece: u16, order: u8, mangle: u8) -> Action {
+    Action::Fragments(FragTrain {
         v6,
         dst: 0,
         proto: 0,
@@ -310,7 +310,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &[
                     frame(Framing::Raw, arp_request(GATEWAY)),
                     frame(Framing::Raw, unhex(LINUX_SYN)),
-                    Step::Wake,
+                    Action::Wake,
                     ack(ACK, b""),
                     ack(PSH_ACK, b"GET / HTTP/1.0\r\n\r\n"),
                     host(FIRST_FLOW, Take(100)),
@@ -318,7 +318,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     host(FIRST_FLOW, Fin),
                     ack(ACK, b""),
                     ack(FIN_ACK, b""),
-                    Step::Secs(3),
+                    Action::Secs(3),
                 ],
             ),
         ),
@@ -331,13 +331,13 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &[
                     frame(Framing::Raw, arp_request(GATEWAY)),
                     frame(Framing::Raw, unhex(LINUX_SYN)),
-                    Step::Wake,
+                    Action::Wake,
                     ack(ACK, b""),
                     host(FIRST_FLOW, Send(vec![b'x'; 30_000])),
-                    Step::Wake,
+                    Action::Wake,
                     ack(ACK, b""),
                     host(FIRST_FLOW, Fin),
-                    Step::Secs(3),
+                    Action::Secs(3),
                 ],
             ),
         ),
@@ -352,8 +352,8 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &[
                     v4(ipv4(GUEST, DNS, 17, &udp(40000, 53, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01"))),
                     host(FIRST_FLOW, Reply(b"\x12\x34\x81\x80answer".to_vec())),
-                    Step::Secs(200),
-                    Step::Wake,
+                    Action::Secs(200),
+                    Action::Wake,
                 ],
             ),
         ),
@@ -376,7 +376,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
             encode(
                 MTU_1500 | 0x80,
                 &[
-                    Step::Frame {
+                    Action::Frame {
                         framing: Framing::Ipv4,
                         broadcast: false,
                         fix: true,
@@ -412,9 +412,9 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     v4(ipv4(GUEST, REFUSE, 6, &syn(40010, 80))),
                     v4(ipv4(GUEST, UNREACHABLE, 6, &syn(40011, 80))),
                     v4(ipv4(GUEST, NEVER, 6, &syn(40012, 80))),
-                    Step::Wake,
-                    Step::Secs(120),
-                    Step::Wake,
+                    Action::Wake,
+                    Action::Secs(120),
+                    Action::Wake,
                 ],
             ),
         ),
@@ -426,7 +426,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "ipv6-router-solicitation",
             encode(
                 MTU_1500,
-                &[Step::Frame {
+                &[Action::Frame {
                     framing: Framing::Ipv6,
                     broadcast: true,
                     fix: true,
@@ -462,9 +462,9 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     host(FIRST_FLOW, ReplyPattern(4000)),
                     v6f(ipv6(guest6(), v6("ff02::1:ff00:2"), 58, 255, &ndp(135, Some(v6("fd00::2"))))),
                     v6f(ipv6(guest6(), v6("fd00::2"), 6, 64, &syn(40021, 8080))),
-                    Step::Wake,
+                    Action::Wake,
                     v6f(ipv6(guest6(), v6("fe80::2"), 58, 255, &neighbour_advert(guest6()))),
-                    Step::Wake,
+                    Action::Wake,
                     ack(ACK, b""),
                     host(FIRST_FLOW + 1, SendPattern(5000)),
                     ack(ACK, b""),
@@ -489,15 +489,15 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 MTU_1500,
                 &[
                     frame(Framing::Raw, arp_request(GATEWAY)),
-                    Step::Client { forward: 0, client: 1, port: 50000, data: Vec::new() },
+                    Action::Client { forward: 0, client: 1, port: 50000, data: Vec::new() },
                     ack(SYN_ACK, b""),
                     ack(PSH_ACK, b"hello client"),
                     host(FIRST_FLOW, Take(100)),
-                    Step::Client { forward: 1, client: 0, port: 50001, data: b"dgram".to_vec() },
-                    Step::Client { forward: 2, client: 3, port: 50002, data: Vec::new() },
-                    Step::Wake,
-                    Step::Secs(5),
-                    Step::Wake,
+                    Action::Client { forward: 1, client: 0, port: 50001, data: b"dgram".to_vec() },
+                    Action::Client { forward: 2, client: 3, port: 50002, data: Vec::new() },
+                    Action::Wake,
+                    Action::Secs(5),
+                    Action::Wake,
                 ],
             ),
         ),
@@ -507,7 +507,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 MTU_65520,
                 &(0..12)
                     .map(|i| v4(ipv4(GUEST, if i % 2 == 0 { NEVER } else { REMOTE }, 6, &syn(41000 + i, 80))))
-                    .chain([Step::Wake, host(FIRST_FLOW, Connect(Outcome::Accept)), Step::Wake])
+                    .chain([Action::Wake, host(FIRST_FLOW, Connect(Outcome::Accept)), Action::Wake])
                     .collect::<Vec<_>>(),
             ),
         ),
@@ -540,8 +540,8 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 MTU_576,
                 &[
                     frag_train(false, 4000, 552, 0, 4),
-                    Step::Secs(31),
-                    Step::Wake,
+                    Action::Secs(31),
+                    Action::Wake,
                 ],
             ),
         ),
@@ -551,7 +551,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "vnet-udp-train-small-gso-size",
             encode(
                 MTU_1500 | 0x80,
-                &[Step::TapRead {
+                &[Action::TapRead {
                     header: VNET_10,
                     vnet: vnet(NEEDS_CSUM, GSO_UDP_L4, [42, 4, 34, 6]),
                     framing: Framing::Ipv4,
@@ -570,9 +570,9 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &[
                     frame(Framing::Raw, arp_request(GATEWAY)),
                     frame(Framing::Raw, unhex(LINUX_SYN)),
-                    Step::Wake,
+                    Action::Wake,
                     ack(ACK, b""),
-                    Step::BigAnswer {
+                    Action::BigAnswer {
                         segment: 0,
                         flags: PSH_ACK,
                         window: 0xffff,
@@ -582,7 +582,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     },
                     host(FIRST_FLOW, Take(40_000)),
                     host(FIRST_FLOW, SendPattern(60_000)),
-                    Step::Wake,
+                    Action::Wake,
                 ],
             ),
         ),
@@ -591,7 +591,7 @@ fn frames_seeds() -> Vec<(&'static str, Vec<u8>)> {
             encode(
                 MTU_1500 | 0x80,
                 &[
-                    Step::Big {
+                    Action::Big {
                         framing: Framing::Ipv4,
                         broadcast: false,
                         fix: true,

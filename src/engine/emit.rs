@@ -16,7 +16,7 @@ use smoltcp::wire::{
     Ipv4Repr, Ipv6FragmentRepr, Ipv6Packet, Ipv6Repr,
 };
 
-use super::{Engine, FrameSink, HOP_LIMIT, Host, frag, port};
+use super::{Engine, FrameSink, HOP_LIMIT, Host, device, frag};
 
 impl<H: Host> Engine<H> {
     /// Wrap a payload in an IP header of `src`'s family and an Ethernet
@@ -68,7 +68,7 @@ impl<H: Host> Engine<H> {
             return;
         };
         let len = eth.buffer_len() + ip.header_len() + payload_len;
-        if len > self.mtu + port::ETHERNET_HEADER_LEN {
+        if len > self.mtu + device::ETHERNET_HEADER_LEN {
             if proto == IpProtocol::Tcp {
                 log::debug!(
                     "not sending a {len}-byte frame to {}: larger than the MTU",
@@ -164,7 +164,7 @@ impl<H: Host> Engine<H> {
         };
         // An MTU the command line accepts (down to 1) may leave no room
         // for a fragment's headers and one unit of data.
-        let Some(room) = (self.mtu + port::ETHERNET_HEADER_LEN)
+        let Some(room) = (self.mtu + device::ETHERNET_HEADER_LEN)
             .checked_sub(eth_len + fixed)
             .filter(|&room| room >= frag::FRAGMENT_UNIT)
         else {

@@ -23,8 +23,10 @@
 //! destination leads is decided in `route`; IPv4 input and reassembly is
 //! `ipv4`, IPv6 and neighbour discovery `ipv6`; every packet the engine
 //! originates is framed (and fragmented) in `emit`; each transport has
-//! its own file (`tcp`, `udp`, `icmp`, `dhcp`, `forward`).
+//! its own file (`tcp`, `udp`, `icmp`, `dhcp`, `forward`); `device` is the
+//! smoltcp device that hands smoltcp one frame and collects its output.
 
+mod device;
 mod dhcp;
 mod emit;
 mod flows;
@@ -36,7 +38,6 @@ mod icmp;
 mod ipv4;
 mod ipv6;
 pub mod plan;
-mod port;
 mod route;
 #[cfg(test)]
 mod scenario;
@@ -59,24 +60,24 @@ use smoltcp::wire::{
     EthernetRepr, HardwareAddress, IpCidr,
 };
 
+pub use device::{ETHERNET_HEADER_LEN, FrameSink, send_cut};
 pub use dhcp::{Answer as DhcpAnswer, DhcpServer, LEASE_SECS};
 pub use flows::{
     DEFAULT_MAX_PENDING_CONNECTS, DEFAULT_MAX_TCP_FLOWS, FlowKey, Limits, UDP_FLOW_LIMIT,
 };
 pub use forward::{Forward, ForwardError, ForwardSpec};
 pub use plan::{AddressPlan, Link4, Link6, MapTo, Mapping};
-pub use port::{ETHERNET_HEADER_LEN, FrameSink, send_cut};
 
 pub use crate::host::{FlowId, Host, Proto, Readiness};
 
 use crate::host::DgramBatch;
 use crate::pages::Pages;
 use crate::vnet::TooManySegments;
+use device::SmolDevice;
 use flows::FlowTable;
 /// For the fuzz targets, which build the guest's fragments.
 #[cfg(any(test, feature = "test-support"))]
 pub(crate) use frag::{IPV6_FRAGMENT_HEADER_LEN, emit_v6_header as emit_v6_fragment_header};
-use port::Port;
 use route::Route;
 pub(crate) use route::Unreachable;
 
@@ -257,13 +258,13 @@ impl<H: Host> Engine<H> {
             plan.v6 = None;
             plan.maps.retain(|m| m.addr.is_ipv4());
         }
-        let caps = port::capabilities(mtu, cfg.verify_checksums, cfg.offload);
+        let caps = device::capabilities(mtu, cfg.verify_checksums, cfg.offload);
         let mut tx = Vec::new();
 
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ethernet(mac));
         iface_cfg.random_seed = cfg.seed;
         let mut sink = Vec::new();
-        let mut dev = Port {
+        let mut dev = SmolDevice {
             rx: None,
             tx: &mut tx,
             sink: &mut sink,
@@ -572,7 +573,7 @@ impl<H: Host> Engine<H> {
         let Some(flow) = self.flows.tcp_mut(id) else {
             return;
         };
-        let mut dev = Port {
+        let mut dev = SmolDevice {
             rx: Some(frame),
             tx: &mut self.tx,
             sink,
@@ -591,7 +592,7 @@ impl<H: Host> Engine<H> {
         if flow.set.iter().next().is_none() {
             return;
         }
-        let mut dev = Port {
+        let mut dev = SmolDevice {
             rx: None,
             tx: &mut self.tx,
             sink,
@@ -610,7 +611,7 @@ impl<H: Host> Engine<H> {
     /// A frame smoltcp answers on its own (ARP, neighbour advertisements,
     /// RST for a segment of no flow), against the shared empty set.
     fn feed_smoltcp<S: FrameSink>(&mut self, now: Instant, frame: &[u8], sink: &mut S) {
-        let mut dev = Port {
+        let mut dev = SmolDevice {
             rx: Some(frame),
             tx: &mut self.tx,
             sink,
@@ -639,7 +640,7 @@ impl<H: Host> Engine<H> {
         self.flows.requeue_carried();
         self.flows.fire_timers(now);
         self.service_flows(now, sink);
-        let mut dev = Port {
+        let mut dev = SmolDevice {
             rx: None,
             tx: &mut self.tx,
             sink,

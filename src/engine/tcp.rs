@@ -96,7 +96,7 @@ fn quote_of_frame(frame: &[u8]) -> &[u8] {
 /// the guest's kernel cuts each into equal frames with none left over.
 fn wide_mss(mtu: usize, ip_header_len: usize) -> u16 {
     let per_frame = mtu.saturating_sub(ip_header_len + TCP_HEADER_LEN).max(1);
-    let most = super::port::MAX_IP_PACKET - ip_header_len - TCP_HEADER_LEN;
+    let most = super::device::MAX_IP_PACKET - ip_header_len - TCP_HEADER_LEN;
     (most / per_frame * per_frame).clamp(per_frame.min(most), most) as u16
 }
 

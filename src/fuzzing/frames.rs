@@ -1,15 +1,15 @@
 //! The `frames` target: a guest's frames, the host's events and a clock,
 //! interleaved as the input says, into an engine on the simulated host.
 //!
-//! The input is a configuration byte (the MTU) and then steps, each a tag
+//! The input is a configuration byte (the MTU) and then actions, each a tag
 //! byte and its fields, read with `arbitrary`'s `Unstructured` (integers
-//! little-endian, missing bytes read as zero). [`Step::encode`] writes
+//! little-endian, missing bytes read as zero). [`Action::encode`] writes
 //! the same format, so seeds are built from ordinary frames. Besides
-//! frames taken byte for byte, steps make large ones from a few bytes: a
+//! frames taken byte for byte, actions make large ones from a few bytes: a
 //! frame padded with a pattern to 64 KiB, a guest datagram as a train of
 //! fragments ([`FragTrain`]), and reads from the tap with a virtio-net
 //! header of any content in front, through the event loop's own dispatch
-//! (`Engine::handle_tap_read`). After every step the engine is polled
+//! (`Engine::handle_tap_read`). After every action the engine is polled
 //! until it is quiet, and everything it wrote goes through
 //! [`FrameCheck`] with the header the tap would get; no guest train may
 //! become more than [`GUEST_TRAIN_LIMIT`] datagrams, the flow table must
@@ -32,9 +32,9 @@ use crate::host::sim::Outcome;
 use crate::slirp4netns::{Network, Network6};
 use crate::vnet;
 
-/// Steps run from one input at most; longer inputs are cut.
+/// Actions run from one input at most; longer inputs are cut.
 const MAX_STEPS: usize = 256;
-/// TCP segments of the engine's remembered for `Step::Answer`.
+/// TCP segments of the engine's remembered for `Action::Answer`.
 const MAX_SEGMENTS: usize = 8;
 /// The guest's initial sequence number when it answers a SYN.
 const GUEST_ISN: u32 = 1000;
@@ -75,7 +75,7 @@ const CLIENTS: [IpAddr; 4] = [
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
 ];
 
-/// How a frame step's bytes become a frame.
+/// How a frame action's bytes become a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     /// The bytes are the whole Ethernet frame.
@@ -106,9 +106,9 @@ pub enum HostEvent {
     Refused,
 }
 
-/// One step of a run.
+/// One action of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum Action {
     /// A frame from the guest; with `fix`, the harness first sets its IP
     /// lengths and checksums right, so mutations get past verification.
     /// A `train` other than 0 (up to 63) makes it a UDP train, as the
@@ -164,7 +164,7 @@ pub enum Step {
     /// batch.
     Fragments(FragTrain),
     /// A read from the tap: a virtio-net header of `HEADER_LENS[header]`
-    /// bytes (`vnet` and zeros) before a `Big` step's frame, through the
+    /// bytes (`vnet` and zeros) before a `Big` action's frame, through the
     /// event loop's dispatch.
     TapRead {
         header: u8,
@@ -187,7 +187,7 @@ pub enum Step {
     },
 }
 
-/// Step kinds: frames (three framings), clock (three), host, client,
+/// Action kinds: frames (three framings), clock (three), host, client,
 /// answer, then the large ones.
 const STEP_KINDS: u8 = 13;
 const FRAMINGS: [Framing; 3] = [Framing::Raw, Framing::Ipv4, Framing::Ipv6];
@@ -203,15 +203,15 @@ fn put_data(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-impl Step {
-    pub fn decode(u: &mut Unstructured) -> arbitrary::Result<Step> {
+impl Action {
+    pub fn decode(u: &mut Unstructured) -> arbitrary::Result<Action> {
         let tag = u.arbitrary::<u8>()?;
         let kind = tag % STEP_KINDS;
         Ok(match kind {
             0..=2 => {
                 let framing = FRAMINGS[usize::from(kind)];
                 let flags = u.arbitrary::<u8>()?;
-                Step::Frame {
+                Action::Frame {
                     framing,
                     fix: flags & 1 != 0,
                     broadcast: flags & 2 != 0,
@@ -219,9 +219,9 @@ impl Step {
                     bytes: data(u)?,
                 }
             }
-            3 => Step::Millis(u.arbitrary()?),
-            4 => Step::Secs(u.arbitrary()?),
-            5 => Step::Wake,
+            3 => Action::Millis(u.arbitrary()?),
+            4 => Action::Secs(u.arbitrary()?),
+            5 => Action::Wake,
             6 => {
                 let index = u.arbitrary()?;
                 let kind = u.arbitrary::<u8>()?;
@@ -238,15 +238,15 @@ impl Step {
                     9 => HostEvent::ReplyPattern(u.arbitrary()?),
                     _ => HostEvent::Refused,
                 };
-                Step::Host { index, event }
+                Action::Host { index, event }
             }
-            7 => Step::Client {
+            7 => Action::Client {
                 forward: u.arbitrary()?,
                 client: u.arbitrary()?,
                 port: u.arbitrary()?,
                 data: data(u)?,
             },
-            8 => Step::Answer {
+            8 => Action::Answer {
                 segment: u.arbitrary()?,
                 flags: u.arbitrary()?,
                 window: u.arbitrary()?,
@@ -255,7 +255,7 @@ impl Step {
             9 => {
                 let framing = FRAMINGS[usize::from(u.arbitrary::<u8>()? % 3)];
                 let flags = u.arbitrary::<u8>()?;
-                Step::Big {
+                Action::Big {
                     framing,
                     fix: flags & 1 != 0,
                     broadcast: flags & 2 != 0,
@@ -264,12 +264,12 @@ impl Step {
                     pad: u.arbitrary()?,
                 }
             }
-            10 => Step::Fragments(FragTrain::decode(u)?),
+            10 => Action::Fragments(FragTrain::decode(u)?),
             11 => {
                 let header = u.arbitrary()?;
                 let vnet = u.arbitrary()?;
                 let flags = u.arbitrary::<u8>()?;
-                Step::TapRead {
+                Action::TapRead {
                     header,
                     vnet,
                     framing: FRAMINGS[usize::from(flags & 3) % FRAMINGS.len()],
@@ -278,7 +278,7 @@ impl Step {
                     pad: u.arbitrary()?,
                 }
             }
-            _ => Step::BigAnswer {
+            _ => Action::BigAnswer {
                 segment: u.arbitrary()?,
                 flags: u.arbitrary()?,
                 window: u.arbitrary()?,
@@ -289,10 +289,10 @@ impl Step {
         })
     }
 
-    /// The bytes `decode` reads back as this step.
+    /// The bytes `decode` reads back as this action.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Step::Frame {
+            Action::Frame {
                 framing,
                 broadcast,
                 fix,
@@ -303,13 +303,13 @@ impl Step {
                 out.push(u8::from(*fix) | u8::from(*broadcast) << 1 | (train & 63) << 2);
                 put_data(out, bytes);
             }
-            Step::Millis(ms) => {
+            Action::Millis(ms) => {
                 out.push(3);
                 out.extend_from_slice(&ms.to_le_bytes());
             }
-            Step::Secs(s) => out.extend_from_slice(&[4, *s]),
-            Step::Wake => out.push(5),
-            Step::Host { index, event } => {
+            Action::Secs(s) => out.extend_from_slice(&[4, *s]),
+            Action::Wake => out.push(5),
+            Action::Host { index, event } => {
                 out.extend_from_slice(&[6, *index]);
                 match event {
                     HostEvent::Connect(o) => out.push(match o {
@@ -342,7 +342,7 @@ impl Step {
                     HostEvent::Refused => out.push(10),
                 }
             }
-            Step::Client {
+            Action::Client {
                 forward,
                 client,
                 port,
@@ -352,7 +352,7 @@ impl Step {
                 out.extend_from_slice(&port.to_le_bytes());
                 put_data(out, data);
             }
-            Step::Answer {
+            Action::Answer {
                 segment,
                 flags,
                 window,
@@ -362,7 +362,7 @@ impl Step {
                 out.extend_from_slice(&window.to_le_bytes());
                 put_data(out, data);
             }
-            Step::Big {
+            Action::Big {
                 framing,
                 broadcast,
                 fix,
@@ -375,11 +375,11 @@ impl Step {
                 put_data(out, head);
                 out.extend_from_slice(&pad.to_le_bytes());
             }
-            Step::Fragments(train) => {
+            Action::Fragments(train) => {
                 out.push(10);
                 train.encode(out);
             }
-            Step::TapRead {
+            Action::TapRead {
                 header,
                 vnet,
                 framing,
@@ -393,7 +393,7 @@ impl Step {
                 put_data(out, head);
                 out.extend_from_slice(&pad.to_le_bytes());
             }
-            Step::BigAnswer {
+            Action::BigAnswer {
                 segment,
                 flags,
                 window,
@@ -411,11 +411,11 @@ impl Step {
     }
 }
 
-/// A whole input for `frames`: the MTU byte, then the steps.
-pub fn encode(mtu_choice: u8, steps: &[Step]) -> Vec<u8> {
+/// A whole input for `frames`: the MTU byte, then the actions.
+pub fn encode(mtu_choice: u8, actions: &[Action]) -> Vec<u8> {
     let mut out = vec![mtu_choice];
-    for step in steps {
-        step.encode(&mut out);
+    for action in actions {
+        action.encode(&mut out);
     }
     out
 }
@@ -461,10 +461,10 @@ pub fn run(input: &[u8]) {
     };
     let mut run = Run::new(mtu, offload);
     for _ in 0..MAX_STEPS {
-        let Ok(step) = Step::decode(&mut u) else {
+        let Ok(action) = Action::decode(&mut u) else {
             break;
         };
-        run.step(step);
+        run.act(action);
         if u.is_empty() {
             break;
         }
@@ -515,11 +515,11 @@ impl Run {
         }
     }
 
-    fn step(&mut self, step: Step) {
+    fn act(&mut self, action: Action) {
         let mut out = TapWrites::new(self.offload, self.mtu);
         let from_guest = self.engine.stats().datagrams_from_guest;
-        match step {
-            Step::Frame {
+        match action {
+            Action::Frame {
                 framing,
                 broadcast,
                 fix,
@@ -528,7 +528,7 @@ impl Run {
             } => {
                 self.guest_frame(framing, broadcast, fix, train, bytes, &mut out);
             }
-            Step::Big {
+            Action::Big {
                 framing,
                 broadcast,
                 fix,
@@ -539,7 +539,7 @@ impl Run {
                 head.extend_from_slice(&pattern(pad.into()));
                 self.guest_frame(framing, broadcast, fix, train, head, &mut out);
             }
-            Step::Fragments(train) => {
+            Action::Fragments(train) => {
                 let net6 = Network6::default();
                 let gateway = EthernetAddress(self.engine.plan().mac);
                 let net = Network::default();
@@ -547,7 +547,7 @@ impl Run {
                     self.engine.handle_frame(self.now, &frame, &mut out);
                 }
             }
-            Step::TapRead {
+            Action::TapRead {
                 header,
                 vnet,
                 framing,
@@ -562,7 +562,7 @@ impl Run {
                 }
                 self.tap_read(header, vnet, &frame, &mut out);
             }
-            Step::BigAnswer {
+            Action::BigAnswer {
                 segment,
                 flags,
                 window,
@@ -574,15 +574,15 @@ impl Run {
                     self.tap_read(header, vnet, &frame, &mut out);
                 }
             }
-            Step::Millis(ms) => self.now += Duration::from_millis(u64::from(ms)),
-            Step::Secs(s) => self.now += Duration::from_secs(u64::from(s)),
-            Step::Wake => {
+            Action::Millis(ms) => self.now += Duration::from_millis(u64::from(ms)),
+            Action::Secs(s) => self.now += Duration::from_secs(u64::from(s)),
+            Action::Wake => {
                 let wait = self.engine.poll_timeout(self.now);
                 let wait = wait.unwrap_or(Duration::from_secs(600));
                 self.now += wait.max(Duration::from_millis(1));
             }
-            Step::Host { index, event } => self.host_event(index, event),
-            Step::Answer {
+            Action::Host { index, event } => self.host_event(index, event),
+            Action::Answer {
                 segment,
                 flags,
                 window,
@@ -592,7 +592,7 @@ impl Run {
                     self.engine.handle_frame(self.now, &frame, &mut out);
                 }
             }
-            Step::Client {
+            Action::Client {
                 forward,
                 client,
                 port,
@@ -614,12 +614,12 @@ impl Run {
         let datagrams = self.engine.stats().datagrams_from_guest - from_guest;
         assert!(
             datagrams <= GUEST_TRAIN_LIMIT,
-            "one step of the guest became {datagrams} datagrams (at most {GUEST_TRAIN_LIMIT})"
+            "one action of the guest became {datagrams} datagrams (at most {GUEST_TRAIN_LIMIT})"
         );
         self.settle(&mut out);
     }
 
-    /// A frame of the guest's, framed and fixed as the step says; a train
+    /// A frame of the guest's, framed and fixed as the action says; a train
     /// of datagrams of `train × 24` bytes when `train` is not 0.
     fn guest_frame(
         &mut self,
@@ -672,7 +672,7 @@ impl Run {
         Some(frame)
     }
 
-    /// Give the frame its Ethernet header, if the step asks for one.
+    /// Give the frame its Ethernet header, if the action asks for one.
     fn frame(&self, framing: Framing, broadcast: bool, bytes: Vec<u8>) -> Vec<u8> {
         let ethertype = match framing {
             Framing::Raw => return bytes,
@@ -987,13 +987,13 @@ mod tests {
         engine.poll_transmit(now, &mut out);
     }
 
-    /// Seeds are written with `encode`: each step must read back as
+    /// Seeds are written with `encode`: each action must read back as
     /// itself, or a seed tests something else than its name says.
     #[test]
-    fn every_step_reads_back_as_encoded() {
+    fn every_action_reads_back_as_encoded() {
         let vnet = [1, 5, 42, 0, 4, 0, 34, 0, 6, 0];
-        let steps = [
-            Step::Big {
+        let actions = [
+            Action::Big {
                 framing: Framing::Ipv6,
                 broadcast: true,
                 fix: true,
@@ -1001,7 +1001,7 @@ mod tests {
                 head: vec![1, 2, 3],
                 pad: 60_000,
             },
-            Step::Fragments(FragTrain {
+            Action::Fragments(FragTrain {
                 v6: true,
                 dst: 1,
                 proto: 2,
@@ -1013,7 +1013,7 @@ mod tests {
                 mangle: 63,
                 seed: 9,
             }),
-            Step::TapRead {
+            Action::TapRead {
                 header: 2,
                 vnet,
                 framing: Framing::Ipv4,
@@ -1021,7 +1021,7 @@ mod tests {
                 head: vec![0x45; 20],
                 pad: 100,
             },
-            Step::TapRead {
+            Action::TapRead {
                 header: 1,
                 vnet,
                 framing: Framing::Ipv6,
@@ -1029,7 +1029,7 @@ mod tests {
                 head: Vec::new(),
                 pad: 0,
             },
-            Step::BigAnswer {
+            Action::BigAnswer {
                 segment: 1,
                 flags: 0x18,
                 window: 512,
@@ -1038,11 +1038,11 @@ mod tests {
                 vnet,
             },
         ];
-        for step in steps {
+        for action in actions {
             let mut bytes = Vec::new();
-            step.encode(&mut bytes);
-            let back = Step::decode(&mut Unstructured::new(&bytes));
-            assert_eq!(back.as_ref(), Ok(&step), "{bytes:02x?}");
+            action.encode(&mut bytes);
+            let back = Action::decode(&mut Unstructured::new(&bytes));
+            assert_eq!(back.as_ref(), Ok(&action), "{bytes:02x?}");
         }
     }
 }

@@ -71,7 +71,7 @@ pub fn capabilities(mtu: usize, verify_checksums: bool, offload: bool) -> Device
     caps
 }
 
-pub struct Port<'a, S: FrameSink> {
+pub struct SmolDevice<'a, S: FrameSink> {
     pub rx: Option<&'a [u8]>,
     pub tx: &'a mut Vec<u8>,
     pub sink: &'a mut S,
@@ -85,7 +85,7 @@ pub struct TxSlot<'a, S: FrameSink> {
     sink: &'a mut S,
 }
 
-impl<S: FrameSink> phy::Device for Port<'_, S> {
+impl<S: FrameSink> phy::Device for SmolDevice<'_, S> {
     type RxToken<'b>
         = RxFrame<'b>
     where
