@@ -196,6 +196,7 @@ pub fn slirp_plan(
             guest: net.guest,
             prefix_len: net.prefix_len,
             gateway: net.gateway,
+            dhcp: true,
             dhcp_pool: Some((net.dhcp_start, net.dhcp_end)),
             dns: Some(net.dns),
         },

@@ -182,6 +182,10 @@ impl<H: Host> Engine<H> {
         data: &[u8],
         sink: &mut S,
     ) {
+        if !self.plan.v4.dhcp {
+            log::trace!("dhcp: off, dropping a request");
+            return;
+        }
         let Ok(packet) = DhcpPacket::new_checked(data) else {
             return;
         };

@@ -47,9 +47,11 @@ pub struct Link4 {
     pub prefix_len: u8,
     /// The guest's router: the source of ICMP errors and of DHCP.
     pub gateway: Ipv4Addr,
+    /// Whether DHCP answers the guest at all (pasta's `--no-dhcp`: no).
+    pub dhcp: bool,
     /// Addresses DHCP hands out, first to last; `None`: only `guest`.
     pub dhcp_pool: Option<(Ipv4Addr, Ipv4Addr)>,
-    /// The name server DHCP announces.
+    /// The name server DHCP announces, if any.
     pub dns: Option<Ipv4Addr>,
 }
 
@@ -152,6 +154,7 @@ mod tests {
                 guest: Ipv4Addr::new(192, 0, 2, 50),
                 prefix_len: 24,
                 gateway: Ipv4Addr::new(192, 0, 2, 1),
+                dhcp: true,
                 dhcp_pool: None,
                 dns: None,
             },

@@ -269,6 +269,23 @@ fn dhcp_discover_request_gets_pool_start_with_options() {
     );
 }
 
+/// pasta's `--no-dhcp`: requests go unanswered, and nothing else is sent
+/// in their place.
+#[test]
+fn dhcp_turned_off_answers_nothing() {
+    let mut plan = slirp_plan(&Network::default(), None, true, true);
+    plan.v4.dhcp = false;
+    let mut cfg = EngineConfig::new(plan, 1500);
+    cfg.seed = 1;
+    let mut e = Rig::new(cfg, 1, Instant::from_millis(1));
+    assert!(
+        e.feed(&dhcp_frame(DhcpMessageType::Discover, None))
+            .is_empty()
+    );
+    let request = dhcp_frame(DhcpMessageType::Request, Some(GUEST_IP));
+    assert!(e.feed(&request).is_empty());
+}
+
 #[test]
 fn dhcp_follows_a_custom_cidr() {
     let net = Network::from_cidr("172.30.0.0/16").unwrap();
