@@ -89,8 +89,11 @@ fn port_driver_none_reaches_the_host_a_remote_server_and_dns() {
             format!("{ARGV_2_0} --tcp-ports=none --udp-ports=none $PID"),
             "{name}"
         );
-        // rootlesskit SIGKILLs pasta when it stops.
+        // rootlesskit SIGKILLs pasta when it stops; until then, it serves
+        // (past a few rounds of its once-a-second look at the namespace,
+        // which must work from inside its sandbox).
         if pasta.is_none() {
+            std::thread::sleep(Duration::from_millis(2500));
             let helper = rk.helper_pid().expect("no netferry running");
             drop(rk);
             let gone = wait_until(Duration::from_secs(10), || {
