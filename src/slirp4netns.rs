@@ -199,6 +199,7 @@ pub fn slirp_plan(
             dhcp: true,
             dhcp_pool: Some((net.dhcp_start, net.dhcp_end)),
             dns: Some(net.dns),
+            dhcp_mtu: None,
         },
         v6: net6.map(|n6| Link6 {
             prefix: n6.prefix,

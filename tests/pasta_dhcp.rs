@@ -1,10 +1,10 @@
 //! pasta mode without `--config-net`: the tap is left to the guest, and
 //! pasta's DHCP server configures it. A real client (busybox `udhcpc`)
 //! asks in a container namespace and configures the tap from the lease:
-//! it gets the host's own address and prefix, the host's gateway, and,
-//! with `--dhcp-dns`, the `--dns-forward` address as its name server (the
-//! host's resolver is on its loopback), through which a lookup then
-//! answers. Without `--dhcp-dns` no name server is announced (pasta's
+//! it gets the host's own address and prefix, the host's gateway, the
+//! MTU pasta would give the tap (65520) and, with `--dhcp-dns`, the
+//! `--dns-forward` address as its name server (the host's resolver is on
+//! its loopback), through which a lookup then answers. Without `--dhcp-dns` no name server is announced (pasta's
 //! default in pasta mode); with `--no-dhcp` there is no answer at all.
 //!
 //! Each case runs with netferry as `pasta` and with the real pasta
@@ -29,7 +29,7 @@ fn lease_script(dir: &TempDir) -> PathBuf {
         &script,
         "#!/bin/sh\n\
          [ \"$1\" = bound ] || exit 0\n\
-         echo \"lease ip=$ip mask=$mask router=$router dns=$dns\"\n\
+         echo \"lease ip=$ip mask=$mask router=$router mtu=$mtu dns=$dns\"\n\
          ip addr add \"$ip/$mask\" dev \"$interface\"\n\
          ip route add default via \"$router\" dev \"$interface\"\n",
     )
@@ -112,7 +112,7 @@ fn without_config_net_dhcp_hands_out_the_hosts_address_and_gateway() {
         let net = host_net();
         let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
         let caller = Caller::new(&net, &dir, name);
-        let host_lease = format!("lease ip={HOST_ADDR} mask=24 router={REMOTE_ADDR}");
+        let host_lease = format!("lease ip={HOST_ADDR} mask=24 router={REMOTE_ADDR} mtu=65520");
 
         // --dhcp-dns: the host's resolver (127.0.0.1) is announced as the
         // --dns-forward address, and the namespace configured from the

@@ -53,6 +53,8 @@ pub struct Link4 {
     pub dhcp_pool: Option<(Ipv4Addr, Ipv4Addr)>,
     /// The name server DHCP announces, if any.
     pub dns: Option<Ipv4Addr>,
+    /// The interface MTU DHCP announces, if any (pasta's does).
+    pub dhcp_mtu: Option<u16>,
 }
 
 impl Link4 {
@@ -157,6 +159,7 @@ mod tests {
                 dhcp: true,
                 dhcp_pool: None,
                 dns: None,
+                dhcp_mtu: None,
             },
             v6: None,
             mac: [0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55],

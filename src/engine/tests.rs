@@ -286,6 +286,20 @@ fn dhcp_turned_off_answers_nothing() {
     assert!(e.feed(&request).is_empty());
 }
 
+/// pasta's DHCP announces the tap's MTU (option 26); slirp4netns's none.
+#[test]
+fn dhcp_announces_the_mtu_when_the_plan_says_so() {
+    let mut e = engine();
+    let out = e.feed(&dhcp_frame(DhcpMessageType::Discover, None));
+    assert_eq!(option(&parse_dhcp(&out[0]).3, 26), None);
+    let mut plan = slirp_plan(&Network::default(), None, true, true);
+    plan.v4.dhcp_mtu = Some(65520);
+    let mut e = Rig::new(EngineConfig::new(plan, 1500), 1, Instant::from_millis(1));
+    let out = e.feed(&dhcp_frame(DhcpMessageType::Discover, None));
+    let opts = parse_dhcp(&out[0]).3;
+    assert_eq!(option(&opts, 26), Some(&65520u16.to_be_bytes()[..]));
+}
+
 #[test]
 fn dhcp_follows_a_custom_cidr() {
     let net = Network::from_cidr("172.30.0.0/16").unwrap();

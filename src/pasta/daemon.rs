@@ -258,6 +258,7 @@ fn plan_of(args: &PastaArgs, host: &HostV4) -> AddressPlan {
             dhcp: !args.no_dhcp,
             dhcp_pool: None,
             dns: dhcp_dns4(args, host.gateway, &resolv),
+            dhcp_mtu: None,
         },
         v6: None,
         mac: args.our_mac.unwrap_or(OUR_MAC),
@@ -379,7 +380,9 @@ pub fn config_of(args: &PastaArgs) -> anyhow::Result<(Config, Vec<ForwardSpec>, 
     };
     let mut copy = host.copy.clone();
     copy.mtu = (args.mtu != Some(0)).then_some(mtu);
-    let plan = plan_of(args, &host);
+    let mut plan = plan_of(args, &host);
+    // pasta's DHCP announces the MTU it would give the tap (not with -m 0).
+    plan.v4.dhcp_mtu = copy.mtu.and_then(|m| u16::try_from(m).ok());
     let forwards = forwards_of(args, plan.v4.guest)?;
     let tap_name = args
         .ns_ifname
