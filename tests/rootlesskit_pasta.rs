@@ -105,6 +105,52 @@ fn port_driver_none_reaches_the_host_a_remote_server_and_dns() {
     }
 }
 
+/// `--detach-netns`: pasta is given the child's user namespace and the
+/// namespace rootlesskit binds in the child's mount namespace, reached
+/// through `/proc/PID/root`; the child's commands enter it.
+#[test]
+fn detach_netns_reaches_the_host_and_dns() {
+    let Some(bin) = common::rootlesskit2() else {
+        return;
+    };
+    let dir = TempDir::new("rk-pasta-detach");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        let net = TestNet::new();
+        let web = TempDir::new("rk-web");
+        let _host = host_web(&net, &web.0);
+        let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
+        let probe = Probe::new(Enter::Detached).with_dns();
+        let enter = "nsenter --net=$ROOTLESSKIT_STATE_DIR/netns --";
+        let before = WAIT_FOR_CARRIER.replace("ip link", &format!("{enter} ip link"));
+        let rk = Rootlesskit::start_pasta(
+            bin,
+            pasta.as_deref(),
+            &net,
+            &["--debug", "--detach-netns", "--port-driver=none"],
+            "page\n",
+            &probe.script(&before, false),
+        );
+        let context = format!("{name}\n{}", rk.log());
+        assert!(probe.finished(), "the probe never finished: {context}");
+        probe.assert_host_loopback(true, &context);
+        probe.assert_dns("10.0.2.3", "192.0.2.77");
+        assert_eq!(probe.mtu(), Some(65520), "{context}");
+        assert_eq!(
+            rk.normalized_argv(),
+            format!(
+                "{ARGV_2_0} --tcp-ports=none --udp-ports=none \
+                 --userns=/proc/$PID/ns/user --netns=/proc/$PID/root$STATE/netns"
+            ),
+            "{name}"
+        );
+        if pasta.is_none() {
+            std::thread::sleep(Duration::from_millis(2500));
+            assert!(rk.helper_pid().is_some(), "netferry left early: {context}");
+        }
+    }
+}
+
 /// `--port-driver=implicit`: pasta publishes the child's listening ports
 /// on the host by itself (`--tcp-ports=auto`), to host-local and remote
 /// clients alike.
