@@ -196,8 +196,10 @@ pub fn slirp_plan(
             guest: net.guest,
             prefix_len: net.prefix_len,
             gateway: net.gateway,
+            dhcp: true,
             dhcp_pool: Some((net.dhcp_start, net.dhcp_end)),
             dns: Some(net.dns),
+            dhcp_mtu: None,
         },
         v6: net6.map(|n6| Link6 {
             prefix: n6.prefix,

@@ -23,8 +23,9 @@ use super::throttle::{Throttle, held_note};
 use super::{Engine, FrameSink};
 use crate::host::Host;
 
-/// DHCP option code smoltcp's Repr has no field for.
+/// DHCP option codes smoltcp's Repr has no field for.
 const DHCP_OPT_DNS: u8 = 6;
+const DHCP_OPT_MTU: u8 = 26;
 
 /// Lease time offered to clients; libslirp offers a day too.
 pub const LEASE_SECS: u32 = 24 * 60 * 60;
@@ -182,6 +183,10 @@ impl<H: Host> Engine<H> {
         data: &[u8],
         sink: &mut S,
     ) {
+        if !self.plan.v4.dhcp {
+            log::trace!("dhcp: off, dropping a request");
+            return;
+        }
         let Ok(packet) = DhcpPacket::new_checked(data) else {
             return;
         };
@@ -205,12 +210,17 @@ impl<H: Host> Engine<H> {
         let link = self.plan.v4;
         let ack_or_offer = a.message_type != DhcpMessageType::Nak;
         let dns = link.dns.map(|d| d.octets());
-        let dns_opt: Vec<DhcpOption> = dns
+        let mtu = link.dhcp_mtu.map(u16::to_be_bytes);
+        let extra: Vec<DhcpOption> = dns
             .iter()
             .map(|d| DhcpOption {
                 kind: DHCP_OPT_DNS,
                 data: d,
             })
+            .chain(mtu.iter().map(|m| DhcpOption {
+                kind: DHCP_OPT_MTU,
+                data: m,
+            }))
             .collect();
         let repr = DhcpRepr {
             message_type: a.message_type,
@@ -233,7 +243,7 @@ impl<H: Host> Engine<H> {
             lease_duration: ack_or_offer.then_some(LEASE_SECS),
             renew_duration: None,
             rebind_duration: None,
-            additional_options: if ack_or_offer { &dns_opt } else { &[] },
+            additional_options: if ack_or_offer { &extra } else { &[] },
         };
         let dst_ip = if a.client_ip.is_unspecified() || !ack_or_offer {
             Ipv4Addr::BROADCAST

@@ -47,10 +47,14 @@ pub struct Link4 {
     pub prefix_len: u8,
     /// The guest's router: the source of ICMP errors and of DHCP.
     pub gateway: Ipv4Addr,
+    /// Whether DHCP answers the guest at all (pasta's `--no-dhcp`: no).
+    pub dhcp: bool,
     /// Addresses DHCP hands out, first to last; `None`: only `guest`.
     pub dhcp_pool: Option<(Ipv4Addr, Ipv4Addr)>,
-    /// The name server DHCP announces.
+    /// The name server DHCP announces, if any.
     pub dns: Option<Ipv4Addr>,
+    /// The interface MTU DHCP announces, if any (pasta's does).
+    pub dhcp_mtu: Option<u16>,
 }
 
 impl Link4 {
@@ -152,8 +156,10 @@ mod tests {
                 guest: Ipv4Addr::new(192, 0, 2, 50),
                 prefix_len: 24,
                 gateway: Ipv4Addr::new(192, 0, 2, 1),
+                dhcp: true,
                 dhcp_pool: None,
                 dns: None,
+                dhcp_mtu: None,
             },
             v6: None,
             mac: [0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55],

@@ -269,6 +269,37 @@ fn dhcp_discover_request_gets_pool_start_with_options() {
     );
 }
 
+/// pasta's `--no-dhcp`: requests go unanswered, and nothing else is sent
+/// in their place.
+#[test]
+fn dhcp_turned_off_answers_nothing() {
+    let mut plan = slirp_plan(&Network::default(), None, true, true);
+    plan.v4.dhcp = false;
+    let mut cfg = EngineConfig::new(plan, 1500);
+    cfg.seed = 1;
+    let mut e = Rig::new(cfg, 1, Instant::from_millis(1));
+    assert!(
+        e.feed(&dhcp_frame(DhcpMessageType::Discover, None))
+            .is_empty()
+    );
+    let request = dhcp_frame(DhcpMessageType::Request, Some(GUEST_IP));
+    assert!(e.feed(&request).is_empty());
+}
+
+/// pasta's DHCP announces the tap's MTU (option 26); slirp4netns's none.
+#[test]
+fn dhcp_announces_the_mtu_when_the_plan_says_so() {
+    let mut e = engine();
+    let out = e.feed(&dhcp_frame(DhcpMessageType::Discover, None));
+    assert_eq!(option(&parse_dhcp(&out[0]).3, 26), None);
+    let mut plan = slirp_plan(&Network::default(), None, true, true);
+    plan.v4.dhcp_mtu = Some(65520);
+    let mut e = Rig::new(EngineConfig::new(plan, 1500), 1, Instant::from_millis(1));
+    let out = e.feed(&dhcp_frame(DhcpMessageType::Discover, None));
+    let opts = parse_dhcp(&out[0]).3;
+    assert_eq!(option(&opts, 26), Some(&65520u16.to_be_bytes()[..]));
+}
+
 #[test]
 fn dhcp_follows_a_custom_cidr() {
     let net = Network::from_cidr("172.30.0.0/16").unwrap();

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::cli::{self, LogLevel, Parsed, PastaArgs, Target, UserNs};
+use super::cli::{self, LogLevel, Nameservers, Parsed, PastaArgs, Target, UserNs};
 use super::ports::{Forwards, PortSpec, Ports};
 use crate::config::{
     self, Config, CopiedAddr, CopiedRoute, DEFAULT_BUSY_POLL_MICROS, InterfaceCopy,
@@ -224,6 +224,7 @@ fn host_v4(args: &PastaArgs) -> anyhow::Result<HostV4> {
 
 /// pasta's maps over the guest's IPv4 link.
 fn plan_of(args: &PastaArgs, host: &HostV4) -> AddressPlan {
+    let resolv = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
     let mut maps = Vec::new();
     let mut map = |addr: Ipv4Addr, to: MapTo| {
         if !maps.iter().any(|m: &Mapping| m.addr == IpAddr::V4(addr)) {
@@ -254,13 +255,54 @@ fn plan_of(args: &PastaArgs, host: &HostV4) -> AddressPlan {
             guest: host.addr,
             prefix_len: host.prefix_len,
             gateway: host.gateway,
+            dhcp: !args.no_dhcp,
             dhcp_pool: None,
-            dns: args.dns_forward4,
+            dns: dhcp_dns4(args, host.gateway, &resolv),
+            dhcp_mtu: None,
         },
         v6: None,
         mac: args.our_mac.unwrap_or(OUR_MAC),
         maps,
         closed_subnets: false,
+    }
+}
+
+/// The name server DHCP announces, as pasta's does: none unless
+/// `--dhcp-dns`; then the first IPv4 one of `-D`, else of the host's
+/// resolv.conf, where a resolver on the host's loopback (or at the address
+/// that leads there) is announced as the `--dns-forward` address, else as
+/// the address that leads to the host's loopback, else not at all. (pasta
+/// announces up to three; netferry's DHCP carries one.)
+fn dhcp_dns4(args: &PastaArgs, gateway: Ipv4Addr, resolv: &str) -> Option<Ipv4Addr> {
+    let v4 = |a: IpAddr| match a {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    };
+    if !args.dhcp_dns {
+        return None;
+    }
+    let host_loopback = args
+        .map_host_loopback4
+        .or((!args.no_map_gw).then_some(gateway));
+    match &args.dns {
+        Nameservers::None => None,
+        Nameservers::List(list) => list.iter().copied().find_map(v4),
+        Nameservers::Host => resolv
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next()? == "nameserver")
+                    .then(|| words.next()?.parse::<IpAddr>().ok())
+                    .flatten()
+            })
+            .filter_map(v4)
+            .find_map(|ns| {
+                if ns.is_loopback() || Some(ns) == host_loopback {
+                    args.dns_forward4.or(host_loopback)
+                } else {
+                    Some(ns)
+                }
+            }),
     }
 }
 
@@ -338,7 +380,9 @@ pub fn config_of(args: &PastaArgs) -> anyhow::Result<(Config, Vec<ForwardSpec>, 
     };
     let mut copy = host.copy.clone();
     copy.mtu = (args.mtu != Some(0)).then_some(mtu);
-    let plan = plan_of(args, &host);
+    let mut plan = plan_of(args, &host);
+    // pasta's DHCP announces the MTU it would give the tap (not with -m 0).
+    plan.v4.dhcp_mtu = copy.mtu.and_then(|m| u16::try_from(m).ok());
     let forwards = forwards_of(args, plan.v4.guest)?;
     let tap_name = args
         .ns_ifname

@@ -3,13 +3,16 @@
 //! next one on the same ports right after), rootlesskit's child process
 //! ends. An inotify watch on the file's directory reports its deletion;
 //! where inotify cannot see it (procfs paths, a PID target) the file is
-//! checked once a second instead, through a timerfd.
+//! looked for once a second instead, through a timerfd, in the directory
+//! opened at the start: by then netferry lives in its sandbox, whose root
+//! has no /proc (pasta does the same with `openat`).
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 /// How often a path inotify cannot watch is checked.
 const POLL_SECONDS: libc::time_t = 1;
@@ -22,8 +25,8 @@ pub struct NetnsWatch {
 enum How {
     /// Deletions in the directory; the file's own name.
     Inotify { name: Vec<u8> },
-    /// A timer; the file to look for on each tick.
-    Poll { path: PathBuf },
+    /// A timer; the file to look for on each tick, in `dir`.
+    Poll { dir: OwnedFd, name: CString },
 }
 
 impl NetnsWatch {
@@ -63,6 +66,16 @@ impl NetnsWatch {
     }
 
     fn poll(path: &Path) -> io::Result<Self> {
+        let (dir, name) = match (path.parent(), path.file_name()) {
+            (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n),
+            (_, Some(n)) => (Path::new("."), n),
+            _ => (Path::new("/"), std::ffi::OsStr::new(".")),
+        };
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)?;
+        let name = CString::new(name.as_bytes())?;
         // SAFETY: plain timerfd_create; the result is checked.
         let fd = unsafe {
             libc::timerfd_create(
@@ -90,7 +103,8 @@ impl NetnsWatch {
         Ok(NetnsWatch {
             fd,
             how: How::Poll {
-                path: path.to_path_buf(),
+                dir: dir.into(),
+                name,
             },
         })
     }
@@ -119,7 +133,24 @@ impl NetnsWatch {
         }
         match &self.how {
             How::Inotify { .. } => gone,
-            How::Poll { path } => !path.exists(),
+            How::Poll { dir, name } => {
+                // SAFETY: dir is an open directory fd and name a
+                // NUL-terminated string, both outliving the call.
+                let fd = unsafe {
+                    libc::openat(
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_PATH | libc::O_CLOEXEC,
+                    )
+                };
+                if fd >= 0 {
+                    // SAFETY: fd was just opened here and is closed once.
+                    unsafe { libc::close(fd) };
+                    return false;
+                }
+                // A procfs entry of another user's process still exists.
+                io::Error::last_os_error().raw_os_error() != Some(libc::EACCES)
+            }
         }
     }
 }
@@ -166,12 +197,29 @@ mod tests {
         std::fs::remove_dir(&dir).unwrap();
     }
 
+    /// The sandbox replaces the root (and hides /proc) after the watch is
+    /// made: the file is looked for in the directory opened then, not by
+    /// its path, as a moved directory shows.
+    #[test]
+    fn a_polled_file_is_looked_for_where_it_was_not_by_path() {
+        let base = std::env::temp_dir().join(format!("netferry-poll-{}", std::process::id()));
+        let (before, after) = (base.join("before"), base.join("after"));
+        std::fs::create_dir_all(&before).unwrap();
+        std::fs::write(before.join("netns"), b"").unwrap();
+        let w = NetnsWatch::poll(&before.join("netns")).unwrap();
+        std::fs::rename(&before, &after).unwrap();
+        assert!(!w.gone(), "the path went, not the file");
+        std::fs::remove_file(after.join("netns")).unwrap();
+        assert!(w.gone());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
     #[test]
     fn procfs_paths_are_polled() {
         let w = NetnsWatch::new(Path::new("/proc/self/ns/net")).unwrap();
         assert!(matches!(w.how, How::Poll { .. }));
         assert!(!w.gone());
-        let w = NetnsWatch::new(Path::new("/proc/999999999/ns/net")).unwrap();
-        assert!(w.gone());
+        // A process that is gone at the start: nothing to watch.
+        assert!(NetnsWatch::new(Path::new("/proc/999999999/ns/net")).is_err());
     }
 }

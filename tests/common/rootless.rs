@@ -1,7 +1,8 @@
 //! rootlesskit, the caller Docker rootless uses, for the rootlesskit,
 //! Docker-rootless and port-forwarding tests: `Rootlesskit` runs it with
-//! netferry as its slirp4netns, as an unprivileged user inside the
-//! test's host namespace, and reads back how it started netferry.
+//! netferry as its slirp4netns (or, with `--net=pasta`, netferry or the
+//! real pasta as its pasta), as an unprivileged user inside the test's
+//! host namespace, and reads back how it started its network helper.
 //!
 //! What the guest of a rootlesskit run sees: a script run inside (beside
 //! the page server that `Rootlesskit` starts) writes its findings to
@@ -19,14 +20,15 @@ use super::podman::HOST_WEB_PORT;
 use super::skip::skip_or_fail;
 use super::tools::{TempDir, wait_until};
 
-/// rootlesskit (Docker rootless) running netferry as its slirp4netns, as
-/// the unprivileged user `nfrootless` (made by .ci/run) inside the test's
+/// rootlesskit (Docker rootless) running netferry as its slirp4netns (or
+/// a pasta, [`Rootlesskit::start_pasta`]), as the unprivileged user `nfrootless` (made by .ci/run) inside the test's
 /// host namespace. The child runs `busybox httpd` on port 80 serving
 /// `www` (holding `index.html` with `page`), after `script`. Ended, with
 /// its background server, on drop.
 pub struct Rootlesskit {
     pub child: Child,
     pub dir: TempDir,
+    /// The network helper the recording wrapper runs.
     pub bin: PathBuf,
 }
 
@@ -47,6 +49,13 @@ pub fn rootlesskit2() -> Option<&'static str> {
     );
     skip_or_fail("no rootlesskit 2 (the Debian archive was out of reach for .ci/run)");
     None
+}
+
+/// The network helper rootlesskit runs.
+enum Helper {
+    Slirp4netns(Found),
+    /// `--net=pasta`: netferry as `pasta`, or this real pasta.
+    Pasta(Option<PathBuf>),
 }
 
 /// How rootlesskit finds netferry.
@@ -87,6 +96,40 @@ impl Rootlesskit {
         page: &str,
         script: &str,
     ) -> Self {
+        Self::launch(
+            rootlesskit,
+            Helper::Slirp4netns(found),
+            net,
+            flags,
+            page,
+            script,
+        )
+    }
+
+    /// rootlesskit with `--net=pasta`, finding `pasta` first in `PATH`
+    /// (its default `--pasta-binary`): netferry under that name when
+    /// `pasta` is `None`, else that program (the real pasta). The command
+    /// lines are recorded as for slirp4netns.
+    pub fn start_pasta(
+        rootlesskit: &str,
+        pasta: Option<&Path>,
+        net: &TestNet,
+        flags: &[&str],
+        page: &str,
+        script: &str,
+    ) -> Self {
+        let helper = Helper::Pasta(pasta.map(Path::to_path_buf));
+        Self::launch(rootlesskit, helper, net, flags, page, script)
+    }
+
+    fn launch(
+        rootlesskit: &str,
+        helper: Helper,
+        net: &TestNet,
+        flags: &[&str],
+        page: &str,
+        script: &str,
+    ) -> Self {
         let user = "nfrootless";
         let out = Command::new("id").args(["-u", user]).output().unwrap();
         let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -99,10 +142,21 @@ impl Rootlesskit {
         fs::create_dir_all(&www).unwrap();
         fs::write(www.join("index.html"), page).unwrap();
         // A copy the unprivileged user can surely execute.
-        let bin = dir.path("netferry");
-        fs::copy(netferry_bin(), &bin).unwrap();
+        let copy = dir.path("netferry");
+        fs::copy(netferry_bin(), &copy).unwrap();
         fs::create_dir_all(dir.path("bin")).unwrap();
-        let wrapper = dir.path("bin/slirp4netns");
+        // What the recording wrapper runs: netferry, under the name
+        // `pasta` for pasta (its mode follows its name), or the real pasta.
+        let (name, bin) = match &helper {
+            Helper::Slirp4netns(_) => ("slirp4netns", copy),
+            Helper::Pasta(Some(real)) => ("pasta", real.clone()),
+            Helper::Pasta(None) => {
+                fs::create_dir_all(dir.path("nf")).unwrap();
+                std::os::unix::fs::symlink(&copy, dir.path("nf/pasta")).unwrap();
+                ("pasta", dir.path("nf/pasta"))
+            }
+        };
+        let wrapper = dir.path(&format!("bin/{name}"));
         fs::write(
             &wrapper,
             format!(
@@ -133,20 +187,17 @@ impl Rootlesskit {
             format!("HOME={home}"),
             format!("XDG_RUNTIME_DIR={home}"),
         ];
-        match found {
-            Found::ByFlag => args.extend([
+        match helper {
+            Helper::Slirp4netns(Found::ByFlag) => args.extend([
                 rootlesskit.into(),
                 format!("--slirp4netns-binary={}", wrapper.display()),
             ]),
-            Found::OnPath => args.extend([
+            Helper::Slirp4netns(Found::OnPath) | Helper::Pasta(_) => args.extend([
                 format!("PATH={home}/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
                 rootlesskit.into(),
             ]),
         }
-        args.extend([
-            "--net=slirp4netns".into(),
-            format!("--state-dir={home}/state"),
-        ]);
+        args.extend([format!("--net={name}"), format!("--state-dir={home}/state")]);
         args.extend(flags.iter().map(|f| f.to_string()));
         args.extend(["sh".into(), "-c".into(), inner]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
