@@ -6,8 +6,9 @@
 //! the container and usable at once, connections out from the host's
 //! address, `-t` ports published to IPv6 clients with their address kept,
 //! the host's services through the gateway and `--map-guest-addr`, DNS
-//! forwarded from an IPv6 address; `-4` and `-6`; and, with no IPv6 on
-//! the host, pasta's local mode (a default route through fe80::1).
+//! forwarded from an IPv6 address; `-4`, `-6`, `-a` and `-g`; a host
+//! whose gateway is link-local; and, with no IPv6 on the host, pasta's
+//! local mode (a default route through fe80::1).
 //!
 //! Each case runs with netferry as `pasta` and with the real pasta
 //! (Debian forky's), which shows the test checks what pasta's callers get.
@@ -30,8 +31,64 @@ const MAPPED6: &str = "2001:db8:2::77";
 const DNS6: &str = "2001:db8:2::53";
 
 /// tests/pasta.rs's host network, plus IPv6: the host's address and a
-/// default route through the remote namespace.
+/// default route through the remote namespace's global address.
 fn host_net6() -> TestNet {
+    let net = host_net6_addrs();
+    run_ok(
+        "ip",
+        &[
+            "-n", &net.host, "-6", "route", "add", "default", "via", REMOTE6,
+        ],
+    );
+    net
+}
+
+/// The remote namespace's link-local address, as a router's often is
+/// the only one its hosts know it by.
+const REMOTE_LL: &str = "fe80::2";
+/// An address of the remote namespace off the host's prefix, reached
+/// through the default route.
+const FAR6: &str = "2001:db8:3::2";
+
+/// The host network with IPv6 addresses, and the host's default route
+/// through the remote's link-local address, which also holds [`FAR6`].
+fn host_net6_ll() -> TestNet {
+    let net = host_net6_addrs();
+    let remote_veth = net.host_veth.replacen("vh", "vr", 1);
+    let far = format!("{FAR6}/128");
+    let ll = format!("{REMOTE_LL}/64");
+    for args in [
+        vec![
+            "-n",
+            &net.remote,
+            "addr",
+            "add",
+            &ll,
+            "dev",
+            &remote_veth,
+            "nodad",
+        ],
+        vec!["-n", &net.remote, "addr", "add", &far, "dev", "lo"],
+        vec![
+            "-n",
+            &net.host,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            REMOTE_LL,
+            "dev",
+            &net.host_veth,
+        ],
+    ] {
+        run_ok("ip", &args);
+    }
+    net
+}
+
+/// The host and remote namespaces' IPv6 addresses on the veth pair.
+fn host_net6_addrs() -> TestNet {
     let net = host_net();
     let remote_veth = net.host_veth.replacen("vh", "vr", 1);
     let (host_cidr, remote_cidr) = (format!("{HOST6}/64"), format!("{REMOTE6}/64"));
@@ -55,9 +112,6 @@ fn host_net6() -> TestNet {
             "dev",
             &remote_veth,
             "nodad",
-        ],
-        vec![
-            "-n", &net.host, "-6", "route", "add", "default", "via", REMOTE6,
         ],
     ] {
         run_ok("ip", &args);
@@ -403,5 +457,71 @@ fn local_session(dir: &TempDir, pasta: &Path, tag: &str) {
             "9001"
         ) == "host-loopback"),
         "fe80::1 to the host's ::1"
+    );
+}
+
+#[test]
+fn a_host_whose_ipv6_gateway_is_link_local() {
+    let dir = TempDir::new("pasta6-ll");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        link_local_gateway_session(&dir, &pasta, name);
+    }
+}
+
+fn link_local_gateway_session(dir: &TempDir, pasta: &Path, tag: &str) {
+    let net = host_net6_ll();
+    let dev = net.host_veth.clone();
+    let _far_server = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &net.remote])
+            .args(["ncat", "-6", "-l", "-k", FAR6, "9000"])
+            .args(["--sh-exec", "echo peer $NCAT_REMOTE_ADDR"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        net.host_cmd(&["ncat", "-z", FAR6, "9000"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }));
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "netns-ll");
+    let out = start_pasta(&caller, pasta, &podman_argv(&netns.path));
+    assert!(out.status.success(), "{out:?}");
+
+    // The host's route, through the link-local gateway.
+    let routes = netns.ok(&["ip", "-6", "route", "show", "default"]);
+    assert!(
+        routes.contains(&format!("default via {REMOTE_LL} dev {dev}")),
+        "{routes}"
+    );
+    assert_eq!(ncat_from(&netns, FAR6, "9000"), format!("peer {HOST6}"));
+
+    // A published port reaches the container from a client off the
+    // host's prefix, which keeps its address.
+    let _service = KillOnDrop(
+        netns
+            .cmd(&[
+                "ncat",
+                "-l",
+                "-k",
+                "80",
+                "--sh-exec",
+                "echo client $NCAT_REMOTE_ADDR",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let far_client = || {
+        ask(Command::new("ip")
+            .args(["netns", "exec", &net.remote])
+            .args(["ncat", "-s", FAR6, "--recv-only", "-w", "2", HOST6, "8080"]))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || far_client()
+            == format!("client {FAR6}")),
+        "8080 from [{FAR6}]: {}",
+        far_client()
     );
 }
