@@ -427,6 +427,56 @@ fn families_session(dir: &TempDir, pasta: &Path, tag: &str) {
 }
 
 #[test]
+fn outbound_ipv6_connections_leave_from_the_address_of_o() {
+    let dir = TempDir::new("pasta6-o");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        outbound_session(&dir, &pasta, name);
+    }
+}
+
+fn outbound_session(dir: &TempDir, pasta: &Path, tag: &str) {
+    const SECOND6: &str = "2001:db8:2::5";
+    let net = host_net6();
+    run_ok(
+        "ip",
+        &[
+            "-n",
+            &net.host,
+            "addr",
+            "add",
+            &format!("{SECOND6}/64"),
+            "dev",
+            &net.host_veth,
+            "nodad",
+            // Deprecated, so the kernel would never choose it itself.
+            "preferred_lft",
+            "0",
+        ],
+    );
+    let _remote_server = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &net.remote])
+            .args(["ncat", "-6", "-l", "-k", REMOTE6, "9000"])
+            .args(["--sh-exec", "echo peer $NCAT_REMOTE_ADDR"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        net.host_cmd(&["ncat", "-z", REMOTE6, "9000"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }));
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "netns-o");
+    start(&caller, pasta, &netns, &["--no-map-gw", "-o", SECOND6]);
+    assert_eq!(
+        ncat_from(&netns, REMOTE6, "9000"),
+        format!("peer {SECOND6}")
+    );
+}
+
+#[test]
 fn a_host_without_ipv6_gives_pastas_local_mode() {
     let dir = TempDir::new("pasta6-local");
     for (name, pasta) in implementations(&dir) {

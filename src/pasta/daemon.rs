@@ -595,7 +595,11 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
             .as_deref()
             .map(crate::host::resolve_outbound_v4)
             .transpose()?,
-        v6: None,
+        v6: cfg
+            .outbound_addr6
+            .as_deref()
+            .map(crate::host::resolve_outbound_v6)
+            .transpose()?,
     };
     let (tap, offload) = setup::obtain_tap(&cfg).context("cannot set up the namespace")?;
     setup::prefer_mmap_for_buffers();
