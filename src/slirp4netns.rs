@@ -206,6 +206,8 @@ pub fn slirp_plan(
             gateway: n6.gateway,
             gateway_ll: n6.gateway_ll,
             dns: dns.then_some(n6.dns),
+            guest: None,
+            router_adverts: true,
         }),
         mac: net.gateway_mac(),
         maps,

@@ -127,7 +127,9 @@ impl<H: Host> Engine<H> {
             Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert { .. }) => {
                 self.feed_smoltcp(now, frame, sink)
             }
-            Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { .. }) if hop_limit == NDP_HOP_LIMIT => {
+            Icmpv6Repr::Ndisc(NdiscRepr::RouterSolicit { .. })
+                if hop_limit == NDP_HOP_LIMIT && self.plan.v6.is_some_and(|l| l.router_adverts) =>
+            {
                 let (to, mac) = if src.is_unspecified() {
                     (ALL_NODES, ALL_NODES_MAC)
                 } else {
@@ -144,8 +146,12 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// A neighbour solicitation: answered for the virtual hosts' addresses
-    /// only, as a router answers. A guest's duplicate address detection
+    /// A neighbour solicitation: answered as a router answers, for the
+    /// virtual hosts' addresses and, where the guest's subnets are open
+    /// (pasta's model: the host's own subnets, the host's gateway), for
+    /// every other unicast address but the guest's own, since the guest
+    /// reaches its neighbours through netferry (as pasta answers, and as
+    /// `arp_answer` does for IPv4). A guest's duplicate address detection
     /// (from ::) for its own tentative address is left unanswered, and
     /// tells us the address it is about to use.
     fn answer_solicitation<S: FrameSink>(
@@ -160,11 +166,21 @@ impl<H: Host> Engine<H> {
             return;
         };
         if !self.is_virtual(target.into()) {
-            if src.is_unspecified() && link.contains(target) {
-                self.learn_guest(target.into(), guest_mac);
-                self.guest_v6 = Some(target);
+            if src.is_unspecified() {
+                if link.contains(target) {
+                    self.learn_guest(target.into(), guest_mac);
+                    self.guest_v6 = Some(target);
+                }
+                return;
             }
-            return;
+            let guests_own = target == src || Some(target) == self.guest_v6;
+            if self.plan.closed_subnets
+                || guests_own
+                || target.is_multicast()
+                || target.is_unspecified()
+            {
+                return;
+            }
         }
         let (to, mac, solicited) = if src.is_unspecified() {
             // Someone else wants one of our addresses: defend it.

@@ -52,7 +52,9 @@ mod udp;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
+use smoltcp::iface::{
+    Config as IfaceConfig, Interface, PollResult, Route as IfaceRoute, SocketSet,
+};
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -299,13 +301,32 @@ impl<H: Host> Engine<H> {
         let _ = iface.routes_mut().add_default_ipv4_route(plan.v4.gateway);
         if let Some(l6) = plan.v6 {
             let _ = iface.routes_mut().add_default_ipv6_route(l6.gateway);
+            if let Some(guest) = l6.guest {
+                // The guest may be off every prefix of smoltcp's own
+                // addresses (a host whose gateway is link-local, a /128):
+                // it is still a neighbour on the tap.
+                let host_route = IfaceRoute {
+                    cidr: IpCidr::new(guest.into(), 128),
+                    via_router: guest.into(),
+                    preferred_until: None,
+                    expires_at: None,
+                };
+                iface.routes_mut().update(|routes| {
+                    if routes.push(host_route).is_err() {
+                        log::warn!("more routes than smoltcp holds; {guest} may be unreachable");
+                    }
+                });
+            }
         }
 
         Engine {
             dhcp: DhcpServer::new(plan.v4),
-            next_ra: plan.v6.map(|_| now + Duration::from_secs(1)),
+            next_ra: plan
+                .v6
+                .filter(|l| l.router_adverts)
+                .map(|_| now + Duration::from_secs(1)),
+            guest_v6: plan.v6.and_then(|l| l.guest),
             plan,
-            guest_v6: None,
             frags: frag::Reassembly::default(),
             frag_id: 0,
             mtu,

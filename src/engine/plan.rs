@@ -78,15 +78,23 @@ impl Link4 {
 }
 
 /// The guest's IPv6 link: a /64 it configures itself in by SLAAC from
-/// router advertisements.
+/// router advertisements (slirp4netns), or the address the front end
+/// gives it (pasta's `--config-net`, the host's own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link6 {
     pub prefix: Ipv6Addr,
-    /// The router's global and link-local addresses.
+    /// The router's global (or, as a host's may be, link-local) and
+    /// link-local addresses.
     pub gateway: Ipv6Addr,
     pub gateway_ll: Ipv6Addr,
     /// The name server router advertisements announce (RDNSS).
     pub dns: Option<Ipv6Addr>,
+    /// The guest's address when the front end assigns it; `None`: learned
+    /// from what the guest sends.
+    pub guest: Option<Ipv6Addr>,
+    /// Send router advertisements, unsolicited and in answer to a
+    /// solicitation (off for pasta's `--config-net` and `--no-ra`).
+    pub router_adverts: bool,
 }
 
 impl Link6 {

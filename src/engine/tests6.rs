@@ -666,3 +666,106 @@ fn no_ipv4_datagram_over_65535_bytes_leaves_the_engine() {
         assert!(whole.iter().all(|w| w.len() == len));
     }
 }
+
+/// pasta's `--config-net` IPv6 link: the guest holds the host's own
+/// address, the host's gateway is its router (here not mapped, as with
+/// podman's `--no-map-gw`), no router advertisements.
+fn pasta_rig(guest: &str, gateway: &str) -> Rig {
+    use super::{AddressPlan, Link4, Link6};
+    let guest = v6(guest);
+    let plan = AddressPlan {
+        v4: Link4 {
+            guest: Ipv4Addr::new(198, 51, 100, 1),
+            prefix_len: 24,
+            gateway: Ipv4Addr::new(198, 51, 100, 2),
+            dhcp: false,
+            dhcp_pool: None,
+            dns: None,
+            dhcp_mtu: None,
+        },
+        v6: Some(Link6 {
+            prefix: guest,
+            gateway: v6(gateway),
+            gateway_ll: v6("fe80::1"),
+            dns: None,
+            guest: Some(guest),
+            router_adverts: false,
+        }),
+        mac: GW_MAC.0,
+        maps: Vec::new(),
+        closed_subnets: false,
+    };
+    Rig::new(EngineConfig::new(plan, 65520), 3, Instant::from_millis(10))
+}
+
+#[test]
+fn pasta_link_answers_every_neighbour_but_the_guest_and_advertises_no_router() {
+    let mut r = pasta_rig("2001:db8:2::1", "2001:db8:2::2");
+    for target in ["2001:db8:2::2", "2001:db8:2::99", "fe80::1", "fe80::5"] {
+        let out = icmp6_out(&r.feed(&solicit(v6("fe80::66"), v6(target))));
+        assert_eq!(out.len(), 1, "{target} unanswered");
+        let (_, dst, _, mac, body) = &out[0];
+        assert_eq!((*dst, *mac), (v6("fe80::66"), GUEST_MAC));
+        let p = Icmpv6Packet::new_checked(&body[..]).unwrap();
+        let repr = Icmpv6Repr::parse(&out[0].0, dst, &p, &ChecksumCapabilities::default());
+        let Ok(Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            flags,
+            target_addr,
+            lladdr,
+        })) = repr
+        else {
+            panic!("{repr:?}")
+        };
+        assert_eq!(target_addr, v6(target));
+        assert!(flags.contains(NdiscNeighborFlags::ROUTER));
+        assert_eq!(lladdr, Some(RawHardwareAddress::from(GW_MAC)));
+    }
+    // The guest's own addresses stay the guest's.
+    assert!(
+        r.feed(&solicit(v6("fe80::66"), v6("2001:db8:2::1")))
+            .is_empty()
+    );
+    assert!(r.feed(&solicit(v6("fe80::66"), v6("fe80::66"))).is_empty());
+    assert!(
+        r.feed(&solicit(Ipv6Addr::UNSPECIFIED, v6("2001:db8:2::7")))
+            .is_empty()
+    );
+    // With --config-net, pasta sends no router advertisement, asked or not.
+    assert!(r.feed(&router_solicitation(Some(GUEST_MAC))).is_empty());
+    assert!(icmp6_out(&r.run(3000)).is_empty());
+}
+
+#[test]
+fn pasta_forward_reaches_a_guest_off_every_prefix_of_the_engines_own() {
+    use super::{ForwardSpec, Proto};
+    // A host whose gateway is link-local: the engine's only IPv6 address
+    // is fe80::1; the guest, at the host's global address, is still on
+    // the tap.
+    let mut r = pasta_rig("2001:db8:2::1", "fe80::1");
+    r.engine
+        .add_forward(ForwardSpec {
+            proto: Proto::Tcp,
+            host: "[::]:8080".parse().unwrap(),
+            guest: "198.51.100.1:80".parse().unwrap(),
+        })
+        .unwrap();
+    let listener = r.engine.host().listener_ids().next().unwrap();
+    r.engine
+        .host_mut()
+        .client_connect(listener, "[2001:db8:9::5]:4000".parse().unwrap());
+    let out = r.run(5);
+    // smoltcp asks for the guest's MAC before its SYN goes out.
+    let targets: Vec<Ipv6Addr> = icmp6_out(&out)
+        .iter()
+        .filter_map(|(src, dst, _, _, body)| {
+            let p = Icmpv6Packet::new_checked(&body[..]).ok()?;
+            match Icmpv6Repr::parse(src, dst, &p, &ChecksumCapabilities::default()).ok()? {
+                Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. }) => {
+                    Some(target_addr)
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(targets, vec![v6("2001:db8:2::1")]);
+}

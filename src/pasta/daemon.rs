@@ -5,7 +5,8 @@
 //! The address model: the guest gets the host's own addresses and routes
 //! (from the template interface, the one with the default route, or
 //! `-i`), or `-a`/`-n`/`-g`; with no usable host interface, pasta's local
-//! mode (169.254.2.1/16 via 169.254.2.2). The gateway address leads to
+//! mode (169.254.2.1/16 via 169.254.2.2; for IPv6 no address and a
+//! default route via fe80::1). The gateway address leads to
 //! the host's loopback unless `--no-map-gw`, `--map-host-loopback` names
 //! another such address, `--map-guest-addr` one that leads to the host's
 //! own address, `--dns-forward` one that leads to the host's resolver.
@@ -20,19 +21,19 @@
 //! isolates itself before it is ready: the sandbox (a mount namespace
 //! with an empty root) and the seccomp filter, always.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::cli::{self, LogLevel, Nameservers, Parsed, PastaArgs, Target, UserNs};
+use super::cli::{self, IpVersions, LogLevel, Nameservers, Parsed, PastaArgs, Target, UserNs};
 use super::ports::{Forwards, PortSpec, Ports};
 use crate::config::{
     self, Config, CopiedAddr, CopiedRoute, DEFAULT_BUSY_POLL_MICROS, InterfaceCopy,
 };
-use crate::engine::{AddressPlan, ForwardSpec, Limits, Link4, MapTo, Mapping, Proto};
+use crate::engine::{AddressPlan, ForwardSpec, Limits, Link4, Link6, MapTo, Mapping, Proto};
 use crate::event_loop::EventLoop;
 use crate::host::Outbound;
 use crate::setup::{self, netlink};
@@ -44,6 +45,15 @@ pub const OUR_MAC: [u8; 6] = [0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55];
 const LOCAL_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 2, 1);
 const LOCAL_PREFIX: u8 = 16;
 const LOCAL_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 2, 2);
+/// pasta's local mode for IPv6: no address, a default route through this
+/// link-local gateway.
+const LOCAL_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The prefix length pasta gives an IPv6 address of `-a` (any length
+/// given with it is checked and dropped).
+const GIVEN_PREFIX6: u8 = 64;
+/// Listed by a kernel that has IPv6 (none without, as with
+/// `ipv6.disable=1`).
+const IF_INET6: &str = "/proc/net/if_inet6";
 /// The tap's name when there is no template to name it after.
 const DEFAULT_IFNAME: &str = "tap0";
 /// The host's resolver configuration.
@@ -222,34 +232,171 @@ fn host_v4(args: &PastaArgs) -> anyhow::Result<HostV4> {
     })
 }
 
-/// pasta's maps over the guest's IPv4 link.
-fn plan_of(args: &PastaArgs, host: &HostV4) -> AddressPlan {
+/// The host's IPv6 configuration to copy, as pasta's `conf_ip6`: the
+/// template interface's global addresses and its routes, or what `-a`
+/// and `-g` say. The template must have a default route (or `-g`) and an
+/// address; without, pasta's local mode: no address unless `-a`, and a
+/// default route via fe80::1.
+struct HostV6 {
+    ifname: Option<String>,
+    mtu: Option<u32>,
+    /// The guest's address: `-a`, or the host's with the longest prefix
+    /// (as pasta picks); `None` in local mode without `-a`.
+    addr: Option<Ipv6Addr>,
+    gateway: Ipv6Addr,
+    /// The host's own address, where `--map-guest-addr` leads.
+    host_addr: Option<Ipv6Addr>,
+    copy: InterfaceCopy,
+}
+
+/// `None`: no IPv6 at all (`-4`, or a kernel without IPv6).
+fn host_v6(args: &PastaArgs) -> anyhow::Result<Option<HostV6>> {
+    if args.ip_versions == IpVersions::V4Only || !Path::new(IF_INET6).exists() {
+        return Ok(None);
+    }
+    let template = netlink::template(netlink::Family::V6, args.template_if.as_deref())
+        .context("cannot read the host's IPv6 configuration")?;
+    let v6 = |a: IpAddr| match a {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
+    };
+    let template_gateway = template.as_ref().and_then(|t| {
+        t.routes
+            .iter()
+            .find_map(|r| match (r.prefix_len, r.gateway) {
+                (0, Some(IpAddr::V6(g))) => Some(g),
+                _ => None,
+            })
+    });
+    // The first of the longest prefix, as pasta's nl_addr_get picks.
+    let template_addr = template.as_ref().and_then(|t| {
+        t.addrs
+            .iter()
+            .filter_map(|a| v6(a.addr).map(|v| (v, a.prefix_len)))
+            .fold(None, |best: Option<(Ipv6Addr, u8)>, a| match best {
+                Some(b) if b.1 >= a.1 => Some(b),
+                _ => Some(a),
+            })
+            .map(|(a, _)| a)
+    });
+    let local = template_addr.is_none() || (template_gateway.is_none() && args.gateway6.is_none());
+    let (gateway, addr) = if local {
+        (LOCAL_GATEWAY6, args.addr6)
+    } else {
+        (
+            args.gateway6.or(template_gateway).unwrap_or(LOCAL_GATEWAY6),
+            args.addr6.or(template_addr),
+        )
+    };
+    let mut copy = InterfaceCopy::default();
+    match (&template, args.addr6) {
+        (Some(t), None) if !local && !args.no_copy_addrs => {
+            for a in t.addrs.iter().filter(|a| a.addr.is_ipv6()) {
+                copy.addrs.push(CopiedAddr {
+                    addr: a.addr,
+                    prefix_len: a.prefix_len,
+                    no_prefix_route: a.no_prefix_route,
+                });
+            }
+        }
+        _ => {
+            if let Some(a) = addr {
+                copy.addrs.push(CopiedAddr {
+                    addr: a.into(),
+                    prefix_len: GIVEN_PREFIX6,
+                    no_prefix_route: false,
+                });
+            }
+        }
+    }
+    match &template {
+        Some(t) if !local && args.gateway6.is_none() && !args.no_copy_routes => {
+            for r in t.routes.iter().filter(|r| r.dst.is_ipv6()) {
+                copy.routes.push(CopiedRoute {
+                    dst: r.dst,
+                    prefix_len: r.prefix_len,
+                    gateway: r.gateway,
+                    metric: r.metric,
+                    onlink: r.onlink,
+                });
+            }
+        }
+        _ => copy.routes.push(CopiedRoute {
+            dst: Ipv6Addr::UNSPECIFIED.into(),
+            prefix_len: 0,
+            gateway: Some(gateway.into()),
+            metric: None,
+            onlink: false,
+        }),
+    }
+    Ok(Some(HostV6 {
+        ifname: template.as_ref().map(|t| t.name.clone()),
+        mtu: template.as_ref().map(|t| t.mtu),
+        addr,
+        gateway,
+        host_addr: template_addr,
+        copy,
+    }))
+}
+
+/// pasta's maps over the guest's links.
+fn plan_of(args: &PastaArgs, host: &HostV4, host6: Option<&HostV6>) -> AddressPlan {
     let resolv = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
     let mut maps = Vec::new();
-    let mut map = |addr: Ipv4Addr, to: MapTo| {
-        if !maps.iter().any(|m: &Mapping| m.addr == IpAddr::V4(addr)) {
-            maps.push(Mapping {
-                addr: addr.into(),
-                to,
-            });
+    let mut map = |addr: IpAddr, to: MapTo| {
+        if !maps.iter().any(|m: &Mapping| m.addr == addr) {
+            maps.push(Mapping { addr, to });
         }
     };
     if let Some(dns) = args.dns_forward4 {
-        map(dns, MapTo::Resolver);
+        map(dns.into(), MapTo::Resolver);
     }
     if let Some(a) = args.map_guest_addr4 {
         let to = match host.host_addr {
             Some(h) => MapTo::Host(h.into()),
             None => MapTo::HostLoopback,
         };
-        map(a, to);
+        map(a.into(), to);
     }
     if let Some(a) = args.map_host_loopback4 {
-        map(a, MapTo::HostLoopback);
+        map(a.into(), MapTo::HostLoopback);
     }
     if !args.no_map_gw {
-        map(host.gateway, MapTo::HostLoopback);
+        map(host.gateway.into(), MapTo::HostLoopback);
     }
+    if let Some(h6) = host6 {
+        if let Some(dns) = args.dns_forward6 {
+            map(dns.into(), MapTo::Resolver);
+        }
+        if let Some(a) = args.map_guest_addr6 {
+            let to = match h6.host_addr {
+                Some(h) => MapTo::Host(h.into()),
+                None => MapTo::HostLoopback,
+            };
+            map(a.into(), to);
+        }
+        if let Some(a) = args.map_host_loopback6 {
+            map(a.into(), MapTo::HostLoopback);
+        }
+        if !args.no_map_gw {
+            map(h6.gateway.into(), MapTo::HostLoopback);
+        }
+    }
+    let v6 = host6.map(|h6| Link6 {
+        prefix: h6.addr.unwrap_or(Ipv6Addr::UNSPECIFIED),
+        gateway: h6.gateway,
+        // Router advertisements come from the gateway when it is
+        // link-local (as the host's often is), else from pasta's own.
+        gateway_ll: if h6.gateway.is_unicast_link_local() {
+            h6.gateway
+        } else {
+            LOCAL_GATEWAY6
+        },
+        dns: None,
+        guest: h6.addr,
+        // pasta: --config-net implies --no-ra; --no-ndp stops them too.
+        router_adverts: !(args.config_net || args.no_ra || args.no_ndp),
+    });
     AddressPlan {
         v4: Link4 {
             guest: host.addr,
@@ -260,7 +407,7 @@ fn plan_of(args: &PastaArgs, host: &HostV4) -> AddressPlan {
             dns: dhcp_dns4(args, host.gateway, &resolv),
             dhcp_mtu: None,
         },
-        v6: None,
+        v6,
         mac: args.our_mac.unwrap_or(OUR_MAC),
         maps,
         closed_subnets: false,
@@ -306,8 +453,10 @@ fn dhcp_dns4(args: &PastaArgs, gateway: Ipv4Addr, resolv: &str) -> Option<Ipv4Ad
     }
 }
 
-/// The `-t`/`-u` forwards to bind before the parent exits.
-fn forwards_of(args: &PastaArgs, guest: Ipv4Addr) -> anyhow::Result<Vec<ForwardSpec>> {
+/// The `-t`/`-u` forwards to bind before the parent exits; a spec
+/// without an address listens on `any` (both families where the guest
+/// has IPv6, as pasta's do).
+fn forwards_of(args: &PastaArgs, guest: Ipv4Addr, any: IpAddr) -> anyhow::Result<Vec<ForwardSpec>> {
     for (flag, f) in [("-T", &args.tcp_ns), ("-U", &args.udp_ns)] {
         if let Forwards::Given(specs) = f
             && !specs.is_empty()
@@ -329,7 +478,7 @@ fn forwards_of(args: &PastaArgs, guest: Ipv4Addr) -> anyhow::Result<Vec<ForwardS
             Forwards::Given(specs) => specs,
         };
         for spec in specs {
-            out.extend(spec_forwards(flag, proto, spec, guest)?);
+            out.extend(spec_forwards(flag, proto, spec, guest, any)?);
         }
     }
     Ok(out)
@@ -340,6 +489,7 @@ fn spec_forwards(
     proto: Proto,
     spec: &PortSpec,
     guest: Ipv4Addr,
+    any: IpAddr,
 ) -> anyhow::Result<Vec<ForwardSpec>> {
     let ranges = match &spec.ports {
         Ports::Ranges(r) if !spec.auto && spec.exclude.is_empty() && spec.iface.is_none() => r,
@@ -347,7 +497,7 @@ fn spec_forwards(
             "{flag}: 'all', 'auto', exclusions and %interface are not supported by netferry's pasta mode yet"
         ),
     };
-    let host_ip = spec.addr.unwrap_or(Ipv4Addr::UNSPECIFIED.into());
+    let host_ip = spec.addr.unwrap_or(any);
     let mut out = Vec::new();
     for r in ranges {
         for (i, port) in r.ports.clone().enumerate() {
@@ -373,21 +523,40 @@ fn spec_forwards(
 pub fn config_of(args: &PastaArgs) -> anyhow::Result<(Config, Vec<ForwardSpec>, PathBuf)> {
     let (target, userns_path, netns) = target_of(args)?;
     let host = host_v4(args)?;
+    let host6 = host_v6(args)?;
+    let v4 = args.ip_versions != IpVersions::V6Only;
+    let template_mtu = host
+        .mtu
+        .filter(|_| v4)
+        .or(host6.as_ref().and_then(|h| h.mtu));
     let mtu = match args.mtu {
         None => u32::from(super::args::MTU_DEFAULT),
-        Some(0) => host.mtu.unwrap_or(1500),
+        Some(0) => template_mtu.unwrap_or(1500),
         Some(m) => u32::from(m),
     };
-    let mut copy = host.copy.clone();
+    let mut copy = if v4 {
+        host.copy.clone()
+    } else {
+        InterfaceCopy::default()
+    };
+    if let Some(h6) = &host6 {
+        copy.addrs.extend_from_slice(&h6.copy.addrs);
+        copy.routes.extend_from_slice(&h6.copy.routes);
+    }
     copy.mtu = (args.mtu != Some(0)).then_some(mtu);
-    let mut plan = plan_of(args, &host);
+    let mut plan = plan_of(args, &host, host6.as_ref());
     // pasta's DHCP announces the MTU it would give the tap (not with -m 0).
     plan.v4.dhcp_mtu = copy.mtu.and_then(|m| u16::try_from(m).ok());
-    let forwards = forwards_of(args, plan.v4.guest)?;
+    let any = match plan.v6 {
+        Some(_) => Ipv6Addr::UNSPECIFIED.into(),
+        None => Ipv4Addr::UNSPECIFIED.into(),
+    };
+    let forwards = forwards_of(args, plan.v4.guest, any)?;
     let tap_name = args
         .ns_ifname
         .clone()
-        .or(host.ifname.clone())
+        .or(host.ifname.clone().filter(|_| v4))
+        .or(host6.as_ref().and_then(|h| h.ifname.clone()))
         .unwrap_or_else(|| DEFAULT_IFNAME.to_string());
     let cfg = Config {
         target,
@@ -470,7 +639,11 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
             .as_deref()
             .map(crate::host::resolve_outbound_v4)
             .transpose()?,
-        v6: None,
+        v6: cfg
+            .outbound_addr6
+            .as_deref()
+            .map(crate::host::resolve_outbound_v6)
+            .transpose()?,
     };
     let (tap, offload) = setup::obtain_tap(&cfg).context("cannot set up the namespace")?;
     setup::prefer_mmap_for_buffers();
