@@ -41,22 +41,33 @@ ln -s "$WORK/netferry" "$WORK/netferry-pasta/pasta"
 declare -A bin
 tools=(netferry)
 bin[netferry]=$WORK/netferry-pasta/pasta
+# pasta re-executes its AVX2 build where the CPU has it; run by another
+# dynamic loader it cannot find it, so the script picks it itself.
+avx2=
+grep -qw avx2 /proc/cpuinfo && avx2=.avx2
+# label VERSION: pasta's Debian version as the date of its snapshot.
+label() { echo "pasta-$(sed -n 's/.*git\([0-9]\{4\}\)\([0-9]\{2\}\)\([0-9]\{2\}\).*/\1-\2-\3/p' <<<"$1")"; }
 for tree in forky trixie; do
     root=$TREES/$tree-rootfs
     [ -x "$root/usr/bin/pasta" ] || continue
+    exe=$root/usr/bin/pasta$avx2
+    [ -x "$exe" ] || exe=$root/usr/bin/pasta
     mkdir -p "$WORK/$tree"
     cat >"$WORK/$tree/pasta" <<SH
 #!/bin/sh
-exec $root/lib64/ld-linux-x86-64.so.2 --library-path $root/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu $root/usr/bin/pasta "\$@"
+exec $root/lib64/ld-linux-x86-64.so.2 --library-path $root/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu $exe "\$@"
 SH
     chmod 0755 "$WORK/$tree/pasta"
-    version=$("$WORK/$tree/pasta" --version | awk 'NR == 1 {print $2}')
-    tools+=("pasta-$version")
-    bin[pasta-$version]=$WORK/$tree/pasta
+    name=$(label "$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Version}' passt)")
+    tools+=("$name")
+    bin[$name]=$WORK/$tree/pasta
 done
-if command -v pasta >/dev/null; then
-    version=$(pasta --version | awk 'NR == 1 {print $2}')
-    [ -n "${bin[pasta-$version]:-}" ] || { tools+=("pasta-$version"); bin[pasta-$version]=$(command -v pasta); }
+# The system's pasta only when there is no tree: Debian 12's (2023) knows
+# neither --map-guest-addr nor podman 5's other options.
+if [ ${#tools[@]} = 1 ] && command -v pasta >/dev/null; then
+    name=$(label "$(dpkg-query -W -f='${Version}' passt)")
+    tools+=("$name")
+    bin[$name]=$(command -v pasta)
 fi
 [ ${#tools[@]} -gt 1 ] || echo "no real pasta found (bash .ci/run builds the Debian trees): netferry alone" >&2
 for t in "${tools[@]}"; do echo "== $t: ${bin[$t]}" >&2; done
