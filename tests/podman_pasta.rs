@@ -118,18 +118,20 @@ impl PodmanPasta {
     }
 
     /// How podman ran pasta so far, with the namespace path written as
-    /// `<netns>` and the run of port mappings (`-t`/`-u` other than
+    /// `<netns>`, a pid file's as `<pid>`, and the run of port mappings (`-t`/`-u` other than
     /// `none`) sorted, since podman's order of them is not stable.
     fn argvs(&self) -> Vec<String> {
         let log = fs::read_to_string(self.t.dir.path("argv.log")).unwrap_or_default();
         log.lines()
             .map(|l| {
                 let mut words: Vec<&str> = l.split(' ').collect();
+                let runtime = format!("/run/user/{}/", self.t.tree.uid);
                 for i in 1..words.len() {
-                    if words[i - 1] == "--netns" {
-                        let runtime = format!("/run/user/{}/netns/netns-", self.t.tree.uid);
-                        assert!(words[i].starts_with(&runtime), "netns {}", words[i]);
-                        words[i] = "<netns>";
+                    for (flag, name) in [("--netns", "<netns>"), ("--pid", "<pid>")] {
+                        if words[i - 1] == flag {
+                            assert!(words[i].starts_with(&runtime), "{flag} {}", words[i]);
+                            words[i] = name;
+                        }
                     }
                 }
                 let is_mapping =
@@ -418,6 +420,76 @@ fn podman_58_pasta_dash_t_reaches_a_host_loopback_service() {
             "{:?}: {}",
             p.pasta,
             text(&out)
+        );
+    });
+}
+
+/// podman 5.8's argv for the rootless network namespace behind its bridge
+/// networks (`rootlessnetns.setupPasta`): no ports (rootlessport
+/// publishes them), and a pid file, whose pid podman ends with SIGTERM.
+const ARGV_58_BRIDGE: &str = "--config-net --pid <pid> --dns-forward 169.254.1.1 -t none -u none \
+     -T none -U none --no-map-gw --quiet --netns <netns> --map-guest-addr 169.254.1.2";
+
+/// A rootless bridge network (`podman network create`: netavark with
+/// nftables in a rootless network namespace that pasta connects, ports
+/// published by rootlessport): a container on it reaches the host
+/// through host.containers.internal, resolves names through aardvark-dns
+/// and pasta's DNS forward, serves a published port to a remote
+/// client, and pasta goes with the last container.
+#[test]
+fn podman_58_bridge_network_runs_on_pasta_and_publishes_ports() {
+    each(&FORKY, |p| {
+        let net = &p.t.net;
+        let www = p.t.dir.path("www-all");
+        fs::create_dir_all(&www).unwrap();
+        fs::write(www.join("index.html"), "host here\n").unwrap();
+        let _host_server = KillOnDrop(
+            net.host_cmd(&["busybox", "httpd", "-f", "-p", &HOST_PORT.to_string()])
+                .arg("-h")
+                .arg(&www)
+                .spawn()
+                .unwrap(),
+        );
+        p.t.ok(&["network", "create", "nfnet"]);
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            "nf-br",
+            "--network",
+            "nfnet",
+            "-p",
+            "8082:80",
+            IMAGE,
+        ];
+        args.extend_from_slice(&HTTPD);
+        p.t.ok(&args);
+        assert_eq!(p.argvs(), [ARGV_58_BRIDGE], "{:?}", p.pasta);
+        assert_eq!(p.pastas().len(), 1, "{:?}", p.pasta);
+        // Names resolve through aardvark-dns on the bridge, which asks
+        // the rootless namespace's resolver, pasta's 169.254.1.1.
+        let host = "nslookup probe.netferry.test; set -- $(grep host.containers.internal /etc/hosts); echo \"hosts: $1\"; \
+            printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $1 9000 | grep 'host here' \
+            || echo HOST-FAILED";
+        let out = p.t.ok(&["exec", "nf-br", "sh", "-c", host]);
+        assert!(
+            out.contains(&format!("Address: {ANSWER}")),
+            "{:?}: {out}",
+            p.pasta
+        );
+        assert!(out.contains("hosts: 169.254.1.2"), "{:?}: {out}", p.pasta);
+        assert!(out.contains("host here"), "{:?}: {out}", p.pasta);
+        // rootlessport relays the connection, so the server sees an
+        // address on the bridge (10.89.0.0/24, podman's first network),
+        // not the client's (podman#8193).
+        let seen = common::podman::fetch_from_remote(net, 8082);
+        assert!(seen.starts_with("10.89.0."), "{:?}: {seen}", p.pasta);
+        p.t.ok(&["rm", "-f", "-t", "0", "nf-br"]);
+        assert!(
+            wait_until(Duration::from_secs(10), || p.pastas().is_empty()),
+            "{:?} left running after the last container on the bridge: {:?}",
+            p.pasta,
+            p.pastas()
         );
     });
 }
