@@ -13,10 +13,11 @@
 # archive cannot be reached.
 set -euo pipefail
 root=${1:?usage: forky-rootfs.sh DIR}
-[ -e "$root/.complete-v1" ] && exit 0
+stamp=$root/.complete-v1
+[ -e "$stamp" ] && exit 0
 suite=forky
 . "$(dirname "$0")/debian-mirror.sh"
 . "$(dirname "$0")/debian-tree.sh"
-build_tree forky "$root" \
+build_tree forky "$root" "$stamp" \
     podman,passt,slirp4netns,netavark,aardvark-dns,nftables,runc,conmon,catatonit,uidmap,busybox-static,iproute2 \
     nfpodman6 4760 600000 /usr/share/debootstrap/scripts/sid

@@ -6,43 +6,24 @@
 //!
 //! trixie's podman needs a newer glibc than this machine's, so it runs
 //! inside a trixie root filesystem that .ci/run builds once per machine
-//! with debootstrap (.ci/trixie-rootfs.sh), entered with pivot_root in a
-//! private mount namespace (the kernel refuses to create a user namespace
-//! under chroot). The host's /proc, /sys (with its cgroups), /dev (with
-//! /dev/net/tun) are bound in, and per test a scratch directory as /mnt
-//! (netferry built here, a wrapper that logs how podman runs it,
-//! containers.conf), as /run (the user's runtime directory: a directory
-//! rather than a tmpfs, since podman's state there must outlive each
-//! podman command) and as the user's home (podman's storage), so the
-//! cached tree itself is never written. podman runs as the tree's own user
-//! `nfpodman5`, with the tree's subordinate ids, inside the test's host
-//! namespace with its own resolv.conf, as tests/podman.rs does.
+//! with debootstrap (.ci/trixie-rootfs.sh), as `common::podman::InTree`
+//! describes, as the tree's own user `nfpodman5`, inside the test's host
+//! namespace with its own resolv.conf, as tests/podman.rs does. A
+//! wrapper in the scratch directory logs how podman runs netferry.
 
 mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use common::podman::{
-    HTTPD, IMAGE, PROBE, PROBE_ANSWER, Run, assert_probe, assert_sees_client, fetch_from_remote,
-    host_web, kill_user,
+    HTTPD, IMAGE, InTree, MNT, PROBE, PROBE_ANSWER, Run, TRIXIE, assert_probe, assert_sees_client,
+    fetch_from_remote, host_web,
 };
-use common::{TempDir, TestNet, wait_until};
+use common::{TestNet, wait_until};
 
-/// Built by .ci/trixie-rootfs.sh; the stamp is written last.
-const ROOTFS: &str = "/var/cache/netferry-ci/trixie-rootfs";
-const ROOTFS_STAMP: &str = "/var/cache/netferry-ci/trixie-rootfs/.complete-v1";
-/// Left by .ci/run when the Debian archive could not be reached.
-const ROOTFS_UNREACHABLE: &str = "/var/cache/netferry-ci/trixie-rootfs.unreachable";
-/// The user inside the tree (its /etc/passwd, /etc/subuid, /etc/subgid).
-const USER: &str = "nfpodman5";
-const UID: u32 = 4750;
-/// Where the test's scratch directory appears inside the tree.
-const MNT: &str = "/mnt";
 /// One podman test at a time: they share the user's pause process.
 static PODMAN: Mutex<()> = Mutex::new(());
 
@@ -54,8 +35,7 @@ const ARGV: &str = "--disable-host-loopback --mtu=65520 --enable-sandbox --enabl
                     --enable-ipv6 -c -r 3 -e 4 --netns-type=path <netns> tap0";
 
 struct Podman5 {
-    net: TestNet,
-    dir: TempDir,
+    t: InTree,
     _dns: common::KillOnDrop,
 }
 
@@ -63,34 +43,11 @@ impl Podman5 {
     /// None only when .ci/run could not reach the Debian archive to
     /// build the tree (a failure under CI: [`common::skip_or_fail`]).
     fn new() -> Option<Self> {
-        if !Path::new(ROOTFS_STAMP).exists() {
-            if Path::new(ROOTFS_UNREACHABLE).exists() {
-                common::skip_or_fail(
-                    "no trixie root filesystem for podman 5: .ci/run could not reach the \
-                     Debian archive",
-                );
-                return None;
-            }
-            panic!("no trixie root filesystem at {ROOTFS}: bash .ci/run builds it");
-        }
-        // A pause process left from another run would hold an old mount
-        // namespace: start clean.
-        kill_user(UID);
-        let net = TestNet::new();
-        let dir = TempDir::new("podman5");
-        let runtime = format!("run/user/{UID}");
-        for d in ["home", "tmp", &runtime] {
-            fs::create_dir_all(dir.path(d)).unwrap();
-            common::run_ok(
-                "chown",
-                &[&format!("{UID}:{UID}"), dir.path(d).to_str().unwrap()],
-            );
-        }
-        fs::set_permissions(dir.path(&runtime), fs::Permissions::from_mode(0o700)).unwrap();
-        fs::copy(common::netferry_bin(), dir.path("netferry")).unwrap();
+        let t = InTree::new(&TRIXIE, TestNet::new(), "podman5")?;
+        fs::copy(common::netferry_bin(), t.dir.path("netferry")).unwrap();
         // How podman runs netferry, one line per run; netferry's log
         // (podman deletes its own copy) shows the API requests.
-        let wrapper = dir.path("netferry-wrapper");
+        let wrapper = t.dir.path("netferry-wrapper");
         fs::write(
             &wrapper,
             format!(
@@ -100,10 +57,10 @@ impl Podman5 {
         )
         .unwrap();
         for f in ["netferry", "netferry-wrapper"] {
-            fs::set_permissions(dir.path(f), fs::Permissions::from_mode(0o755)).unwrap();
+            fs::set_permissions(t.dir.path(f), fs::Permissions::from_mode(0o755)).unwrap();
         }
         fs::write(
-            dir.path("containers.conf"),
+            t.dir.path("containers.conf"),
             format!(
                 "[network]\ndefault_rootless_network_cmd = \"slirp4netns\"\n\n\
                  [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
@@ -111,16 +68,9 @@ impl Podman5 {
             ),
         )
         .unwrap();
-        let dns = common::dns_server(&net, "127.0.0.1", &[PROBE_ANSWER]);
-        let p = Podman5 {
-            net,
-            dir,
-            _dns: dns,
-        };
-        p.import_image(&p.dir.0, |tar| {
-            format!("{MNT}/{}", tar.strip_prefix(&p.dir.0).unwrap().display())
-        });
-        Some(p)
+        let dns = common::dns_server(&t.net, "127.0.0.1", &[PROBE_ANSWER]);
+        t.import_image(&t.dir.0, |tar| t.inside(tar));
+        Some(Podman5 { t, _dns: dns })
     }
 
     /// How podman ran netferry so far, with the namespace path written as
@@ -128,7 +78,7 @@ impl Podman5 {
     /// before each start to see which flags there are: that is checked
     /// and left out.
     fn argvs(&self) -> Vec<String> {
-        let log = fs::read_to_string(self.dir.path("argv.log")).unwrap_or_default();
+        let log = fs::read_to_string(self.t.dir.path("argv.log")).unwrap_or_default();
         assert!(
             log.starts_with("--help\n"),
             "podman did not ask for --help first: {log}"
@@ -152,72 +102,23 @@ impl Podman5 {
     }
 
     fn netferry_log(&self) -> String {
-        fs::read_to_string(self.dir.path("netferry.log")).unwrap_or_default()
-    }
-
-    /// The user's live processes, by name.
-    fn processes(&self) -> Vec<String> {
-        let out = Command::new("ps")
-            .args(["-u", &UID.to_string(), "-o", "stat=,comm="])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(stat, _)| !stat.starts_with('Z'))
-            .map(|(_, comm)| comm.trim().to_string())
-            .collect()
+        fs::read_to_string(self.t.dir.path("netferry.log")).unwrap_or_default()
     }
 
     /// netferry processes of this test still running.
     fn netferries(&self) -> usize {
-        self.processes().iter().filter(|c| *c == "netferry").count()
+        self.t
+            .processes()
+            .iter()
+            .filter(|c| *c == "netferry")
+            .count()
     }
 }
 
-impl Run for Podman5 {
-    fn podman(&self, args: &[&str]) -> Output {
-        // Run as root in a new mount namespace inside the host namespace:
-        // bind what podman needs into the tree, pivot_root into it, drop
-        // the old root, then become the user.
-        let script = format!(
-            "set -e; root={ROOTFS}; t={dir}\n\
-             mount --bind $root $root\n\
-             mount --rbind /proc $root/proc\n\
-             mount --rbind /sys $root/sys\n\
-             mount --rbind /dev $root/dev\n\
-             mount --bind $t/run $root/run\n\
-             mount --bind $t $root{MNT}\n\
-             mount --bind $t/home $root/home/{USER}\n\
-             mount --bind /etc/netns/{host}/resolv.conf $root/etc/resolv.conf\n\
-             cd $root\n\
-             pivot_root . .\n\
-             umount -l .\n\
-             mount --make-rshared /\n\
-             exec setpriv --reuid={UID} --regid={UID} --init-groups \
-             env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/home/{USER} \
-             XDG_RUNTIME_DIR=/run/user/{UID} TMPDIR={MNT}/tmp \
-             CONTAINERS_CONF={MNT}/containers.conf PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
-             podman \"$@\"",
-            dir = self.dir.0.display(),
-            host = self.net.host,
-        );
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.net.host_path()))
-            .args(["unshare", "-m", "--propagation", "private"])
-            .args(["sh", "-c", &script, "sh"])
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .expect("nsenter")
-    }
-}
-
-impl Drop for Podman5 {
-    fn drop(&mut self) {
-        let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
-        kill_user(UID);
+impl std::ops::Deref for Podman5 {
+    type Target = InTree;
+    fn deref(&self) -> &InTree {
+        &self.t
     }
 }
 

@@ -200,3 +200,173 @@ pub fn kill_user(uid: u32) -> bool {
         alive() == 0
     })
 }
+
+/// A Debian tree holding a podman newer than this machine's (whose
+/// glibc is too old for it), built once per machine by `.ci/run` with
+/// `script`, and the tree's own user that runs podman, with subordinate
+/// ids in the tree's /etc/subuid and /etc/subgid.
+pub struct Tree {
+    pub root: &'static str,
+    /// Written last by the build; its name changes with what goes in.
+    pub stamp: &'static str,
+    pub script: &'static str,
+    pub user: &'static str,
+    pub uid: u32,
+}
+
+/// Debian trixie: podman 5.4, slirp4netns-free, with its pasta (passt).
+pub const TRIXIE: Tree = Tree {
+    root: "/var/cache/netferry-ci/trixie-rootfs",
+    stamp: ".complete-v2",
+    script: ".ci/trixie-rootfs.sh",
+    user: "nfpodman5",
+    uid: 4750,
+};
+
+/// Debian forky: podman 5.8 (whose pasta command line is Podman 6's),
+/// pasta, netavark with aardvark-dns and nftables.
+pub const FORKY: Tree = Tree {
+    root: "/var/cache/netferry-ci/forky-rootfs",
+    stamp: ".complete-v1",
+    script: ".ci/forky-rootfs.sh",
+    user: "nfpodman6",
+    uid: 4760,
+};
+
+impl Tree {
+    /// Whether the tree is there. When `.ci/run` could not reach the
+    /// Debian archive to build it (it leaves `ROOT.unreachable`), false
+    /// after [`skip_or_fail`](super::skip_or_fail), which fails under CI;
+    /// a tree simply not built yet fails the test.
+    pub fn ready(&self) -> bool {
+        if Path::new(self.root).join(self.stamp).exists() {
+            return true;
+        }
+        if Path::new(&format!("{}.unreachable", self.root)).exists() {
+            super::skip_or_fail(&format!(
+                "no Debian tree at {}: .ci/run could not reach the Debian archive",
+                self.root
+            ));
+            return false;
+        }
+        panic!(
+            "no Debian tree at {} (stamp {}): bash .ci/run builds it with {}",
+            self.root, self.stamp, self.script
+        );
+    }
+}
+
+/// Where a test's scratch directory appears inside a tree.
+pub const MNT: &str = "/mnt";
+
+/// podman run inside a [`Tree`], entered with pivot_root in a private
+/// mount namespace (the kernel refuses to create a user namespace under
+/// chroot) inside the test's host namespace, whose resolv.conf it gets.
+/// The host's /proc, /sys (with its cgroups) and /dev (with /dev/net/tun)
+/// are bound in, and from the test's scratch directory: the directory
+/// itself as /mnt (containers.conf, helpers, logs), `run` as /run (the
+/// user's runtime directory: a directory rather than a tmpfs, since
+/// podman's state there must outlive each podman command) and `home` as
+/// the user's home (podman's storage), so the cached tree itself is never
+/// written. podman runs as the tree's user with `CONTAINERS_CONF` at
+/// /mnt/containers.conf, which the test writes.
+pub struct InTree {
+    pub tree: &'static Tree,
+    pub net: TestNet,
+    pub dir: super::TempDir,
+}
+
+impl InTree {
+    /// None when the tree is missing and the test may skip
+    /// ([`Tree::ready`]).
+    pub fn new(tree: &'static Tree, net: TestNet, tag: &str) -> Option<Self> {
+        if !tree.ready() {
+            return None;
+        }
+        // A pause process left from another run would hold an old mount
+        // namespace: start clean.
+        kill_user(tree.uid);
+        let dir = super::TempDir::new(tag);
+        let runtime = format!("run/user/{}", tree.uid);
+        for d in ["home", "tmp", &runtime] {
+            fs::create_dir_all(dir.path(d)).unwrap();
+            run_ok(
+                "chown",
+                &[&format!("{0}:{0}", tree.uid), dir.path(d).to_str().unwrap()],
+            );
+        }
+        fs::set_permissions(dir.path(&runtime), fs::Permissions::from_mode(0o700)).unwrap();
+        Some(InTree { tree, net, dir })
+    }
+
+    /// A path in the scratch directory as podman sees it.
+    pub fn inside(&self, path: &Path) -> String {
+        format!(
+            "{MNT}/{}",
+            path.strip_prefix(&self.dir.0).unwrap().display()
+        )
+    }
+
+    /// The user's live processes, by name.
+    pub fn processes(&self) -> Vec<String> {
+        let out = Command::new("ps")
+            .args(["-u", &self.tree.uid.to_string(), "-o", "stat=,comm="])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(stat, _)| !stat.starts_with('Z'))
+            .map(|(_, comm)| comm.trim().to_string())
+            .collect()
+    }
+}
+
+impl Run for InTree {
+    fn podman(&self, args: &[&str]) -> Output {
+        // Run as root in a new mount namespace inside the host namespace:
+        // bind what podman needs into the tree, pivot_root into it, drop
+        // the old root, then become the user.
+        let Tree {
+            root, user, uid, ..
+        } = self.tree;
+        let script = format!(
+            "set -e; root={root}; t={dir}\n\
+             mount --bind $root $root\n\
+             mount --rbind /proc $root/proc\n\
+             mount --rbind /sys $root/sys\n\
+             mount --rbind /dev $root/dev\n\
+             mount --bind $t/run $root/run\n\
+             mount --bind $t $root{MNT}\n\
+             mount --bind $t/home $root/home/{user}\n\
+             mount --bind /etc/netns/{host}/resolv.conf $root/etc/resolv.conf\n\
+             cd $root\n\
+             pivot_root . .\n\
+             umount -l .\n\
+             mount --make-rshared /\n\
+             exec setpriv --reuid={uid} --regid={uid} --init-groups \
+             env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/home/{user} \
+             XDG_RUNTIME_DIR=/run/user/{uid} TMPDIR={MNT}/tmp \
+             CONTAINERS_CONF={MNT}/containers.conf PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+             podman \"$@\"",
+            dir = self.dir.0.display(),
+            host = self.net.host,
+        );
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.net.host_path()))
+            .args(["unshare", "-m", "--propagation", "private"])
+            .args(["sh", "-c", &script, "sh"])
+            .args(args)
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("nsenter")
+    }
+}
+
+impl Drop for InTree {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
+        kill_user(self.tree.uid);
+    }
+}
