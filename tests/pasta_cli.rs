@@ -376,3 +376,28 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str, dns_option: bool) {
         "{tag}: the daemon outlived its namespace"
     );
 }
+
+/// A failure in the daemon's setup (here: no such namespace file) reaches
+/// the caller once, with exit status 1: podman shows pasta's stderr
+/// whole in "pasta failed with exit code 1: ...".
+#[test]
+fn a_setup_failure_is_reported_once() {
+    let dir = TempDir::new("pasta-cli-fail");
+    for (name, pasta) in implementations(&dir) {
+        let o = Command::new(&pasta)
+            .args(["--config-net", "--quiet", "--netns", "/nonexistent/netns"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{name}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{name}: no message");
+        for (i, line) in lines.iter().enumerate() {
+            assert!(
+                !lines[i + 1..].contains(line),
+                "{name}: {line:?} printed twice:\n{err}"
+            );
+        }
+    }
+}

@@ -616,8 +616,11 @@ fn serve_here(args: &PastaArgs, ready: Option<setup::Readiness>) -> anyhow::Resu
     let mut event_loop = match set_up(args, ready.as_ref()) {
         Ok(event_loop) => event_loop,
         Err(e) => {
+            // The daemon's parent prints what failed and exits 1; the
+            // daemon leaves quietly, or the caller would see it twice.
             if let Some(ready) = ready {
                 ready.failed(&format!("{e:#}"));
+                setup::leave_now(1);
             }
             return Err(e);
         }
