@@ -33,6 +33,7 @@
 //! part of the API. It and `host::SimHost` exist only in tests and with
 //! the `test-support` feature, so a release build carries neither.
 
+pub mod admin;
 pub mod api;
 pub mod busy_poll;
 pub mod cli;

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == "pasta") {
         return netferry::pasta::daemon::main("pasta", &argv[2..]);
     }
+    if argv.get(1).is_some_and(|a| a == "setup" || a == "doctor") {
+        return netferry::admin::main(&argv[1..]);
+    }
     let args = match cli::parse(std::env::args_os()) {
         Parsed::Print(text) => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());

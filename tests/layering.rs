@@ -38,6 +38,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 ];
 
 const ON_TOP: &[&str] = &[
+    "admin",
     "cli",
     "slirp4netns",
     "pasta",
