@@ -60,6 +60,10 @@ fn main() -> ExitCode {
             let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
             return ExitCode::FAILURE;
         }
+        Parsed::RunUsage(text) => {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+            return ExitCode::from(netferry::run::STATUS_FAILED);
+        }
         Parsed::Run(args) => args,
         Parsed::Status(socket) => {
             return match netferry::api::status_text(&socket) {
@@ -82,7 +86,7 @@ fn main() -> ExitCode {
                 Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
                 Err(e) => {
                     say!(err, "netferry run: {e:#}");
-                    ExitCode::from(125)
+                    ExitCode::from(netferry::run::STATUS_FAILED)
                 }
             };
         }

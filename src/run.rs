@@ -21,13 +21,15 @@ use crate::cli::{Args, RunArgs};
 use crate::config::Config;
 use crate::engine::{ForwardSpec, Proto};
 use crate::event_loop::{EventLoop, Exit};
-use crate::host::Outbound;
+use crate::host::{self, Outbound};
 use crate::setup;
 
 /// tap0's MTU unless `--mtu` says otherwise: the fast one.
 pub const RUN_MTU: &str = "65520";
-/// The status a shell gives a command it could not run.
-const STATUS_FAILED: i32 = 125;
+/// The exit status when netferry itself fails (a bad option, setup, the
+/// network ending before CMD), as `env`, `chroot` and `podman run` use
+/// it; 126 and 127 (CMD not executable, not found) come from the child.
+pub const STATUS_FAILED: u8 = 125;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PublishError {
@@ -122,7 +124,12 @@ fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::slirp4netns::Co
         enable_ipv6: !args.no_ipv6,
         mtu: Some(args.mtu.clone().unwrap_or_else(|| RUN_MTU.to_string())),
         api_socket: args.api_socket.clone(),
+        cidr: args.cidr.clone(),
+        cidr6: args.cidr6.clone(),
         disable_host_loopback: args.disable_host_loopback,
+        disable_dns: args.disable_dns,
+        outbound_addr: args.outbound_addr.clone(),
+        outbound_addr6: args.outbound_addr6.clone(),
         enable_sandbox: !args.no_sandbox,
         enable_seccomp: !args.no_seccomp,
         debug: args.debug,
@@ -145,11 +152,32 @@ pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
     } else {
         args.cmd.clone()
     };
-    let resolv = ResolvFile::write(&precheck)?;
-    let mut child = setup::spawn_namespaced(&cmd, args.map_user, &resolv.file)
-        .context("cannot create the namespaces")?;
+    let outbound = Outbound {
+        v4: precheck
+            .outbound_addr
+            .as_deref()
+            .map(host::resolve_outbound_v4)
+            .transpose()?,
+        v6: precheck
+            .outbound_addr6
+            .as_deref()
+            .map(host::resolve_outbound_v6)
+            .transpose()?,
+    };
+    // With --disable-dns nothing answers at the DNS address: CMD keeps
+    // the host's resolv.conf and reaches its servers through netferry.
+    let resolv = match args.disable_dns {
+        true => None,
+        false => Some(ResolvFile::write(&precheck)?),
+    };
+    let mut child = setup::spawn_namespaced(
+        &cmd,
+        args.map_user,
+        resolv.as_ref().map(|r| r.file.as_path()),
+    )
+    .context("cannot create the namespaces")?;
     drop(resolv); // the child's bind mount keeps it
-    match serve(args, &mut child, &forwards) {
+    match serve(args, &mut child, &forwards, outbound) {
         Ok(status) => Ok(status),
         Err(e) => {
             let _ = kill(child.pid, Signal::SIGKILL);
@@ -163,6 +191,7 @@ fn serve(
     args: &RunArgs,
     child: &mut setup::Namespaced,
     forwards: &[ForwardSpec],
+    outbound: Outbound,
 ) -> anyhow::Result<i32> {
     let cfg = config_for(args, child.pid.as_raw())?;
     let (tap, offload) = setup::obtain_tap(&cfg).context("cannot get the tap device")?;
@@ -173,7 +202,7 @@ fn serve(
         None => None,
     };
     let api_dir = api.as_ref().map(ApiServer::dir_fd);
-    let host = (Outbound::default(), Path::new("/etc/resolv.conf"));
+    let host = (outbound, Path::new("/etc/resolv.conf"));
     let mut event_loop = EventLoop::new(
         (tap, offload),
         (&cfg.engine_config(), cfg.busy_poll),
@@ -204,7 +233,7 @@ fn serve(
             log::warn!("stopped serving ({other:?}); ending the command");
             let _ = kill(child.pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(child.pid, None);
-            STATUS_FAILED
+            i32::from(STATUS_FAILED)
         }
     })
 }

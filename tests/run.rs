@@ -418,3 +418,95 @@ fn the_resolv_conf_is_private_and_cannot_be_planted_by_another_user() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn an_unknown_option_is_an_error_never_the_command() {
+    let net = TestNet::new();
+    let o = output(&net, &["--bogus", "10.9.0.0/24", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("'--bogus'"), "{err}");
+    assert!(err.contains("Usage: netferry run"), "{err}");
+    assert!(!err.contains("cannot run"), "{err}");
+    // The first non-option starts CMD: its own options stay its own.
+    let o = output(&net, &["sh", "-c", "exit 4", "--no-ipv6"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let net = TestNet::new();
+    let o = output(&net, &["--help"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("Usage: netferry run [OPTIONS]"), "{help}");
+    for flag in [
+        "--cidr",
+        "--cidr6",
+        "--outbound-addr",
+        "--disable-dns",
+        "--disable-host-loopback",
+        "--publish",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}:\n{help}");
+    }
+    let o = output(&net, &["--version"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(o.stdout.starts_with(b"netferry version "), "{}", text(&o));
+}
+
+#[test]
+fn exit_statuses_say_who_failed() {
+    let net = TestNet::new();
+    for (args, want, says) in [
+        (&["--", "no-such-command-here"][..], 127, "not found"),
+        (&["--", "/no/such/file"][..], 127, "No such file"),
+        (&["--", "/etc/passwd"][..], 126, "Permission denied"),
+        // netferry's own failure, before any namespace.
+        (&["--mtu", "0", "--", "true"][..], 125, "MTU"),
+    ] {
+        let o = output(&net, args);
+        assert_eq!(o.status.code(), Some(want), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn the_network_options_of_slirp4netns_mode_apply() {
+    let net = TestNet::new();
+    let o = output(
+        &net,
+        &[
+            "--no-ipv6",
+            "--cidr",
+            "10.9.0.0/24",
+            "--",
+            "sh",
+            "-c",
+            "ip -4 -br addr show tap0; ip -4 route show default; cat /etc/resolv.conf",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("10.9.0.100/24"), "{out}");
+    assert!(out.contains("default via 10.9.0.2"), "{out}");
+    assert!(out.contains("nameserver 10.9.0.3"), "{out}");
+    // --disable-dns: nothing answers at the DNS address, so CMD is not
+    // pointed at it.
+    let o = output(
+        &net,
+        &[
+            "--no-ipv6",
+            "--disable-dns",
+            "--",
+            "cat",
+            "/etc/resolv.conf",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("nameserver 10.0.2.3"), "{}", text(&o));
+    // --outbound-addr is checked before anything starts.
+    let o = output(&net, &["--outbound-addr", "no-such-if0", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(text(&o).contains("no-such-if0"), "{}", text(&o));
+}

@@ -43,7 +43,7 @@ impl Namespaced {
 pub fn spawn_namespaced(
     cmd: &[String],
     map_user: bool,
-    resolv_conf: &Path,
+    resolv_conf: Option<&Path>,
 ) -> Result<Namespaced, SetupError> {
     // Everything the child needs, prepared before the fork.
     let argv: Vec<CString> = cmd
@@ -72,14 +72,14 @@ pub fn spawn_namespaced(
     match unsafe { fork() }.map_err(SetupError::Fork)? {
         ForkResult::Child => {
             drop((ready_r, go_w));
-            let err = match die_with(parent) {
+            let (status, err) = match die_with(parent) {
                 Ok(()) => child(&ready_w, go_r, &argv, &uid_map, &gid_map, resolv_conf),
-                Err(e) => e,
+                Err(e) => (STATUS_SETUP, e),
             };
             eprintln!("netferry run: {err}");
             // SAFETY: _exit ends the child without running the parent's
             // atexit handlers or flushing buffers it shares with it.
-            unsafe { libc::_exit(127) }
+            unsafe { libc::_exit(status) }
         }
         ForkResult::Parent { child } => {
             drop((ready_w, go_r));
@@ -100,58 +100,97 @@ pub fn spawn_namespaced(
     }
 }
 
-/// In the child: set up, report ready, wait, exec. Returns only on error.
+/// The child's status when it fails before exec (as `netferry run`'s own
+/// failures).
+const STATUS_SETUP: i32 = 125;
+/// The shell's statuses for a command found but not executable, and not
+/// found.
+const STATUS_NOT_EXECUTABLE: i32 = 126;
+const STATUS_NOT_FOUND: i32 = 127;
+
+/// In the child: set up, report ready, wait, exec. Returns only on
+/// error: the status to exit with and what failed.
 fn child(
     ready: &OwnedFd,
     go: OwnedFd,
     argv: &[CString],
     uid_map: &str,
     gid_map: &str,
-    resolv_conf: &Path,
-) -> String {
+    resolv_conf: Option<&Path>,
+) -> (i32, String) {
+    match prepare(ready, go, uid_map, gid_map, resolv_conf) {
+        Ok(()) => exec(argv),
+        Err(e) => (STATUS_SETUP, e),
+    }
+}
+
+/// Exec the command, or say why not with the status a shell would give.
+fn exec(argv: &[CString]) -> (i32, String) {
+    let e = match nix::unistd::execvp(&argv[0], argv) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let name = argv[0].to_string_lossy();
+    // execvp reports EACCES when a PATH directory was unreadable even if
+    // the name is nowhere: a shell says "not found" then, and so do we.
+    if !name.contains('/') && !on_path(&name) {
+        return (STATUS_NOT_FOUND, format!("{name}: command not found"));
+    }
+    let status = match e {
+        nix::errno::Errno::ENOENT => STATUS_NOT_FOUND,
+        _ => STATUS_NOT_EXECUTABLE,
+    };
+    (status, format!("cannot run {name}: {}", e.desc()))
+}
+
+/// Whether some directory of PATH (execvp's default when unset) holds
+/// `name`.
+fn on_path(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+    std::env::split_paths(&path).any(|dir| dir.join(name).exists())
+}
+
+/// The namespaces, the resolv.conf, then wait for the network.
+fn prepare(
+    ready: &OwnedFd,
+    go: OwnedFd,
+    uid_map: &str,
+    gid_map: &str,
+    resolv_conf: Option<&Path>,
+) -> Result<(), String> {
     let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
-    if let Err(e) = unshare(flags) {
-        return format!(
+    unshare(flags).map_err(|e| {
+        format!(
             "cannot create user, network and mount namespaces: {e} \
              (are unprivileged user namespaces allowed on this host?)"
-        );
-    }
+        )
+    })?;
     for (file, text) in [
         ("/proc/self/setgroups", "deny"),
         ("/proc/self/uid_map", uid_map),
         ("/proc/self/gid_map", gid_map),
     ] {
-        if let Err(e) = fs::write(file, text) {
-            return format!("cannot write {file}: {e}");
-        }
+        fs::write(file, text).map_err(|e| format!("cannot write {file}: {e}"))?;
     }
     let none: Option<&str> = None;
-    if let Err(e) = mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none) {
-        return format!("cannot make the mounts private: {e}");
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(|e| format!("cannot make the mounts private: {e}"))?;
+    if let Some(resolv_conf) = resolv_conf {
+        mount(
+            Some(resolv_conf),
+            "/etc/resolv.conf",
+            none,
+            MsFlags::MS_BIND,
+            none,
+        )
+        .map_err(|e| format!("cannot put a resolv.conf over /etc/resolv.conf: {e}"))?;
     }
-    if let Err(e) = mount(
-        Some(resolv_conf),
-        "/etc/resolv.conf",
-        none,
-        MsFlags::MS_BIND,
-        none,
-    ) {
-        return format!("cannot put a resolv.conf over /etc/resolv.conf: {e}");
-    }
-    if let Err(e) = nix::unistd::write(ready, b"1") {
-        return format!("cannot report ready: {e}");
-    }
+    nix::unistd::write(ready, b"1").map_err(|e| format!("cannot report ready: {e}"))?;
     let mut byte = [0u8; 1];
     if !matches!(fs::File::from(go).read(&mut byte), Ok(1)) {
-        return "the network was not set up; not running the command".into();
+        return Err("the network was not set up; not running the command".into());
     }
-    if let Err(e) = default_signals() {
-        return format!("cannot reset the signal mask: {e}");
-    }
-    match nix::unistd::execvp(&argv[0], argv) {
-        Err(e) => format!("cannot run {}: {e}", argv[0].to_string_lossy()),
-        Ok(never) => match never {},
-    }
+    default_signals().map_err(|e| format!("cannot reset the signal mask: {e}"))
 }
 
 /// SIGKILL when `parent` (netferry) ends, however it ends. The setting
