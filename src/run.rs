@@ -24,6 +24,8 @@ use crate::event_loop::{EventLoop, Exit};
 use crate::host::{self, Outbound};
 use crate::setup;
 
+/// The command's interface.
+const TAP: &str = "tap0";
 /// tap0's MTU unless `--mtu` says otherwise: the fast one.
 pub const RUN_MTU: &str = "65520";
 /// The exit status when netferry itself fails (a bad option, setup, the
@@ -133,7 +135,7 @@ fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::slirp4netns::Co
         enable_sandbox: !args.no_sandbox,
         enable_seccomp: !args.no_seccomp,
         debug: args.debug,
-        positional: vec![pid.to_string(), "tap0".to_string()],
+        positional: vec![pid.to_string(), TAP.to_string()],
         ..Args::default()
     };
     crate::slirp4netns::config(&raw)
@@ -170,12 +172,13 @@ pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
         true => None,
         false => Some(ResolvFile::write(&precheck)?),
     };
-    let mut child = setup::spawn_namespaced(
-        &cmd,
-        args.map_user,
-        resolv.as_ref().map(|r| r.file.as_path()),
-    )
-    .context("cannot create the namespaces")?;
+    let inside = setup::Inside {
+        map_user: args.map_user,
+        resolv_conf: resolv.as_ref().map(|r| r.file.as_path()),
+        ipv6_tap: (!args.no_ipv6).then_some(TAP),
+    };
+    let mut child =
+        setup::spawn_namespaced(&cmd, &inside).context("cannot create the namespaces")?;
     drop(resolv); // the child's bind mount keeps it
     match serve(args, &mut child, &forwards, outbound) {
         Ok(status) => Ok(status),

@@ -510,3 +510,36 @@ fn the_network_options_of_slirp4netns_mode_apply() {
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
     assert!(text(&o).contains("no-such-if0"), "{}", text(&o));
 }
+
+#[test]
+fn ipv6_is_usable_as_soon_as_the_command_starts() {
+    let net = TestNet::new();
+    // The first thing the command does: IPv6 to the gateway, and the
+    // address SLAAC gave from --cidr6, not a tentative one.
+    let o = output(
+        &net,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "busybox ping -6 -c 1 -W 5 fd00::2 && ip -6 route show default",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("default via"), "{}", text(&o));
+    let o = output(
+        &net,
+        &[
+            "--cidr6",
+            "fd42:1:2:3::/64",
+            "--",
+            "sh",
+            "-c",
+            "busybox ping -6 -c 1 -W 5 fd42:1:2:3::2 && ip -6 -o addr show dev tap0 scope global",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("inet6 fd42:1:2:3:"), "{out}");
+    assert!(!out.contains("tentative"), "{out}");
+}

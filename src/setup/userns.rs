@@ -15,6 +15,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
@@ -39,12 +40,27 @@ impl Namespaced {
     }
 }
 
+/// What the command gets inside besides its network.
+pub struct Inside<'a> {
+    /// Keep the caller's ids (else the caller is root inside).
+    pub map_user: bool,
+    /// Bind-mounted over /etc/resolv.conf.
+    pub resolv_conf: Option<&'a Path>,
+    /// With IPv6 on, the tap netferry will create: no duplicate address
+    /// detection on it, and the command starts once it has an address and
+    /// a default route.
+    pub ipv6_tap: Option<&'a str>,
+}
+
+/// The child's own settings, made before the fork.
+struct ChildPlan<'a> {
+    uid_map: String,
+    gid_map: String,
+    inside: &'a Inside<'a>,
+}
+
 /// Fork the child; returns once its namespaces exist (or it failed).
-pub fn spawn_namespaced(
-    cmd: &[String],
-    map_user: bool,
-    resolv_conf: Option<&Path>,
-) -> Result<Namespaced, SetupError> {
+pub fn spawn_namespaced(cmd: &[String], inside: &Inside<'_>) -> Result<Namespaced, SetupError> {
     // Everything the child needs, prepared before the fork.
     let argv: Vec<CString> = cmd
         .iter()
@@ -55,9 +71,12 @@ pub fn spawn_namespaced(
         return Err(SetupError::Run("no command to run".into()));
     }
     let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
-    let (inner_uid, inner_gid) = if map_user { (uid, gid) } else { (0, 0) };
-    let uid_map = format!("{inner_uid} {uid} 1\n");
-    let gid_map = format!("{inner_gid} {gid} 1\n");
+    let (inner_uid, inner_gid) = if inside.map_user { (uid, gid) } else { (0, 0) };
+    let plan = ChildPlan {
+        uid_map: format!("{inner_uid} {uid} 1\n"),
+        gid_map: format!("{inner_gid} {gid} 1\n"),
+        inside,
+    };
     let pipe = || {
         pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SetupError::Run(format!("cannot create a pipe: {e}")))
@@ -73,7 +92,7 @@ pub fn spawn_namespaced(
         ForkResult::Child => {
             drop((ready_r, go_w));
             let (status, err) = match die_with(parent) {
-                Ok(()) => child(&ready_w, go_r, &argv, &uid_map, &gid_map, resolv_conf),
+                Ok(()) => child(&ready_w, go_r, &argv, &plan),
                 Err(e) => (STATUS_SETUP, e),
             };
             eprintln!("netferry run: {err}");
@@ -110,15 +129,8 @@ const STATUS_NOT_FOUND: i32 = 127;
 
 /// In the child: set up, report ready, wait, exec. Returns only on
 /// error: the status to exit with and what failed.
-fn child(
-    ready: &OwnedFd,
-    go: OwnedFd,
-    argv: &[CString],
-    uid_map: &str,
-    gid_map: &str,
-    resolv_conf: Option<&Path>,
-) -> (i32, String) {
-    match prepare(ready, go, uid_map, gid_map, resolv_conf) {
+fn child(ready: &OwnedFd, go: OwnedFd, argv: &[CString], plan: &ChildPlan<'_>) -> (i32, String) {
+    match prepare(ready, go, plan) {
         Ok(()) => exec(argv),
         Err(e) => (STATUS_SETUP, e),
     }
@@ -151,13 +163,7 @@ fn on_path(name: &str) -> bool {
 }
 
 /// The namespaces, the resolv.conf, then wait for the network.
-fn prepare(
-    ready: &OwnedFd,
-    go: OwnedFd,
-    uid_map: &str,
-    gid_map: &str,
-    resolv_conf: Option<&Path>,
-) -> Result<(), String> {
+fn prepare(ready: &OwnedFd, go: OwnedFd, plan: &ChildPlan<'_>) -> Result<(), String> {
     let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
     unshare(flags).map_err(|e| {
         format!(
@@ -167,15 +173,23 @@ fn prepare(
     })?;
     for (file, text) in [
         ("/proc/self/setgroups", "deny"),
-        ("/proc/self/uid_map", uid_map),
-        ("/proc/self/gid_map", gid_map),
+        ("/proc/self/uid_map", plan.uid_map.as_str()),
+        ("/proc/self/gid_map", plan.gid_map.as_str()),
     ] {
         fs::write(file, text).map_err(|e| format!("cannot write {file}: {e}"))?;
+    }
+    if plan.inside.ipv6_tap.is_some() {
+        // netferry is the tap's only neighbour, so no address on it can be
+        // a duplicate: without detection its addresses are usable at once
+        // instead of about a second each. The tap does not exist yet and
+        // inherits `default`. Should the write fail, the wait below still
+        // holds the command until IPv6 works, only longer.
+        let _ = fs::write(DEFAULT_ACCEPT_DAD, "0");
     }
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(|e| format!("cannot make the mounts private: {e}"))?;
-    if let Some(resolv_conf) = resolv_conf {
+    if let Some(resolv_conf) = plan.inside.resolv_conf {
         mount(
             Some(resolv_conf),
             "/etc/resolv.conf",
@@ -190,7 +204,73 @@ fn prepare(
     if !matches!(fs::File::from(go).read(&mut byte), Ok(1)) {
         return Err("the network was not set up; not running the command".into());
     }
+    if let Some(tap) = plan.inside.ipv6_tap
+        && !wait_for_ipv6(tap)
+    {
+        eprintln!(
+            "netferry run: WARNING: {tap} has no usable IPv6 address and default route after \
+             {}s; starting the command anyway",
+            IPV6_READY_LIMIT.as_secs()
+        );
+    }
     default_signals().map_err(|e| format!("cannot reset the signal mask: {e}"))
+}
+
+/// New interfaces of the child's namespace copy their settings from here.
+const DEFAULT_ACCEPT_DAD: &str = "/proc/sys/net/ipv6/conf/default/accept_dad";
+/// How long the command waits for IPv6: far beyond the milliseconds SLAAC
+/// takes without duplicate address detection, and beyond the few seconds
+/// it takes with it, so only a broken network reaches it.
+const IPV6_READY_LIMIT: Duration = Duration::from_secs(10);
+const IPV6_READY_POLL: Duration = Duration::from_millis(10);
+/// Flags of /proc/net/if_inet6 that make an address unusable.
+const IFA_F_TENTATIVE: u32 = 0x40;
+const IFA_F_DADFAILED: u32 = 0x08;
+/// Scope of a global address in /proc/net/if_inet6.
+const SCOPE_GLOBAL: u32 = 0;
+
+/// Wait until `tap` has a usable global IPv6 address and an IPv6 default
+/// route through it, as SLAAC gives it from netferry's router
+/// advertisement. False when the limit passed first.
+fn wait_for_ipv6(tap: &str) -> bool {
+    let end = Instant::now() + IPV6_READY_LIMIT;
+    loop {
+        let addrs = fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+        let routes = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+        if has_global_address(&addrs, tap) && has_default_route(&routes, tap) {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(IPV6_READY_POLL);
+    }
+}
+
+/// Lines of /proc/net/if_inet6: address, ifindex, prefix length, scope,
+/// flags (all hex), name.
+fn has_global_address(if_inet6: &str, tap: &str) -> bool {
+    if_inet6.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let hex = |i: usize| f.get(i).and_then(|v| u32::from_str_radix(v, 16).ok());
+        let (Some(scope), Some(flags)) = (hex(3), hex(4)) else {
+            return false;
+        };
+        f.get(5) == Some(&tap)
+            && scope == SCOPE_GLOBAL
+            && flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED) == 0
+    })
+}
+
+/// Lines of /proc/net/ipv6_route: destination, its prefix length, ...,
+/// device last. A default route is ::/0.
+fn has_default_route(ipv6_route: &str, tap: &str) -> bool {
+    ipv6_route.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.first().is_some_and(|d| d.bytes().all(|b| b == b'0'))
+            && f.get(1) == Some(&"00")
+            && f.last() == Some(&tap)
+    })
 }
 
 /// SIGKILL when `parent` (netferry) ends, however it ends. The setting
@@ -214,4 +294,33 @@ fn default_signals() -> nix::Result<()> {
     // SAFETY: SIG_DFL installs no handler code, and this single-threaded
     // child is about to exec.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_settled_global_address_on_the_tap_counts() {
+        let lines = "\
+fe800000000000000000000000000001 02 40 20 80     tap0
+fd000000000000000000000000000064 02 40 00 c0     tap0
+00000000000000000000000000000001 01 80 10 80       lo
+";
+        // Link-local, and a global one still tentative (0xc0).
+        assert!(!has_global_address(lines, "tap0"));
+        let settled = lines.replace("00 c0     tap0", "00 00     tap0");
+        assert!(has_global_address(&settled, "tap0"));
+        assert!(!has_global_address(&settled, "tap1"));
+        assert!(!has_global_address("garbage\n", "tap0"));
+    }
+
+    #[test]
+    fn a_default_route_is_zero_slash_zero_on_the_tap() {
+        let on_link = "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     tap0\n";
+        assert!(!has_default_route(on_link, "tap0"));
+        let default = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000002 00000400 00000001 00000000 00450003     tap0\n";
+        assert!(has_default_route(default, "tap0"));
+        assert!(!has_default_route(default, "eth0"));
+    }
 }
