@@ -15,7 +15,18 @@ pub const VERSION_TEXT: &str = concat!(
     "\nsmoltcp: 0.14\nSLIRP_CONFIG_VERSION_MAX: 4\n"
 );
 
-const USAGE: &str = "netferry [OPTION]... PID|PATH|FD [TAPNAME]";
+const USAGE: &str = "netferry [OPTION]... PID|PATH|FD [TAPNAME]\n       \
+netferry run [OPTIONS] [--] [CMD [ARGS]...]\n       \
+netferry status API_SOCKET\n       \
+netferry pasta [OPTION]... (or invoked as pasta)";
+
+/// After the options of `--help`: the other commands. Callers grep the
+/// help for flags only, so this adds nothing they could misread.
+const COMMANDS: &str = "Commands:
+  run     run a command in new namespaces networked by netferry (netferry run --help)
+  status  show what the netferry serving an API socket is doing (netferry status --help)
+  pasta   pasta's command line, also when invoked by the name pasta (netferry pasta --help)
+  help    this help; netferry help run|status|pasta: that command's";
 
 const ABOUT: &str = "User-mode networking for unprivileged network namespaces.\n\
 A drop-in replacement for slirp4netns: it creates TAPNAME inside the network \
@@ -29,6 +40,7 @@ sockets.";
     name = "netferry",
     override_usage = USAGE,
     about = ABOUT,
+    after_help = COMMANDS,
     disable_version_flag = true,
     // Our own -h so the help text reads like slirp4netns's.
     disable_help_flag = true,
@@ -305,10 +317,23 @@ where
     // A subcommand only as the very first argument: a PID, path or fd
     // never reads "run" there, and every slirp4netns command line stays
     // as it was.
+    if argv.get(1).is_some_and(|a| a == "help") {
+        return match argv.get(2).and_then(|a| a.to_str()) {
+            None => Parsed::Print(usage()),
+            Some("run") => Parsed::Print(run_subcommand().render_help().to_string()),
+            Some("status") => Parsed::Print(STATUS_USAGE.to_string()),
+            Some(other) => Parsed::Usage(format!(
+                "netferry help: no command {other:?}; the commands are run, status and pasta\n"
+            )),
+        };
+    }
     if argv.get(1).is_some_and(|a| a == "status") {
         return match argv.get(2) {
-            Some(a) if a != "-h" && a != "--help" => Parsed::Status(a.into()),
-            _ => Parsed::Print(STATUS_USAGE.to_string()),
+            Some(a) if a == "-h" || a == "--help" => Parsed::Print(STATUS_USAGE.to_string()),
+            Some(a) if argv.len() == 3 && !a.to_string_lossy().starts_with('-') => {
+                Parsed::Status(a.into())
+            }
+            _ => Parsed::Usage(STATUS_USAGE.to_string()),
         };
     }
     if argv.get(1).is_some_and(|a| a == "run") {

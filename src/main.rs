@@ -51,6 +51,9 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == "pasta") {
         return netferry::pasta::daemon::main("pasta", &argv[2..]);
     }
+    if argv.get(1).is_some_and(|a| a == "help") && argv.get(2).is_some_and(|a| a == "pasta") {
+        return netferry::pasta::daemon::main("pasta", &["--help".into()]);
+    }
     let args = match cli::parse(std::env::args_os()) {
         Parsed::Print(text) => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
@@ -72,7 +75,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    say!(err, "netferry status: {e}");
+                    say!(err, "netferry status: {}", status_error(&socket, &e));
                     ExitCode::FAILURE
                 }
             };
@@ -194,6 +197,21 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
     let exit = event_loop.run()?;
     log::debug!("event loop ended: {exit:?}");
     Ok(exit)
+}
+
+/// What went wrong asking `socket` for the status, and what to do.
+fn status_error(socket: &Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let path = socket.display();
+    let hint = match e.kind() {
+        ErrorKind::NotFound => {
+            format!(" (is a netferry running with --api-socket {path}?)")
+        }
+        ErrorKind::ConnectionRefused => " (nothing listens there: has netferry ended?)".into(),
+        ErrorKind::PermissionDenied => " (run as the user netferry runs as)".into(),
+        _ => String::new(),
+    };
+    format!("cannot get the status from {path}: {e}{hint}")
 }
 
 fn print_banner(cfg: &Config, tap: &str) {

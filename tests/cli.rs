@@ -32,6 +32,93 @@ fn help_exits_0_on_stdout_with_feature_flags() {
     }
 }
 
+/// What podman and rootlesskit grep `--help` for to detect features.
+const CALLER_GREPS: [&str; 12] = [
+    "--netns-type",
+    "--userns-path",
+    "--mtu",
+    "--cidr",
+    "--disable-host-loopback",
+    "--api-socket",
+    "--enable-sandbox",
+    "--enable-seccomp",
+    "--enable-ipv6",
+    "--outbound-addr",
+    "--disable-dns",
+    "--macaddress",
+];
+
+#[test]
+fn help_lists_the_commands_and_keeps_what_callers_grep_for() {
+    for args in [&["--help"][..], &["help"][..]] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        for needle in CALLER_GREPS {
+            assert!(text.contains(needle), "{args:?} lacks {needle}:\n{text}");
+        }
+        for needle in [
+            "netferry run [OPTIONS]",
+            "netferry status API_SOCKET",
+            "netferry pasta",
+            "invoked as pasta",
+        ] {
+            assert!(text.contains(needle), "{args:?} lacks {needle}:\n{text}");
+        }
+    }
+    for (topic, want) in [
+        ("run", "Usage: netferry run"),
+        ("status", "Usage: netferry status API_SOCKET"),
+        ("pasta", "Usage: pasta"),
+    ] {
+        let o = run(&["help", topic]);
+        assert_eq!(o.status.code(), Some(0), "help {topic}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(want), "help {topic}:\n{text}");
+    }
+    let o = run(&["help", "bogus"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bogus"), "{}", stderr(&o));
+}
+
+#[test]
+fn status_needs_a_path_and_its_errors_name_it() {
+    for args in [
+        &["status"][..],
+        &["status", "a", "b"][..],
+        &["status", "-x"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("Usage: netferry status API_SOCKET"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = run(&["status", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = run(&["status", "/nonexistent/api.sock"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot get the status from /nonexistent/api.sock: No such file"),
+        "{err}"
+    );
+    assert!(err.contains("--api-socket /nonexistent/api.sock"), "{err}");
+    // A socket file nobody listens on any more.
+    let dir = std::env::temp_dir().join(format!("nf-cli-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("api.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let o = run(&["status", path.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(path.to_str().unwrap()), "{err}");
+    assert!(err.contains("has netferry ended?"), "{err}");
+}
+
 #[test]
 fn version_exits_0_with_config_version() {
     let o = run(&["--version"]);
