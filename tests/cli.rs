@@ -243,7 +243,13 @@ fn missing_process_says_no_such_process() {
 }
 
 /// Sections of the man page that are prose, not flags.
-const MAN_PROSE: &str = r#".SH "API SOCKET"
+const MAN_PROSE: &str = r#".SH "NETFERRY STATUS"
+\fBnetferry status\fR API_SOCKET
+.PP
+Ask the netferry serving API_SOCKET (started with \fB\-\-api\-socket\fR or \fBnetferry run \-a\fR) what it is doing and print it: flows by protocol, forwards, bytes each way, frames from the guest and those dropped as malformed, connections refused at a flow cap. Exactly one argument; without it, usage and exit 1. An error names the socket, the cause and what to check.
+.SH "PASTA MODE"
+\fBnetferry pasta\fR [OPTION]..., or netferry invoked by the name \fBpasta\fR (a link, as podman and rootlesskit look for it), takes pasta's command line, with pasta's texts and exit statuses; \fBnetferry help pasta\fR shows its options.
+.SH "API SOCKET"
 With \fB\-\-api\-socket\fR PATH, netferry listens on a Unix socket (mode 0600) for one JSON request per connection and answers with one JSON reply:
 .PP
 .nf
@@ -256,7 +262,7 @@ With \fB\-\-api\-socket\fR PATH, netferry listens on a Unix socket (mode 0600) f
 .PP
 {"execute":"status"} answers flows by protocol, forwards, bytes each way, frames dropped and connections refused at a cap; \fBnetferry status\fR PATH prints that for people. Errors are {"error":{"desc":"..."}} with slirp4netns's texts. \fIhost_port\fR 0 picks a free port; \fIhost_addr\fR and \fIguest_addr\fR may be IPv6.
 .SH "EXIT STATUS"
-0 after \fB\-\-help\fR, \fB\-\-version\fR, or when the exit fd hangs up; 1 on any error. \fBnetferry run\fR exits with its command's status (128+N when signal N ended it) and 125 when it could not start it.
+0 after \fB\-\-help\fR, \fB\-\-version\fR, or when the exit fd hangs up; 1 on any error; after SIGTERM or SIGINT netferry ends by that signal, as slirp4netns does. \fBnetferry status\fR: 0, or 1 when the status cannot be read. \fBnetferry run\fR: its command's status; 128+N when signal N ended the command; 125 when netferry itself failed (a bad option, setting up the namespaces or the network); 126 when the command was found but could not be executed; 127 when it was not found.
 .SH ENVIRONMENT
 .TP
 \fBRUST_LOG\fR
@@ -293,9 +299,10 @@ fn man_page() -> Vec<u8> {
     man.render_synopsis_section(&mut out).unwrap();
     man.render_description_section(&mut out).unwrap();
     man.render_options_section(&mut out).unwrap();
-    let run = netferry::cli::run_subcommand();
+    let mut run = netferry::cli::run_subcommand();
+    run.build();
     out.extend_from_slice(
-        b".SH \"NETFERRY RUN\"\n\\fBnetferry run\\fR [OPTIONS] [\\-\\- CMD [ARGS...]]\n.PP\n",
+        b".SH \"NETFERRY RUN\"\n\\fBnetferry run\\fR [OPTIONS] [\\-\\-] [CMD [ARGS]...]\n.PP\n",
     );
     out.extend_from_slice(
         run.get_about()
@@ -313,10 +320,14 @@ fn man_page() -> Vec<u8> {
         if let Some(l) = arg.get_long() {
             names.push(format!("\\fB\\-\\-{}\\fR", l.replace('-', "\\-")));
         }
-        let value = arg
-            .get_value_names()
-            .map(|v| format!(" \\fI{}\\fR", v.join(" ")))
-            .unwrap_or_default();
+        // An on/off flag has no value to name.
+        let value = match arg.get_action().takes_values() {
+            true => arg
+                .get_value_names()
+                .map(|v| format!(" \\fI<{}>\\fR", v.join(" ")))
+                .unwrap_or_default(),
+            false => String::new(),
+        };
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
         out.extend_from_slice(
             format!(
@@ -343,6 +354,42 @@ fn man_page_is_generated_from_the_flags() {
         committed == rendered,
         "man/netferry.1 is stale: run `NETFERRY_UPDATE_MAN=1 cargo test --test cli`"
     );
+}
+
+#[test]
+fn the_man_page_names_no_value_for_on_off_flags() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/netferry.1"))
+        .unwrap_or_default();
+    for cmd in [netferry::cli::command(), netferry::cli::run_subcommand()] {
+        let mut cmd = cmd;
+        cmd.build();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let name = format!("\\fB\\-\\-{}\\fR", long.replace('-', "\\-"));
+            for line in page
+                .lines()
+                .filter(|l| l.contains(&name) && !l.starts_with('.'))
+            {
+                let has_value = line.contains("\\fI");
+                if line.starts_with("\\fB") {
+                    assert_eq!(
+                        has_value,
+                        arg.get_action().takes_values(),
+                        "man page: --{long}: {line}"
+                    );
+                }
+            }
+        }
+    }
+    // What the page says of the exit statuses is what the code does.
+    for claim in [
+        "125 when netferry itself failed",
+        "126 when the command was found but could not be executed",
+        "127 when it was not found",
+        "Exactly one argument; without it, usage and exit 1",
+    ] {
+        assert!(page.contains(claim), "man page lacks: {claim}");
+    }
 }
 
 #[test]
