@@ -106,9 +106,6 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cfg.debug);
-    for w in &cfg.warnings {
-        say!(err, "{w}");
-    }
     match run(&cfg) {
         // Cleanup is done (the API socket is gone); now die by the signal,
         // as slirp4netns does, so callers see the status they expect.
@@ -161,6 +158,9 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
             .map(host::resolve_outbound_v6)
             .transpose()?,
     };
+    // Its errors say what is wrong themselves (a missing API directory, a
+    // path that is no namespace); they are no failure to get the tap.
+    setup::precheck(cfg)?;
     let (tap, offload) = setup::obtain_tap(cfg).context("cannot get the tap device")?;
     setup::prefer_mmap_for_buffers();
     match setup::raise_fd_limit() {
@@ -189,6 +189,12 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
     .context("cannot start the event loop")?;
     setup::lock_down(cfg, &setup::seccomp::Scope::here(None, api_dir))?;
 
+    // The warnings (host loopback reachable, deprecated flags) only once
+    // netferry is about to serve: before an unrelated startup error they
+    // would read as its cause.
+    for w in &cfg.warnings {
+        say!(err, "{w}");
+    }
     print_banner(cfg, &tap_desc);
     setup::release_startup_memory();
     if let Some(fd) = cfg.ready_fd {

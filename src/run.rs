@@ -18,11 +18,14 @@ use thiserror::Error;
 
 use crate::api::ApiServer;
 use crate::cli::{Args, RunArgs};
-use crate::config::Config;
+use crate::config::{Config, MAX_MTU};
 use crate::engine::{ForwardSpec, Proto};
 use crate::event_loop::{EventLoop, Exit};
 use crate::host::{self, Outbound};
 use crate::setup;
+use crate::slirp4netns::MIN_TAP_MTU;
+
+const IPV6_MIN_MTU: u32 = crate::engine::IPV6_MIN_MTU as u32;
 
 /// The command's interface.
 const TAP: &str = "tap0";
@@ -45,6 +48,8 @@ pub enum PublishError {
     Proto { spec: String, what: String },
     #[error("-p {spec}: the host and guest ranges differ in length")]
     Ranges { spec: String },
+    #[error("-p {spec}: an IPv6 host address goes in brackets: -p {bracketed}")]
+    Brackets { spec: String, bracketed: String },
 }
 
 fn ports(spec: &str, what: &str) -> Result<(u16, u16), PublishError> {
@@ -92,7 +97,7 @@ pub fn parse_publish(spec: &str, guest: Ipv4Addr) -> Result<Vec<ForwardSpec>, Pu
                 let (addr, after) = rest.split_once(':').ok_or_else(shape)?;
                 (Some(addr), after)
             }
-            _ => return Err(shape()),
+            _ => return Err(unbracketed_v6(spec, rest).unwrap_or_else(shape)),
         }
     };
     let host_ip: IpAddr = match addr {
@@ -117,6 +122,19 @@ pub fn parse_publish(spec: &str, guest: Ipv4Addr) -> Result<Vec<ForwardSpec>, Pu
             guest: SocketAddr::new(guest.into(), g0 + i),
         })
         .collect())
+}
+
+/// `ADDR:HOST_PORT:GUEST_PORT` whose ADDR is IPv6 without brackets: the
+/// error that shows the spec with them.
+fn unbracketed_v6(spec: &str, rest: &str) -> Option<PublishError> {
+    let mut parts = rest.rsplitn(3, ':');
+    let (gp, hp, addr) = (parts.next()?, parts.next()?, parts.next()?);
+    addr.parse::<std::net::Ipv6Addr>().ok()?;
+    let proto = &spec[rest.len()..];
+    Some(PublishError::Brackets {
+        spec: spec.to_string(),
+        bracketed: format!("[{addr}]:{hp}:{gp}{proto}"),
+    })
 }
 
 /// The slirp4netns-style configuration that serves `pid`.
@@ -145,6 +163,17 @@ fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::slirp4netns::Co
 pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
     // Everything that can be checked is checked before any namespace.
     let precheck = config_for(args, 1)?;
+    // The kernel takes a smaller MTU but then turns IPv6 off on tap0.
+    if precheck.plan.v6.is_some() && precheck.mtu < IPV6_MIN_MTU {
+        anyhow::bail!(
+            "MTU {} is too small for IPv6: {IPV6_MIN_MTU}-{MAX_MTU} (with --no-ipv6, \
+             {MIN_TAP_MTU}-{MAX_MTU})",
+            precheck.mtu
+        );
+    }
+    if let Some(path) = &precheck.api_socket {
+        setup::check_api_socket_dir(path)?;
+    }
     let mut forwards = Vec::new();
     for spec in &args.publish {
         forwards.extend(parse_publish(spec, precheck.plan.v4.guest)?);
@@ -338,7 +367,9 @@ mod tests {
             ("1:2/sctp", "protocol must be tcp or udp"),
             ("8000-8002:80", "ranges differ"),
             ("70000:80", "70000 is not a port"),
-            ("::1:80:80", "expected"),
+            ("::1:80:80", "goes in brackets: -p [::1]:80:80"),
+            ("fd00::5:80:80/udp", "-p [fd00::5]:80:80/udp"),
+            ("1:2:3:4", "expected"),
         ] {
             let e = parse_publish(spec, GUEST).unwrap_err().to_string();
             assert!(e.contains(want), "{spec}: {e}");

@@ -430,6 +430,42 @@ fn typos_fail_before_anything_is_joined() {
 }
 
 #[test]
+fn startup_errors_name_the_value_and_no_unrelated_warning() {
+    let pid = std::process::id().to_string();
+    for (args, want) in [
+        (
+            vec!["--mtu", "10", "-c", pid.as_str(), "tap0"],
+            "MTU 10 is too small for a tap: -c sets 68-65521, the kernel refuses less\n",
+        ),
+        (
+            vec!["-a", "/nonexistent-dir/api.sock", pid.as_str(), "tap0"],
+            "netferry: cannot create the API socket /nonexistent-dir/api.sock: \
+             the directory /nonexistent-dir does not exist\n",
+        ),
+        (
+            vec!["--netns-type=path", "/etc/passwd", "tap0"],
+            "netferry: /etc/passwd is not a network namespace (not a namespace file at all); \
+             give a namespace file such as /proc/PID/ns/net or /run/netns/NAME\n",
+        ),
+        (
+            vec!["--netns-type=path", "/proc/self/ns/pid", "tap0"],
+            "netferry: /proc/self/ns/pid is not a network namespace (a namespace of another \
+             kind); give a namespace file such as /proc/PID/ns/net or /run/netns/NAME\n",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        // The whole of stderr: no host-loopback WARNING before it, no
+        // "cannot get the tap device" around it.
+        assert_eq!(stderr(&o), want, "{args:?}");
+    }
+    // Without -c netferry never sets the tap's MTU: still accepted, as by
+    // slirp4netns (the engine works with at least 68).
+    let o = run(&["--mtu", "10", "99999999", "tap0"]);
+    assert!(stderr(&o).contains("no such process"), "{}", stderr(&o));
+}
+
+#[test]
 fn a_closed_stdout_does_not_abort() {
     use std::os::unix::process::ExitStatusExt;
     // --help with stdout closed: exit 0, not an abort (134).
@@ -467,6 +503,21 @@ fn without_proc_netferry_refuses_to_fork_rather_than_assume_one_thread() {
     assert!(
         nf.stderr()
             .contains("cannot tell whether netferry is single-threaded"),
+        "{}",
+        nf.output()
+    );
+}
+
+#[test]
+fn the_host_loopback_warning_comes_once_netferry_serves() {
+    use common::{Netferry, Options, TestNet};
+    let net = TestNet::new();
+    let target = net.remote_path();
+    let mut nf = Netferry::spawn(Options::args(&["--netns-type=path", &target, "tap0"]));
+    nf.wait_ready();
+    assert!(
+        nf.stderr()
+            .contains("WARNING: 127.0.0.1:* on the host is accessible as 10.0.2.2"),
         "{}",
         nf.output()
     );

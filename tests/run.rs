@@ -543,3 +543,65 @@ fn ipv6_is_usable_as_soon_as_the_command_starts() {
     assert!(out.contains("inet6 fd42:1:2:3:"), "{out}");
     assert!(!out.contains("tentative"), "{out}");
 }
+
+#[test]
+fn a_tun_device_closed_to_users_is_named_with_the_fix() {
+    let net = TestNet::new();
+    // /dev/net/tun as root alone may use it, in a mount namespace of the
+    // test's own.
+    let inner = netferry_run(&net, &["--", "true"]);
+    let o = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev/net && mknod -m 600 /dev/net/tun c 10 200 && exec \"$@\"",
+            "sh",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("cannot open /dev/net/tun: Permission denied"),
+        "{out}"
+    );
+    assert!(out.contains("chmod 0666 /dev/net/tun"), "{out}");
+}
+
+#[test]
+fn bad_values_are_named_with_what_would_do() {
+    let net = TestNet::new();
+    for (args, want) in [
+        (
+            &["-p", "::1:8080:80", "--", "true"][..],
+            "-p ::1:8080:80: an IPv6 host address goes in brackets: -p [::1]:8080:80",
+        ),
+        (
+            &["--mtu", "1000", "--", "true"][..],
+            "MTU 1000 is too small for IPv6: 1280-65521 (with --no-ipv6, 68-65521)",
+        ),
+        (
+            &["--no-ipv6", "--mtu", "10", "--", "true"][..],
+            "MTU 10 is too small for a tap: -c sets 68-65521",
+        ),
+        (
+            &["-a", "/nonexistent-dir/api.sock", "--", "true"][..],
+            "netferry run: cannot create the API socket /nonexistent-dir/api.sock: \
+             the directory /nonexistent-dir does not exist",
+        ),
+    ] {
+        let o = output(&net, args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+        assert!(
+            !text(&o).contains("cannot get the tap device"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+}
