@@ -605,3 +605,40 @@ fn bad_values_are_named_with_what_would_do() {
         );
     }
 }
+
+#[test]
+fn a_resolver_that_never_answers_gives_the_guest_servfail_not_silence() {
+    let net = TestNet::new();
+    // The host namespace's resolv.conf names 127.0.0.1: there, a socket
+    // that reads every query and answers none.
+    let silent = net.in_host(|| std::net::UdpSocket::bind("127.0.0.1:53").unwrap());
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = heard.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while silent.recv_from(&mut buf).is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // dig waits far longer than netferry may: the answer it prints is
+    // netferry's, whenever it came.
+    let o = output(
+        &net,
+        &[
+            "--no-ipv6",
+            "--",
+            "dig",
+            "+tries=1",
+            "+time=15",
+            "@10.0.2.3",
+            "probe.netferry.test",
+        ],
+    );
+    let out = text(&o);
+    assert!(out.contains("status: SERVFAIL"), "{out}");
+    assert!(out.contains("probe.netferry.test."), "{out}");
+    assert!(
+        heard.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the query never reached the host's resolver"
+    );
+}

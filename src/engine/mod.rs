@@ -23,9 +23,11 @@
 //! destination leads is decided in `route`; IPv4 input and reassembly is
 //! `ipv4`, IPv6 and neighbour discovery `ipv6`; every packet the engine
 //! originates is framed (and fragmented) in `emit`; each transport has
-//! its own file (`tcp`, `udp`, `icmp`, `dhcp`, `forward`).
+//! its own file (`tcp`, `udp`, `icmp`, `dhcp`, `forward`); `dns` answers
+//! SERVFAIL for queries the host's resolver leaves unanswered.
 
 mod dhcp;
+mod dns;
 mod emit;
 mod flows;
 mod forward;
@@ -235,6 +237,8 @@ pub struct Engine<H: Host> {
     train_buf: Vec<u8>,
     /// The guest's datagrams until the next poll.
     outbox: udp::Outbox,
+    /// Queries to the DNS address still waiting for the host's resolver.
+    dns: dns::DnsWatch,
     /// The flow being worked on, for `guarded` to drop should the work
     /// panic.
     current: Option<FlowId>,
@@ -330,6 +334,7 @@ impl<H: Host> Engine<H> {
             dgrams: DgramBatch::default(),
             train_buf: Vec::new(),
             outbox: udp::Outbox::default(),
+            dns: dns::DnsWatch::default(),
             current: None,
             defect_log: throttle::Throttle::default(),
         }
@@ -647,6 +652,7 @@ impl<H: Host> Engine<H> {
         };
         self.iface.poll(now, &mut dev, &mut self.sockets);
         self.reap_tcp();
+        self.answer_unanswered_dns(now, sink);
         self.advertise_if_due(now, sink);
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_INTERVAL;
@@ -678,7 +684,11 @@ impl<H: Host> Engine<H> {
         let ra = self
             .next_ra
             .map(|at| if at > now { at - now } else { Duration::ZERO });
-        [smol, flows, sweep, ra].into_iter().flatten().min()
+        let dns = self
+            .dns
+            .next_deadline()
+            .map(|at| if at > now { at - now } else { Duration::ZERO });
+        [smol, flows, sweep, ra, dns].into_iter().flatten().min()
     }
 
     /// Serve every flow that had a frame or a host event since last time.
@@ -722,6 +732,7 @@ impl<H: Host> Engine<H> {
         // Its datagrams not sent yet go with it: the id may be reused at
         // once, by a flow to somewhere else.
         self.outbox.forget(id);
+        self.dns.flow_closed(id);
         // A TCP flow's socket set goes with it.
         self.flows.remove(id);
         self.host.close(id, reset);
