@@ -178,7 +178,13 @@ fn prepare(ready: &OwnedFd, go: OwnedFd, plan: &ChildPlan<'_>) -> Result<(), Str
     ] {
         fs::write(file, text).map_err(|e| format!("cannot write {file}: {e}"))?;
     }
-    if plan.inside.ipv6_tap.is_some() {
+    // A kernel without IPv6 (ipv6.disable=1, or off by default) gives
+    // the tap none: nothing to wait for.
+    let ipv6_tap = plan
+        .inside
+        .ipv6_tap
+        .filter(|_| fs::read_to_string(DEFAULT_DISABLE_IPV6).is_ok_and(|v| v.trim() == "0"));
+    if ipv6_tap.is_some() {
         // netferry is the tap's only neighbour, so no address on it can be
         // a duplicate: without detection its addresses are usable at once
         // instead of about a second each. The tap does not exist yet and
@@ -204,7 +210,7 @@ fn prepare(ready: &OwnedFd, go: OwnedFd, plan: &ChildPlan<'_>) -> Result<(), Str
     if !matches!(fs::File::from(go).read(&mut byte), Ok(1)) {
         return Err("the network was not set up; not running the command".into());
     }
-    if let Some(tap) = plan.inside.ipv6_tap
+    if let Some(tap) = ipv6_tap
         && !wait_for_ipv6(tap)
     {
         eprintln!(
@@ -218,6 +224,8 @@ fn prepare(ready: &OwnedFd, go: OwnedFd, plan: &ChildPlan<'_>) -> Result<(), Str
 
 /// New interfaces of the child's namespace copy their settings from here.
 const DEFAULT_ACCEPT_DAD: &str = "/proc/sys/net/ipv6/conf/default/accept_dad";
+/// "1" when new interfaces get no IPv6; missing without IPv6 in the kernel.
+const DEFAULT_DISABLE_IPV6: &str = "/proc/sys/net/ipv6/conf/default/disable_ipv6";
 /// How long the command waits for IPv6: far beyond the milliseconds SLAAC
 /// takes without duplicate address detection, and beyond the few seconds
 /// it takes with it, so only a broken network reaches it.
