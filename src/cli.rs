@@ -15,7 +15,22 @@ pub const VERSION_TEXT: &str = concat!(
     "\nsmoltcp: 0.14\nSLIRP_CONFIG_VERSION_MAX: 4\n"
 );
 
-const USAGE: &str = "netferry [OPTION]... PID|PATH|FD [TAPNAME]";
+const USAGE: &str = "netferry [OPTION]... PID|PATH|FD [TAPNAME]\n       \
+netferry run [OPTIONS] [--] [CMD [ARGS]...]\n       \
+netferry status API_SOCKET\n       \
+netferry pasta [OPTION]... (or invoked as pasta)\n       \
+netferry setup podman|docker [--user|--system] [--undo]\n       \
+netferry doctor";
+
+/// After the options of `--help`: the other commands. Callers grep the
+/// help for flags only, so this adds nothing they could misread.
+const COMMANDS: &str = "Commands:
+  run     run a command in new namespaces networked by netferry (netferry run --help)
+  status  show what the netferry serving an API socket is doing (netferry status --help)
+  pasta   pasta's command line, also when invoked by the name pasta (netferry pasta --help)
+  setup   make podman or Docker rootless use netferry, or undo that (netferry setup --help)
+  doctor  check what rootless networking needs on this machine, with fixes
+  help    this help; netferry help run|status|pasta|setup|doctor: that command's";
 
 const ABOUT: &str = "User-mode networking for unprivileged network namespaces.\n\
 A drop-in replacement for slirp4netns: it creates TAPNAME inside the network \
@@ -29,6 +44,7 @@ sockets.";
     name = "netferry",
     override_usage = USAGE,
     about = ABOUT,
+    after_help = COMMANDS,
     disable_version_flag = true,
     // Our own -h so the help text reads like slirp4netns's.
     disable_help_flag = true,
@@ -178,12 +194,24 @@ pub fn command() -> clap::Command {
 
 const RUN_ABOUT: &str = "Run CMD (default: $SHELL) as an unprivileged user in new user, network and \
 mount namespaces, networked by netferry: tap0 gets 10.0.2.100 and (unless --no-ipv6) an IPv6 \
-address by SLAAC, /etc/resolv.conf names 10.0.2.3 inside, and netferry exits with CMD's status \
-when it ends.";
+address by SLAAC, usable before CMD starts; /etc/resolv.conf names 10.0.2.3 inside, and netferry \
+exits with CMD's status when it ends (125: netferry failed, 126: CMD not executable, 127: CMD not \
+found, 128+N: CMD killed by signal N).";
 
-/// `netferry run`: raw values, before validation.
+const RUN_USAGE: &str = "netferry run [OPTIONS] [--] [CMD [ARGS]...]";
+
+/// `netferry run`: raw values, before validation. Options come first:
+/// the first argument that is not one (or anything after `--`) starts
+/// CMD, and an unknown option is an error, never a command.
 #[derive(Parser, Debug, Default)]
-#[command(name = "netferry run", about = RUN_ABOUT, max_term_width = 100)]
+#[command(
+    name = "netferry run",
+    override_usage = RUN_USAGE,
+    about = RUN_ABOUT,
+    disable_version_flag = true,
+    disable_help_flag = true,
+    max_term_width = 100
+)]
 pub struct RunArgs {
     /// publish a port: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]; ports may be ranges (8000-8009:80-89), IPv6 host addresses in brackets
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
@@ -193,6 +221,14 @@ pub struct RunArgs {
     #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
     pub api_socket: Option<String>,
 
+    /// network address CIDR (default=10.0.2.0/24)
+    #[arg(long = "cidr", value_name = "CIDR")]
+    pub cidr: Option<String>,
+
+    /// IPv6 prefix, always a /64 (default=fd00::/64)
+    #[arg(long = "cidr6", value_name = "PREFIX/64")]
+    pub cidr6: Option<String>,
+
     /// IPv4 only
     #[arg(long = "no-ipv6")]
     pub no_ipv6: bool,
@@ -201,13 +237,25 @@ pub struct RunArgs {
     #[arg(long = "map-user")]
     pub map_user: bool,
 
-    /// MTU of tap0 (default 65520)
+    /// MTU of tap0 (default 65520, max 65521)
     #[arg(short = 'm', long = "mtu", value_name = "MTU")]
     pub mtu: Option<String>,
 
     /// the gateway does not lead to the host's loopback
     #[arg(long = "disable-host-loopback")]
     pub disable_host_loopback: bool,
+
+    /// do not serve the DNS address (network+3); CMD sees the host's own /etc/resolv.conf
+    #[arg(long = "disable-dns")]
+    pub disable_dns: bool,
+
+    /// IPv4 address (or interface) that host sockets bind to
+    #[arg(long = "outbound-addr", value_name = "IPv4|IFNAME")]
+    pub outbound_addr: Option<String>,
+
+    /// IPv6 address (or interface) that host sockets bind to
+    #[arg(long = "outbound-addr6", value_name = "IPv6|IFNAME")]
+    pub outbound_addr6: Option<String>,
 
     /// do not lock netferry into its own mount namespace with no capabilities (on by default)
     #[arg(long = "no-sandbox")]
@@ -221,12 +269,16 @@ pub struct RunArgs {
     #[arg(long = "debug")]
     pub debug: bool,
 
-    /// the command and its arguments (after --)
-    #[arg(
-        value_name = "CMD",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    /// show this help and exit
+    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+
+    /// show version and exit
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+
+    /// the command and its arguments: the first argument that is not an option, or everything after --
+    #[arg(value_name = "CMD", trailing_var_arg = true)]
     pub cmd: Vec<String>,
 }
 
@@ -253,6 +305,9 @@ pub enum Parsed {
     Print(String),
     /// Print this text on stderr and exit 1 (unknown flag, missing value).
     Usage(String),
+    /// `netferry run` with a bad option: print this on stderr and exit
+    /// 125, the status `run` gives when netferry itself fails.
+    RunUsage(String),
 }
 
 /// Parse argv without exiting, so that main decides exit codes (clap
@@ -266,19 +321,33 @@ where
     // A subcommand only as the very first argument: a PID, path or fd
     // never reads "run" there, and every slirp4netns command line stays
     // as it was.
+    if argv.get(1).is_some_and(|a| a == "help") {
+        return match argv.get(2).and_then(|a| a.to_str()) {
+            None => Parsed::Print(usage()),
+            Some("run") => Parsed::Print(run_subcommand().render_help().to_string()),
+            Some("status") => Parsed::Print(STATUS_USAGE.to_string()),
+            Some(other) => Parsed::Usage(format!(
+                "netferry help: no command {other:?}; the commands are run, status, pasta, setup and doctor\n"
+            )),
+        };
+    }
     if argv.get(1).is_some_and(|a| a == "status") {
         return match argv.get(2) {
-            Some(a) if a != "-h" && a != "--help" => Parsed::Status(a.into()),
-            _ => Parsed::Print(STATUS_USAGE.to_string()),
+            Some(a) if a == "-h" || a == "--help" => Parsed::Print(STATUS_USAGE.to_string()),
+            Some(a) if argv.len() == 3 && !a.to_string_lossy().starts_with('-') => {
+                Parsed::Status(a.into())
+            }
+            _ => Parsed::Usage(STATUS_USAGE.to_string()),
         };
     }
     if argv.get(1).is_some_and(|a| a == "run") {
         return match RunArgs::try_parse_from(argv.iter().skip(1)) {
+            Ok(args) if args.version => Parsed::Print(VERSION_TEXT.to_string()),
             Ok(args) => Parsed::RunCommand(Box::new(args)),
             Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
                 Parsed::Print(e.render().to_string())
             }
-            Err(e) => Parsed::Usage(e.render().to_string()),
+            Err(e) => Parsed::RunUsage(e.render().to_string()),
         };
     }
     match Args::try_parse_from(argv) {

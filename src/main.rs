@@ -54,6 +54,14 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == "setup" || a == "doctor") {
         return netferry::admin::main(&argv[1..]);
     }
+    if argv.get(1).is_some_and(|a| a == "help")
+        && let Some(command) = argv.get(2).filter(|a| *a == "setup" || *a == "doctor")
+    {
+        return netferry::admin::main(&[command.clone(), "--help".into()]);
+    }
+    if argv.get(1).is_some_and(|a| a == "help") && argv.get(2).is_some_and(|a| a == "pasta") {
+        return netferry::pasta::daemon::main("pasta", &["--help".into()]);
+    }
     let args = match cli::parse(std::env::args_os()) {
         Parsed::Print(text) => {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
@@ -63,6 +71,10 @@ fn main() -> ExitCode {
             let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
             return ExitCode::FAILURE;
         }
+        Parsed::RunUsage(text) => {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+            return ExitCode::from(netferry::run::STATUS_FAILED);
+        }
         Parsed::Run(args) => args,
         Parsed::Status(socket) => {
             return match netferry::api::status_text(&socket) {
@@ -71,7 +83,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    say!(err, "netferry status: {e}");
+                    say!(err, "netferry status: {}", status_error(&socket, &e));
                     ExitCode::FAILURE
                 }
             };
@@ -85,7 +97,7 @@ fn main() -> ExitCode {
                 Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
                 Err(e) => {
                     say!(err, "netferry run: {e:#}");
-                    ExitCode::from(125)
+                    ExitCode::from(netferry::run::STATUS_FAILED)
                 }
             };
         }
@@ -102,9 +114,6 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cfg.debug);
-    for w in &cfg.warnings {
-        say!(err, "{w}");
-    }
     match run(&cfg) {
         // Cleanup is done (the API socket is gone); now die by the signal,
         // as slirp4netns does, so callers see the status they expect.
@@ -157,6 +166,9 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
             .map(host::resolve_outbound_v6)
             .transpose()?,
     };
+    // Its errors say what is wrong themselves (a missing API directory, a
+    // path that is no namespace); they are no failure to get the tap.
+    setup::precheck(cfg)?;
     let (tap, offload) = setup::obtain_tap(cfg).context("cannot get the tap device")?;
     setup::prefer_mmap_for_buffers();
     match setup::raise_fd_limit() {
@@ -185,6 +197,12 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
     .context("cannot start the event loop")?;
     setup::lock_down(cfg, &setup::seccomp::Scope::here(None, api_dir))?;
 
+    // The warnings (host loopback reachable, deprecated flags) only once
+    // netferry is about to serve: before an unrelated startup error they
+    // would read as its cause.
+    for w in &cfg.warnings {
+        say!(err, "{w}");
+    }
     print_banner(cfg, &tap_desc);
     setup::release_startup_memory();
     if let Some(fd) = cfg.ready_fd {
@@ -193,6 +211,21 @@ fn run(cfg: &Config) -> anyhow::Result<Exit> {
     let exit = event_loop.run()?;
     log::debug!("event loop ended: {exit:?}");
     Ok(exit)
+}
+
+/// What went wrong asking `socket` for the status, and what to do.
+fn status_error(socket: &Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let path = socket.display();
+    let hint = match e.kind() {
+        ErrorKind::NotFound => {
+            format!(" (is a netferry running with --api-socket {path}?)")
+        }
+        ErrorKind::ConnectionRefused => " (nothing listens there: has netferry ended?)".into(),
+        ErrorKind::PermissionDenied => " (run as the user netferry runs as)".into(),
+        _ => String::new(),
+    };
+    format!("cannot get the status from {path}: {e}{hint}")
 }
 
 fn print_banner(cfg: &Config, tap: &str) {

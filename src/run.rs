@@ -18,16 +18,23 @@ use thiserror::Error;
 
 use crate::api::ApiServer;
 use crate::cli::{Args, RunArgs};
-use crate::config::Config;
+use crate::config::{Config, MAX_MTU};
 use crate::engine::{ForwardSpec, Proto};
 use crate::event_loop::{EventLoop, Exit};
-use crate::host::Outbound;
+use crate::host::{self, Outbound};
 use crate::setup;
+use crate::slirp4netns::MIN_TAP_MTU;
 
+const IPV6_MIN_MTU: u32 = crate::engine::IPV6_MIN_MTU as u32;
+
+/// The command's interface.
+const TAP: &str = "tap0";
 /// tap0's MTU unless `--mtu` says otherwise: the fast one.
 pub const RUN_MTU: &str = "65520";
-/// The status a shell gives a command it could not run.
-const STATUS_FAILED: i32 = 125;
+/// The exit status when netferry itself fails (a bad option, setup, the
+/// network ending before CMD), as `env`, `chroot` and `podman run` use
+/// it; 126 and 127 (CMD not executable, not found) come from the child.
+pub const STATUS_FAILED: u8 = 125;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PublishError {
@@ -41,6 +48,8 @@ pub enum PublishError {
     Proto { spec: String, what: String },
     #[error("-p {spec}: the host and guest ranges differ in length")]
     Ranges { spec: String },
+    #[error("-p {spec}: an IPv6 host address goes in brackets: -p {bracketed}")]
+    Brackets { spec: String, bracketed: String },
 }
 
 fn ports(spec: &str, what: &str) -> Result<(u16, u16), PublishError> {
@@ -88,7 +97,7 @@ pub fn parse_publish(spec: &str, guest: Ipv4Addr) -> Result<Vec<ForwardSpec>, Pu
                 let (addr, after) = rest.split_once(':').ok_or_else(shape)?;
                 (Some(addr), after)
             }
-            _ => return Err(shape()),
+            _ => return Err(unbracketed_v6(spec, rest).unwrap_or_else(shape)),
         }
     };
     let host_ip: IpAddr = match addr {
@@ -115,6 +124,19 @@ pub fn parse_publish(spec: &str, guest: Ipv4Addr) -> Result<Vec<ForwardSpec>, Pu
         .collect())
 }
 
+/// `ADDR:HOST_PORT:GUEST_PORT` whose ADDR is IPv6 without brackets: the
+/// error that shows the spec with them.
+fn unbracketed_v6(spec: &str, rest: &str) -> Option<PublishError> {
+    let mut parts = rest.rsplitn(3, ':');
+    let (gp, hp, addr) = (parts.next()?, parts.next()?, parts.next()?);
+    addr.parse::<std::net::Ipv6Addr>().ok()?;
+    let proto = &spec[rest.len()..];
+    Some(PublishError::Brackets {
+        spec: spec.to_string(),
+        bracketed: format!("[{addr}]:{hp}:{gp}{proto}"),
+    })
+}
+
 /// The slirp4netns-style configuration that serves `pid`.
 fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::slirp4netns::ConfigError> {
     let raw = Args {
@@ -122,11 +144,16 @@ fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::slirp4netns::Co
         enable_ipv6: !args.no_ipv6,
         mtu: Some(args.mtu.clone().unwrap_or_else(|| RUN_MTU.to_string())),
         api_socket: args.api_socket.clone(),
+        cidr: args.cidr.clone(),
+        cidr6: args.cidr6.clone(),
         disable_host_loopback: args.disable_host_loopback,
+        disable_dns: args.disable_dns,
+        outbound_addr: args.outbound_addr.clone(),
+        outbound_addr6: args.outbound_addr6.clone(),
         enable_sandbox: !args.no_sandbox,
         enable_seccomp: !args.no_seccomp,
         debug: args.debug,
-        positional: vec![pid.to_string(), "tap0".to_string()],
+        positional: vec![pid.to_string(), TAP.to_string()],
         ..Args::default()
     };
     crate::slirp4netns::config(&raw)
@@ -136,6 +163,17 @@ fn config_for(args: &RunArgs, pid: i32) -> Result<Config, crate::slirp4netns::Co
 pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
     // Everything that can be checked is checked before any namespace.
     let precheck = config_for(args, 1)?;
+    // The kernel takes a smaller MTU but then turns IPv6 off on tap0.
+    if precheck.plan.v6.is_some() && precheck.mtu < IPV6_MIN_MTU {
+        anyhow::bail!(
+            "MTU {} is too small for IPv6: {IPV6_MIN_MTU}-{MAX_MTU} (with --no-ipv6, \
+             {MIN_TAP_MTU}-{MAX_MTU})",
+            precheck.mtu
+        );
+    }
+    if let Some(path) = &precheck.api_socket {
+        setup::check_api_socket_dir(path)?;
+    }
     let mut forwards = Vec::new();
     for spec in &args.publish {
         forwards.extend(parse_publish(spec, precheck.plan.v4.guest)?);
@@ -145,11 +183,33 @@ pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
     } else {
         args.cmd.clone()
     };
-    let resolv = ResolvFile::write(&precheck)?;
-    let mut child = setup::spawn_namespaced(&cmd, args.map_user, &resolv.file)
-        .context("cannot create the namespaces")?;
+    let outbound = Outbound {
+        v4: precheck
+            .outbound_addr
+            .as_deref()
+            .map(host::resolve_outbound_v4)
+            .transpose()?,
+        v6: precheck
+            .outbound_addr6
+            .as_deref()
+            .map(host::resolve_outbound_v6)
+            .transpose()?,
+    };
+    // With --disable-dns nothing answers at the DNS address: CMD keeps
+    // the host's resolv.conf and reaches its servers through netferry.
+    let resolv = match args.disable_dns {
+        true => None,
+        false => Some(ResolvFile::write(&precheck)?),
+    };
+    let inside = setup::Inside {
+        map_user: args.map_user,
+        resolv_conf: resolv.as_ref().map(|r| r.file.as_path()),
+        ipv6_tap: (!args.no_ipv6).then_some(TAP),
+    };
+    let mut child =
+        setup::spawn_namespaced(&cmd, &inside).context("cannot create the namespaces")?;
     drop(resolv); // the child's bind mount keeps it
-    match serve(args, &mut child, &forwards) {
+    match serve(args, &mut child, &forwards, outbound) {
         Ok(status) => Ok(status),
         Err(e) => {
             let _ = kill(child.pid, Signal::SIGKILL);
@@ -163,6 +223,7 @@ fn serve(
     args: &RunArgs,
     child: &mut setup::Namespaced,
     forwards: &[ForwardSpec],
+    outbound: Outbound,
 ) -> anyhow::Result<i32> {
     let cfg = config_for(args, child.pid.as_raw())?;
     let (tap, offload) = setup::obtain_tap(&cfg).context("cannot get the tap device")?;
@@ -173,7 +234,7 @@ fn serve(
         None => None,
     };
     let api_dir = api.as_ref().map(ApiServer::dir_fd);
-    let host = (Outbound::default(), Path::new("/etc/resolv.conf"));
+    let host = (outbound, Path::new("/etc/resolv.conf"));
     let mut event_loop = EventLoop::new(
         (tap, offload),
         (&cfg.engine_config(), cfg.busy_poll),
@@ -204,7 +265,7 @@ fn serve(
             log::warn!("stopped serving ({other:?}); ending the command");
             let _ = kill(child.pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(child.pid, None);
-            STATUS_FAILED
+            i32::from(STATUS_FAILED)
         }
     })
 }
@@ -306,7 +367,9 @@ mod tests {
             ("1:2/sctp", "protocol must be tcp or udp"),
             ("8000-8002:80", "ranges differ"),
             ("70000:80", "70000 is not a port"),
-            ("::1:80:80", "expected"),
+            ("::1:80:80", "goes in brackets: -p [::1]:80:80"),
+            ("fd00::5:80:80/udp", "-p [fd00::5]:80:80/udp"),
+            ("1:2:3:4", "expected"),
         ] {
             let e = parse_publish(spec, GUEST).unwrap_err().to_string();
             assert!(e.contains(want), "{spec}: {e}");

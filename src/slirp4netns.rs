@@ -29,6 +29,8 @@ pub const DEFAULT_CIDR6: &str = "fd00::/64";
 /// SLAAC needs a /64: guests make their address from the other 64 bits.
 pub const PREFIX6_LEN: u8 = 64;
 pub const DEFAULT_MTU: u32 = 1500;
+/// The smallest MTU the kernel sets on an Ethernet device (ETH_MIN_MTU).
+pub const MIN_TAP_MTU: u32 = 68;
 /// The largest prefix that still leaves room for network+100.
 pub const MAX_PREFIX_LEN: u8 = 25;
 
@@ -36,6 +38,10 @@ pub const MAX_PREFIX_LEN: u8 = 25;
 pub enum ConfigError {
     #[error("MTU must be a positive integer (< 65522)")]
     Mtu,
+    #[error(
+        "MTU {0} is too small for a tap: -c sets {MIN_TAP_MTU}-{MAX_MTU}, the kernel refuses less"
+    )]
+    MtuBelowTap(u32),
     #[error("invalid CIDR: {0}")]
     InvalidCidr(String),
     #[error("prefix length needs to be 1-25")]
@@ -293,6 +299,11 @@ impl Config {
                 _ => return Err(ConfigError::Mtu),
             },
         };
+        // Without -c netferry never sets the tap's MTU, and the engine
+        // works with any (it uses at least IPv4's minimum).
+        if args.configure && mtu < MIN_TAP_MTU {
+            return Err(ConfigError::MtuBelowTap(mtu));
+        }
         let net = Network::from_cidr(args.cidr.as_deref().unwrap_or(DEFAULT_CIDR))?;
         let net6 = Network6::from_cidr(args.cidr6.as_deref().unwrap_or(DEFAULT_CIDR6))?;
         if let Some(path) = &args.api_socket

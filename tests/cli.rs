@@ -32,6 +32,97 @@ fn help_exits_0_on_stdout_with_feature_flags() {
     }
 }
 
+/// What podman and rootlesskit grep `--help` for to detect features.
+const CALLER_GREPS: [&str; 12] = [
+    "--netns-type",
+    "--userns-path",
+    "--mtu",
+    "--cidr",
+    "--disable-host-loopback",
+    "--api-socket",
+    "--enable-sandbox",
+    "--enable-seccomp",
+    "--enable-ipv6",
+    "--outbound-addr",
+    "--disable-dns",
+    "--macaddress",
+];
+
+#[test]
+fn help_lists_the_commands_and_keeps_what_callers_grep_for() {
+    for args in [&["--help"][..], &["help"][..]] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        for needle in CALLER_GREPS {
+            assert!(text.contains(needle), "{args:?} lacks {needle}:\n{text}");
+        }
+        for needle in [
+            "netferry run [OPTIONS]",
+            "netferry status API_SOCKET",
+            "netferry pasta",
+            "invoked as pasta",
+            "netferry setup podman|docker",
+            "netferry doctor",
+        ] {
+            assert!(text.contains(needle), "{args:?} lacks {needle}:\n{text}");
+        }
+    }
+    for (topic, want) in [
+        ("run", "Usage: netferry run"),
+        ("status", "Usage: netferry status API_SOCKET"),
+        ("pasta", "Usage: pasta"),
+        ("setup", "Usage: netferry setup"),
+        ("doctor", "Usage: netferry doctor"),
+    ] {
+        let o = run(&["help", topic]);
+        assert_eq!(o.status.code(), Some(0), "help {topic}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(want), "help {topic}:\n{text}");
+    }
+    let o = run(&["help", "bogus"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bogus"), "{}", stderr(&o));
+}
+
+#[test]
+fn status_needs_a_path_and_its_errors_name_it() {
+    for args in [
+        &["status"][..],
+        &["status", "a", "b"][..],
+        &["status", "-x"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("Usage: netferry status API_SOCKET"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = run(&["status", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = run(&["status", "/nonexistent/api.sock"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot get the status from /nonexistent/api.sock: No such file"),
+        "{err}"
+    );
+    assert!(err.contains("--api-socket /nonexistent/api.sock"), "{err}");
+    // A socket file nobody listens on any more.
+    let dir = std::env::temp_dir().join(format!("nf-cli-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("api.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let o = run(&["status", path.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(path.to_str().unwrap()), "{err}");
+    assert!(err.contains("has netferry ended?"), "{err}");
+}
+
 #[test]
 fn version_exits_0_with_config_version() {
     let o = run(&["--version"]);
@@ -156,7 +247,19 @@ fn missing_process_says_no_such_process() {
 }
 
 /// Sections of the man page that are prose, not flags.
-const MAN_PROSE: &str = r#".SH "API SOCKET"
+const MAN_PROSE: &str = r#".SH "NETFERRY STATUS"
+\fBnetferry status\fR API_SOCKET
+.PP
+Ask the netferry serving API_SOCKET (started with \fB\-\-api\-socket\fR or \fBnetferry run \-a\fR) what it is doing and print it: flows by protocol, forwards, bytes each way, frames from the guest and those dropped as malformed, connections refused at a flow cap. Exactly one argument; without it, usage and exit 1. An error names the socket, the cause and what to check.
+.SH "PASTA MODE"
+\fBnetferry pasta\fR [OPTION]..., or netferry invoked by the name \fBpasta\fR (a link, as podman and rootlesskit look for it), takes pasta's command line, with pasta's texts and exit statuses; \fBnetferry help pasta\fR shows its options.
+.SH "NETFERRY SETUP"
+\fBnetferry setup\fR podman|docker [\fB\-\-user\fR|\fB\-\-system\fR] [\fB\-\-mode\fR pasta|slirp4netns] [\fB\-\-undo\fR]
+.PP
+Make podman (4, 5 or 6) or Docker rootless run netferry: a helper directory holding \fBpasta\fR and \fBslirp4netns\fR links to netferry, and for podman a containers.conf.d drop\-in naming it first in helper_binaries_dir (for Docker, a systemd user drop\-in putting it first in the daemon's PATH). The mode follows podman's version (6: pasta only; 5: pasta; 4: slirp4netns) unless \fB\-\-mode\fR says otherwise, and is reported. Setup only adds files and records them; \fB\-\-undo\fR removes exactly those, and refuses, changing nothing, when there is no record or a recorded file was edited since.
+.SH "NETFERRY DOCTOR"
+\fBnetferry doctor\fR checks what rootless networking needs here (/dev/net/tun and its mode, subordinate ids, user namespaces allowed, AppArmor's restriction of unprivileged user namespaces, resolv.conf, whether podman or Docker use netferry), one line per check with the fix for each problem.
+.SH "API SOCKET"
 With \fB\-\-api\-socket\fR PATH, netferry listens on a Unix socket (mode 0600) for one JSON request per connection and answers with one JSON reply:
 .PP
 .nf
@@ -169,7 +272,7 @@ With \fB\-\-api\-socket\fR PATH, netferry listens on a Unix socket (mode 0600) f
 .PP
 {"execute":"status"} answers flows by protocol, forwards, bytes each way, frames dropped and connections refused at a cap; \fBnetferry status\fR PATH prints that for people. Errors are {"error":{"desc":"..."}} with slirp4netns's texts. \fIhost_port\fR 0 picks a free port; \fIhost_addr\fR and \fIguest_addr\fR may be IPv6.
 .SH "EXIT STATUS"
-0 after \fB\-\-help\fR, \fB\-\-version\fR, or when the exit fd hangs up; 1 on any error. \fBnetferry run\fR exits with its command's status (128+N when signal N ended it) and 125 when it could not start it.
+0 after \fB\-\-help\fR, \fB\-\-version\fR, or when the exit fd hangs up; 1 on any error; after SIGTERM or SIGINT netferry ends by that signal, as slirp4netns does. \fBnetferry status\fR: 0, or 1 when the status cannot be read. \fBnetferry run\fR: its command's status; 128+N when signal N ended the command; 125 when netferry itself failed (a bad option, setting up the namespaces or the network); 126 when the command was found but could not be executed; 127 when it was not found. \fBnetferry setup\fR: 0 when done, 1 when refused or failed. \fBnetferry doctor\fR: 0 when every check passes, 1 otherwise.
 .SH ENVIRONMENT
 .TP
 \fBRUST_LOG\fR
@@ -206,9 +309,10 @@ fn man_page() -> Vec<u8> {
     man.render_synopsis_section(&mut out).unwrap();
     man.render_description_section(&mut out).unwrap();
     man.render_options_section(&mut out).unwrap();
-    let run = netferry::cli::run_subcommand();
+    let mut run = netferry::cli::run_subcommand();
+    run.build();
     out.extend_from_slice(
-        b".SH \"NETFERRY RUN\"\n\\fBnetferry run\\fR [OPTIONS] [\\-\\- CMD [ARGS...]]\n.PP\n",
+        b".SH \"NETFERRY RUN\"\n\\fBnetferry run\\fR [OPTIONS] [\\-\\-] [CMD [ARGS]...]\n.PP\n",
     );
     out.extend_from_slice(
         run.get_about()
@@ -226,10 +330,14 @@ fn man_page() -> Vec<u8> {
         if let Some(l) = arg.get_long() {
             names.push(format!("\\fB\\-\\-{}\\fR", l.replace('-', "\\-")));
         }
-        let value = arg
-            .get_value_names()
-            .map(|v| format!(" \\fI{}\\fR", v.join(" ")))
-            .unwrap_or_default();
+        // An on/off flag has no value to name.
+        let value = match arg.get_action().takes_values() {
+            true => arg
+                .get_value_names()
+                .map(|v| format!(" \\fI<{}>\\fR", v.join(" ")))
+                .unwrap_or_default(),
+            false => String::new(),
+        };
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
         out.extend_from_slice(
             format!(
@@ -256,6 +364,42 @@ fn man_page_is_generated_from_the_flags() {
         committed == rendered,
         "man/netferry.1 is stale: run `NETFERRY_UPDATE_MAN=1 cargo test --test cli`"
     );
+}
+
+#[test]
+fn the_man_page_names_no_value_for_on_off_flags() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/netferry.1"))
+        .unwrap_or_default();
+    for cmd in [netferry::cli::command(), netferry::cli::run_subcommand()] {
+        let mut cmd = cmd;
+        cmd.build();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let name = format!("\\fB\\-\\-{}\\fR", long.replace('-', "\\-"));
+            for line in page
+                .lines()
+                .filter(|l| l.contains(&name) && !l.starts_with('.'))
+            {
+                let has_value = line.contains("\\fI");
+                if line.starts_with("\\fB") {
+                    assert_eq!(
+                        has_value,
+                        arg.get_action().takes_values(),
+                        "man page: --{long}: {line}"
+                    );
+                }
+            }
+        }
+    }
+    // What the page says of the exit statuses is what the code does.
+    for claim in [
+        "125 when netferry itself failed",
+        "126 when the command was found but could not be executed",
+        "127 when it was not found",
+        "Exactly one argument; without it, usage and exit 1",
+    ] {
+        assert!(page.contains(claim), "man page lacks: {claim}");
+    }
 }
 
 #[test]
@@ -296,6 +440,42 @@ fn typos_fail_before_anything_is_joined() {
 }
 
 #[test]
+fn startup_errors_name_the_value_and_no_unrelated_warning() {
+    let pid = std::process::id().to_string();
+    for (args, want) in [
+        (
+            vec!["--mtu", "10", "-c", pid.as_str(), "tap0"],
+            "MTU 10 is too small for a tap: -c sets 68-65521, the kernel refuses less\n",
+        ),
+        (
+            vec!["-a", "/nonexistent-dir/api.sock", pid.as_str(), "tap0"],
+            "netferry: cannot create the API socket /nonexistent-dir/api.sock: \
+             the directory /nonexistent-dir does not exist\n",
+        ),
+        (
+            vec!["--netns-type=path", "/etc/passwd", "tap0"],
+            "netferry: /etc/passwd is not a network namespace (not a namespace file at all); \
+             give a namespace file such as /proc/PID/ns/net or /run/netns/NAME\n",
+        ),
+        (
+            vec!["--netns-type=path", "/proc/self/ns/pid", "tap0"],
+            "netferry: /proc/self/ns/pid is not a network namespace (a namespace of another \
+             kind); give a namespace file such as /proc/PID/ns/net or /run/netns/NAME\n",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        // The whole of stderr: no host-loopback WARNING before it, no
+        // "cannot get the tap device" around it.
+        assert_eq!(stderr(&o), want, "{args:?}");
+    }
+    // Without -c netferry never sets the tap's MTU: still accepted, as by
+    // slirp4netns (the engine works with at least 68).
+    let o = run(&["--mtu", "10", "99999999", "tap0"]);
+    assert!(stderr(&o).contains("no such process"), "{}", stderr(&o));
+}
+
+#[test]
 fn a_closed_stdout_does_not_abort() {
     use std::os::unix::process::ExitStatusExt;
     // --help with stdout closed: exit 0, not an abort (134).
@@ -333,6 +513,21 @@ fn without_proc_netferry_refuses_to_fork_rather_than_assume_one_thread() {
     assert!(
         nf.stderr()
             .contains("cannot tell whether netferry is single-threaded"),
+        "{}",
+        nf.output()
+    );
+}
+
+#[test]
+fn the_host_loopback_warning_comes_once_netferry_serves() {
+    use common::{Netferry, Options, TestNet};
+    let net = TestNet::new();
+    let target = net.remote_path();
+    let mut nf = Netferry::spawn(Options::args(&["--netns-type=path", &target, "tap0"]));
+    nf.wait_ready();
+    assert!(
+        nf.stderr()
+            .contains("WARNING: 127.0.0.1:* on the host is accessible as 10.0.2.2"),
         "{}",
         nf.output()
     );

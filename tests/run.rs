@@ -418,3 +418,227 @@ fn the_resolv_conf_is_private_and_cannot_be_planted_by_another_user() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn an_unknown_option_is_an_error_never_the_command() {
+    let net = TestNet::new();
+    let o = output(&net, &["--bogus", "10.9.0.0/24", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("'--bogus'"), "{err}");
+    assert!(err.contains("Usage: netferry run"), "{err}");
+    assert!(!err.contains("cannot run"), "{err}");
+    // The first non-option starts CMD: its own options stay its own.
+    let o = output(&net, &["sh", "-c", "exit 4", "--no-ipv6"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let net = TestNet::new();
+    let o = output(&net, &["--help"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("Usage: netferry run [OPTIONS]"), "{help}");
+    for flag in [
+        "--cidr",
+        "--cidr6",
+        "--outbound-addr",
+        "--disable-dns",
+        "--disable-host-loopback",
+        "--publish",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}:\n{help}");
+    }
+    let o = output(&net, &["--version"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(o.stdout.starts_with(b"netferry version "), "{}", text(&o));
+}
+
+#[test]
+fn exit_statuses_say_who_failed() {
+    let net = TestNet::new();
+    for (args, want, says) in [
+        (&["--", "no-such-command-here"][..], 127, "not found"),
+        (&["--", "/no/such/file"][..], 127, "No such file"),
+        (&["--", "/etc/passwd"][..], 126, "Permission denied"),
+        // netferry's own failure, before any namespace.
+        (&["--mtu", "0", "--", "true"][..], 125, "MTU"),
+    ] {
+        let o = output(&net, args);
+        assert_eq!(o.status.code(), Some(want), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn the_network_options_of_slirp4netns_mode_apply() {
+    let net = TestNet::new();
+    let o = output(
+        &net,
+        &[
+            "--no-ipv6",
+            "--cidr",
+            "10.9.0.0/24",
+            "--",
+            "sh",
+            "-c",
+            "ip -4 -br addr show tap0; ip -4 route show default; cat /etc/resolv.conf",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("10.9.0.100/24"), "{out}");
+    assert!(out.contains("default via 10.9.0.2"), "{out}");
+    assert!(out.contains("nameserver 10.9.0.3"), "{out}");
+    // --disable-dns: nothing answers at the DNS address, so CMD is not
+    // pointed at it.
+    let o = output(
+        &net,
+        &[
+            "--no-ipv6",
+            "--disable-dns",
+            "--",
+            "cat",
+            "/etc/resolv.conf",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("nameserver 10.0.2.3"), "{}", text(&o));
+    // --outbound-addr is checked before anything starts.
+    let o = output(&net, &["--outbound-addr", "no-such-if0", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(text(&o).contains("no-such-if0"), "{}", text(&o));
+}
+
+#[test]
+fn ipv6_is_usable_as_soon_as_the_command_starts() {
+    let net = TestNet::new();
+    // The first thing the command does: IPv6 to the gateway, and the
+    // address SLAAC gave from --cidr6, not a tentative one.
+    let o = output(
+        &net,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "busybox ping -6 -c 1 -W 5 fd00::2 && ip -6 route show default",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("default via"), "{}", text(&o));
+    let o = output(
+        &net,
+        &[
+            "--cidr6",
+            "fd42:1:2:3::/64",
+            "--",
+            "sh",
+            "-c",
+            "busybox ping -6 -c 1 -W 5 fd42:1:2:3::2 && ip -6 -o addr show dev tap0 scope global",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("inet6 fd42:1:2:3:"), "{out}");
+    assert!(!out.contains("tentative"), "{out}");
+}
+
+#[test]
+fn a_tun_device_closed_to_users_is_named_with_the_fix() {
+    let net = TestNet::new();
+    // /dev/net/tun as root alone may use it, in a mount namespace of the
+    // test's own.
+    let inner = netferry_run(&net, &["--", "true"]);
+    let o = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev/net && mknod -m 600 /dev/net/tun c 10 200 && exec \"$@\"",
+            "sh",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("cannot open /dev/net/tun: Permission denied"),
+        "{out}"
+    );
+    assert!(out.contains("chmod 0666 /dev/net/tun"), "{out}");
+}
+
+#[test]
+fn bad_values_are_named_with_what_would_do() {
+    let net = TestNet::new();
+    for (args, want) in [
+        (
+            &["-p", "::1:8080:80", "--", "true"][..],
+            "-p ::1:8080:80: an IPv6 host address goes in brackets: -p [::1]:8080:80",
+        ),
+        (
+            &["--mtu", "1000", "--", "true"][..],
+            "MTU 1000 is too small for IPv6: 1280-65521 (with --no-ipv6, 68-65521)",
+        ),
+        (
+            &["--no-ipv6", "--mtu", "10", "--", "true"][..],
+            "MTU 10 is too small for a tap: -c sets 68-65521",
+        ),
+        (
+            &["-a", "/nonexistent-dir/api.sock", "--", "true"][..],
+            "netferry run: cannot create the API socket /nonexistent-dir/api.sock: \
+             the directory /nonexistent-dir does not exist",
+        ),
+    ] {
+        let o = output(&net, args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+        assert!(
+            !text(&o).contains("cannot get the tap device"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn a_resolver_that_never_answers_gives_the_guest_servfail_not_silence() {
+    let net = TestNet::new();
+    // The host namespace's resolv.conf names 127.0.0.1: there, a socket
+    // that reads every query and answers none.
+    let silent = net.in_host(|| std::net::UdpSocket::bind("127.0.0.1:53").unwrap());
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = heard.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while silent.recv_from(&mut buf).is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // dig waits far longer than netferry may: the answer it prints is
+    // netferry's, whenever it came.
+    let o = output(
+        &net,
+        &[
+            "--no-ipv6",
+            "--",
+            "dig",
+            "+tries=1",
+            "+time=15",
+            "@10.0.2.3",
+            "probe.netferry.test",
+        ],
+    );
+    let out = text(&o);
+    assert!(out.contains("status: SERVFAIL"), "{out}");
+    assert!(out.contains("probe.netferry.test."), "{out}");
+    assert!(
+        heard.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the query never reached the host's resolver"
+    );
+}

@@ -23,11 +23,14 @@
 //! destination leads is decided in `route`; IPv4 input and reassembly is
 //! `ipv4`, IPv6 and neighbour discovery `ipv6`; every packet the engine
 //! originates is framed (and fragmented) in `emit`; each transport has
-//! its own file (`tcp`, `udp`, `icmp`, `dhcp`, `forward`); `device` is the
-//! smoltcp device that hands smoltcp one frame and collects its output.
+//! its own file (`tcp`, `udp`, `icmp`, `dhcp`, `forward`); `dns` answers
+//! SERVFAIL for queries the host's resolver leaves unanswered; `device`
+//! is the smoltcp device that hands smoltcp one frame and collects its
+//! output.
 
 mod device;
 mod dhcp;
+mod dns;
 mod emit;
 mod flows;
 mod forward;
@@ -238,6 +241,8 @@ pub struct Engine<H: Host> {
     train_buf: Vec<u8>,
     /// The guest's datagrams until the next poll.
     outbox: udp::Outbox,
+    /// Queries to the DNS address still waiting for the host's resolver.
+    dns: dns::DnsWatch,
     /// The flow being worked on, for `guarded` to drop should the work
     /// panic.
     current: Option<FlowId>,
@@ -352,6 +357,7 @@ impl<H: Host> Engine<H> {
             dgrams: DgramBatch::default(),
             train_buf: Vec::new(),
             outbox: udp::Outbox::default(),
+            dns: dns::DnsWatch::default(),
             current: None,
             defect_log: throttle::Throttle::default(),
         }
@@ -669,6 +675,7 @@ impl<H: Host> Engine<H> {
         };
         self.iface.poll(now, &mut dev, &mut self.sockets);
         self.reap_tcp();
+        self.answer_unanswered_dns(now, sink);
         self.advertise_if_due(now, sink);
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_INTERVAL;
@@ -700,7 +707,11 @@ impl<H: Host> Engine<H> {
         let ra = self
             .next_ra
             .map(|at| if at > now { at - now } else { Duration::ZERO });
-        [smol, flows, sweep, ra].into_iter().flatten().min()
+        let dns = self
+            .dns
+            .next_deadline()
+            .map(|at| if at > now { at - now } else { Duration::ZERO });
+        [smol, flows, sweep, ra, dns].into_iter().flatten().min()
     }
 
     /// Serve every flow that had a frame or a host event since last time.
@@ -744,6 +755,7 @@ impl<H: Host> Engine<H> {
         // Its datagrams not sent yet go with it: the id may be reused at
         // once, by a flow to somewhere else.
         self.outbox.forget(id);
+        self.dns.flow_closed(id);
         // A TCP flow's socket set goes with it.
         self.flows.remove(id);
         self.host.close(id, reset);

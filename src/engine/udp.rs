@@ -27,7 +27,7 @@ use smoltcp::wire::{
 };
 
 use super::flows::{DgramFlow, Flow, FlowKey, Kind, UDP_FLOW_LIMIT};
-use super::{Engine, FrameSink, HOP_LIMIT, Packet, Route, Unreachable};
+use super::{Engine, FrameSink, HOP_LIMIT, MapTo, Packet, Route, Unreachable};
 use crate::host::{
     self, DGRAM_SLOTS, FlowId, Host, HostError, INTERRUPT_RETRIES, SEND_SLOTS, Step,
 };
@@ -121,11 +121,23 @@ impl<H: Host> Engine<H> {
                     let reason = Unreachable::Port;
                     return self.send_unreachable(pkt.guest_mac, pkt.dst, reason, pkt.quote, sink);
                 }
+                // The DNS address with no resolver on the host (none in
+                // its resolv.conf): fail the lookup now, not by silence.
+                Route::Drop if self.plan.target(pkt.dst) == Some(MapTo::Resolver) => {
+                    if let Some(reply) = super::dns::servfail_for(udp.payload()) {
+                        self.send_udp(pkt.guest_mac, key.dst, key.guest, &reply, sink);
+                    }
+                    return;
+                }
                 Route::Drop => return,
             },
         };
         if let Some(flow) = self.flows.dgram_mut(id) {
             flow.last_used = now;
+        }
+        if self.plan.target(pkt.dst) == Some(MapTo::Resolver) {
+            let ends = (pkt.guest_mac, key.guest, key.dst);
+            self.dns.query(now, id, ends, udp.payload());
         }
         if !self.outbox.fits(udp.payload().len()) {
             self.flush_udp(sink);
@@ -267,6 +279,11 @@ impl<H: Host> Engine<H> {
             let batch: Vec<&[u8]> = (0..count).map(|i| dgrams.datagram(i)).collect();
             self.stats.bytes_to_guest += batch.iter().map(|d| d.len() as u64).sum::<u64>();
             self.stats.datagrams_to_guest += count as u64;
+            if !ping {
+                for datagram in &batch {
+                    self.dns.reply(id, datagram);
+                }
+            }
             let mut i = 0;
             while i < count {
                 if ping {
@@ -338,6 +355,19 @@ impl<H: Host> Engine<H> {
             }
         });
         sink.send_udp_train(frame, datagrams[0].len());
+    }
+
+    /// SERVFAIL for each query to the DNS address that the host's resolver
+    /// left unanswered for `dns::ANSWER_LIMIT`.
+    pub(super) fn answer_unanswered_dns<S: FrameSink>(&mut self, now: Instant, sink: &mut S) {
+        for due in self.dns.due(now) {
+            log::debug!(
+                "dns: no answer from the host's resolver for {} in {}; SERVFAIL",
+                due.guest,
+                super::dns::ANSWER_LIMIT
+            );
+            self.send_udp(due.guest_mac, due.server, due.guest, &due.reply, sink);
+        }
     }
 
     /// One datagram to the guest from `src`. Too large for the guest's

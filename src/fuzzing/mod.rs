@@ -189,7 +189,9 @@ pub fn cli(input: &[u8]) {
             Err(e) => assert!(!e.to_string().is_empty(), "an empty error: {e:?}"),
         },
         Parsed::Print(text) => assert!(!text.is_empty(), "nothing to print"),
-        Parsed::Usage(text) => assert!(!text.trim().is_empty(), "an empty usage error"),
+        Parsed::Usage(text) | Parsed::RunUsage(text) => {
+            assert!(!text.trim().is_empty(), "an empty usage error")
+        }
         // `netferry run`: every -p spec is either forwards or a clear error.
         Parsed::RunCommand(args) => {
             for spec in &args.publish {

@@ -35,7 +35,7 @@ use thiserror::Error;
 
 pub use ifconfig::{IfConfig, IfconfigError, configure};
 pub use tap::{Offload, TapError, offload_of, open_tap};
-pub use userns::{Namespaced, spawn_namespaced};
+pub use userns::{Inside, Namespaced, spawn_namespaced};
 
 use crate::config::{Config, InterfaceCopy, Target};
 
@@ -95,7 +95,9 @@ pub fn obtain_tap(cfg: &Config) -> Result<(File, Offload), SetupError> {
 
 /// What can be checked before forking or joining anything, so a typo
 /// fails at once with one clear line and leaves nothing half done.
-fn precheck(cfg: &Config) -> Result<(), SetupError> {
+/// `obtain_tap` calls it too; callers call it first to report its errors
+/// as they are, not as a failure to get the tap.
+pub fn precheck(cfg: &Config) -> Result<(), SetupError> {
     if let Some(name) = &cfg.tap_name
         && tap::ifreq_for(name).is_none()
     {
@@ -112,17 +114,7 @@ fn precheck(cfg: &Config) -> Result<(), SetupError> {
         });
     }
     if let Some(path) = &cfg.api_socket {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if !dir.is_dir() {
-            return Err(SetupError::Run(format!(
-                "cannot create the API socket {}: the directory {} does not exist",
-                path.display(),
-                dir.display()
-            )));
-        }
+        check_api_socket_dir(path)?;
     }
     let netns = match &cfg.target {
         Target::Pid(pid) => {
@@ -131,7 +123,10 @@ fn precheck(cfg: &Config) -> Result<(), SetupError> {
             }
             PathBuf::from(format!("/proc/{pid}/ns/net"))
         }
-        Target::Path(path) => path.clone(),
+        Target::Path(path) => {
+            check_netns_file(path)?;
+            path.clone()
+        }
         Target::TapFd(_) => return Ok(()),
     };
     // A PID typo (or a wait too short for unshare) names netferry's own
@@ -148,6 +143,57 @@ fn precheck(cfg: &Config) -> Result<(), SetupError> {
              is the PID right, and has the container made its namespace yet?",
             netns.display()
         )));
+    }
+    Ok(())
+}
+
+/// The API socket's directory must exist: checked before anything starts.
+pub fn check_api_socket_dir(path: &Path) -> Result<(), SetupError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(SetupError::Run(format!(
+            "cannot create the API socket {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The magic of the namespace file system (linux/magic.h).
+const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+/// `_IO(0xb7, 0x3)` of linux/nsfs.h: the kind of namespace a file is.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// A `--netns-type=path` argument must be a network namespace file: setns
+/// would only say EINVAL.
+fn check_netns_file(path: &Path) -> Result<(), SetupError> {
+    let file = File::open(path).map_err(|err| SetupError::OpenNs {
+        path: path.to_path_buf(),
+        err,
+    })?;
+    let not_netns = |what: &str| {
+        SetupError::Run(format!(
+            "{} is not a network namespace ({what}); give a namespace file such as \
+             /proc/PID/ns/net or /run/netns/NAME",
+            path.display()
+        ))
+    };
+    let on_nsfs = nix::sys::statfs::fstatfs(&file)
+        .map(|st| st.filesystem_type().0 as libc::c_long == NSFS_MAGIC)
+        .unwrap_or(true);
+    if !on_nsfs {
+        return Err(not_netns("not a namespace file at all"));
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads which kind of
+    // namespace the open fd refers to.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    // A kernel before 4.11 lacks the ioctl (-1): setns will tell.
+    if kind >= 0 && kind != libc::CLONE_NEWNET {
+        return Err(not_netns("a namespace of another kind"));
     }
     Ok(())
 }

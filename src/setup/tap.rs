@@ -16,7 +16,7 @@ const TUN_PATH: &str = "/dev/net/tun";
 
 #[derive(Debug, Error)]
 pub enum TapError {
-    #[error("cannot open {TUN_PATH}: {0}")]
+    #[error("cannot open {TUN_PATH}: {0}{hint}", hint = open_hint(.0))]
     Open(io::Error),
     #[error("tap name {0:?} is empty, too long (15 bytes at most) or holds a NUL")]
     Name(String),
@@ -24,6 +24,17 @@ pub enum TapError {
     SetIff { name: String, err: io::Error },
     #[error("cannot shorten the tap's {len}-byte virtio-net header (ioctl TUNSETVNETHDRSZ): {err}")]
     HeaderLen { len: usize, err: io::Error },
+}
+
+/// What to do about a failed open of /dev/net/tun.
+fn open_hint(err: &io::Error) -> &'static str {
+    match err.kind() {
+        io::ErrorKind::PermissionDenied => {
+            " (rootless use needs it mode 0666, as distributions ship it: chmod 0666 /dev/net/tun)"
+        }
+        io::ErrorKind::NotFound => " (is the tun module loaded? modprobe tun)",
+        _ => "",
+    }
 }
 
 /// A zeroed `ifreq` naming `name`.

@@ -15,6 +15,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
@@ -39,12 +40,27 @@ impl Namespaced {
     }
 }
 
+/// What the command gets inside besides its network.
+pub struct Inside<'a> {
+    /// Keep the caller's ids (else the caller is root inside).
+    pub map_user: bool,
+    /// Bind-mounted over /etc/resolv.conf.
+    pub resolv_conf: Option<&'a Path>,
+    /// With IPv6 on, the tap netferry will create: no duplicate address
+    /// detection on it, and the command starts once it has an address and
+    /// a default route.
+    pub ipv6_tap: Option<&'a str>,
+}
+
+/// The child's own settings, made before the fork.
+struct ChildPlan<'a> {
+    uid_map: String,
+    gid_map: String,
+    inside: &'a Inside<'a>,
+}
+
 /// Fork the child; returns once its namespaces exist (or it failed).
-pub fn spawn_namespaced(
-    cmd: &[String],
-    map_user: bool,
-    resolv_conf: &Path,
-) -> Result<Namespaced, SetupError> {
+pub fn spawn_namespaced(cmd: &[String], inside: &Inside<'_>) -> Result<Namespaced, SetupError> {
     // Everything the child needs, prepared before the fork.
     let argv: Vec<CString> = cmd
         .iter()
@@ -55,9 +71,12 @@ pub fn spawn_namespaced(
         return Err(SetupError::Run("no command to run".into()));
     }
     let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
-    let (inner_uid, inner_gid) = if map_user { (uid, gid) } else { (0, 0) };
-    let uid_map = format!("{inner_uid} {uid} 1\n");
-    let gid_map = format!("{inner_gid} {gid} 1\n");
+    let (inner_uid, inner_gid) = if inside.map_user { (uid, gid) } else { (0, 0) };
+    let plan = ChildPlan {
+        uid_map: format!("{inner_uid} {uid} 1\n"),
+        gid_map: format!("{inner_gid} {gid} 1\n"),
+        inside,
+    };
     let pipe = || {
         pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SetupError::Run(format!("cannot create a pipe: {e}")))
@@ -72,14 +91,14 @@ pub fn spawn_namespaced(
     match unsafe { fork() }.map_err(SetupError::Fork)? {
         ForkResult::Child => {
             drop((ready_r, go_w));
-            let err = match die_with(parent) {
-                Ok(()) => child(&ready_w, go_r, &argv, &uid_map, &gid_map, resolv_conf),
-                Err(e) => e,
+            let (status, err) = match die_with(parent) {
+                Ok(()) => child(&ready_w, go_r, &argv, &plan),
+                Err(e) => (STATUS_SETUP, e),
             };
             eprintln!("netferry run: {err}");
             // SAFETY: _exit ends the child without running the parent's
             // atexit handlers or flushing buffers it shares with it.
-            unsafe { libc::_exit(127) }
+            unsafe { libc::_exit(status) }
         }
         ForkResult::Parent { child } => {
             drop((ready_w, go_r));
@@ -100,58 +119,166 @@ pub fn spawn_namespaced(
     }
 }
 
-/// In the child: set up, report ready, wait, exec. Returns only on error.
-fn child(
-    ready: &OwnedFd,
-    go: OwnedFd,
-    argv: &[CString],
-    uid_map: &str,
-    gid_map: &str,
-    resolv_conf: &Path,
-) -> String {
+/// The child's status when it fails before exec (as `netferry run`'s own
+/// failures).
+const STATUS_SETUP: i32 = 125;
+/// The shell's statuses for a command found but not executable, and not
+/// found.
+const STATUS_NOT_EXECUTABLE: i32 = 126;
+const STATUS_NOT_FOUND: i32 = 127;
+
+/// In the child: set up, report ready, wait, exec. Returns only on
+/// error: the status to exit with and what failed.
+fn child(ready: &OwnedFd, go: OwnedFd, argv: &[CString], plan: &ChildPlan<'_>) -> (i32, String) {
+    match prepare(ready, go, plan) {
+        Ok(()) => exec(argv),
+        Err(e) => (STATUS_SETUP, e),
+    }
+}
+
+/// Exec the command, or say why not with the status a shell would give.
+fn exec(argv: &[CString]) -> (i32, String) {
+    let e = match nix::unistd::execvp(&argv[0], argv) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let name = argv[0].to_string_lossy();
+    // execvp reports EACCES when a PATH directory was unreadable even if
+    // the name is nowhere: a shell says "not found" then, and so do we.
+    if !name.contains('/') && !on_path(&name) {
+        return (STATUS_NOT_FOUND, format!("{name}: command not found"));
+    }
+    let status = match e {
+        nix::errno::Errno::ENOENT => STATUS_NOT_FOUND,
+        _ => STATUS_NOT_EXECUTABLE,
+    };
+    (status, format!("cannot run {name}: {}", e.desc()))
+}
+
+/// Whether some directory of PATH (execvp's default when unset) holds
+/// `name`.
+fn on_path(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+    std::env::split_paths(&path).any(|dir| dir.join(name).exists())
+}
+
+/// The namespaces, the resolv.conf, then wait for the network.
+fn prepare(ready: &OwnedFd, go: OwnedFd, plan: &ChildPlan<'_>) -> Result<(), String> {
     let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
-    if let Err(e) = unshare(flags) {
-        return format!(
+    unshare(flags).map_err(|e| {
+        format!(
             "cannot create user, network and mount namespaces: {e} \
              (are unprivileged user namespaces allowed on this host?)"
-        );
-    }
+        )
+    })?;
     for (file, text) in [
         ("/proc/self/setgroups", "deny"),
-        ("/proc/self/uid_map", uid_map),
-        ("/proc/self/gid_map", gid_map),
+        ("/proc/self/uid_map", plan.uid_map.as_str()),
+        ("/proc/self/gid_map", plan.gid_map.as_str()),
     ] {
-        if let Err(e) = fs::write(file, text) {
-            return format!("cannot write {file}: {e}");
-        }
+        fs::write(file, text).map_err(|e| format!("cannot write {file}: {e}"))?;
+    }
+    // A kernel without IPv6 (ipv6.disable=1, or off by default) gives
+    // the tap none: nothing to wait for.
+    let ipv6_tap = plan
+        .inside
+        .ipv6_tap
+        .filter(|_| fs::read_to_string(DEFAULT_DISABLE_IPV6).is_ok_and(|v| v.trim() == "0"));
+    if ipv6_tap.is_some() {
+        // netferry is the tap's only neighbour, so no address on it can be
+        // a duplicate: without detection its addresses are usable at once
+        // instead of about a second each. The tap does not exist yet and
+        // inherits `default`. Should the write fail, the wait below still
+        // holds the command until IPv6 works, only longer.
+        let _ = fs::write(DEFAULT_ACCEPT_DAD, "0");
     }
     let none: Option<&str> = None;
-    if let Err(e) = mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none) {
-        return format!("cannot make the mounts private: {e}");
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(|e| format!("cannot make the mounts private: {e}"))?;
+    if let Some(resolv_conf) = plan.inside.resolv_conf {
+        mount(
+            Some(resolv_conf),
+            "/etc/resolv.conf",
+            none,
+            MsFlags::MS_BIND,
+            none,
+        )
+        .map_err(|e| format!("cannot put a resolv.conf over /etc/resolv.conf: {e}"))?;
     }
-    if let Err(e) = mount(
-        Some(resolv_conf),
-        "/etc/resolv.conf",
-        none,
-        MsFlags::MS_BIND,
-        none,
-    ) {
-        return format!("cannot put a resolv.conf over /etc/resolv.conf: {e}");
-    }
-    if let Err(e) = nix::unistd::write(ready, b"1") {
-        return format!("cannot report ready: {e}");
-    }
+    nix::unistd::write(ready, b"1").map_err(|e| format!("cannot report ready: {e}"))?;
     let mut byte = [0u8; 1];
     if !matches!(fs::File::from(go).read(&mut byte), Ok(1)) {
-        return "the network was not set up; not running the command".into();
+        return Err("the network was not set up; not running the command".into());
     }
-    if let Err(e) = default_signals() {
-        return format!("cannot reset the signal mask: {e}");
+    if let Some(tap) = ipv6_tap
+        && !wait_for_ipv6(tap)
+    {
+        eprintln!(
+            "netferry run: WARNING: {tap} has no usable IPv6 address and default route after \
+             {}s; starting the command anyway",
+            IPV6_READY_LIMIT.as_secs()
+        );
     }
-    match nix::unistd::execvp(&argv[0], argv) {
-        Err(e) => format!("cannot run {}: {e}", argv[0].to_string_lossy()),
-        Ok(never) => match never {},
+    default_signals().map_err(|e| format!("cannot reset the signal mask: {e}"))
+}
+
+/// New interfaces of the child's namespace copy their settings from here.
+const DEFAULT_ACCEPT_DAD: &str = "/proc/sys/net/ipv6/conf/default/accept_dad";
+/// "1" when new interfaces get no IPv6; missing without IPv6 in the kernel.
+const DEFAULT_DISABLE_IPV6: &str = "/proc/sys/net/ipv6/conf/default/disable_ipv6";
+/// How long the command waits for IPv6: far beyond the milliseconds SLAAC
+/// takes without duplicate address detection, and beyond the few seconds
+/// it takes with it, so only a broken network reaches it.
+const IPV6_READY_LIMIT: Duration = Duration::from_secs(10);
+const IPV6_READY_POLL: Duration = Duration::from_millis(10);
+/// Flags of /proc/net/if_inet6 that make an address unusable.
+const IFA_F_TENTATIVE: u32 = 0x40;
+const IFA_F_DADFAILED: u32 = 0x08;
+/// Scope of a global address in /proc/net/if_inet6.
+const SCOPE_GLOBAL: u32 = 0;
+
+/// Wait until `tap` has a usable global IPv6 address and an IPv6 default
+/// route through it, as SLAAC gives it from netferry's router
+/// advertisement. False when the limit passed first.
+fn wait_for_ipv6(tap: &str) -> bool {
+    let end = Instant::now() + IPV6_READY_LIMIT;
+    loop {
+        let addrs = fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+        let routes = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+        if has_global_address(&addrs, tap) && has_default_route(&routes, tap) {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(IPV6_READY_POLL);
     }
+}
+
+/// Lines of /proc/net/if_inet6: address, ifindex, prefix length, scope,
+/// flags (all hex), name.
+fn has_global_address(if_inet6: &str, tap: &str) -> bool {
+    if_inet6.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let hex = |i: usize| f.get(i).and_then(|v| u32::from_str_radix(v, 16).ok());
+        let (Some(scope), Some(flags)) = (hex(3), hex(4)) else {
+            return false;
+        };
+        f.get(5) == Some(&tap)
+            && scope == SCOPE_GLOBAL
+            && flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED) == 0
+    })
+}
+
+/// Lines of /proc/net/ipv6_route: destination, its prefix length, ...,
+/// device last. A default route is ::/0.
+fn has_default_route(ipv6_route: &str, tap: &str) -> bool {
+    ipv6_route.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.first().is_some_and(|d| d.bytes().all(|b| b == b'0'))
+            && f.get(1) == Some(&"00")
+            && f.last() == Some(&tap)
+    })
 }
 
 /// SIGKILL when `parent` (netferry) ends, however it ends. The setting
@@ -175,4 +302,33 @@ fn default_signals() -> nix::Result<()> {
     // SAFETY: SIG_DFL installs no handler code, and this single-threaded
     // child is about to exec.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_settled_global_address_on_the_tap_counts() {
+        let lines = "\
+fe800000000000000000000000000001 02 40 20 80     tap0
+fd000000000000000000000000000064 02 40 00 c0     tap0
+00000000000000000000000000000001 01 80 10 80       lo
+";
+        // Link-local, and a global one still tentative (0xc0).
+        assert!(!has_global_address(lines, "tap0"));
+        let settled = lines.replace("00 c0     tap0", "00 00     tap0");
+        assert!(has_global_address(&settled, "tap0"));
+        assert!(!has_global_address(&settled, "tap1"));
+        assert!(!has_global_address("garbage\n", "tap0"));
+    }
+
+    #[test]
+    fn a_default_route_is_zero_slash_zero_on_the_tap() {
+        let on_link = "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     tap0\n";
+        assert!(!has_default_route(on_link, "tap0"));
+        let default = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000002 00000400 00000001 00000000 00450003     tap0\n";
+        assert!(has_default_route(default, "tap0"));
+        assert!(!has_default_route(default, "eth0"));
+    }
 }
