@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cfg.debug);
-    match run(&cfg) {
+    match serve_slirp4netns(&cfg) {
         // Cleanup is done (the API socket is gone); now die by the signal,
         // as slirp4netns does, so callers see the status they expect.
         Ok(Exit::Signal(sig)) => setup::die_by(sig),
@@ -152,7 +152,7 @@ fn init_logging_at(default: &str) {
         .init();
 }
 
-fn run(cfg: &Config) -> anyhow::Result<Exit> {
+fn serve_slirp4netns(cfg: &Config) -> anyhow::Result<Exit> {
     // Resolved before joining anything, so a bad value fails fast.
     let outbound = Outbound {
         v4: cfg
