@@ -349,7 +349,7 @@ fn plan_of(args: &PastaArgs, host: &HostV4, host6: Option<&HostV6>) -> AddressPl
         }
     };
     if let Some(dns) = args.dns_forward4 {
-        map(dns.into(), MapTo::Resolver);
+        map(dns.into(), dns_target(args.dns_host4.map(IpAddr::V4)));
     }
     if let Some(a) = args.map_guest_addr4 {
         let to = match host.host_addr {
@@ -366,7 +366,7 @@ fn plan_of(args: &PastaArgs, host: &HostV4, host6: Option<&HostV6>) -> AddressPl
     }
     if let Some(h6) = host6 {
         if let Some(dns) = args.dns_forward6 {
-            map(dns.into(), MapTo::Resolver);
+            map(dns.into(), dns_target(args.dns_host6.map(IpAddr::V6)));
         }
         if let Some(a) = args.map_guest_addr6 {
             let to = match h6.host_addr {
@@ -412,6 +412,12 @@ fn plan_of(args: &PastaArgs, host: &HostV4, host6: Option<&HostV6>) -> AddressPl
         maps,
         closed_subnets: false,
     }
+}
+
+/// Where `--dns-forward` leads: `--dns-host` of that family, else the
+/// host's first resolver (re-read when resolv.conf changes).
+fn dns_target(dns_host: Option<IpAddr>) -> MapTo {
+    dns_host.map_or(MapTo::Resolver, MapTo::Nameserver)
 }
 
 /// The name server DHCP announces, as pasta's does: none unless
