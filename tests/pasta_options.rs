@@ -8,8 +8,9 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
-use common::pasta::{Caller, NetnsFile, host_net, implementations, start_pasta};
+use common::pasta::{Caller, NetnsFile, host_net, implementations, pasta_link, start_pasta};
 use common::{TempDir, dns_server};
 
 /// What every case passes: no port forwarding either way (pasta's `auto`
@@ -74,5 +75,113 @@ fn dns_forward_leads_to_the_dns_host_not_the_hosts_first_resolver() {
         // Without --dns-host: the host's first resolver.
         let netns = start(&caller, &pasta, &["--dns-forward", "169.254.1.1"]);
         assert_eq!(dig(&netns, "169.254.1.1"), "192.0.2.77", "{name}");
+    }
+}
+
+/// netferry as `pasta` with `args`: its exit code and stderr.
+fn refused(pasta: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(pasta).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+#[test]
+fn options_netferry_cannot_serve_are_refused_by_name_with_exit_1() {
+    let dir = TempDir::new("pasta-refused");
+    let pasta = pasta_link(&dir);
+    let argv0 = pasta.display().to_string();
+    // Whatever the value: the parser's refusal, before anything is set up.
+    for (args, text) in [
+        (
+            &["-H", "box", "--netns", "x"][..],
+            format!(
+                "{argv0}: option '-H' is not supported by netferry's pasta mode: netferry's DHCP offers no host name"
+            ),
+        ),
+        (
+            &["--fqdn", "box.example", "--netns", "x"],
+            format!(
+                "{argv0}: option '--fqdn' is not supported by netferry's pasta mode: netferry's DHCP offers no FQDN (and it has no DHCPv6)"
+            ),
+        ),
+        (
+            &["--pcap", "/tmp/p", "--netns", "x"],
+            format!(
+                "{argv0}: option '--pcap' is not supported by netferry's pasta mode: netferry writes no packet captures"
+            ),
+        ),
+        // pasta's own refusal.
+        (
+            &["--one-off", "--netns", "x"],
+            "--one-off is for passt mode only".to_string(),
+        ),
+    ] {
+        assert_eq!(refused(&pasta, args), (Some(1), text), "{args:?}");
+    }
+    // Some values or combinations only: the daemon's refusal, naming the
+    // option, before it touches the namespace (which does not exist).
+    let missing = ["--netns", "/nonexistent/netns-x"];
+    for (args, text) in [
+        (
+            &["--dhcp-search"][..],
+            "--dhcp-search is not supported by netferry's pasta mode: its DHCP carries no search domains (give -S none)",
+        ),
+        (
+            &["--dhcp-search", "-S", "example.com"],
+            "--dhcp-search is not supported by netferry's pasta mode: its DHCP carries no search domains (give -S none)",
+        ),
+        (
+            &["--dhcp-dns", "-D", "192.0.2.1", "-D", "192.0.2.2"],
+            "-D with --dhcp-dns is not supported by netferry's pasta mode for more than one IPv4 name server: its DHCP carries one",
+        ),
+        (
+            &["--dhcp-dns", "-D", "2001:db8::53"],
+            "-D with --dhcp-dns is not supported by netferry's pasta mode for IPv6 name servers: it announces none over NDP",
+        ),
+        (
+            &["--runas", "65534"],
+            "--runas 65534 is not supported by netferry's pasta mode: it runs as the user who starts it (0:0); start it as 65534:65534",
+        ),
+        (
+            &["--runas", "no-such-user-x"],
+            "Invalid --runas option: no-such-user-x",
+        ),
+        (
+            &["--freebind", "-t", "192.0.2.9/8080"],
+            "--freebind is not supported by netferry's pasta mode: forwarded ports bind only to addresses the host has",
+        ),
+        (
+            &["--no-tcp", "-t", "8080"],
+            "Can't add TCP forwarding rule, TCP not enabled",
+        ),
+        (
+            &["--no-udp", "-u", "8080"],
+            "Can't add UDP forwarding rule, UDP not enabled",
+        ),
+    ] {
+        let all: Vec<&str> = args.iter().chain(&missing).copied().collect();
+        assert_eq!(
+            refused(&pasta, &all),
+            (Some(1), text.to_string()),
+            "{args:?}"
+        );
+    }
+    // Accepted where they change nothing netferry cannot do: -S without
+    // --dhcp-search, one -D, --runas naming who runs it, --freebind
+    // without a listening address. These fail on the missing namespace.
+    for args in [
+        &["-S", "example.com"][..],
+        &["--dhcp-search", "-S", "none"],
+        &["--dhcp-dns", "-D", "192.0.2.1"],
+        &["--runas", "0:0"],
+        &["--freebind", "-t", "8080"],
+        &["--no-tcp", "-t", "none"],
+    ] {
+        let all: Vec<&str> = args.iter().chain(&missing).copied().collect();
+        let (code, err) = refused(&pasta, &all);
+        assert_eq!(code, Some(1));
+        assert!(err.contains("/nonexistent/netns-x"), "{args:?}: {err}");
     }
 }

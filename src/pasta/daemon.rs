@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::cli::{self, IpVersions, LogLevel, Nameservers, Parsed, PastaArgs, Target, UserNs};
+use super::cli::{
+    self, IpVersions, LogLevel, Nameservers, Parsed, PastaArgs, SearchDomains, Target, UserNs,
+};
 use super::ports::{Forwards, PortSpec, Ports};
 use crate::config::{
     self, Config, CopiedAddr, CopiedRoute, DEFAULT_BUSY_POLL_MICROS, InterfaceCopy,
@@ -592,7 +594,91 @@ pub fn config_of(args: &PastaArgs) -> anyhow::Result<(Config, Vec<ForwardSpec>, 
     Ok((cfg, forwards, netns))
 }
 
+/// What netferry cannot do for some values or combinations of options
+/// it otherwise serves (those it never serves are refused by the parser,
+/// `options::UNSUPPORTED`): exit 1 naming the option, never ignore it.
+fn refuse_unsupported(args: &PastaArgs) -> anyhow::Result<()> {
+    const NOT: &str = "is not supported by netferry's pasta mode";
+    if args.dhcp_search && args.search != SearchDomains::None {
+        bail!("--dhcp-search {NOT}: its DHCP carries no search domains (give -S none)");
+    }
+    if args.dhcp_dns
+        && let Nameservers::List(list) = &args.dns
+    {
+        if list.iter().filter(|d| d.is_ipv4()).count() > 1 {
+            bail!(
+                "-D with --dhcp-dns {NOT} for more than one IPv4 name server: its DHCP carries one"
+            );
+        }
+        if list.iter().any(IpAddr::is_ipv6) {
+            bail!("-D with --dhcp-dns {NOT} for IPv6 name servers: it announces none over NDP");
+        }
+    }
+    if let Some(spec) = &args.runas {
+        let (uid, gid) =
+            runas_ids(spec).with_context(|| format!("Invalid --runas option: {spec}"))?;
+        let current = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        if (uid, gid) != current {
+            bail!(
+                "--runas {spec} {NOT}: it runs as the user who starts it ({}:{}); start it as {uid}:{gid}",
+                current.0,
+                current.1
+            );
+        }
+    }
+    let addressed = |f: &Forwards| match f {
+        Forwards::Given(specs) => specs.iter().any(|s| s.addr.is_some()),
+        Forwards::Default => false,
+    };
+    if args.freebind && (addressed(&args.tcp) || addressed(&args.udp)) {
+        bail!("--freebind {NOT}: forwarded ports bind only to addresses the host has");
+    }
+    for (off, flag, forwards) in [
+        (args.no_tcp, "TCP", &args.tcp),
+        (args.no_udp, "UDP", &args.udp),
+    ] {
+        if off && matches!(forwards, Forwards::Given(specs) if !specs.is_empty()) {
+            // pasta's words.
+            bail!("Can't add {flag} forwarding rule, {flag} not enabled");
+        }
+    }
+    Ok(())
+}
+
+/// `--runas UID[:GID]|LOGIN[:GROUP]` as pasta reads it: a numeric UID
+/// alone is its own GID too, a login its primary group; root by name is
+/// refused.
+fn runas_ids(spec: &str) -> Option<(u32, u32)> {
+    use nix::unistd::{Group, User};
+    let number = |s: &str| super::values::ulong(s, 0).and_then(|n| u32::try_from(n).ok());
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, mut gid) = match number(user) {
+        Some(uid) => (uid, uid),
+        None => {
+            let u = User::from_name(user).ok()??;
+            (u.uid.as_raw(), u.gid.as_raw())
+        }
+    };
+    if number(user).is_none() && uid == 0 {
+        return None;
+    }
+    if let Some(g) = group {
+        gid = match number(g) {
+            Some(gid) => gid,
+            None => Group::from_name(g).ok()??.gid.as_raw(),
+        };
+    }
+    Some((uid, gid))
+}
+
 fn serve(args: &PastaArgs) -> anyhow::Result<()> {
+    refuse_unsupported(args)?;
     if args.foreground {
         if let Some(path) = &args.pid_file {
             write_pid(path, std::process::id() as i32)?;
