@@ -9,9 +9,10 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::pasta::{Caller, NetnsFile, host_net, implementations, pasta_link, start_pasta};
-use common::{TempDir, dns_server};
+use common::{KillOnDrop, TempDir, TestNet, dns_server, wait_until};
 
 /// What every case passes: no port forwarding either way (pasta's `auto`
 /// default would scan), warnings only.
@@ -183,5 +184,139 @@ fn options_netferry_cannot_serve_are_refused_by_name_with_exit_1() {
         let (code, err) = refused(&pasta, &all);
         assert_eq!(code, Some(1));
         assert!(err.contains("/nonexistent/netns-x"), "{args:?}: {err}");
+    }
+}
+
+/// A second "remote" namespace behind its own veth from the host
+/// namespace (203.0.113.1 on the host, 203.0.113.2 there), for a host
+/// with two ways out; removed with whatever runs in it.
+struct SecondWay {
+    ns: String,
+    host_veth: String,
+}
+
+impl SecondWay {
+    fn new(net: &TestNet) -> Self {
+        let id = &net.host[3..];
+        let way = SecondWay {
+            ns: format!("nfb{id}"),
+            host_veth: format!("vb{id}"),
+        };
+        let peer = format!("vc{id}");
+        let (ns, hv, h) = (&way.ns, &way.host_veth, &net.host);
+        for args in [
+            vec!["netns", "add", ns],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+            vec!["link", "add", hv, "type", "veth", "peer", "name", &peer],
+            vec!["link", "set", hv, "netns", h],
+            vec!["link", "set", &peer, "netns", ns],
+            vec!["-n", h, "addr", "add", "203.0.113.1/24", "dev", hv],
+            vec!["-n", ns, "addr", "add", "203.0.113.2/24", "dev", &peer],
+            vec!["-n", h, "link", "set", hv, "up"],
+            vec!["-n", ns, "link", "set", &peer, "up"],
+        ] {
+            common::run_ok("ip", &args);
+        }
+        way
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]).args(args);
+        cmd
+    }
+}
+
+impl Drop for SecondWay {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn outbound_if4_sends_the_guests_traffic_out_through_that_interface() {
+    let dir = TempDir::new("pasta-outbound-if");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        let net = host_net();
+        let way = SecondWay::new(&net);
+        // 192.0.2.1 lives behind both ways; the host prefers the first.
+        let ask = "192.0.2.1";
+        for ns in [&net.remote, &way.ns] {
+            common::run_ok("ip", &["-n", ns, "addr", "add", ask, "dev", "lo"]);
+        }
+        net.host_ok(&[
+            "ip",
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "via",
+            "198.51.100.2",
+            "metric",
+            "100",
+        ]);
+        net.host_ok(&[
+            "ip",
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "via",
+            "203.0.113.2",
+            "metric",
+            "200",
+        ]);
+        net.host_ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "203.0.113.2",
+            "metric",
+            "300",
+        ]);
+        let serve = |cmd: &mut Command| KillOnDrop(cmd.spawn().unwrap());
+        let _first = serve(Command::new("ip").args([
+            "netns",
+            "exec",
+            &net.remote,
+            "ncat",
+            "-l",
+            "-k",
+            ask,
+            "7000",
+            "--sh-exec",
+            "echo first",
+        ]));
+        let _second =
+            serve(&mut way.cmd(&["ncat", "-l", "-k", ask, "7000", "--sh-exec", "echo second"]));
+        let caller = Caller::new(&net, &dir, name);
+        let reply = |netns: &NetnsFile| {
+            let mut got = String::new();
+            wait_until(Duration::from_secs(5), || {
+                let out = netns
+                    .cmd(&["ncat", "--recv-only", "-w", "2", ask, "7000"])
+                    .output()
+                    .unwrap();
+                got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                !got.is_empty()
+            });
+            got
+        };
+
+        let netns = start(&caller, &pasta, &["--outbound-if4", &way.host_veth]);
+        assert_eq!(reply(&netns), "second", "{name} with --outbound-if4");
+        drop(netns);
+        // Without: the host's preferred way.
+        let netns = start(&caller, &pasta, &[]);
+        assert_eq!(reply(&netns), "first", "{name} without");
     }
 }

@@ -37,7 +37,7 @@ use crate::config::{
 };
 use crate::engine::{AddressPlan, ForwardSpec, Limits, Link4, Link6, MapTo, Mapping, Proto};
 use crate::event_loop::EventLoop;
-use crate::host::Outbound;
+use crate::host::{Outbound, OutboundDevices};
 use crate::setup::{self, netlink};
 
 /// pasta's own MAC on the tap (`-M` changes it).
@@ -156,7 +156,9 @@ struct HostV4 {
 }
 
 fn host_v4(args: &PastaArgs) -> anyhow::Result<HostV4> {
-    let template = netlink::template(netlink::Family::V4, args.template_if.as_deref())
+    // pasta copies from the outbound interface when -i does not say.
+    let template_if = args.template_if.as_ref().or(args.outbound_if4.as_ref());
+    let template = netlink::template(netlink::Family::V4, template_if.map(String::as_str))
         .context("cannot read the host's IPv4 configuration")?;
     let template_addr = template.as_ref().and_then(|t| {
         t.addrs.iter().find_map(|a| match a.addr {
@@ -256,7 +258,8 @@ fn host_v6(args: &PastaArgs) -> anyhow::Result<Option<HostV6>> {
     if args.ip_versions == IpVersions::V4Only || !Path::new(IF_INET6).exists() {
         return Ok(None);
     }
-    let template = netlink::template(netlink::Family::V6, args.template_if.as_deref())
+    let template_if = args.template_if.as_ref().or(args.outbound_if6.as_ref());
+    let template = netlink::template(netlink::Family::V6, template_if.map(String::as_str))
         .context("cannot read the host's IPv6 configuration")?;
     let v6 = |a: IpAddr| match a {
         IpAddr::V6(v6) => Some(v6),
@@ -763,6 +766,13 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
                 )
             })?;
     }
+    event_loop
+        .engine_mut()
+        .host_mut()
+        .bind_outbound_to(OutboundDevices {
+            v4: args.outbound_if4.clone().map(Into::into),
+            v6: args.outbound_if6.clone().map(Into::into),
+        });
     if !args.no_netns_quit {
         let watch = setup::NetnsWatch::new(&netns)
             .with_context(|| format!("cannot watch {}", netns.display()))?;
