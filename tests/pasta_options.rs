@@ -320,3 +320,62 @@ fn outbound_if4_sends_the_guests_traffic_out_through_that_interface() {
         assert_eq!(reply(&netns), "first", "{name} without");
     }
 }
+
+/// `dig` through the DNS forward address over UDP, or with `tcp` over TCP.
+fn dig_over(netns: &NetnsFile, tcp: bool) -> String {
+    let transport = if tcp { "+tcp" } else { "+notcp" };
+    let out = netns
+        .cmd(&[
+            "dig",
+            "+short",
+            "+tries=1",
+            "+time=2",
+            transport,
+            "@169.254.1.1",
+            "probe.netferry.test",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn no_udp_and_no_tcp_stop_carrying_that_protocol_only() {
+    let dir = TempDir::new("pasta-no-proto");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        let net = host_net();
+        let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
+        let caller = Caller::new(&net, &dir, name);
+        let forward = ["--dns-forward", "169.254.1.1"];
+        let with = |extra: &[&'static str]| {
+            let args: Vec<&str> = forward.iter().chain(extra).copied().collect();
+            start(&caller, &pasta, &args)
+        };
+        let netns = with(&[]);
+        assert_eq!(dig_over(&netns, false), "192.0.2.77", "{name}: UDP");
+        assert_eq!(dig_over(&netns, true), "192.0.2.77", "{name}: TCP");
+        drop(netns);
+
+        let netns = with(&["--no-udp"]);
+        let answer = dig_over(&netns, false);
+        assert!(
+            !answer.contains("192.0.2.77"),
+            "{name} --no-udp: UDP: {answer}"
+        );
+        assert_eq!(dig_over(&netns, true), "192.0.2.77", "{name} --no-udp: TCP");
+        drop(netns);
+
+        let netns = with(&["--no-tcp"]);
+        assert_eq!(
+            dig_over(&netns, false),
+            "192.0.2.77",
+            "{name} --no-tcp: UDP"
+        );
+        let answer = dig_over(&netns, true);
+        assert!(
+            !answer.contains("192.0.2.77"),
+            "{name} --no-tcp: TCP: {answer}"
+        );
+    }
+}

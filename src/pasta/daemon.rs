@@ -35,7 +35,7 @@ use super::ports::{Forwards, PortSpec, Ports};
 use crate::config::{
     self, Config, CopiedAddr, CopiedRoute, DEFAULT_BUSY_POLL_MICROS, InterfaceCopy,
 };
-use crate::engine::{AddressPlan, ForwardSpec, Limits, Link4, Link6, MapTo, Mapping, Proto};
+use crate::engine::{AddressPlan, Carry, ForwardSpec, Limits, Link4, Link6, MapTo, Mapping, Proto};
 use crate::event_loop::EventLoop;
 use crate::host::{Outbound, OutboundDevices};
 use crate::setup::{self, netlink};
@@ -745,7 +745,12 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
     if let Err(e) = setup::raise_fd_limit() {
         log::warn!("cannot raise the open file limit: {e}");
     }
-    let engine_cfg = cfg.engine_config();
+    let mut engine_cfg = cfg.engine_config();
+    engine_cfg.carry = Carry {
+        tcp: !args.no_tcp,
+        udp: !args.no_udp,
+        icmp: !args.no_icmp,
+    };
     let mut event_loop = EventLoop::new(
         (tap, offload),
         (&engine_cfg, cfg.busy_poll),
