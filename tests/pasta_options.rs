@@ -185,6 +185,18 @@ fn options_netferry_cannot_serve_are_refused_by_name_with_exit_1() {
         assert_eq!(code, Some(1));
         assert!(err.contains("/nonexistent/netns-x"), "{args:?}: {err}");
     }
+    // --log-size with -l: accepted, with a note that netferry does not
+    // rotate, in the log.
+    let log = dir.path("log");
+    let log_arg = log.display().to_string();
+    let args = ["-l", &log_arg, "--log-size", "50000"];
+    let all: Vec<&str> = args.iter().chain(&missing).copied().collect();
+    assert_eq!(refused(&pasta, &all).0, Some(1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("--log-size 50000: netferry does not rotate its log file"),
+        "{text}"
+    );
 }
 
 /// A second "remote" namespace behind its own veth from the host

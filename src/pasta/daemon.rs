@@ -82,6 +82,11 @@ pub fn main(argv0: &str, args: &[std::ffi::OsString]) -> ExitCode {
     for warning in &args.warnings {
         log::warn!("{warning}");
     }
+    if let (Some(size), Some(_)) = (args.log_size, &args.log_file) {
+        log::warn!(
+            "--log-size {size}: netferry does not rotate its log file; it grows past that size"
+        );
+    }
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
