@@ -142,10 +142,6 @@ fn options_netferry_cannot_serve_are_refused_by_name_with_exit_1() {
             "-D with --dhcp-dns is not supported by netferry's pasta mode for IPv6 name servers: it announces none over NDP",
         ),
         (
-            &["--runas", "65534"],
-            "--runas 65534 is not supported by netferry's pasta mode: it runs as the user who starts it (0:0); start it as 65534:65534",
-        ),
-        (
             &["--runas", "no-such-user-x"],
             "Invalid --runas option: no-such-user-x",
         ),
@@ -170,13 +166,14 @@ fn options_netferry_cannot_serve_are_refused_by_name_with_exit_1() {
         );
     }
     // Accepted where they change nothing netferry cannot do: -S without
-    // --dhcp-search, one -D, --runas naming who runs it, --freebind
+    // --dhcp-search, one -D, --runas (a known user), --freebind
     // without a listening address. These fail on the missing namespace.
     for args in [
         &["-S", "example.com"][..],
         &["--dhcp-search", "-S", "none"],
         &["--dhcp-dns", "-D", "192.0.2.1"],
         &["--runas", "0:0"],
+        &["--runas", "65534"],
         &["--freebind", "-t", "8080"],
         &["--no-tcp", "-t", "none"],
     ] {
@@ -389,5 +386,44 @@ fn no_udp_and_no_tcp_stop_carrying_that_protocol_only() {
             !answer.contains("192.0.2.77"),
             "{name} --no-tcp: TCP: {answer}"
         );
+    }
+}
+
+#[test]
+fn runas_serves_as_that_user_through_a_user_namespace_it_owns() {
+    let dir = TempDir::new("pasta-runas");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        let net = host_net();
+        let caller = Caller::new(&net, &dir, name);
+        let netns = NetnsFile::new(&caller, "netns");
+        let holder = caller.holder.0.id();
+        let pid_file = caller.dir.join("pasta.pid");
+        // Root of the init namespaces, in the caller's mount namespace
+        // (where the namespace file is), asks to run as nobody, who owns
+        // the caller's user namespace.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--target={holder}"))
+            .args(["--mount", "--net", "--"])
+            .arg(&pasta)
+            .args(QUIET_NO_PORTS)
+            .args(["--runas", "65534", "--pid"])
+            .arg(&pid_file)
+            .arg("--userns")
+            .arg(format!("/proc/{holder}/ns/user"))
+            .arg("--netns")
+            .arg(&netns.path);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert_eq!(
+            uid.split_whitespace().nth(1),
+            Some("65534"),
+            "{name}: {uid}"
+        );
+        let addrs = netns.ok(&["ip", "-4", "addr"]);
+        assert!(addrs.contains(common::HOST_ADDR), "{name}: {addrs}");
     }
 }

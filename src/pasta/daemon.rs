@@ -622,21 +622,6 @@ fn refuse_unsupported(args: &PastaArgs) -> anyhow::Result<()> {
             bail!("-D with --dhcp-dns {NOT} for IPv6 name servers: it announces none over NDP");
         }
     }
-    if let Some(spec) = &args.runas {
-        let (uid, gid) =
-            runas_ids(spec).with_context(|| format!("Invalid --runas option: {spec}"))?;
-        let current = (
-            nix::unistd::getuid().as_raw(),
-            nix::unistd::getgid().as_raw(),
-        );
-        if (uid, gid) != current {
-            bail!(
-                "--runas {spec} {NOT}: it runs as the user who starts it ({}:{}); start it as {uid}:{gid}",
-                current.0,
-                current.1
-            );
-        }
-    }
     let addressed = |f: &Forwards| match f {
         Forwards::Given(specs) => specs.iter().any(|s| s.addr.is_some()),
         Forwards::Default => false,
@@ -687,9 +672,23 @@ fn runas_ids(spec: &str) -> Option<(u32, u32)> {
 
 fn serve(args: &PastaArgs) -> anyhow::Result<()> {
     refuse_unsupported(args)?;
+    // Opened before any change of user, as pasta does, so the pid file
+    // may live where only the starting user can write.
+    let mut pid_file = args
+        .pid_file
+        .as_deref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .map(|file| (file, path))
+                .with_context(|| format!("Couldn't open PID file {}", path.display()))
+        })
+        .transpose()?;
+    if let Some(spec) = &args.runas {
+        run_as(spec)?;
+    }
     if args.foreground {
-        if let Some(path) = &args.pid_file {
-            write_pid(path, std::process::id() as i32)?;
+        if let Some(file) = &mut pid_file {
+            write_pid(file, std::process::id() as i32)?;
         }
         return serve_here(args, None);
     }
@@ -699,15 +698,34 @@ fn serve(args: &PastaArgs) -> anyhow::Result<()> {
     match setup::daemonize().context("cannot start the daemon")? {
         setup::Daemon::Parent { child, ready } => match ready {
             Ok(()) => {
-                if let Some(path) = &args.pid_file {
-                    write_pid(path, child)?;
+                if let Some(file) = &mut pid_file {
+                    write_pid(file, child)?;
                 }
                 setup::leave_now(0)
             }
             Err(message) => bail!("{message}"),
         },
-        setup::Daemon::Child(ready) => serve_here(args, Some(ready)),
+        setup::Daemon::Child(ready) => {
+            drop(pid_file);
+            serve_here(args, Some(ready))
+        }
     }
+}
+
+/// `--runas`: become that user and group before joining any namespace,
+/// as pasta does (so a user namespace it owns gives back the
+/// capabilities the change drops).
+fn run_as(spec: &str) -> anyhow::Result<()> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    let (uid, gid) = runas_ids(spec).with_context(|| format!("Invalid --runas option: {spec}"))?;
+    // Without CAP_SETGID this fails, and there are none to drop.
+    match setgroups(&[]) {
+        Ok(()) | Err(nix::Error::EPERM) => {}
+        Err(e) => return Err(e).context("Can't drop supplementary groups"),
+    }
+    setgid(Gid::from_raw(gid)).with_context(|| format!("Can't set GID to {gid}"))?;
+    setuid(Uid::from_raw(uid)).with_context(|| format!("Can't set UID to {uid}"))?;
+    Ok(())
 }
 
 /// Set up and serve in this process; tell `ready` (the daemon's parent)
@@ -795,7 +813,8 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
     Ok(event_loop)
 }
 
-fn write_pid(path: &Path, pid: i32) -> anyhow::Result<()> {
-    std::fs::write(path, format!("{pid}\n"))
+fn write_pid((file, path): &mut (std::fs::File, &Path), pid: i32) -> anyhow::Result<()> {
+    use std::io::Write;
+    file.write_all(format!("{pid}\n").as_bytes())
         .with_context(|| format!("Couldn't write PID file {}", path.display()))
 }
