@@ -427,3 +427,63 @@ fn runas_serves_as_that_user_through_a_user_namespace_it_owns() {
         assert!(addrs.contains(common::HOST_ADDR), "{name}: {addrs}");
     }
 }
+
+#[test]
+fn no_copy_addrs_and_routes_keep_one_address_and_the_default_route_per_family() {
+    let dir = TempDir::new("pasta-no-copy");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        let net = host_net();
+        // Two addresses of each family in one prefix (pasta exits 1 when
+        // the one it keeps is not in the gateway's), one more route each.
+        let hv = net.host_veth.clone();
+        for args in [
+            &["ip", "addr", "add", "198.51.100.11/24", "dev", &hv][..],
+            &[
+                "ip",
+                "route",
+                "add",
+                "203.0.113.0/24",
+                "via",
+                "198.51.100.2",
+            ],
+            &["ip", "addr", "add", "2001:db8::1/64", "dev", &hv, "nodad"],
+            &["ip", "addr", "add", "2001:db8::11/64", "dev", &hv, "nodad"],
+            &["ip", "-6", "route", "add", "default", "via", "2001:db8::2"],
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "2001:db8:5::/48",
+                "via",
+                "2001:db8::2",
+            ],
+        ] {
+            net.host_ok(args);
+        }
+        let caller = Caller::new(&net, &dir, name);
+        let copied = |netns: &NetnsFile| {
+            let global = |family: &str| {
+                netns
+                    .ok(&["ip", "-o", family, "addr", "show", "scope", "global"])
+                    .lines()
+                    .count()
+            };
+            let routes = netns.ok(&["ip", "-4", "route"]) + &netns.ok(&["ip", "-6", "route"]);
+            (
+                global("-4"),
+                global("-6"),
+                routes.contains("203.0.113.0/24"),
+                routes.contains("2001:db8:5::/48"),
+            )
+        };
+        let netns = start(&caller, &pasta, &[]);
+        assert_eq!(copied(&netns), (2, 2, true, true), "{name}: all copied");
+        drop(netns);
+        let netns = start(&caller, &pasta, &["--no-copy-addrs", "--no-copy-routes"]);
+        assert_eq!(copied(&netns), (1, 1, false, false), "{name}: one each");
+        let default6 = netns.ok(&["ip", "-6", "route", "show", "default"]);
+        assert!(default6.contains("via 2001:db8::2"), "{name}: {default6}");
+    }
+}
