@@ -487,3 +487,34 @@ fn no_copy_addrs_and_routes_keep_one_address_and_the_default_route_per_family() 
         assert!(default6.contains("via 2001:db8::2"), "{name}: {default6}");
     }
 }
+
+#[test]
+fn no_netns_quit_outlives_the_namespace_file() {
+    let dir = TempDir::new("pasta-no-quit");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        let net = host_net();
+        let caller = Caller::new(&net, &dir, name);
+        let pid_file = caller.dir.join("pasta.pid");
+        let pid_arg = pid_file.display().to_string();
+        let options = ["--no-netns-quit", "--pid", &pid_arg];
+        let netns = start(&caller, &pasta, &options);
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        // A zombie is gone too: whoever reaps it may be slow to.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| !s.contains("State:\tZ"))
+        };
+        netns.remove();
+        // Without the option both quit within a second of this (see
+        // tests/pasta.rs); a slow machine can only make this pass wrongly,
+        // never fail.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(alive(), "{name} quit with --no-netns-quit");
+        Command::new("kill").arg(&pid).status().unwrap();
+        assert!(wait_until(Duration::from_secs(3), || !alive()));
+    }
+}
