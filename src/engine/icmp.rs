@@ -54,6 +54,9 @@ impl<H: Host> Engine<H> {
         data: &[u8],
         sink: &mut S,
     ) {
+        if !self.carry.icmp {
+            return;
+        }
         self.stats.datagrams_from_guest += 1;
         if self.is_virtual(pkt.dst) {
             // Answered even with host loopback disabled: the gateway is

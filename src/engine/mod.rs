@@ -135,6 +135,29 @@ pub struct EngineConfig {
     /// How long an idle UDP or ICMP echo flow lives.
     pub udp_idle_timeout: Duration,
     pub limits: Limits,
+    pub carry: Carry,
+}
+
+/// Which of the guest's protocols the engine carries (pasta's `--no-tcp`,
+/// `--no-udp`, `--no-icmp` turn one off). What is not carried is dropped
+/// unanswered; DHCP, ARP and neighbour discovery are the engine's own and
+/// stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carry {
+    pub tcp: bool,
+    pub udp: bool,
+    /// Echo requests, to the virtual hosts as well as beyond.
+    pub icmp: bool,
+}
+
+impl Default for Carry {
+    fn default() -> Self {
+        Carry {
+            tcp: true,
+            udp: true,
+            icmp: true,
+        }
+    }
 }
 
 impl EngineConfig {
@@ -149,6 +172,7 @@ impl EngineConfig {
             tcp_buffer: DEFAULT_TCP_BUFFER,
             udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             limits: Limits::default(),
+            carry: Carry::default(),
         }
     }
 }
@@ -225,6 +249,7 @@ pub struct Engine<H: Host> {
     tcp_buffer: usize,
     udp_idle_timeout: Duration,
     limits: Limits,
+    carry: Carry,
     ping_denied_logged: bool,
     stats: Stats,
     next_sweep: Instant,
@@ -349,6 +374,7 @@ impl<H: Host> Engine<H> {
             tcp_buffer: cfg.tcp_buffer,
             udp_idle_timeout: cfg.udp_idle_timeout,
             limits: cfg.limits,
+            carry: cfg.carry,
             ping_denied_logged: false,
             stats: Stats::default(),
             next_sweep: now + SWEEP_INTERVAL,

@@ -20,6 +20,9 @@ pub enum MapTo {
     /// The host's resolver; ports other than DNS's are refused
     /// (slirp4netns's DNS address; pasta's `--dns-forward`).
     Resolver,
+    /// This name server, DNS's port only; the others refused, as for
+    /// [`MapTo::Resolver`] (pasta's `--dns-forward` with `--dns-host`).
+    Nameserver(IpAddr),
     /// This address of the host's, same port (pasta's `--map-guest-addr`:
     /// the host's own address, which the guest's copy hides).
     Host(IpAddr),

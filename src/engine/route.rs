@@ -66,6 +66,8 @@ impl<H: Host> Engine<H> {
                     Some(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
                     None => Route::Drop,
                 },
+                MapTo::Nameserver(_) if port != DNS_PORT => Route::Refused,
+                MapTo::Nameserver(addr) => Route::Host(SocketAddr::new(addr, DNS_PORT)),
                 MapTo::Host(addr) => Route::Host(SocketAddr::new(addr, port)),
                 MapTo::Refused => Route::Refused,
                 MapTo::Unreachable => Route::Unreachable(Unreachable::Net),

@@ -155,6 +155,9 @@ impl<H: Host> Engine<H> {
         pkt: &Packet,
         sink: &mut S,
     ) {
+        if !self.carry.tcp {
+            return;
+        }
         let Ok(tcp) = TcpPacket::new_checked(pkt.payload) else {
             log::trace!("dropping a malformed TCP segment");
             return;

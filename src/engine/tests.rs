@@ -222,6 +222,25 @@ fn ping_to_gateway_and_dns_is_answered_locally() {
     }
 }
 
+/// pasta's `--no-icmp`: no echo answered, not even the gateway's, while
+/// DHCP (the engine's own, over UDP) goes on with `--no-udp` too.
+#[test]
+fn protocols_not_carried_are_dropped_but_dhcp_stays() {
+    let mut cfg = EngineConfig::new(default_plan(false), 1500);
+    cfg.carry = Carry {
+        tcp: false,
+        udp: false,
+        icmp: false,
+    };
+    let mut e = Rig::new(cfg, 1, Instant::from_millis(1));
+    assert!(e.feed(&echo_request(Ipv4Addr::new(10, 0, 2, 2))).is_empty());
+    assert_eq!(
+        e.feed(&dhcp_frame(DhcpMessageType::Discover, None)).len(),
+        1,
+        "DHCP still answers"
+    );
+}
+
 /// Found by fuzzing: `--mtu 15` is accepted (as slirp4netns does) but no
 /// ARP reply or ping fits it; the engine works with IPv4's minimum.
 #[test]

@@ -101,6 +101,9 @@ impl<H: Host> Engine<H> {
         if udp.dst_port() == DHCP_SERVER_PORT && pkt.dst.is_ipv4() {
             return self.process_dhcp(now, pkt.guest_mac, udp.payload(), sink);
         }
+        if !self.carry.udp {
+            return;
+        }
         let key = FlowKey {
             guest: (pkt.src, udp.src_port()).into(),
             dst: (pkt.dst, udp.dst_port()).into(),

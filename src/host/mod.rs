@@ -23,7 +23,9 @@ use thiserror::Error;
 
 use crate::pages::Pages;
 
-pub use net::{NetHost, Outbound, OutboundError, resolve_outbound_v4, resolve_outbound_v6};
+pub use net::{
+    NetHost, Outbound, OutboundDevices, OutboundError, resolve_outbound_v4, resolve_outbound_v6,
+};
 #[cfg(any(test, feature = "test-support"))]
 pub use sim::SimHost;
 

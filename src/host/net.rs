@@ -7,6 +7,7 @@
 //! the guest.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -17,7 +18,7 @@ use mio::{Interest, Registry};
 use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockProtocol, SockType,
-    SockaddrStorage, bind, connect, recvmmsg, sendmmsg, sendmsg, socket,
+    SockaddrStorage, bind, connect, recvmmsg, sendmmsg, sendmsg, setsockopt, socket, sockopt,
 };
 use smoltcp::time::Instant;
 use thiserror::Error;
@@ -115,11 +116,33 @@ fn family(addr: &SocketAddr) -> AddressFamily {
     }
 }
 
+/// Where an outbound socket is bound before it connects: a source
+/// address (`--outbound-addr`, pasta's `-o`) and an interface (pasta's
+/// `--outbound-if4`/`--outbound-if6`, `SO_BINDTODEVICE`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Bind<'a> {
+    addr: Option<IpAddr>,
+    device: Option<&'a OsString>,
+}
+
+impl From<Option<IpAddr>> for Bind<'_> {
+    fn from(addr: Option<IpAddr>) -> Self {
+        Bind { addr, device: None }
+    }
+}
+
+/// The interfaces outbound sockets are bound to, per family.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboundDevices {
+    pub v4: Option<OsString>,
+    pub v6: Option<OsString>,
+}
+
 fn new_socket(
     dst: &SocketAddr,
     ty: SockType,
     proto: Option<SockProtocol>,
-    source: Option<IpAddr>,
+    bind_to: Bind,
 ) -> io::Result<OwnedFd> {
     let fd = socket(
         family(dst),
@@ -127,7 +150,10 @@ fn new_socket(
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         proto,
     )?;
-    if let Some(src) = source {
+    if let Some(device) = bind_to.device {
+        setsockopt(&fd, sockopt::BindToDevice, device)?;
+    }
+    if let Some(src) = bind_to.addr {
         bind(
             fd.as_raw_fd(),
             &SockaddrStorage::from(SocketAddr::new(src, 0)),
@@ -137,8 +163,8 @@ fn new_socket(
 }
 
 /// Start a non-blocking connect; completion shows as writability.
-fn tcp_connect(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let fd = new_socket(&dst, SockType::Stream, None, source)?;
+fn tcp_connect(dst: SocketAddr, bind_to: Bind) -> io::Result<TcpStream> {
+    let fd = new_socket(&dst, SockType::Stream, None, bind_to)?;
     match connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
         Ok(()) | Err(nix::Error::EINPROGRESS) => {}
         Err(e) => return Err(e.into()),
@@ -152,21 +178,21 @@ fn tcp_connect(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream>
 
 /// A UDP socket connected to `dst`, so the kernel filters replies for us
 /// and reports ICMP errors as ECONNREFUSED and friends.
-fn udp_connect(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket> {
-    let fd = new_socket(&dst, SockType::Datagram, None, source)?;
+fn udp_connect(dst: SocketAddr, bind_to: Bind) -> io::Result<UdpSocket> {
+    let fd = new_socket(&dst, SockType::Datagram, None, bind_to)?;
     connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
     Ok(mio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)))
 }
 
 /// An unprivileged ICMP echo socket connected to `dst`; allowed only when
 /// the caller's group is inside `net.ipv4.ping_group_range`.
-fn ping_connect(dst: IpAddr, source: Option<IpAddr>) -> io::Result<UdpSocket> {
+fn ping_connect(dst: IpAddr, bind_to: Bind) -> io::Result<UdpSocket> {
     let proto = match dst {
         IpAddr::V4(_) => SockProtocol::Icmp,
         IpAddr::V6(_) => SockProtocol::IcmpV6,
     };
     let dst = SocketAddr::new(dst, 0);
-    let fd = new_socket(&dst, SockType::Datagram, Some(proto), source)?;
+    let fd = new_socket(&dst, SockType::Datagram, Some(proto), bind_to)?;
     connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
     Ok(mio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)))
 }
@@ -185,6 +211,7 @@ pub struct NetHost {
     registry: Registry,
     socks: Vec<Option<Sock>>,
     outbound: Outbound,
+    devices: OutboundDevices,
     resolver: Resolver,
     /// recvmmsg's message headers, kept between calls. With room for a
     /// source address although the sockets are connected: the kernel
@@ -207,10 +234,31 @@ impl NetHost {
             registry,
             socks: Vec::new(),
             outbound,
+            devices: OutboundDevices::default(),
             resolver: Resolver::new(resolv_conf),
             recv_headers: MultiHeaders::preallocate(DGRAM_SLOTS, None),
             send_headers: MultiHeaders::preallocate(SEND_SLOTS, None),
             no_gso: HashSet::new(),
+        }
+    }
+
+    /// Bind outbound sockets to these interfaces from now on (pasta's
+    /// `--outbound-if4`/`--outbound-if6`).
+    pub fn bind_outbound_to(&mut self, devices: OutboundDevices) {
+        self.devices = devices;
+    }
+
+    /// How a socket toward `dst` is bound. Not to an interface when `dst`
+    /// is the host's loopback, as pasta does: that would fail.
+    fn bind_for(&self, dst: IpAddr) -> Bind<'_> {
+        let device = match dst {
+            _ if dst.is_loopback() => None,
+            IpAddr::V4(_) => self.devices.v4.as_ref(),
+            IpAddr::V6(_) => self.devices.v6.as_ref(),
+        };
+        Bind {
+            addr: self.outbound.for_dst(dst),
+            device,
         }
     }
 
@@ -278,7 +326,7 @@ fn reset_on_close(stream: &TcpStream) {
 
 impl Host for NetHost {
     fn tcp_connect(&mut self, id: FlowId, dst: SocketAddr) -> io::Result<()> {
-        let s = tcp_connect(dst, self.outbound.for_dst(dst.ip()))?;
+        let s = tcp_connect(dst, self.bind_for(dst.ip()))?;
         self.add(id, Sock::Stream(s))
     }
 
@@ -309,12 +357,12 @@ impl Host for NetHost {
     }
 
     fn udp_open(&mut self, id: FlowId, dst: SocketAddr) -> io::Result<()> {
-        let s = udp_connect(dst, self.outbound.for_dst(dst.ip()))?;
+        let s = udp_connect(dst, self.bind_for(dst.ip()))?;
         self.add(id, Sock::Dgram(s))
     }
 
     fn ping_open(&mut self, id: FlowId, dst: IpAddr) -> io::Result<()> {
-        let s = ping_connect(dst, self.outbound.for_dst(dst))?;
+        let s = ping_connect(dst, self.bind_for(dst))?;
         self.add(id, Sock::Dgram(s))
     }
 
@@ -491,7 +539,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let s = tcp_connect(SocketAddr::from(([127, 0, 0, 1], port)), None).unwrap();
+        let s = tcp_connect(SocketAddr::from(([127, 0, 0, 1], port)), None.into()).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             match s.take_error().unwrap() {

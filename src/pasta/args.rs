@@ -22,8 +22,6 @@ pub const DNS_PER_FAMILY_MAX: usize = 3;
 pub const SEARCH_MAX: usize = 6;
 /// ... each shorter than this (NS_MAXDNAME).
 pub const SEARCH_NAME_LEN: usize = 1025;
-/// `-H` and `--fqdn` are shorter than this (253 plus a NUL).
-pub const DNAME_LEN: usize = 254;
 
 /// Everything pasta's options set, for the daemon. Per-family values are
 /// separate fields because pasta sets each family on its own.
@@ -120,10 +118,6 @@ pub struct PastaArgs {
     pub no_dhcpv6: bool,
     pub no_ndp: bool,
     pub no_ra: bool,
-    /// `-H`: the hostname offered over DHCP.
-    pub hostname: Option<String>,
-    /// `--fqdn`: the FQDN offered over DHCP/DHCPv6.
-    pub fqdn: Option<String>,
 
     /// `-t`: TCP host to namespace.
     pub tcp: Forwards,

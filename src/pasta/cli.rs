@@ -57,8 +57,12 @@ pub enum CliError {
         candidates: Vec<&'static str>,
     },
     /// A pasta option netferry does not implement (see [`UNSUPPORTED`]).
-    #[error("{argv0}: option '{option}' is not supported by netferry's pasta mode")]
-    Unsupported { argv0: String, option: String },
+    #[error("{argv0}: option '{option}' is not supported by netferry's pasta mode: {why}")]
+    Unsupported {
+        argv0: String,
+        option: String,
+        why: &'static str,
+    },
     /// An option pasta itself refuses in pasta mode.
     #[error("{option} is for {mode} mode only")]
     WrongMode {
@@ -117,18 +121,19 @@ pub fn parse(argv0: &str, args: &[OsString]) -> Result<Parsed, CliError> {
         match found.id {
             Opt::Version => return Ok(Parsed::Version(version_text())),
             Opt::Help => return Ok(Parsed::Help(options::usage(argv0))),
-            id if options::is_unsupported(id) => {
+            id if let Some(why) = options::unsupported(id) => {
                 // pasta would take it and go on, so `--version` or `-h`
                 // after it still win.
-                state.unsupported.get_or_insert(found.name);
+                state.unsupported.get_or_insert((found.name, why));
             }
             id => state.option(id, found.arg.unwrap_or_default())?,
         }
     }
-    if let Some(name) = state.unsupported {
+    if let Some((name, why)) = state.unsupported {
         return Err(CliError::Unsupported {
             argv0: argv0.to_owned(),
             option: name.to_string(),
+            why,
         });
     }
     state
@@ -159,8 +164,8 @@ fn getopt_error(argv0: &str, e: GetoptError) -> CliError {
 #[derive(Default)]
 struct State<'a> {
     args: PastaArgs,
-    /// The first option netferry refuses, reported after the loop.
-    unsupported: Option<Spelled>,
+    /// The first option netferry refuses and why, reported after the loop.
+    unsupported: Option<(Spelled, &'static str)>,
     /// `-n` seen (pasta's `opt_n`).
     netmask: Option<u8>,
     /// The last `-a` had a `/LEN`.
@@ -339,8 +344,6 @@ impl<'a> State<'a> {
             Opt::NoDhcpv6 => a.no_dhcpv6 = true,
             Opt::NoNdp => a.no_ndp = true,
             Opt::NoRa => a.no_ra = true,
-            Opt::Hostname => a.hostname = Some(dname("hostname", value)?),
-            Opt::Fqdn => a.fqdn = Some(dname("FQDN", value)?),
 
             Opt::TcpPorts => self.ports.push((PortOption::Tcp, value)),
             Opt::UdpPorts => self.ports.push((PortOption::Udp, value)),
@@ -365,7 +368,9 @@ impl<'a> State<'a> {
             | Opt::PrintCapabilities
             | Opt::Stats
             | Opt::ConfPath
-            | Opt::ChrootFallback => {}
+            | Opt::ChrootFallback
+            | Opt::Hostname
+            | Opt::Fqdn => {}
         }
         Ok(())
     }
@@ -606,13 +611,4 @@ fn search(a: &mut PastaArgs, value: &OsStr) -> Result<(), CliError> {
         }
         _ => Err(bad()),
     }
-}
-
-/// `-H`/`--fqdn`: shorter than [`DNAME_LEN`].
-fn dname(what: &'static str, value: &OsStr) -> Result<String, CliError> {
-    let name = text(what, value)?;
-    if name.len() >= DNAME_LEN {
-        return Err(invalid(what, value));
-    }
-    Ok(name.to_owned())
 }

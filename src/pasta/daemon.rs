@@ -28,14 +28,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::cli::{self, IpVersions, LogLevel, Nameservers, Parsed, PastaArgs, Target, UserNs};
+use super::cli::{
+    self, IpVersions, LogLevel, Nameservers, Parsed, PastaArgs, SearchDomains, Target, UserNs,
+};
 use super::ports::{Forwards, PortSpec, Ports};
 use crate::config::{
     self, Config, CopiedAddr, CopiedRoute, DEFAULT_BUSY_POLL_MICROS, InterfaceCopy,
 };
-use crate::engine::{AddressPlan, ForwardSpec, Limits, Link4, Link6, MapTo, Mapping, Proto};
+use crate::engine::{AddressPlan, Carry, ForwardSpec, Limits, Link4, Link6, MapTo, Mapping, Proto};
 use crate::event_loop::EventLoop;
-use crate::host::Outbound;
+use crate::host::{Outbound, OutboundDevices};
 use crate::setup::{self, netlink};
 
 /// pasta's own MAC on the tap (`-M` changes it).
@@ -79,6 +81,11 @@ pub fn main(argv0: &str, args: &[std::ffi::OsString]) -> ExitCode {
     }
     for warning in &args.warnings {
         log::warn!("{warning}");
+    }
+    if let (Some(size), Some(_)) = (args.log_size, &args.log_file) {
+        log::warn!(
+            "--log-size {size}: netferry does not rotate its log file; it grows past that size"
+        );
     }
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,7 +161,9 @@ struct HostV4 {
 }
 
 fn host_v4(args: &PastaArgs) -> anyhow::Result<HostV4> {
-    let template = netlink::template(netlink::Family::V4, args.template_if.as_deref())
+    // pasta copies from the outbound interface when -i does not say.
+    let template_if = args.template_if.as_ref().or(args.outbound_if4.as_ref());
+    let template = netlink::template(netlink::Family::V4, template_if.map(String::as_str))
         .context("cannot read the host's IPv4 configuration")?;
     let template_addr = template.as_ref().and_then(|t| {
         t.addrs.iter().find_map(|a| match a.addr {
@@ -254,7 +263,8 @@ fn host_v6(args: &PastaArgs) -> anyhow::Result<Option<HostV6>> {
     if args.ip_versions == IpVersions::V4Only || !Path::new(IF_INET6).exists() {
         return Ok(None);
     }
-    let template = netlink::template(netlink::Family::V6, args.template_if.as_deref())
+    let template_if = args.template_if.as_ref().or(args.outbound_if6.as_ref());
+    let template = netlink::template(netlink::Family::V6, template_if.map(String::as_str))
         .context("cannot read the host's IPv6 configuration")?;
     let v6 = |a: IpAddr| match a {
         IpAddr::V6(v6) => Some(v6),
@@ -349,7 +359,7 @@ fn plan_of(args: &PastaArgs, host: &HostV4, host6: Option<&HostV6>) -> AddressPl
         }
     };
     if let Some(dns) = args.dns_forward4 {
-        map(dns.into(), MapTo::Resolver);
+        map(dns.into(), dns_target(args.dns_host4.map(IpAddr::V4)));
     }
     if let Some(a) = args.map_guest_addr4 {
         let to = match host.host_addr {
@@ -366,7 +376,7 @@ fn plan_of(args: &PastaArgs, host: &HostV4, host6: Option<&HostV6>) -> AddressPl
     }
     if let Some(h6) = host6 {
         if let Some(dns) = args.dns_forward6 {
-            map(dns.into(), MapTo::Resolver);
+            map(dns.into(), dns_target(args.dns_host6.map(IpAddr::V6)));
         }
         if let Some(a) = args.map_guest_addr6 {
             let to = match h6.host_addr {
@@ -412,6 +422,12 @@ fn plan_of(args: &PastaArgs, host: &HostV4, host6: Option<&HostV6>) -> AddressPl
         maps,
         closed_subnets: false,
     }
+}
+
+/// Where `--dns-forward` leads: `--dns-host` of that family, else the
+/// host's first resolver (re-read when resolv.conf changes).
+fn dns_target(dns_host: Option<IpAddr>) -> MapTo {
+    dns_host.map_or(MapTo::Resolver, MapTo::Nameserver)
 }
 
 /// The name server DHCP announces, as pasta's does: none unless
@@ -586,10 +602,93 @@ pub fn config_of(args: &PastaArgs) -> anyhow::Result<(Config, Vec<ForwardSpec>, 
     Ok((cfg, forwards, netns))
 }
 
+/// What netferry cannot do for some values or combinations of options
+/// it otherwise serves (those it never serves are refused by the parser,
+/// `options::UNSUPPORTED`): exit 1 naming the option, never ignore it.
+fn refuse_unsupported(args: &PastaArgs) -> anyhow::Result<()> {
+    const NOT: &str = "is not supported by netferry's pasta mode";
+    if args.dhcp_search && args.search != SearchDomains::None {
+        bail!("--dhcp-search {NOT}: its DHCP carries no search domains (give -S none)");
+    }
+    if args.dhcp_dns
+        && let Nameservers::List(list) = &args.dns
+    {
+        if list.iter().filter(|d| d.is_ipv4()).count() > 1 {
+            bail!(
+                "-D with --dhcp-dns {NOT} for more than one IPv4 name server: its DHCP carries one"
+            );
+        }
+        if list.iter().any(IpAddr::is_ipv6) {
+            bail!("-D with --dhcp-dns {NOT} for IPv6 name servers: it announces none over NDP");
+        }
+    }
+    let addressed = |f: &Forwards| match f {
+        Forwards::Given(specs) => specs.iter().any(|s| s.addr.is_some()),
+        Forwards::Default => false,
+    };
+    if args.freebind && (addressed(&args.tcp) || addressed(&args.udp)) {
+        bail!("--freebind {NOT}: forwarded ports bind only to addresses the host has");
+    }
+    for (off, flag, forwards) in [
+        (args.no_tcp, "TCP", &args.tcp),
+        (args.no_udp, "UDP", &args.udp),
+    ] {
+        if off && matches!(forwards, Forwards::Given(specs) if !specs.is_empty()) {
+            // pasta's words.
+            bail!("Can't add {flag} forwarding rule, {flag} not enabled");
+        }
+    }
+    Ok(())
+}
+
+/// `--runas UID[:GID]|LOGIN[:GROUP]` as pasta reads it: a numeric UID
+/// alone is its own GID too, a login its primary group; root by name is
+/// refused.
+fn runas_ids(spec: &str) -> Option<(u32, u32)> {
+    use nix::unistd::{Group, User};
+    let number = |s: &str| super::values::ulong(s, 0).and_then(|n| u32::try_from(n).ok());
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, mut gid) = match number(user) {
+        Some(uid) => (uid, uid),
+        None => {
+            let u = User::from_name(user).ok()??;
+            (u.uid.as_raw(), u.gid.as_raw())
+        }
+    };
+    if number(user).is_none() && uid == 0 {
+        return None;
+    }
+    if let Some(g) = group {
+        gid = match number(g) {
+            Some(gid) => gid,
+            None => Group::from_name(g).ok()??.gid.as_raw(),
+        };
+    }
+    Some((uid, gid))
+}
+
 fn serve(args: &PastaArgs) -> anyhow::Result<()> {
+    refuse_unsupported(args)?;
+    // Opened before any change of user, as pasta does, so the pid file
+    // may live where only the starting user can write.
+    let mut pid_file = args
+        .pid_file
+        .as_deref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .map(|file| (file, path))
+                .with_context(|| format!("Couldn't open PID file {}", path.display()))
+        })
+        .transpose()?;
+    if let Some(spec) = &args.runas {
+        run_as(spec)?;
+    }
     if args.foreground {
-        if let Some(path) = &args.pid_file {
-            write_pid(path, std::process::id() as i32)?;
+        if let Some(file) = &mut pid_file {
+            write_pid(file, std::process::id() as i32)?;
         }
         return serve_here(args, None);
     }
@@ -599,15 +698,34 @@ fn serve(args: &PastaArgs) -> anyhow::Result<()> {
     match setup::daemonize().context("cannot start the daemon")? {
         setup::Daemon::Parent { child, ready } => match ready {
             Ok(()) => {
-                if let Some(path) = &args.pid_file {
-                    write_pid(path, child)?;
+                if let Some(file) = &mut pid_file {
+                    write_pid(file, child)?;
                 }
                 setup::leave_now(0)
             }
             Err(message) => bail!("{message}"),
         },
-        setup::Daemon::Child(ready) => serve_here(args, Some(ready)),
+        setup::Daemon::Child(ready) => {
+            drop(pid_file);
+            serve_here(args, Some(ready))
+        }
     }
+}
+
+/// `--runas`: become that user and group before joining any namespace,
+/// as pasta does (so a user namespace it owns gives back the
+/// capabilities the change drops).
+fn run_as(spec: &str) -> anyhow::Result<()> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    let (uid, gid) = runas_ids(spec).with_context(|| format!("Invalid --runas option: {spec}"))?;
+    // Without CAP_SETGID this fails, and there are none to drop.
+    match setgroups(&[]) {
+        Ok(()) | Err(nix::Error::EPERM) => {}
+        Err(e) => return Err(e).context("Can't drop supplementary groups"),
+    }
+    setgid(Gid::from_raw(gid)).with_context(|| format!("Can't set GID to {gid}"))?;
+    setuid(Uid::from_raw(uid)).with_context(|| format!("Can't set UID to {uid}"))?;
+    Ok(())
 }
 
 /// Set up and serve in this process; tell `ready` (the daemon's parent)
@@ -653,7 +771,12 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
     if let Err(e) = setup::raise_fd_limit() {
         log::warn!("cannot raise the open file limit: {e}");
     }
-    let engine_cfg = cfg.engine_config();
+    let mut engine_cfg = cfg.engine_config();
+    engine_cfg.carry = Carry {
+        tcp: !args.no_tcp,
+        udp: !args.no_udp,
+        icmp: !args.no_icmp,
+    };
     let mut event_loop = EventLoop::new(
         (tap, offload),
         (&engine_cfg, cfg.busy_poll),
@@ -674,6 +797,13 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
                 )
             })?;
     }
+    event_loop
+        .engine_mut()
+        .host_mut()
+        .bind_outbound_to(OutboundDevices {
+            v4: args.outbound_if4.clone().map(Into::into),
+            v6: args.outbound_if6.clone().map(Into::into),
+        });
     if !args.no_netns_quit {
         let watch = setup::NetnsWatch::new(&netns)
             .with_context(|| format!("cannot watch {}", netns.display()))?;
@@ -686,7 +816,8 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
     Ok(event_loop)
 }
 
-fn write_pid(path: &Path, pid: i32) -> anyhow::Result<()> {
-    std::fs::write(path, format!("{pid}\n"))
+fn write_pid((file, path): &mut (std::fs::File, &Path), pid: i32) -> anyhow::Result<()> {
+    use std::io::Write;
+    file.write_all(format!("{pid}\n").as_bytes())
         .with_context(|| format!("Couldn't write PID file {}", path.display()))
 }

@@ -212,58 +212,77 @@ pub const SHORT: &[ShortOpt<Opt>] = &[
     short(b'U', HasArg::Required, Opt::UdpNs),
 ];
 
-/// Options pasta accepts that netferry's pasta mode refuses, each with
-/// why; the parser reports them as [`super::cli::CliError::Unsupported`].
-/// (pasta itself refuses `-s`, `-1`, `--no-dhcp-dns`, `--no-dhcp-search`,
-/// `--migrate-*` and `--repair-path` other than `none` in pasta mode, and
-/// so does netferry, with pasta's texts.)
-pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("--pcap, -p", "netferry writes no packet captures"),
+/// Options pasta accepts that netferry's pasta mode refuses whatever
+/// their value, each with its spellings and why; the parser reports them
+/// as [`super::cli::CliError::Unsupported`], reason included. (pasta itself
+/// refuses `-s`, `-1`, `--no-dhcp-dns`, `--no-dhcp-search`, `--migrate-*`
+/// and `--repair-path` other than `none` in pasta mode, and so does
+/// netferry, with pasta's texts. Options refused only with some values or
+/// combinations are the daemon's: see `daemon::refuse_unsupported`.)
+pub const UNSUPPORTED: &[(Opt, &str, &str)] = &[
     (
+        Opt::Pcap,
+        "--pcap, -p",
+        "netferry writes no packet captures",
+    ),
+    (
+        Opt::ConfPath,
         "--conf-path, -c",
         "the control socket speaks pesto's protocol, experimental and not implemented",
     ),
     (
+        Opt::SpliceOnly,
         "--splice-only",
         "netferry always serves the namespace through its tap",
     ),
     (
+        Opt::NoSplice,
         "--no-splice",
         "the loopback path serves -T/-U and --host-lo-to-ns-lo; it cannot be turned off",
     ),
-    ("--stats", "there is no event statistics display"),
     (
+        Opt::Stats,
+        "--stats",
+        "there is no event statistics display",
+    ),
+    (
+        Opt::ChrootFallback,
         "--chroot-fallback",
         "netferry's sandbox does not use pasta's pivot_root or chroot",
     ),
     (
+        Opt::VhostUser,
         "--vhost-user",
         "makes pasta a passt vhost-user back end for a VM",
     ),
     (
+        Opt::PrintCapabilities,
         "--print-capabilities",
         "a vhost-user back end's query, for VMs only",
     ),
     (
+        Opt::Fd,
         "--fd, -F",
         "a pre-connected socket to a VM is passt's, not pasta's",
     ),
+    (
+        Opt::Hostname,
+        "--hostname, -H",
+        "netferry's DHCP offers no host name",
+    ),
+    (
+        Opt::Fqdn,
+        "--fqdn",
+        "netferry's DHCP offers no FQDN (and it has no DHCPv6)",
+    ),
 ];
 
-/// Whether netferry refuses `id` (see [`UNSUPPORTED`]).
-pub fn is_unsupported(id: Opt) -> bool {
-    matches!(
-        id,
-        Opt::Pcap
-            | Opt::ConfPath
-            | Opt::SpliceOnly
-            | Opt::NoSplice
-            | Opt::Stats
-            | Opt::ChrootFallback
-            | Opt::VhostUser
-            | Opt::PrintCapabilities
-            | Opt::Fd
-    )
+/// Why netferry refuses `id`, if it does (see [`UNSUPPORTED`]).
+pub fn unsupported(id: Opt) -> Option<&'static str> {
+    UNSUPPORTED
+        .iter()
+        .find(|(opt, _, _)| *opt == id)
+        .map(|(_, _, why)| *why)
 }
 
 /// The text for `-h`/`--help`.
@@ -319,8 +338,6 @@ user and network namespaces.
                             ADDR reaches the host's own address
       --host-lo-to-ns-lo    host-loopback clients appear on the namespace's loopback
       --freebind            listen on addresses the host does not have
-  -H, --hostname NAME       hostname offered over DHCP
-      --fqdn NAME           FQDN offered over DHCP and DHCPv6
       --no-tcp, --no-udp, --no-icmp, --no-dhcp, --no-dhcpv6, --no-ndp, --no-ra
                             turn that protocol or service off
 
@@ -340,7 +357,7 @@ user and network namespaces.
 Refused by netferry's pasta mode:
 "
     );
-    for (option, why) in UNSUPPORTED {
+    for (_, option, why) in UNSUPPORTED {
         let _ = writeln!(text, "  {option}: {why}");
     }
     text
