@@ -111,6 +111,11 @@ pub struct CopiedRoute {
     pub gateway: Option<IpAddr>,
     pub metric: Option<u32>,
     pub onlink: bool,
+    /// Set by the front end rather than copied (pasta's one default route
+    /// with `-g` or `--no-copy-routes`): the kernel's refusal, even for a
+    /// gateway off the link, fails setup. A copied route whose gateway is
+    /// unreachable is skipped, as pasta skips it.
+    pub required: bool,
 }
 
 impl Config {

@@ -424,6 +424,31 @@ fn families_session(dir: &TempDir, pasta: &Path, tag: &str) {
     );
     // The IPv4 side is still the host's.
     assert!(given.ok(&["ip", "-4", "addr"]).contains(HOST_ADDR));
+
+    // A -g the kernel refuses (off the link of -a's /64) fails setup with
+    // pasta's words, rather than leaving the container with no route.
+    let off = NetnsFile::new(&caller, "netns-off");
+    let argv: Vec<String> = ["--config-net", "-t", "none", "-u", "none", "-T", "none"]
+        .into_iter()
+        .chain([
+            "-U",
+            "none",
+            "--quiet",
+            "-a",
+            "2001:db8:5::42",
+            "-g",
+            REMOTE6,
+        ])
+        .map(String::from)
+        .chain(["--netns".to_string(), off.path.display().to_string()])
+        .collect();
+    let out = start_pasta(&caller, pasta, &argv);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Couldn't set IPv6 route(s) in guest: No route to host"),
+        "{err}"
+    );
 }
 
 #[test]

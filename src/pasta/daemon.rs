@@ -209,26 +209,11 @@ fn host_v4(args: &PastaArgs) -> anyhow::Result<HostV4> {
             no_prefix_route: false,
         });
     }
-    let default_route = CopiedRoute {
-        dst: Ipv4Addr::UNSPECIFIED.into(),
-        prefix_len: 0,
-        gateway: Some(gateway.into()),
-        metric: None,
-        onlink: false,
-    };
     match &template {
         Some(t) if args.gateway4.is_none() && !local && !args.no_copy_routes => {
-            for r in t.routes.iter().filter(|r| r.dst.is_ipv4()) {
-                copy.routes.push(CopiedRoute {
-                    dst: r.dst,
-                    prefix_len: r.prefix_len,
-                    gateway: r.gateway,
-                    metric: r.metric,
-                    onlink: r.onlink,
-                });
-            }
+            copy.routes.extend(copied_routes(t, IpAddr::is_ipv4));
         }
-        _ => copy.routes.push(default_route),
+        _ => copy.routes.push(default_route(gateway.into())),
     }
     Ok(HostV4 {
         ifname: template.as_ref().map(|t| t.name.clone()),
@@ -321,23 +306,9 @@ fn host_v6(args: &PastaArgs) -> anyhow::Result<Option<HostV6>> {
     }
     match &template {
         Some(t) if !local && args.gateway6.is_none() && !args.no_copy_routes => {
-            for r in t.routes.iter().filter(|r| r.dst.is_ipv6()) {
-                copy.routes.push(CopiedRoute {
-                    dst: r.dst,
-                    prefix_len: r.prefix_len,
-                    gateway: r.gateway,
-                    metric: r.metric,
-                    onlink: r.onlink,
-                });
-            }
+            copy.routes.extend(copied_routes(t, IpAddr::is_ipv6));
         }
-        _ => copy.routes.push(CopiedRoute {
-            dst: Ipv6Addr::UNSPECIFIED.into(),
-            prefix_len: 0,
-            gateway: Some(gateway.into()),
-            metric: None,
-            onlink: false,
-        }),
+        _ => copy.routes.push(default_route(gateway.into())),
     }
     Ok(Some(HostV6 {
         ifname: template.as_ref().map(|t| t.name.clone()),
@@ -347,6 +318,43 @@ fn host_v6(args: &PastaArgs) -> anyhow::Result<Option<HostV6>> {
         host_addr: template_addr,
         copy,
     }))
+}
+
+/// The template's routes of one family, to copy as pasta's
+/// `nl_route_dup` does (one with an unreachable gateway is skipped).
+fn copied_routes(
+    template: &netlink::Template,
+    family: fn(&IpAddr) -> bool,
+) -> impl Iterator<Item = CopiedRoute> + '_ {
+    template
+        .routes
+        .iter()
+        .filter(move |r| family(&r.dst))
+        .map(|r| CopiedRoute {
+            dst: r.dst,
+            prefix_len: r.prefix_len,
+            gateway: r.gateway,
+            metric: r.metric,
+            onlink: r.onlink,
+            required: false,
+        })
+}
+
+/// The one default route pasta sets (`nl_route_set_def`) when it copies
+/// none: a refusal fails setup.
+fn default_route(gateway: IpAddr) -> CopiedRoute {
+    let dst = match gateway {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    CopiedRoute {
+        dst,
+        prefix_len: 0,
+        gateway: Some(gateway),
+        metric: None,
+        onlink: false,
+        required: true,
+    }
 }
 
 /// pasta's maps over the guest's links.

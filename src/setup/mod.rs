@@ -51,6 +51,11 @@ pub enum SetupError {
     Configure(#[from] IfconfigError),
     #[error("--config-net failed: {0}")]
     CopyNet(#[from] netlink::NetlinkError),
+    #[error("Couldn't set {family} route(s) in guest: {err}")]
+    RouteRefused {
+        family: &'static str,
+        err: io::Error,
+    },
     #[error("cannot create the socketpair for passing the tap fd: {0}")]
     SocketPair(nix::Error),
     #[error("cannot fork the namespace-joining child: {0}")]
@@ -546,6 +551,22 @@ fn copy_onto(name: &str, copy: &InterfaceCopy) -> Result<(), SetupError> {
         })
         .collect();
     for skipped in netlink::add_routes(tap, &routes)? {
+        let required = copy.routes.iter().any(|r| {
+            r.required
+                && (r.dst, r.prefix_len, r.gateway)
+                    == (skipped.dst, skipped.prefix_len, skipped.gateway)
+        });
+        if required {
+            // pasta's words; the kernel's error for a gateway off the link.
+            let (family, errno) = match skipped.dst {
+                std::net::IpAddr::V4(_) => ("IPv4", libc::ENETUNREACH),
+                std::net::IpAddr::V6(_) => ("IPv6", libc::EHOSTUNREACH),
+            };
+            return Err(SetupError::RouteRefused {
+                family,
+                err: io::Error::from_raw_os_error(errno),
+            });
+        }
         log::debug!(
             "route {}/{} not copied: its gateway is not reachable",
             skipped.dst,
