@@ -28,6 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::cli::{self, LogLevel, Parsed, PastaArgs, Target, UserNs};
+use super::forward;
 use super::ports::{Forwards, PortSpec, Ports};
 use crate::config::{
     self, Config, CopiedAddr, CopiedRoute, DEFAULT_BUSY_POLL_MICROS, InterfaceCopy,
@@ -35,6 +36,7 @@ use crate::config::{
 use crate::engine::{AddressPlan, ForwardSpec, Limits, Link4, MapTo, Mapping, Proto};
 use crate::event_loop::EventLoop;
 use crate::host::Outbound;
+use crate::relay::{RelayProto, RelayRule};
 use crate::setup::{self, netlink};
 
 /// pasta's own MAC on the tap (`-M` changes it).
@@ -266,15 +268,6 @@ fn plan_of(args: &PastaArgs, host: &HostV4) -> AddressPlan {
 
 /// The `-t`/`-u` forwards to bind before the parent exits.
 fn forwards_of(args: &PastaArgs, guest: Ipv4Addr) -> anyhow::Result<Vec<ForwardSpec>> {
-    for (flag, f) in [("-T", &args.tcp_ns), ("-U", &args.udp_ns)] {
-        if let Forwards::Given(specs) = f
-            && !specs.is_empty()
-        {
-            bail!(
-                "{flag}: forwarding from the namespace to the host is not supported by netferry's pasta mode yet"
-            );
-        }
-    }
     let mut out = Vec::new();
     for (flag, proto, f) in [("-t", Proto::Tcp, &args.tcp), ("-u", Proto::Udp, &args.udp)] {
         let specs = match f {
@@ -428,7 +421,17 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
             .transpose()?,
         v6: None,
     };
-    let (tap, offload) = setup::obtain_tap(&cfg).context("cannot set up the namespace")?;
+    // -T/-U: sockets inside the namespace, made by the setup child.
+    let ns_forwards = forward::ns_forwards(&args.tcp_ns, &args.udp_ns)?;
+    let requests: Vec<_> = ns_forwards
+        .iter()
+        .map(|f| setup::NsRequest::Listen {
+            udp: f.proto == RelayProto::Udp,
+            port: f.port,
+        })
+        .collect();
+    let (tap, offload, made) =
+        setup::obtain_tap_with(&cfg, &requests).context("cannot set up the namespace")?;
     setup::prefer_mmap_for_buffers();
     if let Err(e) = setup::raise_fd_limit() {
         log::warn!("cannot raise the open file limit: {e}");
@@ -454,6 +457,17 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
                 )
             })?;
     }
+    let relayed = ns_forwards.iter().zip(made).map(|(f, socket)| RelayRule {
+        proto: f.proto,
+        socket,
+        to_port: f.to_port,
+    });
+    event_loop
+        .relay(
+            relayed.collect(),
+            Duration::from_secs(config::DEFAULT_UDP_TIMEOUT_SECS),
+        )
+        .context("cannot relay the -T/-U ports")?;
     if !args.no_netns_quit {
         let watch = setup::NetnsWatch::new(&netns)
             .with_context(|| format!("cannot watch {}", netns.display()))?;
