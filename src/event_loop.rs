@@ -260,7 +260,7 @@ impl EventLoop {
     /// Relay `rules`' sockets (made inside the namespace) to the host's
     /// loopback; UDP flows end after `udp_timeout` without traffic.
     pub fn relay(&mut self, rules: Vec<RelayRule>, udp_timeout: Duration) -> io::Result<()> {
-        if self.relay.is_none() {
+        if self.relay.is_none() && !rules.is_empty() {
             let registry = self.poll.registry().try_clone()?;
             self.relay = Some(Relay::new(registry, udp_timeout));
         }

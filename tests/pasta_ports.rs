@@ -139,6 +139,166 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
     );
 }
 
+/// Whether something in the test's host namespace listens on TCP `port`.
+fn host_listens(net: &common::TestNet, port: u16) -> bool {
+    let filter = format!("sport = :{port}");
+    !stdout(net.host_cmd(&["ss", "-Hltn", &filter])).is_empty()
+}
+
+#[test]
+fn tcp_auto_follows_the_containers_listeners() {
+    let dir = TempDir::new("pasta-auto");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        auto_session(&dir, &pasta, name);
+    }
+}
+
+fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
+    let net = host_net();
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "netns-auto");
+    // rootlesskit's --tcp-ports=auto --udp-ports=none.
+    let out = start_pasta(
+        &caller,
+        pasta,
+        &argv(
+            &netns.path,
+            &["-t", "auto", "-u", "none", "-T", "none", "-U", "none"],
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(!host_listens(&net, 8080), "nothing listens inside yet");
+
+    // A server started inside after pasta: published within pasta's
+    // one-second scan (and a margin).
+    let server = KillOnDrop(
+        netns
+            .cmd(&["ncat", "-l", "-k", "8080", "--sh-exec", "echo auto here"])
+            .spawn()
+            .unwrap(),
+    );
+    let ask = || {
+        stdout(net.host_cmd(&[
+            "timeout",
+            "5",
+            "ncat",
+            "--recv-only",
+            "-w",
+            "2",
+            "127.0.0.1",
+            "8080",
+        ]))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || ask() == "auto here"),
+        "8080 was not published: {}",
+        ask()
+    );
+    // It closes: so does the host's side.
+    drop(server);
+    assert!(
+        wait_until(Duration::from_secs(5), || !host_listens(&net, 8080)),
+        "8080 is still bound on the host"
+    );
+}
+
+#[test]
+fn tcp_all_binds_every_port_but_the_excluded_and_ephemeral_ones() {
+    // `all` holds one socket per port, some 32000 with either pasta.
+    // Under a lower open file limit netferry binds from port 1 up until
+    // it is near and warns about the rest (so the ports checked here are
+    // low), while the real pasta fails ("All listens failed for HOST TCP
+    // */61000-65535", exit 1): it runs here only where the limit is high
+    // enough.
+    use nix::sys::resource::{Resource, getrlimit};
+    const PASTA_NEEDS_FILES: u64 = 70_000;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let dir = TempDir::new("pasta-all");
+    for (name, pasta) in implementations(&dir) {
+        if name == "pasta" && hard < PASTA_NEEDS_FILES {
+            eprintln!("== pasta: not run, the open file limit ({hard}) is too low for its -t all");
+            continue;
+        }
+        eprintln!("== {name}");
+        all_session(&dir, &pasta, name);
+    }
+}
+
+fn all_session(dir: &TempDir, pasta: &Path, tag: &str) {
+    let net = host_net();
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "netns-all");
+    let ephemeral = std::fs::read_to_string(format!(
+        "/proc/{}/root/proc/sys/net/ipv4/ip_local_port_range",
+        caller.holder.0.id()
+    ))
+    .unwrap();
+    let first_ephemeral: u16 = ephemeral
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _servers: Vec<KillOnDrop> = ["8050", "8200"]
+        .into_iter()
+        .map(|port| {
+            let text = format!("echo port {port}");
+            KillOnDrop(
+                netns
+                    .cmd(&["ncat", "-l", "-k", port, "--sh-exec", &text])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let out = start_pasta(
+        &caller,
+        pasta,
+        &argv(
+            &netns.path,
+            &[
+                "-t",
+                "all,~8000-8100",
+                "-u",
+                "none",
+                "-T",
+                "none",
+                "-U",
+                "none",
+            ],
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let ask = |port: &str| {
+        stdout(net.host_cmd(&[
+            "timeout",
+            "5",
+            "ncat",
+            "--recv-only",
+            "-w",
+            "2",
+            "127.0.0.1",
+            port,
+        ]))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || ask("8200") == "port 8200"),
+        "8200: {}",
+        ask("8200")
+    );
+    assert!(
+        host_listens(&net, 20000),
+        "a port nothing serves is bound too"
+    );
+    assert!(!host_listens(&net, 8050), "8050 is excluded");
+    assert!(
+        !host_listens(&net, first_ephemeral + 10),
+        "ephemeral ports are left out"
+    );
+    assert_eq!(ask("8050"), "");
+}
+
 #[test]
 fn unsupported_port_modes_are_refused_by_name() {
     let dir = TempDir::new("pasta-ports-cli");

@@ -270,16 +270,11 @@ fn plan_of(args: &PastaArgs, host: &HostV4) -> AddressPlan {
 fn forwards_of(args: &PastaArgs, guest: Ipv4Addr) -> anyhow::Result<Vec<ForwardSpec>> {
     let mut out = Vec::new();
     for (flag, proto, f) in [("-t", Proto::Tcp, &args.tcp), ("-u", Proto::Udp, &args.udp)] {
-        let specs = match f {
-            Forwards::Default => {
-                log::warn!(
-                    "{flag} auto (pasta's default) is not supported by netferry's pasta mode yet: no ports are forwarded"
-                );
-                continue;
-            }
-            Forwards::Given(specs) => specs,
+        // Not given: pasta's `auto`, made by forward::host_rules.
+        let Forwards::Given(specs) = f else {
+            continue;
         };
-        for spec in specs {
+        for spec in specs.iter().filter(|s| !forward::is_rule(s)) {
             out.extend(spec_forwards(flag, proto, spec, guest)?);
         }
     }
@@ -293,15 +288,16 @@ fn spec_forwards(
     guest: Ipv4Addr,
 ) -> anyhow::Result<Vec<ForwardSpec>> {
     let ranges = match &spec.ports {
-        Ports::Ranges(r) if !spec.auto && spec.exclude.is_empty() && spec.iface.is_none() => r,
-        _ => bail!(
-            "{flag}: 'all', 'auto', exclusions and %interface are not supported by netferry's pasta mode yet"
-        ),
+        Ports::Ranges(r) if spec.iface.is_none() => r,
+        _ => bail!("{flag}: %interface is not supported by netferry's pasta mode yet"),
     };
     let host_ip = spec.addr.unwrap_or(Ipv4Addr::UNSPECIFIED.into());
     let mut out = Vec::new();
     for r in ranges {
         for (i, port) in r.ports.clone().enumerate() {
+            if spec.exclude.iter().any(|x| x.contains(&port)) {
+                continue;
+            }
             let to = r
                 .to_first
                 .checked_add(i as u16)
@@ -423,15 +419,31 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
     };
     // -T/-U: sockets inside the namespace, made by the setup child.
     let ns_forwards = forward::ns_forwards(&args.tcp_ns, &args.udp_ns)?;
-    let requests: Vec<_> = ns_forwards
+    let mut requests: Vec<_> = ns_forwards
         .iter()
         .map(|f| setup::NsRequest::Listen {
             udp: f.proto == RelayProto::Udp,
             port: f.port,
         })
         .collect();
-    let (tap, offload, made) =
+    // -t/-u all and auto; auto reads the namespace's socket tables.
+    let rules = forward::host_rules(
+        &args.tcp,
+        &args.udp,
+        cfg.plan.v4.guest,
+        forward::ephemeral_ports(),
+    )?;
+    let (auto, all): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| r.auto);
+    if !auto.is_empty() {
+        requests.extend(
+            forward::PROC_NET
+                .iter()
+                .map(|p| setup::NsRequest::Open(p.into())),
+        );
+    }
+    let (tap, offload, mut made) =
         setup::obtain_tap_with(&cfg, &requests).context("cannot set up the namespace")?;
+    let proc_net = made.split_off(ns_forwards.len());
     setup::prefer_mmap_for_buffers();
     if let Err(e) = setup::raise_fd_limit() {
         log::warn!("cannot raise the open file limit: {e}");
@@ -456,6 +468,14 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
                     spec.host.ip()
                 )
             })?;
+    }
+    forward::bind_all(&all, event_loop.engine_mut());
+    if !auto.is_empty() {
+        let files = proc_net.into_iter().map(std::fs::File::from).collect();
+        let mut scan = forward::AutoForwarder::new(files, auto, &ns_forwards);
+        // The first scan before ready, as pasta's.
+        scan.sync(event_loop.engine_mut());
+        event_loop.every_tick(Box::new(move |engine| scan.sync(engine)));
     }
     let relayed = ns_forwards.iter().zip(made).map(|(f, socket)| RelayRule {
         proto: f.proto,

@@ -23,7 +23,9 @@ pub enum NsRequest {
     /// for `-T`/`-U`: every address of both families, bound to `lo`
     /// (IPv4 only where the namespace has no IPv6). TCP ones listen.
     Listen { udp: bool, port: u16 },
-    /// A file opened read-only inside the namespace (`/proc/net/tcp`...).
+    /// A file opened read-only inside the namespace (`/proc/net/tcp`...);
+    /// /dev/null, which reads as empty, where there is no such file (a
+    /// namespace without IPv6 has no `/proc/net/tcp6`).
     Open(PathBuf),
 }
 
@@ -41,6 +43,8 @@ pub enum NsRequestError {
 
 /// The loopback interface, which `-T`/`-U` sockets are bound to.
 const LOOPBACK_IF: &str = "lo";
+/// What a missing file reads as.
+const DEV_NULL: &str = "/dev/null";
 /// pasta's listen backlog.
 const BACKLOG: i32 = 128;
 
@@ -60,14 +64,16 @@ pub fn make(request: &NsRequest) -> Result<OwnedFd, NsRequestError> {
                 other => other.map_err(bind_err),
             }
         }
-        NsRequest::Open(path) => {
-            std::fs::File::open(path)
-                .map(OwnedFd::from)
-                .map_err(|err| NsRequestError::Open {
-                    path: path.clone(),
-                    err,
-                })
-        }
+        NsRequest::Open(path) => std::fs::File::open(path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => std::fs::File::open(DEV_NULL),
+                _ => Err(e),
+            })
+            .map(OwnedFd::from)
+            .map_err(|err| NsRequestError::Open {
+                path: path.clone(),
+                err,
+            }),
     }
 }
 
