@@ -145,8 +145,14 @@ fn host_listens(net: &common::TestNet, port: u16) -> bool {
     !stdout(net.host_cmd(&["ss", "-Hltn", &filter])).is_empty()
 }
 
+/// Whether a UDP socket in the test's host namespace is bound to `port`.
+fn host_binds_udp(net: &common::TestNet, port: u16) -> bool {
+    let filter = format!("sport = :{port}");
+    !stdout(net.host_cmd(&["ss", "-Hlun", &filter])).is_empty()
+}
+
 #[test]
-fn tcp_auto_follows_the_containers_listeners() {
+fn auto_follows_the_containers_listeners() {
     let dir = TempDir::new("pasta-auto");
     for (name, pasta) in implementations(&dir) {
         eprintln!("== {name}");
@@ -158,13 +164,13 @@ fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
     let net = host_net();
     let caller = Caller::new(&net, dir, tag);
     let netns = NetnsFile::new(&caller, "netns-auto");
-    // rootlesskit's --tcp-ports=auto --udp-ports=none.
+    // rootlesskit's --tcp-ports=auto --udp-ports=auto.
     let out = start_pasta(
         &caller,
         pasta,
         &argv(
             &netns.path,
-            &["-t", "auto", "-u", "none", "-T", "none", "-U", "none"],
+            &["-t", "auto", "-u", "auto", "-T", "none", "-U", "none"],
         ),
     );
     assert!(out.status.success(), "{out:?}");
@@ -195,11 +201,29 @@ fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
         "8080 was not published: {}",
         ask()
     );
-    // It closes: so does the host's side.
-    drop(server);
+    // UDP follows TCP's listening ports too (for iperf3 and the like),
+    // and its own bound ports.
+    assert!(wait_until(Duration::from_secs(5), || host_binds_udp(
+        &net, 8080
+    )));
+    let udp_server = KillOnDrop(
+        netns
+            .cmd(&["ncat", "-u", "-l", "-k", "5300", "--sh-exec", "cat"])
+            .spawn()
+            .unwrap(),
+    );
     assert!(
-        wait_until(Duration::from_secs(5), || !host_listens(&net, 8080)),
-        "8080 is still bound on the host"
+        wait_until(Duration::from_secs(5), || host_binds_udp(&net, 5300)),
+        "UDP 5300 was not published"
+    );
+    // They close: so does the host's side.
+    drop(server);
+    drop(udp_server);
+    assert!(
+        wait_until(Duration::from_secs(5), || !host_listens(&net, 8080)
+            && !host_binds_udp(&net, 8080)
+            && !host_binds_udp(&net, 5300)),
+        "8080 or 5300 is still bound on the host"
     );
 }
 
