@@ -27,6 +27,7 @@ use crate::busy_poll::{BusyPoll, Moved};
 use crate::engine::{Engine, EngineConfig, FrameSink, Readiness, send_cut};
 use crate::host::{NetHost, Outbound};
 use crate::pages::Pages;
+use crate::relay::{Relay, RelayRule};
 use crate::setup::{self, Offload};
 use crate::tokens::{self, EXIT_FD, NETNS_WATCH, SIGNALS, TAP};
 use crate::vnet;
@@ -38,6 +39,12 @@ const RX_BUFFER_LEN: usize = 65536 + 128;
 /// Frames read from the tap per wake-up before host sockets, the API and
 /// timers get their turn: a guest sending flat out must not starve them.
 const TAP_BATCH: usize = 256;
+/// How often the periodic work runs (pasta's port scan, the relay's UDP
+/// expiry): pasta re-scans its namespace's ports once a second.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Work the loop runs every [`TICK`] (pasta's `auto` port scan).
+pub type Tick = Box<dyn FnMut(&mut Engine<NetHost>)>;
 
 #[derive(Debug, Error)]
 pub enum LoopError {
@@ -134,6 +141,11 @@ pub struct EventLoop {
     child: Option<Pid>,
     /// pasta mode: the namespace file, whose deletion ends netferry.
     netns: Option<setup::NetnsWatch>,
+    /// pasta's `-T`/`-U`: sockets inside the namespace relayed to the
+    /// host's loopback.
+    relay: Option<Relay>,
+    tick: Option<Tick>,
+    next_tick: StdInstant,
     start: StdInstant,
     /// Mapped, not allocated: an idle instance touches one page of it.
     rx: Pages,
@@ -200,6 +212,9 @@ impl EventLoop {
             api,
             child: None,
             netns: None,
+            relay: None,
+            tick: None,
+            next_tick: StdInstant::now(),
             start: StdInstant::now(),
             rx: Pages::zeroed(RX_BUFFER_LEN),
             busy_poll: BusyPoll::new(busy_poll),
@@ -242,6 +257,44 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Relay `rules`' sockets (made inside the namespace) to the host's
+    /// loopback; UDP flows end after `udp_timeout` without traffic.
+    pub fn relay(&mut self, rules: Vec<RelayRule>, udp_timeout: Duration) -> io::Result<()> {
+        if self.relay.is_none() && !rules.is_empty() {
+            let registry = self.poll.registry().try_clone()?;
+            self.relay = Some(Relay::new(registry, udp_timeout));
+        }
+        if let Some(relay) = &mut self.relay {
+            for rule in rules {
+                relay.add(rule)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `tick` about once a second, with the engine.
+    pub fn every_tick(&mut self, tick: Tick) {
+        self.tick = Some(tick);
+    }
+
+    /// The periodic work, when it is due; how long until it is due next.
+    fn run_tick(&mut self) -> Option<Duration> {
+        if self.relay.is_none() && self.tick.is_none() {
+            return None;
+        }
+        let now = StdInstant::now();
+        if now >= self.next_tick {
+            if let Some(tick) = &mut self.tick {
+                tick(&mut self.engine);
+            }
+            if let Some(relay) = &mut self.relay {
+                relay.expire(now);
+            }
+            self.next_tick = now + TICK;
+        }
+        Some(self.next_tick.saturating_duration_since(now))
+    }
+
     /// Whether the child has ended, reaped.
     fn child_status(&self) -> Option<WaitStatus> {
         let child = self.child?;
@@ -273,13 +326,19 @@ impl EventLoop {
         // What moved before the last wake-up, for busy polling.
         let mut moved_before = Moved::default();
         loop {
+            let until_tick = self.run_tick();
             let now = self.now();
             let timeout = if self.tap_pending {
                 Some(Duration::ZERO)
             } else {
-                self.engine
+                let engine = self
+                    .engine
                     .poll_timeout(now)
-                    .map(|d| Duration::from_micros(d.total_micros()))
+                    .map(|d| Duration::from_micros(d.total_micros()));
+                match (engine, until_tick) {
+                    (Some(e), Some(t)) => Some(e.min(t)),
+                    (e, t) => e.or(t),
+                }
             };
             let stats = self.engine.stats();
             let moved = Moved {
@@ -333,6 +392,11 @@ impl EventLoop {
                                     return Ok(Exit::Signal(sig));
                                 }
                             }
+                        }
+                    }
+                    token if Relay::is_ours(token) => {
+                        if let Some(relay) = &mut self.relay {
+                            relay.handle(token);
                         }
                     }
                     token if ApiServer::is_ours(token) => {

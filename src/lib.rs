@@ -19,7 +19,8 @@
 //! - [`setup`]: namespace join, tap, interface configuration, fd passing,
 //!   the sandbox; nearly all `unsafe` is here;
 //! - [`event_loop`] (with [`api`], the JSON control socket, and
-//!   [`busy_poll`], how it waits): one thread, `mio`, tap and control
+//!   [`busy_poll`], how it waits, and [`relay`], pasta's `-T`/`-U`
+//!   ports carried socket to socket): one thread, `mio`, tap and control
 //!   fds, timers;
 //! - [`engine`]: frames in, frames out, against the address plan; the
 //!   virtual hosts (gateway, DNS, DHCP) and smoltcp. No I/O and no clock
@@ -46,6 +47,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod pages;
 pub mod pasta;
+pub mod relay;
 pub mod resolv;
 pub mod run;
 pub mod setup;

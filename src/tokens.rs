@@ -1,8 +1,9 @@
 //! The mio token ranges, defined once.
 //!
 //! The event loop's own fds sit at the bottom, flows (their host sockets)
-//! take one token each from `FLOW_BASE`, and API connections sit above
-//! every flow token. All values fit a 32-bit `usize`.
+//! take one token each from `FLOW_BASE`, the relay's sockets (pasta's
+//! `-T`/`-U`) the range above them, and API connections sit above
+//! everything. All values fit a 32-bit `usize`.
 
 use mio::Token;
 
@@ -13,9 +14,13 @@ pub const API_LISTENER: Token = Token(3);
 pub const NETNS_WATCH: Token = Token(4);
 /// Flow `id` is watched under `Token(FLOW_BASE + id)`.
 pub const FLOW_BASE: usize = 16;
-/// Flow tokens stay below this; API connections use the tokens above.
-pub const FLOW_END: usize = 1 << 30;
-pub const API_CONN_BASE: usize = FLOW_END;
+/// Flow tokens stay below this.
+pub const FLOW_END: usize = 1 << 29;
+/// The relay's sockets: `RELAY_BASE..RELAY_END`.
+pub const RELAY_BASE: usize = FLOW_END;
+pub const RELAY_END: usize = 1 << 30;
+/// API connections use the tokens from here on.
+pub const API_CONN_BASE: usize = RELAY_END;
 
 /// The flow a token belongs to, if it is a flow token.
 pub fn flow_of(token: Token) -> Option<usize> {

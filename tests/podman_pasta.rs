@@ -412,8 +412,6 @@ fn ports_session(p: &PodmanPasta, argv: &str) {
 /// `--network pasta:-T,PORT`: the container's 127.0.0.1:PORT is the
 /// host's loopback service.
 #[test]
-#[ignore = "netferry's pasta mode has no -T (namespace to host loopback) yet: another \
-            helper adds it; run with --ignored once it is in"]
 fn podman_58_pasta_dash_t_reaches_a_host_loopback_service() {
     each(&FORKY, |p| {
         let _web = host_web(&p.t.net, &p.t.dir.0);

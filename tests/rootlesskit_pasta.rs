@@ -155,7 +155,6 @@ fn detach_netns_reaches_the_host_and_dns() {
 /// on the host by itself (`--tcp-ports=auto`), to host-local and remote
 /// clients alike.
 #[test]
-#[ignore = "needs -t auto, which netferry's pasta mode refuses until the ports work lands"]
 fn port_driver_implicit_publishes_the_childs_ports() {
     let Some(bin) = common::rootlesskit2() else {
         return;

@@ -31,6 +31,7 @@ use anyhow::{Context, bail};
 use super::cli::{
     self, IpVersions, LogLevel, Nameservers, Parsed, PastaArgs, SearchDomains, Target, UserNs,
 };
+use super::forward;
 use super::ports::{Forwards, PortSpec, Ports};
 use crate::config::{
     self, Config, CopiedAddr, CopiedRoute, DEFAULT_BUSY_POLL_MICROS, InterfaceCopy,
@@ -38,6 +39,7 @@ use crate::config::{
 use crate::engine::{AddressPlan, Carry, ForwardSpec, Limits, Link4, Link6, MapTo, Mapping, Proto};
 use crate::event_loop::EventLoop;
 use crate::host::{Outbound, OutboundDevices};
+use crate::relay::{RelayProto, RelayRule};
 use crate::setup::{self, netlink};
 
 /// pasta's own MAC on the tap (`-M` changes it).
@@ -481,27 +483,13 @@ fn dhcp_dns4(args: &PastaArgs, gateway: Ipv4Addr, resolv: &str) -> Option<Ipv4Ad
 /// without an address listens on `any` (both families where the guest
 /// has IPv6, as pasta's do).
 fn forwards_of(args: &PastaArgs, guest: Ipv4Addr, any: IpAddr) -> anyhow::Result<Vec<ForwardSpec>> {
-    for (flag, f) in [("-T", &args.tcp_ns), ("-U", &args.udp_ns)] {
-        if let Forwards::Given(specs) = f
-            && !specs.is_empty()
-        {
-            bail!(
-                "{flag}: forwarding from the namespace to the host is not supported by netferry's pasta mode yet"
-            );
-        }
-    }
     let mut out = Vec::new();
     for (flag, proto, f) in [("-t", Proto::Tcp, &args.tcp), ("-u", Proto::Udp, &args.udp)] {
-        let specs = match f {
-            Forwards::Default => {
-                log::warn!(
-                    "{flag} auto (pasta's default) is not supported by netferry's pasta mode yet: no ports are forwarded"
-                );
-                continue;
-            }
-            Forwards::Given(specs) => specs,
+        // Not given: pasta's `auto`, made by forward::host_rules.
+        let Forwards::Given(specs) = f else {
+            continue;
         };
-        for spec in specs {
+        for spec in specs.iter().filter(|s| !forward::is_rule(s)) {
             out.extend(spec_forwards(flag, proto, spec, guest, any)?);
         }
     }
@@ -516,15 +504,16 @@ fn spec_forwards(
     any: IpAddr,
 ) -> anyhow::Result<Vec<ForwardSpec>> {
     let ranges = match &spec.ports {
-        Ports::Ranges(r) if !spec.auto && spec.exclude.is_empty() && spec.iface.is_none() => r,
-        _ => bail!(
-            "{flag}: 'all', 'auto', exclusions and %interface are not supported by netferry's pasta mode yet"
-        ),
+        Ports::Ranges(r) if spec.iface.is_none() => r,
+        _ => bail!("{flag}: %interface is not supported by netferry's pasta mode yet"),
     };
     let host_ip = spec.addr.unwrap_or(any);
     let mut out = Vec::new();
     for r in ranges {
         for (i, port) in r.ports.clone().enumerate() {
+            if spec.exclude.iter().any(|x| x.contains(&port)) {
+                continue;
+            }
             let to = r
                 .to_first
                 .checked_add(i as u16)
@@ -774,7 +763,39 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
             .map(crate::host::resolve_outbound_v6)
             .transpose()?,
     };
-    let (tap, offload) = setup::obtain_tap(&cfg).context("cannot set up the namespace")?;
+    // -T/-U: sockets inside the namespace, made by the setup child.
+    let ns_forwards = forward::ns_forwards(&args.tcp_ns, &args.udp_ns)?;
+    let mut requests: Vec<_> = ns_forwards
+        .iter()
+        .map(|f| setup::NsRequest::Listen {
+            udp: f.proto == RelayProto::Udp,
+            port: f.port,
+        })
+        .collect();
+    // -t/-u all and auto; auto reads the namespace's socket tables.
+    // Listening on both families where the guest has IPv6, as -t/-u
+    // ranges do.
+    let any = match cfg.plan.v6 {
+        Some(_) => Ipv6Addr::UNSPECIFIED.into(),
+        None => Ipv4Addr::UNSPECIFIED.into(),
+    };
+    let rules = forward::host_rules(
+        &args.tcp,
+        &args.udp,
+        (cfg.plan.v4.guest, any),
+        forward::ephemeral_ports(),
+    )?;
+    let (auto, all): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| r.auto);
+    if !auto.is_empty() {
+        requests.extend(
+            forward::PROC_NET
+                .iter()
+                .map(|p| setup::NsRequest::Open(p.into())),
+        );
+    }
+    let (tap, offload, mut made) =
+        setup::obtain_tap_with(&cfg, &requests).context("cannot set up the namespace")?;
+    let proc_net = made.split_off(ns_forwards.len());
     setup::prefer_mmap_for_buffers();
     if let Err(e) = setup::raise_fd_limit() {
         log::warn!("cannot raise the open file limit: {e}");
@@ -812,6 +833,25 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
             v4: args.outbound_if4.clone().map(Into::into),
             v6: args.outbound_if6.clone().map(Into::into),
         });
+    forward::bind_all(&all, event_loop.engine_mut());
+    if !auto.is_empty() {
+        let files = proc_net.into_iter().map(std::fs::File::from).collect();
+        let mut scan = forward::AutoForwarder::new(files, auto, &ns_forwards);
+        // The first scan before ready, as pasta's.
+        scan.sync(event_loop.engine_mut());
+        event_loop.every_tick(Box::new(move |engine| scan.sync(engine)));
+    }
+    let relayed = ns_forwards.iter().zip(made).map(|(f, socket)| RelayRule {
+        proto: f.proto,
+        socket,
+        to_port: f.to_port,
+    });
+    event_loop
+        .relay(
+            relayed.collect(),
+            Duration::from_secs(config::DEFAULT_UDP_TIMEOUT_SECS),
+        )
+        .context("cannot relay the -T/-U ports")?;
     if !args.no_netns_quit {
         let watch = setup::NetnsWatch::new(&netns)
             .with_context(|| format!("cannot watch {}", netns.display()))?;

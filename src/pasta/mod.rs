@@ -10,6 +10,7 @@
 mod args;
 pub mod cli;
 pub mod daemon;
+mod forward;
 mod getopt;
 mod options;
 pub mod ports;

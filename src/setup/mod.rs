@@ -10,6 +10,8 @@
 //! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started.
 
 mod ifconfig;
+mod inns;
+pub use inns::{NsRequest, NsRequestError};
 pub mod netlink;
 pub mod sandbox;
 pub mod seccomp;
@@ -77,25 +79,44 @@ pub enum SetupError {
     ThreadsUnknown { path: PathBuf, err: io::Error },
     #[error("{0}")]
     Run(String),
+    #[error(transparent)]
+    InNamespace(#[from] NsRequestError),
 }
 
 /// Get the tap as the configuration says: adopt an inherited fd, or join
 /// the namespace in a child and receive the fd from it; then its
 /// offloads. The file returned is non-blocking.
 pub fn obtain_tap(cfg: &Config) -> Result<(File, Offload), SetupError> {
+    let (tap, offload, _) = obtain_tap_with(cfg, &[])?;
+    Ok((tap, offload))
+}
+
+/// [`obtain_tap`], and what `requests` ask for made inside the namespace
+/// too (by the same child, so never with an inherited tap fd), in order.
+pub fn obtain_tap_with(
+    cfg: &Config,
+    requests: &[NsRequest],
+) -> Result<(File, Offload, Vec<OwnedFd>), SetupError> {
     precheck(cfg)?;
-    let tap = match &cfg.target {
-        Target::TapFd(fd) => adopt_fd(*fd)?,
-        Target::Pid(pid) => {
-            from_child(cfg, Path::new(&format!("/proc/{pid}/ns/net")).to_path_buf())?
+    let (tap, made) = match &cfg.target {
+        Target::TapFd(_) if !requests.is_empty() => {
+            return Err(SetupError::Run(
+                "sockets inside the namespace need a namespace to join, not a tap fd".into(),
+            ));
         }
-        Target::Path(path) => from_child(cfg, path.clone())?,
+        Target::TapFd(fd) => (adopt_fd(*fd)?, Vec::new()),
+        Target::Pid(pid) => from_child(
+            cfg,
+            Path::new(&format!("/proc/{pid}/ns/net")).to_path_buf(),
+            requests,
+        )?,
+        Target::Path(path) => from_child(cfg, path.clone(), requests)?,
     };
     set_nonblocking(&tap)?;
     let tap = File::from(tap);
     let offload = offload_of(&tap, cfg.offload)?;
     log::info!("tap offload: {offload}");
-    Ok((tap, offload))
+    Ok((tap, offload, made))
 }
 
 /// What can be checked before forking or joining anything, so a typo
@@ -317,7 +338,11 @@ fn single_threaded_per(stat: &Path) -> Result<(), SetupError> {
     }
 }
 
-fn from_child(cfg: &Config, netns: PathBuf) -> Result<OwnedFd, SetupError> {
+fn from_child(
+    cfg: &Config,
+    netns: PathBuf,
+    requests: &[NsRequest],
+) -> Result<(OwnedFd, Vec<OwnedFd>), SetupError> {
     // Checked, not assumed: the fork below is sound only while this
     // process has one thread, and setns into a user namespace fails in a
     // threaded one anyway.
@@ -336,7 +361,7 @@ fn from_child(cfg: &Config, netns: PathBuf) -> Result<OwnedFd, SetupError> {
     match unsafe { fork() }.map_err(SetupError::Fork)? {
         ForkResult::Child => {
             drop(parent_end);
-            let code = match child(cfg, &netns, &child_end) {
+            let code = match child(cfg, &netns, requests, &child_end) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("netferry: {e}");
@@ -349,10 +374,16 @@ fn from_child(cfg: &Config, netns: PathBuf) -> Result<OwnedFd, SetupError> {
         }
         ForkResult::Parent { child } => {
             drop(child_end);
-            let received = recv_fd(&parent_end);
+            // The tap, then one fd per request.
+            let received = (0..=requests.len())
+                .map(|_| recv_fd(&parent_end))
+                .collect::<nix::Result<Option<Vec<OwnedFd>>>>();
             let status = waitpid(child, None);
             match (received, status) {
-                (Ok(Some(fd)), Ok(WaitStatus::Exited(_, 0))) => Ok(fd),
+                (Ok(Some(mut fds)), Ok(WaitStatus::Exited(_, 0))) => {
+                    let tap = fds.remove(0);
+                    Ok((tap, fds))
+                }
                 (Err(e), _) => Err(SetupError::PassFd(e)),
                 (_, Ok(WaitStatus::Exited(_, code))) => {
                     Err(SetupError::Child(format!("exit status {code}")))
@@ -364,7 +395,12 @@ fn from_child(cfg: &Config, netns: PathBuf) -> Result<OwnedFd, SetupError> {
 }
 
 /// The child: join, open, configure, send.
-fn child(cfg: &Config, netns: &Path, sock: &OwnedFd) -> Result<(), SetupError> {
+fn child(
+    cfg: &Config,
+    netns: &Path,
+    requests: &[NsRequest],
+    sock: &OwnedFd,
+) -> Result<(), SetupError> {
     let open = |path: &Path| {
         File::open(path).map_err(|err| SetupError::OpenNs {
             path: path.to_path_buf(),
@@ -399,8 +435,16 @@ fn child(cfg: &Config, netns: &Path, sock: &OwnedFd) -> Result<(), SetupError> {
     if let Some(copy) = &cfg.copy {
         copy_onto(name, copy)?;
     }
+    // Made before anything is sent: one that fails fails the whole.
+    let made = requests
+        .iter()
+        .map(inns::make)
+        .collect::<Result<Vec<_>, _>>()?;
     send_fd(sock, tap.as_raw_fd()).map_err(SetupError::PassFd)?;
     log::info!("sent tapfd={} for {name}", tap.as_raw_fd());
+    for fd in &made {
+        send_fd(sock, fd.as_raw_fd()).map_err(SetupError::PassFd)?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,550 @@
+//! A socket-to-socket relay: pasta's `-T`/`-U`, where a client on the
+//! namespace's loopback reaches a server on the host's loopback. The
+//! listening sockets were made inside the namespace (by setup); each
+//! connection or datagram flow they bring gets an ordinary socket in
+//! netferry's own namespace toward the host's loopback at the mapped
+//! port, and bytes are copied between the two through bounded buffers.
+//! No frames, no engine: this is loopback to loopback.
+//!
+//! As pasta does: the destination is the loopback address the client
+//! addressed (127.0.0.1 or ::1), a client that is not on loopback is
+//! refused, and a UDP flow keeps the client's source port where the host
+//! allows it. Runtime faults end one connection or drop one datagram,
+//! never the process. It must not block: every socket is non-blocking
+//! and each wake-up moves at most what the buffers hold.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Interest, Registry, Token};
+
+use crate::tokens::{RELAY_BASE, RELAY_END};
+
+/// Bytes buffered per direction of a TCP connection: the bound on what
+/// one connection holds, large enough to keep loopback busy.
+const TCP_BUFFER: usize = 128 * 1024;
+/// Largest datagram carried.
+const DATAGRAM_MAX: usize = 65535;
+/// Datagrams moved per socket per wake-up, so one busy flow cannot
+/// starve the rest of the loop.
+const DATAGRAM_BATCH: usize = 64;
+
+/// The transport of a relayed port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayProto {
+    Tcp,
+    Udp,
+}
+
+/// One relayed port: a socket made inside the namespace (listening for
+/// TCP, bound for UDP) and the host loopback port it leads to.
+#[derive(Debug)]
+pub struct RelayRule {
+    pub proto: RelayProto,
+    pub socket: OwnedFd,
+    pub to_port: u16,
+}
+
+/// A buffer of bytes on their way from one socket to another.
+struct Pipe {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// The source has no more to give.
+    eof: bool,
+    /// The destination was told so (its write side is shut).
+    shut: bool,
+}
+
+impl Pipe {
+    fn new() -> Self {
+        Pipe {
+            buf: vec![0; TCP_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+            shut: false,
+        }
+    }
+
+    /// Read from `from` while there is room; whether anything moved.
+    fn fill(&mut self, mut from: &TcpStream) -> io::Result<bool> {
+        let mut moved = false;
+        while !self.eof && self.end < self.buf.len() {
+            match from.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    moved = true;
+                }
+                Ok(n) => {
+                    self.end += n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Write to `to` what there is; once the source is done and all is
+    /// written, shut `to`'s write side. Whether anything moved.
+    fn drain(&mut self, mut to: &TcpStream) -> io::Result<bool> {
+        let mut moved = false;
+        while self.start < self.end {
+            match to.write(&self.buf[self.start..self.end]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.start += n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.eof && !self.shut {
+                // The peer may have gone already; nothing to tell then.
+                let _ = to.shutdown(Shutdown::Write);
+                self.shut = true;
+                moved = true;
+            }
+        } else if self.end == self.buf.len() && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        Ok(moved)
+    }
+}
+
+/// A relayed TCP connection: the client's, accepted inside the
+/// namespace, and ours to the host's loopback.
+struct Pair {
+    inside: TcpStream,
+    outside: TcpStream,
+    connected: bool,
+    to_host: Pipe,
+    to_ns: Pipe,
+}
+
+enum Entry {
+    TcpListener {
+        listener: TcpListener,
+        to_port: u16,
+    },
+    Tcp(Box<Pair>),
+    UdpListener {
+        socket: UdpSocket,
+        to_port: u16,
+        /// The flow of each client, by its address.
+        flows: HashMap<SocketAddr, usize>,
+    },
+    UdpFlow {
+        socket: UdpSocket,
+        listener: usize,
+        client: SocketAddr,
+        last: Cell<Instant>,
+    },
+}
+
+/// Every relayed port and what it carries. Each entry takes two tokens
+/// from [`RELAY_BASE`]: `2 * slot` and, for a TCP pair's host side,
+/// `2 * slot + 1`.
+pub struct Relay {
+    registry: Registry,
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    datagram: Box<[u8]>,
+    udp_timeout: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Inside,
+    Outside,
+}
+
+fn token(slot: usize, side: Side) -> Token {
+    Token(RELAY_BASE + 2 * slot + usize::from(side == Side::Outside))
+}
+
+/// A client's loopback address as the host should see it: IPv4-mapped
+/// addresses (from the dual-stack listeners) as IPv4.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The host's loopback address of `client`'s family.
+fn loopback_like(client: IpAddr) -> IpAddr {
+    match unmapped(client) {
+        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    }
+}
+
+impl Relay {
+    /// `udp_timeout`: how long a UDP flow lives without traffic.
+    pub fn new(registry: Registry, udp_timeout: Duration) -> Self {
+        Relay {
+            registry,
+            slots: Vec::new(),
+            free: Vec::new(),
+            datagram: vec![0; DATAGRAM_MAX].into_boxed_slice(),
+            udp_timeout,
+        }
+    }
+
+    pub fn is_ours(token: Token) -> bool {
+        (RELAY_BASE..RELAY_END).contains(&token.0)
+    }
+
+    /// Start relaying `rule`'s port.
+    pub fn add(&mut self, rule: RelayRule) -> io::Result<()> {
+        let entry = match rule.proto {
+            RelayProto::Tcp => {
+                let std = std::net::TcpListener::from(rule.socket);
+                std.set_nonblocking(true)?;
+                Entry::TcpListener {
+                    listener: TcpListener::from_std(std),
+                    to_port: rule.to_port,
+                }
+            }
+            RelayProto::Udp => {
+                let std = std::net::UdpSocket::from(rule.socket);
+                std.set_nonblocking(true)?;
+                Entry::UdpListener {
+                    socket: UdpSocket::from_std(std),
+                    to_port: rule.to_port,
+                    flows: HashMap::new(),
+                }
+            }
+        };
+        self.insert(entry)?;
+        Ok(())
+    }
+
+    fn insert(&mut self, mut entry: Entry) -> io::Result<usize> {
+        let slot = self.free.pop().unwrap_or(self.slots.len());
+        if RELAY_BASE + 2 * slot + 1 >= RELAY_END {
+            self.free.push(slot);
+            return Err(io::Error::other("no tokens left for relayed sockets"));
+        }
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let registered = match &mut entry {
+            Entry::TcpListener { listener, .. } => {
+                self.registry
+                    .register(listener, token(slot, Side::Inside), Interest::READABLE)
+            }
+            Entry::Tcp(pair) => self
+                .registry
+                .register(&mut pair.inside, token(slot, Side::Inside), both)
+                .and_then(|()| {
+                    self.registry
+                        .register(&mut pair.outside, token(slot, Side::Outside), both)
+                }),
+            Entry::UdpListener { socket, .. } | Entry::UdpFlow { socket, .. } => self
+                .registry
+                .register(socket, token(slot, Side::Inside), Interest::READABLE),
+        };
+        if let Err(e) = registered {
+            self.free.push(slot);
+            return Err(e);
+        }
+        if slot == self.slots.len() {
+            self.slots.push(Some(entry));
+        } else {
+            self.slots[slot] = Some(entry);
+        }
+        Ok(slot)
+    }
+
+    fn remove(&mut self, slot: usize) {
+        let Some(entry) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        // Dropping a socket takes it out of epoll as well; deregistering
+        // first keeps mio's bookkeeping honest.
+        match entry {
+            Entry::TcpListener { mut listener, .. } => {
+                let _ = self.registry.deregister(&mut listener);
+            }
+            Entry::Tcp(mut pair) => {
+                let _ = self.registry.deregister(&mut pair.inside);
+                let _ = self.registry.deregister(&mut pair.outside);
+            }
+            Entry::UdpListener {
+                mut socket, flows, ..
+            } => {
+                let _ = self.registry.deregister(&mut socket);
+                for flow in flows.into_values() {
+                    self.remove(flow);
+                }
+            }
+            Entry::UdpFlow {
+                mut socket,
+                listener,
+                client,
+                ..
+            } => {
+                let _ = self.registry.deregister(&mut socket);
+                if let Some(Some(Entry::UdpListener { flows, .. })) = self.slots.get_mut(listener) {
+                    flows.remove(&client);
+                }
+            }
+        }
+        self.free.push(slot);
+    }
+
+    /// Serve whatever `token` says is ready.
+    pub fn handle(&mut self, token: Token) {
+        let Some(slot) = token.0.checked_sub(RELAY_BASE).map(|t| t / 2) else {
+            return;
+        };
+        match self.slots.get(slot) {
+            Some(Some(Entry::TcpListener { .. })) => self.accept(slot),
+            Some(Some(Entry::Tcp(_))) => self.pump(slot),
+            Some(Some(Entry::UdpListener { .. })) => self.carry_out(slot),
+            Some(Some(Entry::UdpFlow { .. })) => self.carry_back(slot),
+            Some(None) | None => {}
+        }
+    }
+
+    fn accept(&mut self, slot: usize) {
+        loop {
+            let Some(Some(Entry::TcpListener { listener, to_port })) = self.slots.get(slot) else {
+                return;
+            };
+            let to_port = *to_port;
+            let (inside, client) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("relay: accept failed: {e}");
+                    return;
+                }
+            };
+            // The loopback address the client addressed, on the host.
+            let local = inside.local_addr().map(|a| unmapped(a.ip()));
+            let target = match local {
+                Ok(ip) if ip.is_loopback() && unmapped(client.ip()).is_loopback() => {
+                    SocketAddr::new(ip, to_port)
+                }
+                other => {
+                    log::debug!("relay: refusing {client} (to {other:?}): not on loopback");
+                    continue;
+                }
+            };
+            let outside = match TcpStream::connect(target) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::debug!("relay: connecting to {target} failed: {e}");
+                    continue;
+                }
+            };
+            let _ = inside.set_nodelay(true);
+            let _ = outside.set_nodelay(true);
+            let pair = Pair {
+                inside,
+                outside,
+                connected: false,
+                to_host: Pipe::new(),
+                to_ns: Pipe::new(),
+            };
+            match self.insert(Entry::Tcp(Box::new(pair))) {
+                Ok(p) => log::debug!("relay: {client} -> {target} (entry {p})"),
+                Err(e) => log::debug!("relay: cannot carry {client}: {e}"),
+            }
+        }
+    }
+
+    /// Move what can move between a pair's sockets; close the pair when
+    /// both directions are done or one side failed.
+    fn pump(&mut self, slot: usize) {
+        let Some(Some(Entry::Tcp(pair))) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let done = match pump_pair(pair) {
+            Ok(done) => done,
+            Err(e) => {
+                log::debug!("relay: connection ended: {e}");
+                true
+            }
+        };
+        if done {
+            self.remove(slot);
+        }
+    }
+
+    fn carry_out(&mut self, slot: usize) {
+        for _ in 0..DATAGRAM_BATCH {
+            let Some(Some(Entry::UdpListener {
+                socket,
+                to_port,
+                flows,
+            })) = self.slots.get(slot)
+            else {
+                return;
+            };
+            let (len, client) = match socket.recv_from(&mut self.datagram) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("relay: UDP receive failed: {e}");
+                    return;
+                }
+            };
+            if !unmapped(client.ip()).is_loopback() {
+                log::debug!("relay: dropping a datagram from {client}: not on loopback");
+                continue;
+            }
+            let target = SocketAddr::new(loopback_like(client.ip()), *to_port);
+            let flow = match flows.get(&client).copied() {
+                Some(flow) => flow,
+                None => match self.new_flow(slot, client, target) {
+                    Ok(flow) => flow,
+                    Err(e) => {
+                        log::debug!("relay: no flow for {client} to {target}: {e}");
+                        continue;
+                    }
+                },
+            };
+            if let Some(Some(Entry::UdpFlow { socket, last, .. })) = self.slots.get(flow) {
+                last.set(Instant::now());
+                if let Err(e) = socket.send(&self.datagram[..len]) {
+                    log::debug!("relay: datagram to {target} dropped: {e}");
+                }
+            }
+        }
+    }
+
+    /// A socket toward `target` for `client`, from the client's own port
+    /// where the host has it free, as pasta keeps it.
+    fn new_flow(
+        &mut self,
+        listener: usize,
+        client: SocketAddr,
+        target: SocketAddr,
+    ) -> io::Result<usize> {
+        let socket = match UdpSocket::bind(SocketAddr::new(target.ip(), client.port())) {
+            Ok(s) => s,
+            Err(_) => UdpSocket::bind(SocketAddr::new(target.ip(), 0))?,
+        };
+        socket.connect(target)?;
+        let flow = self.insert(Entry::UdpFlow {
+            socket,
+            listener,
+            client,
+            last: Cell::new(Instant::now()),
+        })?;
+        if let Some(Some(Entry::UdpListener { flows, .. })) = self.slots.get_mut(listener) {
+            flows.insert(client, flow);
+        }
+        Ok(flow)
+    }
+
+    fn carry_back(&mut self, slot: usize) {
+        let Some(Some(Entry::UdpFlow {
+            socket,
+            listener,
+            client,
+            last,
+        })) = self.slots.get(slot)
+        else {
+            return;
+        };
+        let Some(Some(Entry::UdpListener { socket: inside, .. })) = self.slots.get(*listener)
+        else {
+            return;
+        };
+        for _ in 0..DATAGRAM_BATCH {
+            let len = match socket.recv(&mut self.datagram) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A refused port (ICMP) and the like: the client's to see
+                // as silence, as with any lost datagram.
+                Err(e) => {
+                    log::debug!("relay: UDP receive for {client} failed: {e}");
+                    return;
+                }
+            };
+            last.set(Instant::now());
+            if let Err(e) = inside.send_to(&self.datagram[..len], *client) {
+                log::debug!("relay: datagram to {client} dropped: {e}");
+            }
+        }
+    }
+
+    /// End UDP flows idle for longer than the timeout; called about once
+    /// a second.
+    pub fn expire(&mut self, now: Instant) {
+        let idle: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, e)| match e {
+                Some(Entry::UdpFlow { last, .. })
+                    if now.saturating_duration_since(last.get()) > self.udp_timeout =>
+                {
+                    Some(slot)
+                }
+                _ => None,
+            })
+            .collect();
+        for slot in idle {
+            self.remove(slot);
+        }
+    }
+}
+
+/// Whether the pair is done with.
+fn pump_pair(pair: &mut Pair) -> io::Result<bool> {
+    if !pair.connected {
+        if let Some(e) = pair.outside.take_error()? {
+            return Err(e);
+        }
+        match pair.outside.peer_addr() {
+            Ok(_) => pair.connected = true,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) => return Err(e),
+        }
+    }
+    loop {
+        let mut moved = pair.to_host.fill(&pair.inside)?;
+        if pair.connected {
+            moved |= pair.to_host.drain(&pair.outside)?;
+            moved |= pair.to_ns.fill(&pair.outside)?;
+            moved |= pair.to_ns.drain(&pair.inside)?;
+        }
+        if !moved {
+            break;
+        }
+    }
+    log::trace!(
+        "relay: to host {}..{} eof {} shut {}, to ns {}..{} eof {} shut {}",
+        pair.to_host.start,
+        pair.to_host.end,
+        pair.to_host.eof,
+        pair.to_host.shut,
+        pair.to_ns.start,
+        pair.to_ns.end,
+        pair.to_ns.eof,
+        pair.to_ns.shut
+    );
+    Ok(pair.to_host.shut && pair.to_ns.shut)
+}

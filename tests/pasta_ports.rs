@@ -1,0 +1,342 @@
+//! pasta's port forwarding as its callers use it, end to end: `-T`/`-U`
+//! (a client on the container's loopback reaches a service on the host's
+//! loopback: podman's `--network pasta:-T,5432`), `-t auto` (rootlesskit's
+//! `--tcp-ports=auto`: a server started in the container after pasta is
+//! published on the host, and stops being so when it closes), `-t all`
+//! with exclusions, and plain refusals for what netferry does not do.
+//!
+//! Each end-to-end case runs with netferry as `pasta` and with the real
+//! pasta (see tests/common/pasta.rs), in the test's host namespace, as a
+//! rootless caller.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::pasta::{Caller, NetnsFile, host_net, implementations, pasta_link, start_pasta};
+use common::{KillOnDrop, TempDir, dns_server, echo_until_eof, wait_until};
+
+/// The argv podman builds for `--network pasta:-T,...`, with `extra` in
+/// the place of the user's options.
+fn argv(netns: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["--config-net", "--no-map-gw", "--quiet"]
+        .map(String::from)
+        .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--netns".to_string(), netns.display().to_string()]);
+    args
+}
+
+fn stdout(mut cmd: Command) -> String {
+    let o = cmd.output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn ns_ports_reach_services_on_the_hosts_loopback() {
+    let dir = TempDir::new("pasta-ns-ports");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        ns_ports_session(&dir, &pasta, name);
+    }
+}
+
+fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
+    let net = host_net();
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "netns-ns-ports");
+    // Services on the host's loopback only: TCP on 127.0.0.1 and ::1,
+    // DNS (UDP) on 127.0.0.1 port 53.
+    let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.53"]);
+    let echo = net.in_host(|| TcpListener::bind("127.0.0.1:5432").unwrap());
+    std::thread::spawn(move || {
+        for conn in echo.incoming().flatten() {
+            std::thread::spawn(move || echo_until_eof(conn));
+        }
+    });
+    let _hello6 = KillOnDrop(
+        net.host_cmd(&[
+            "ncat",
+            "-l",
+            "-k",
+            "::1",
+            "5433",
+            "--sh-exec",
+            "echo hello on ::1",
+        ])
+        .spawn()
+        .unwrap(),
+    );
+    let log = caller.dir.join("pasta.log");
+    let log = log.display().to_string();
+    let debug: &[&str] = match std::env::var("NETFERRY_TEST_DEBUG") {
+        Ok(_) => &["-d", "-l", &log],
+        Err(_) => &[],
+    };
+    let mut extra = vec![
+        "-t", "none", "-u", "none", "-T", "5432", "-T", "5433", "-U", "5353:53",
+    ];
+    extra.extend(debug);
+    let out = start_pasta(&caller, pasta, &argv(&netns.path, &extra));
+    assert!(out.status.success(), "{out:?}");
+
+    // A megabyte through 127.0.0.1:5432 and back (an echo server), with
+    // the client's half-close passed on so the server ends the reply.
+    let echoed = || {
+        stdout(netns.cmd(&[
+            "sh",
+            "-c",
+            "head -c 1000000 /dev/zero | timeout 10 ncat -w 3 127.0.0.1 5432 | wc -c",
+        ]))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || echoed() == "1000000"),
+        "127.0.0.1:5432 echoed {}",
+        echoed()
+    );
+    // ::1 in the container leads to ::1 on the host.
+    let hello = || {
+        stdout(netns.cmd(&[
+            "timeout",
+            "10",
+            "ncat",
+            "--recv-only",
+            "-w",
+            "3",
+            "::1",
+            "5433",
+        ]))
+    };
+    assert_eq!(hello(), "hello on ::1");
+    // UDP: the container's 127.0.0.1:5353 is the host's resolver on 53.
+    let answer = stdout(netns.cmd(&[
+        "dig",
+        "+short",
+        "+tries=2",
+        "+time=2",
+        "-p",
+        "5353",
+        "@127.0.0.1",
+        "probe.netferry.test",
+    ]));
+    assert_eq!(answer, "192.0.2.53");
+    // A port not given leads nowhere.
+    assert_eq!(
+        stdout(netns.cmd(&[
+            "timeout",
+            "10",
+            "ncat",
+            "--recv-only",
+            "-w",
+            "2",
+            "127.0.0.1",
+            "5434"
+        ])),
+        ""
+    );
+}
+
+/// Whether something in the test's host namespace listens on TCP `port`.
+fn host_listens(net: &common::TestNet, port: u16) -> bool {
+    let filter = format!("sport = :{port}");
+    !stdout(net.host_cmd(&["ss", "-Hltn", &filter])).is_empty()
+}
+
+/// Whether a UDP socket in the test's host namespace is bound to `port`.
+fn host_binds_udp(net: &common::TestNet, port: u16) -> bool {
+    let filter = format!("sport = :{port}");
+    !stdout(net.host_cmd(&["ss", "-Hlun", &filter])).is_empty()
+}
+
+#[test]
+fn auto_follows_the_containers_listeners() {
+    let dir = TempDir::new("pasta-auto");
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        auto_session(&dir, &pasta, name);
+    }
+}
+
+fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
+    let net = host_net();
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "netns-auto");
+    // rootlesskit's --tcp-ports=auto --udp-ports=auto.
+    let out = start_pasta(
+        &caller,
+        pasta,
+        &argv(
+            &netns.path,
+            &["-t", "auto", "-u", "auto", "-T", "none", "-U", "none"],
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(!host_listens(&net, 8080), "nothing listens inside yet");
+
+    // A server started inside after pasta: published within pasta's
+    // one-second scan (and a margin).
+    let server = KillOnDrop(
+        netns
+            .cmd(&["ncat", "-l", "-k", "8080", "--sh-exec", "echo auto here"])
+            .spawn()
+            .unwrap(),
+    );
+    let ask = || {
+        stdout(net.host_cmd(&[
+            "timeout",
+            "5",
+            "ncat",
+            "--recv-only",
+            "-w",
+            "2",
+            "127.0.0.1",
+            "8080",
+        ]))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || ask() == "auto here"),
+        "8080 was not published: {}",
+        ask()
+    );
+    // UDP follows TCP's listening ports too (for iperf3 and the like),
+    // and its own bound ports.
+    assert!(wait_until(Duration::from_secs(5), || host_binds_udp(
+        &net, 8080
+    )));
+    let udp_server = KillOnDrop(
+        netns
+            .cmd(&["ncat", "-u", "-l", "-k", "5300", "--sh-exec", "cat"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || host_binds_udp(&net, 5300)),
+        "UDP 5300 was not published"
+    );
+    // They close: so does the host's side.
+    drop(server);
+    drop(udp_server);
+    assert!(
+        wait_until(Duration::from_secs(5), || !host_listens(&net, 8080)
+            && !host_binds_udp(&net, 8080)
+            && !host_binds_udp(&net, 5300)),
+        "8080 or 5300 is still bound on the host"
+    );
+}
+
+#[test]
+fn tcp_all_binds_every_port_but_the_excluded_and_ephemeral_ones() {
+    // `all` holds one socket per port, some 32000 with either pasta.
+    // Under a lower open file limit netferry binds from port 1 up until
+    // it is near and warns about the rest (so the ports checked here are
+    // low), while the real pasta fails ("All listens failed for HOST TCP
+    // */61000-65535", exit 1): it runs here only where the limit is high
+    // enough.
+    use nix::sys::resource::{Resource, getrlimit};
+    const PASTA_NEEDS_FILES: u64 = 70_000;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let dir = TempDir::new("pasta-all");
+    for (name, pasta) in implementations(&dir) {
+        if name == "pasta" && hard < PASTA_NEEDS_FILES {
+            eprintln!("== pasta: not run, the open file limit ({hard}) is too low for its -t all");
+            continue;
+        }
+        eprintln!("== {name}");
+        all_session(&dir, &pasta, name);
+    }
+}
+
+fn all_session(dir: &TempDir, pasta: &Path, tag: &str) {
+    let net = host_net();
+    let caller = Caller::new(&net, dir, tag);
+    let netns = NetnsFile::new(&caller, "netns-all");
+    let ephemeral = std::fs::read_to_string(format!(
+        "/proc/{}/root/proc/sys/net/ipv4/ip_local_port_range",
+        caller.holder.0.id()
+    ))
+    .unwrap();
+    let first_ephemeral: u16 = ephemeral
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _servers: Vec<KillOnDrop> = ["8050", "8200"]
+        .into_iter()
+        .map(|port| {
+            let text = format!("echo port {port}");
+            KillOnDrop(
+                netns
+                    .cmd(&["ncat", "-l", "-k", port, "--sh-exec", &text])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let out = start_pasta(
+        &caller,
+        pasta,
+        &argv(
+            &netns.path,
+            &[
+                "-t",
+                "all,~8000-8100",
+                "-u",
+                "none",
+                "-T",
+                "none",
+                "-U",
+                "none",
+            ],
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let ask = |port: &str| {
+        stdout(net.host_cmd(&[
+            "timeout",
+            "5",
+            "ncat",
+            "--recv-only",
+            "-w",
+            "2",
+            "127.0.0.1",
+            port,
+        ]))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || ask("8200") == "port 8200"),
+        "8200: {}",
+        ask("8200")
+    );
+    assert!(
+        host_listens(&net, 20000),
+        "a port nothing serves is bound too"
+    );
+    assert!(!host_listens(&net, 8050), "8050 is excluded");
+    assert!(
+        !host_listens(&net, first_ephemeral + 10),
+        "ephemeral ports are left out"
+    );
+    assert_eq!(ask("8050"), "");
+}
+
+#[test]
+fn unsupported_port_modes_are_refused_by_name() {
+    let dir = TempDir::new("pasta-ports-cli");
+    let pasta = pasta_link(&dir);
+    let net = host_net();
+    let caller = Caller::new(&net, &dir, "refusals");
+    let netns = NetnsFile::new(&caller, "netns-refusals");
+    for (spec, text) in [
+        (["-T", "auto"], "-T: 'all' and 'auto' are not supported"),
+        (["-U", "all"], "-U: 'all' and 'auto' are not supported"),
+    ] {
+        let out = start_pasta(&caller, &pasta, &argv(&netns.path, &spec));
+        assert_eq!(out.status.code(), Some(1), "{spec:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(text), "{spec:?}: {err}");
+    }
+}
