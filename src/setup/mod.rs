@@ -35,7 +35,7 @@ use thiserror::Error;
 
 pub use ifconfig::{IfConfig, IfconfigError, configure};
 pub use tap::{Offload, TapError, offload_of, open_tap};
-pub use userns::{Inside, Namespaced, spawn_namespaced};
+pub use userns::{Failures, Inside, Isolated, Namespaced, spawn_namespaced};
 
 use crate::config::{Config, InterfaceCopy, Target};
 
