@@ -203,6 +203,7 @@ pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
     };
     let resolv_path = resolv.as_ref().map(|r| r.file.clone());
     let inside = setup::Inside {
+        exe: None,
         map_user: args.map_user,
         resolv_conf: resolv_path.as_deref(),
         ipv6_tap: (!args.no_ipv6).then_some(TAP),

@@ -46,6 +46,9 @@ impl Namespaced {
 
 /// What the command gets inside besides its network.
 pub struct Inside<'a> {
+    /// The program to execute when not `cmd[0]` (a login shell runs as
+    /// `-sh`).
+    pub exe: Option<&'a str>,
     /// Keep the caller's ids (else the caller is root inside).
     pub map_user: bool,
     /// Bind-mounted over /etc/resolv.conf.
@@ -100,6 +103,11 @@ pub fn spawn_namespaced(cmd: &[String], inside: &Inside<'_>) -> Result<Namespace
     if argv.is_empty() {
         return Err(SetupError::Run("no command to run".into()));
     }
+    let exe = match inside.exe {
+        Some(exe) => CString::new(exe.as_bytes())
+            .map_err(|_| SetupError::Run("the command has a NUL byte".into()))?,
+        None => argv[0].clone(),
+    };
     let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
     let (inner_uid, inner_gid) = if inside.map_user { (uid, gid) } else { (0, 0) };
     let plan = ChildPlan {
@@ -133,7 +141,7 @@ pub fn spawn_namespaced(cmd: &[String], inside: &Inside<'_>) -> Result<Namespace
             // says 0: there the go pipe's end tells of its death.
             let parent = inside.isolated.is_none().then_some(parent);
             let (status, err) = match die_with(parent) {
-                Ok(()) => child(&ready_w, go_r, &argv, &plan),
+                Ok(()) => child(&ready_w, go_r, (&exe, &argv), &plan),
                 Err(e) => (failures.setup, e),
             };
             eprintln!("{}{err}", failures.prefix);
@@ -224,25 +232,30 @@ const STATUS_NOT_FOUND: i32 = 127;
 
 /// In the child: set up, report ready, wait, exec. Returns only on
 /// error: the status to exit with and what failed.
-fn child(ready: &OwnedFd, go: OwnedFd, argv: &[CString], plan: &ChildPlan<'_>) -> (i32, String) {
+fn child(
+    ready: &OwnedFd,
+    go: OwnedFd,
+    (exe, argv): (&CString, &[CString]),
+    plan: &ChildPlan<'_>,
+) -> (i32, String) {
     let failures = &plan.inside.failures;
     match prepare(ready, go, plan) {
-        Ok(()) => exec(argv, failures),
+        Ok(()) => exec(exe, argv, failures),
         Err(e) => (failures.setup, e),
     }
 }
 
 /// Exec the command, or say why not with the status a shell would give
 /// (or as `failures` asks).
-fn exec(argv: &[CString], failures: &Failures<'_>) -> (i32, String) {
-    let e = match nix::unistd::execvp(&argv[0], argv) {
+fn exec(exe: &CString, argv: &[CString], failures: &Failures<'_>) -> (i32, String) {
+    let e = match nix::unistd::execvp(exe, argv) {
         Err(e) => e,
         Ok(never) => match never {},
     };
     if let Some(what) = failures.exec {
         return (failures.setup, format!("{what}: {}", e.desc()));
     }
-    let name = argv[0].to_string_lossy();
+    let name = exe.to_string_lossy();
     // execvp reports EACCES when a PATH directory was unreadable even if
     // the name is nowhere: a shell says "not found" then, and so do we.
     if !name.contains('/') && !on_path(&name) {
