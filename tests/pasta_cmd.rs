@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::pasta::{host_net, implementations};
+use common::pasta::{Caller, host_net, implementations};
 use common::{HOST_ADDR, KillOnDrop, REMOTE_ADDR, TempDir, TestNet, dns_server, wait_until};
 
 /// How long any pasta here may take: the commands are short.
@@ -241,5 +241,48 @@ fn a_port_given_with_t_serves_a_remote_client_of_the_command() {
         assert!(answered, "{name}: no answer on 8080: {out:?}");
         assert_eq!(got, format!("client {REMOTE_ADDR}"), "{name}");
         assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
+    }
+}
+
+#[test]
+fn netns_only_and_userns_run_the_command_in_an_existing_user_namespace() {
+    let dir = TempDir::new("pasta-cmd-userns");
+    for (name, pasta) in implementations(&dir) {
+        let net = host_net();
+        let caller = Caller::new(&net, &dir, name);
+        let holder = caller.holder.0.id();
+        let theirs = std::fs::read_link(format!("/proc/{holder}/ns/user")).unwrap();
+        let theirs = theirs.display().to_string();
+        let script = "readlink /proc/self/ns/user; ip -br addr; exit 4";
+
+        // --netns-only, by a caller that is root in its user namespace.
+        let mut cmd = caller.cmd(&[]);
+        cmd.arg(&pasta)
+            .args(["--config-net", "--netns-only", "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = finish(cmd.spawn().unwrap());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(4), "{name}: {out:?}");
+        assert!(text.starts_with(&theirs), "{name}: {text} (want {theirs})");
+        assert!(text.contains(HOST_ADDR), "{name}: {text}");
+
+        // --userns: nobody's pasta joins the caller's user namespace.
+        let userns = format!("/proc/{holder}/ns/user");
+        let args = [
+            "--config-net",
+            "--userns",
+            &userns,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ];
+        let out = run(&net, &pasta, &args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(4), "{name}: {out:?}");
+        assert!(text.starts_with(&theirs), "{name}: {text} (want {theirs})");
+        assert!(text.contains(HOST_ADDR), "{name}: {text}");
     }
 }
