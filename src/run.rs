@@ -201,30 +201,83 @@ pub fn run_command(args: &RunArgs) -> anyhow::Result<i32> {
         true => None,
         false => Some(ResolvFile::write(&precheck)?),
     };
+    let resolv_path = resolv.as_ref().map(|r| r.file.clone());
     let inside = setup::Inside {
+        exe: None,
         map_user: args.map_user,
-        resolv_conf: resolv.as_ref().map(|r| r.file.as_path()),
+        resolv_conf: resolv_path.as_deref(),
         ipv6_tap: (!args.no_ipv6).then_some(TAP),
+        new_user: true,
+        isolated: None,
+        failures: setup::Failures {
+            prefix: "netferry run: ",
+            setup: i32::from(STATUS_FAILED),
+            exec: None,
+        },
     };
-    let mut child =
-        setup::spawn_namespaced(&cmd, &inside).context("cannot create the namespaces")?;
-    drop(resolv); // the child's bind mount keeps it
-    match serve(args, &mut child, &forwards, outbound) {
-        Ok(status) => Ok(status),
-        Err(e) => {
-            let _ = kill(child.pid, Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(child.pid, None);
-            Err(e)
-        }
-    }
+    let serving = |child: &setup::Namespaced| serve(args, child, &forwards, outbound);
+    // Once spawned, the child's bind mount keeps the resolv.conf.
+    let status = serve_command(&cmd, &inside, serving, || drop(resolv))?;
+    Ok(status.unwrap_or_else(|| i32::from(STATUS_FAILED)))
 }
 
+/// Run `cmd` in new namespaces on a network that `set_up` serves: fork
+/// the child, let `set_up` make its network (an event loop ready to run,
+/// locked down), start the command, serve until it ends. `spawned` runs
+/// once the child exists. The command's status (its exit code, or 128+N
+/// for death by signal N, as shells give it), or `None` when serving
+/// stopped first and the command was killed. Shared by `netferry run` and
+/// pasta's `pasta [CMD]`.
+pub fn serve_command(
+    cmd: &[String],
+    inside: &setup::Inside<'_>,
+    set_up: impl FnOnce(&setup::Namespaced) -> anyhow::Result<EventLoop>,
+    spawned: impl FnOnce(),
+) -> anyhow::Result<Option<i32>> {
+    let mut child = setup::spawn_namespaced(cmd, inside).context("cannot create the namespaces")?;
+    spawned();
+    let end = |child: &setup::Namespaced| {
+        let _ = kill(child.pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child.pid, None);
+    };
+    let mut event_loop = match set_up(&child) {
+        Ok(event_loop) => event_loop,
+        Err(e) => {
+            end(&child);
+            return Err(e);
+        }
+    };
+    setup::release_startup_memory();
+    event_loop.watch_child(child.pid);
+    if let Err(e) = child.start() {
+        end(&child);
+        return Err(e).context("cannot start the command");
+    }
+    let exit = match event_loop.run() {
+        Ok(exit) => exit,
+        Err(e) => {
+            end(&child);
+            return Err(e.into());
+        }
+    };
+    Ok(match exit {
+        Exit::Child(WaitStatus::Exited(_, code)) => Some(code),
+        Exit::Child(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+        other => {
+            log::warn!("stopped serving ({other:?}); ending the command");
+            end(&child);
+            None
+        }
+    })
+}
+
+/// The network for `netferry run`'s child, ready to serve.
 fn serve(
     args: &RunArgs,
-    child: &mut setup::Namespaced,
+    child: &setup::Namespaced,
     forwards: &[ForwardSpec],
     outbound: Outbound,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<EventLoop> {
     let cfg = config_for(args, child.pid.as_raw())?;
     let (tap, offload) = setup::obtain_tap(&cfg).context("cannot get the tap device")?;
     setup::prefer_mmap_for_buffers();
@@ -255,19 +308,7 @@ fn serve(
     // the rights).
     let scope = setup::seccomp::Scope::here(Some(child.pid.as_raw()), api_dir);
     setup::lock_down(&cfg, &scope)?;
-    setup::release_startup_memory();
-    event_loop.watch_child(child.pid);
-    child.start().context("cannot start the command")?;
-    Ok(match event_loop.run()? {
-        Exit::Child(WaitStatus::Exited(_, code)) => code,
-        Exit::Child(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
-        other => {
-            log::warn!("stopped serving ({other:?}); ending the command");
-            let _ = kill(child.pid, Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(child.pid, None);
-            i32::from(STATUS_FAILED)
-        }
-    })
+    Ok(event_loop)
 }
 
 /// The resolv.conf the command sees: the virtual DNS addresses. It lives

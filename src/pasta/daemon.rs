@@ -77,7 +77,12 @@ pub fn main(argv0: &str, args: &[std::ffi::OsString]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = init_logging(args.log_level, args.log_file.as_deref()) {
+    // pasta running a command is quiet unless debugging.
+    let level = match (&args.target, args.log_level) {
+        (Target::Command { .. }, LogLevel::Info) => LogLevel::Quiet,
+        (_, level) => level,
+    };
+    if let Err(e) = init_logging(level, args.log_file.as_deref()) {
         let _ = writeln!(std::io::stderr(), "{e:#}");
         return ExitCode::FAILURE;
     }
@@ -88,6 +93,17 @@ pub fn main(argv0: &str, args: &[std::ffi::OsString]) -> ExitCode {
         log::warn!(
             "--log-size {size}: netferry does not rotate its log file; it grows past that size"
         );
+    }
+    if let Target::Command { argv, userns } = &args.target {
+        return match refuse_unsupported(&args)
+            .and_then(|()| super::command::run(&args, argv, userns))
+        {
+            Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "{e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,25 +141,36 @@ fn init_logging(level: LogLevel, file: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The namespace file to join and the user namespace to join first.
-fn target_of(args: &PastaArgs) -> anyhow::Result<(config::Target, Option<PathBuf>, PathBuf)> {
-    const NO_COMMAND: &str = "netferry's pasta mode cannot run a command in new namespaces yet; \
-                              use `netferry run -- CMD`, or give --netns or a PID";
+/// The namespace file to join and the user namespace to join first;
+/// for a command, those of its child `child` (see [`super::command`]).
+fn target_of(
+    args: &PastaArgs,
+    child: Option<i32>,
+) -> anyhow::Result<(config::Target, Option<PathBuf>, PathBuf)> {
     let userns = |u: &UserNs| match u {
-        UserNs::Join(path) => Ok(Some(path.clone())),
-        UserNs::Keep => Ok(None),
-        UserNs::New => bail!(NO_COMMAND),
+        UserNs::Join(path) => Some(path.clone()),
+        UserNs::Keep | UserNs::New => None,
     };
     match &args.target {
         Target::Netns { path, userns: u } => {
-            Ok((config::Target::Path(path.clone()), userns(u)?, path.clone()))
+            Ok((config::Target::Path(path.clone()), userns(u), path.clone()))
         }
         Target::Pid { pid, userns: u } => {
             let pid = i32::try_from(*pid).with_context(|| format!("Invalid PID {pid}"))?;
             let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            Ok((config::Target::Pid(pid), userns(u)?, netns))
+            Ok((config::Target::Pid(pid), userns(u), netns))
         }
-        Target::Command { .. } => bail!(NO_COMMAND),
+        Target::Command { userns: u, .. } => {
+            let pid = child.context("the command's namespaces do not exist yet")?;
+            // `--userns`: this process joined it before making the
+            // command's; `--netns-only`: there is none to join.
+            let userns = match u {
+                UserNs::New => Some(PathBuf::from(format!("/proc/{pid}/ns/user"))),
+                UserNs::Join(_) | UserNs::Keep => None,
+            };
+            let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            Ok((config::Target::Pid(pid), userns, netns))
+        }
     }
 }
 
@@ -532,9 +559,13 @@ fn spec_forwards(
     Ok(out)
 }
 
-/// The configuration pasta's command line amounts to.
-pub fn config_of(args: &PastaArgs) -> anyhow::Result<(Config, Vec<ForwardSpec>, PathBuf)> {
-    let (target, userns_path, netns) = target_of(args)?;
+/// The configuration pasta's command line amounts to (for a command,
+/// once its child `child` exists).
+pub fn config_of(
+    args: &PastaArgs,
+    child: Option<i32>,
+) -> anyhow::Result<(Config, Vec<ForwardSpec>, PathBuf)> {
+    let (target, userns_path, netns) = target_of(args, child)?;
     let host = host_v4(args)?;
     let host6 = host_v6(args)?;
     let v4 = args.ip_versions != IpVersions::V6Only;
@@ -728,7 +759,7 @@ fn run_as(spec: &str) -> anyhow::Result<()> {
 /// Set up and serve in this process; tell `ready` (the daemon's parent)
 /// when everything is in place, or what failed.
 fn serve_here(args: &PastaArgs, ready: Option<setup::Readiness>) -> anyhow::Result<()> {
-    let mut event_loop = match set_up(args, ready.as_ref()) {
+    let mut event_loop = match set_up(args, ready.as_ref(), None) {
         Ok(event_loop) => event_loop,
         Err(e) => {
             // The daemon's parent prints what failed and exits 1; the
@@ -749,8 +780,14 @@ fn serve_here(args: &PastaArgs, ready: Option<setup::Readiness>) -> anyhow::Resu
     Ok(())
 }
 
-fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<EventLoop> {
-    let (cfg, forwards, netns) = config_of(args)?;
+/// The network served, ready to run: for the namespace the target names,
+/// or for the command whose child is `child`.
+pub(super) fn set_up(
+    args: &PastaArgs,
+    ready: Option<&setup::Readiness>,
+    child: Option<i32>,
+) -> anyhow::Result<EventLoop> {
+    let (cfg, forwards, netns) = config_of(args, child)?;
     let outbound = Outbound {
         v4: cfg
             .outbound_addr
@@ -852,7 +889,8 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
             Duration::from_secs(config::DEFAULT_UDP_TIMEOUT_SECS),
         )
         .context("cannot relay the -T/-U ports")?;
-    if !args.no_netns_quit {
+    // A command's namespaces end with it (pasta watches none either).
+    if !args.no_netns_quit && child.is_none() {
         let watch = setup::NetnsWatch::new(&netns)
             .with_context(|| format!("cannot watch {}", netns.display()))?;
         event_loop.watch_netns(watch)?;
@@ -860,12 +898,19 @@ fn set_up(args: &PastaArgs, ready: Option<&setup::Readiness>) -> anyhow::Result<
     if let Some(ready) = ready {
         ready.release_stdio();
     }
-    setup::lock_down(&cfg, &setup::seccomp::Scope::here(None, None))?;
+    setup::lock_down(&cfg, &setup::seccomp::Scope::here(child, None))?;
     Ok(event_loop)
 }
 
 fn write_pid((file, path): &mut (std::fs::File, &Path), pid: i32) -> anyhow::Result<()> {
     use std::io::Write;
     file.write_all(format!("{pid}\n").as_bytes())
+        .with_context(|| format!("Couldn't write PID file {}", path.display()))
+}
+
+/// Write `pid` to the file at `path` (a command's pasta, which changes
+/// no user).
+pub(super) fn write_pid_at(path: &Path, pid: i32) -> anyhow::Result<()> {
+    std::fs::write(path, format!("{pid}\n"))
         .with_context(|| format!("Couldn't write PID file {}", path.display()))
 }

@@ -5,10 +5,12 @@
 //! use it in pasta's place. This module turns that command line into typed
 //! [`cli::PastaArgs`] with pasta's option syntax and its exact error texts
 //! (callers parse them): [`cli`] the options, [`ports`] the `-t`/`-u`/
-//! `-T`/`-U` specs; [`daemon`] serves it.
+//! `-T`/`-U` specs; [`daemon`] serves it, and [`command`] runs
+//! `pasta [CMD]` in new namespaces on it.
 
 mod args;
 pub mod cli;
+mod command;
 pub mod daemon;
 mod forward;
 mod getopt;

@@ -37,7 +37,7 @@ use thiserror::Error;
 
 pub use ifconfig::{IfConfig, IfconfigError, configure};
 pub use tap::{Offload, TapError, offload_of, open_tap};
-pub use userns::{Inside, Namespaced, spawn_namespaced};
+pub use userns::{Failures, Inside, Isolated, Namespaced, spawn_namespaced};
 
 use crate::config::{Config, InterfaceCopy, Target};
 
@@ -187,6 +187,23 @@ pub fn check_api_socket_dir(path: &Path) -> Result<(), SetupError> {
         )));
     }
     Ok(())
+}
+
+/// Move this process into the user namespace at `path` for good, as
+/// pasta does with `--userns` before it makes a command's namespaces
+/// (which the joined namespace then owns). Before any thread exists.
+pub fn join_user_namespace(path: &Path) -> Result<(), SetupError> {
+    let file = File::open(path).map_err(|err| SetupError::OpenNs {
+        path: path.to_path_buf(),
+        err,
+    })?;
+    ensure_single_threaded()?;
+    setns(&file, CloneFlags::CLONE_NEWUSER).map_err(|e| {
+        SetupError::Run(format!(
+            "cannot join the user namespace {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// The magic of the namespace file system (linux/magic.h).

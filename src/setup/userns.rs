@@ -1,14 +1,18 @@
-//! The namespaces of `netferry run`: a child process in a new user,
-//! network and mount namespace, held until its network is ready, then
-//! turned into the user's command.
+//! The namespaces of a command run on a network netferry serves (`netferry
+//! run`, and pasta's `pasta [CMD]`): a child process in a new network and
+//! mount namespace (and a new user namespace unless the caller has the
+//! rights already), held until its network is ready, then turned into the
+//! user's command.
 //!
 //! The child maps the caller to root (or to itself with `map_user`),
 //! makes its mounts private, and bind-mounts a resolv.conf naming the
 //! virtual DNS addresses over /etc/resolv.conf, visible in its own mount
-//! namespace only. It waits on a pipe for the parent to finish setting up
-//! the network, then execs the command with the signal state a shell
-//! would give it. It dies with netferry (parent-death signal): a command
-//! left without netferry would have no network.
+//! namespace only. With [`Isolated`] (pasta's way) it is also PID 1 of new
+//! PID, UTS and IPC namespaces, with its own /proc and hostname. It waits
+//! on a pipe for the parent to finish setting up the network, then execs
+//! the command with the signal state a shell would give it. It dies with
+//! netferry (parent-death signal): a command left without netferry would
+//! have no network.
 
 use std::ffi::CString;
 use std::fs;
@@ -18,9 +22,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
-use nix::unistd::{ForkResult, Pid, fork, getgid, getpid, getppid, getuid, pipe2};
+use nix::unistd::{ForkResult, Pid, getgid, getpid, getppid, getuid, pipe2};
 
 use super::SetupError;
 
@@ -42,6 +46,9 @@ impl Namespaced {
 
 /// What the command gets inside besides its network.
 pub struct Inside<'a> {
+    /// The program to execute when not `cmd[0]` (a login shell runs as
+    /// `-sh`).
+    pub exe: Option<&'a str>,
     /// Keep the caller's ids (else the caller is root inside).
     pub map_user: bool,
     /// Bind-mounted over /etc/resolv.conf.
@@ -50,12 +57,38 @@ pub struct Inside<'a> {
     /// detection on it, and the command starts once it has an address and
     /// a default route.
     pub ipv6_tap: Option<&'a str>,
+    /// A new user namespace (else the caller's, where it must have the
+    /// rights to make the others).
+    pub new_user: bool,
+    /// pasta's further isolation, or none (`netferry run`).
+    pub isolated: Option<Isolated<'a>>,
+    /// How the child reports its own failures.
+    pub failures: Failures<'a>,
+}
+
+/// What pasta gives its command besides the network: new PID, UTS and IPC
+/// namespaces with the command as PID 1 and a /proc of its own, a
+/// hostname, and ping for root (`ping_group_range` "0 0").
+pub struct Isolated<'a> {
+    pub hostname: &'a str,
+}
+
+/// How the child tells of a failure before the command runs.
+pub struct Failures<'a> {
+    /// Before each message, e.g. `netferry run: `.
+    pub prefix: &'a str,
+    /// The status when setting up the namespaces fails.
+    pub setup: i32,
+    /// When the command cannot be executed: `None` for a shell's
+    /// statuses (126, 127) and words; `Some(what)` for status `setup` and
+    /// `WHAT: ERROR`.
+    pub exec: Option<&'a str>,
 }
 
 /// The child's own settings, made before the fork.
 struct ChildPlan<'a> {
-    uid_map: String,
-    gid_map: String,
+    /// uid_map and gid_map, for a new user namespace.
+    maps: Option<(String, String)>,
     inside: &'a Inside<'a>,
 }
 
@@ -70,13 +103,29 @@ pub fn spawn_namespaced(cmd: &[String], inside: &Inside<'_>) -> Result<Namespace
     if argv.is_empty() {
         return Err(SetupError::Run("no command to run".into()));
     }
+    let exe = match inside.exe {
+        Some(exe) => CString::new(exe.as_bytes())
+            .map_err(|_| SetupError::Run("the command has a NUL byte".into()))?,
+        None => argv[0].clone(),
+    };
     let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
     let (inner_uid, inner_gid) = if inside.map_user { (uid, gid) } else { (0, 0) };
     let plan = ChildPlan {
-        uid_map: format!("{inner_uid} {uid} 1\n"),
-        gid_map: format!("{inner_gid} {gid} 1\n"),
+        maps: inside.new_user.then(|| {
+            (
+                format!("{inner_uid} {uid} 1\n"),
+                format!("{inner_gid} {gid} 1\n"),
+            )
+        }),
         inside,
     };
+    let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
+    if inside.new_user {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    if inside.isolated.is_some() {
+        flags |= CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    }
     let pipe = || {
         pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SetupError::Run(format!("cannot create a pipe: {e}")))
@@ -84,18 +133,18 @@ pub fn spawn_namespaced(cmd: &[String], inside: &Inside<'_>) -> Result<Namespace
     let (ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let parent = getpid();
-    super::ensure_single_threaded()?;
-    // SAFETY: the process has one thread (checked above), so the child is
-    // a full copy that may allocate and run ordinary code. It leaves by
-    // exec or _exit.
-    match unsafe { fork() }.map_err(SetupError::Fork)? {
+    let failures = &inside.failures;
+    match clone_into(flags)? {
         ForkResult::Child => {
             drop((ready_r, go_w));
+            // In a new PID namespace the parent is outside it and getppid()
+            // says 0: there the go pipe's end tells of its death.
+            let parent = inside.isolated.is_none().then_some(parent);
             let (status, err) = match die_with(parent) {
-                Ok(()) => child(&ready_w, go_r, &argv, &plan),
-                Err(e) => (STATUS_SETUP, e),
+                Ok(()) => child(&ready_w, go_r, (&exe, &argv), &plan),
+                Err(e) => (failures.setup, e),
             };
-            eprintln!("netferry run: {err}");
+            eprintln!("{}{err}", failures.prefix);
             // SAFETY: _exit ends the child without running the parent's
             // atexit handlers or flushing buffers it shares with it.
             unsafe { libc::_exit(status) }
@@ -119,9 +168,63 @@ pub fn spawn_namespaced(cmd: &[String], inside: &Inside<'_>) -> Result<Namespace
     }
 }
 
-/// The child's status when it fails before exec (as `netferry run`'s own
-/// failures).
-const STATUS_SETUP: i32 = 125;
+/// fork(), with the child in the new namespaces `flags` names (as
+/// clone(2) makes them: a new PID namespace has the child as its PID 1,
+/// which unshare(2) cannot give the caller itself).
+fn clone_into(flags: CloneFlags) -> Result<ForkResult, SetupError> {
+    super::ensure_single_threaded()?;
+    // SAFETY: clone without CLONE_VM and with no new stack is fork with
+    // namespaces: the child gets a copy of the address space and goes on
+    // from here on its copy of this stack. The process has one thread
+    // (checked above), so no lock is held by a thread the child lacks,
+    // and the child may allocate and run ordinary code; it calls nothing
+    // that relies on glibc's cached thread id (no raise, no pthread
+    // calls) and leaves by exec or _exit.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match ret {
+        -1 => Err(SetupError::Run(format!(
+            "cannot create the {} namespaces: {} (are unprivileged user namespaces allowed on \
+             this host?)",
+            namespace_names(flags),
+            nix::errno::Errno::last()
+        ))),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
+    }
+}
+
+/// "user, network and mount", for messages.
+fn namespace_names(flags: CloneFlags) -> String {
+    let names: Vec<&str> = [
+        (CloneFlags::CLONE_NEWUSER, "user"),
+        (CloneFlags::CLONE_NEWNET, "network"),
+        (CloneFlags::CLONE_NEWNS, "mount"),
+        (CloneFlags::CLONE_NEWPID, "PID"),
+        (CloneFlags::CLONE_NEWUTS, "UTS"),
+        (CloneFlags::CLONE_NEWIPC, "IPC"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| flags.contains(*f))
+    .map(|(_, n)| n)
+    .collect();
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// The shell's statuses for a command found but not executable, and not
 /// found.
 const STATUS_NOT_EXECUTABLE: i32 = 126;
@@ -129,20 +232,30 @@ const STATUS_NOT_FOUND: i32 = 127;
 
 /// In the child: set up, report ready, wait, exec. Returns only on
 /// error: the status to exit with and what failed.
-fn child(ready: &OwnedFd, go: OwnedFd, argv: &[CString], plan: &ChildPlan<'_>) -> (i32, String) {
+fn child(
+    ready: &OwnedFd,
+    go: OwnedFd,
+    (exe, argv): (&CString, &[CString]),
+    plan: &ChildPlan<'_>,
+) -> (i32, String) {
+    let failures = &plan.inside.failures;
     match prepare(ready, go, plan) {
-        Ok(()) => exec(argv),
-        Err(e) => (STATUS_SETUP, e),
+        Ok(()) => exec(exe, argv, failures),
+        Err(e) => (failures.setup, e),
     }
 }
 
-/// Exec the command, or say why not with the status a shell would give.
-fn exec(argv: &[CString]) -> (i32, String) {
-    let e = match nix::unistd::execvp(&argv[0], argv) {
+/// Exec the command, or say why not with the status a shell would give
+/// (or as `failures` asks).
+fn exec(exe: &CString, argv: &[CString], failures: &Failures<'_>) -> (i32, String) {
+    let e = match nix::unistd::execvp(exe, argv) {
         Err(e) => e,
         Ok(never) => match never {},
     };
-    let name = argv[0].to_string_lossy();
+    if let Some(what) = failures.exec {
+        return (failures.setup, format!("{what}: {}", e.desc()));
+    }
+    let name = exe.to_string_lossy();
     // execvp reports EACCES when a PATH directory was unreadable even if
     // the name is nowhere: a shell says "not found" then, and so do we.
     if !name.contains('/') && !on_path(&name) {
@@ -164,19 +277,14 @@ fn on_path(name: &str) -> bool {
 
 /// The namespaces, the resolv.conf, then wait for the network.
 fn prepare(ready: &OwnedFd, go: OwnedFd, plan: &ChildPlan<'_>) -> Result<(), String> {
-    let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
-    unshare(flags).map_err(|e| {
-        format!(
-            "cannot create user, network and mount namespaces: {e} \
-             (are unprivileged user namespaces allowed on this host?)"
-        )
-    })?;
-    for (file, text) in [
-        ("/proc/self/setgroups", "deny"),
-        ("/proc/self/uid_map", plan.uid_map.as_str()),
-        ("/proc/self/gid_map", plan.gid_map.as_str()),
-    ] {
-        fs::write(file, text).map_err(|e| format!("cannot write {file}: {e}"))?;
+    if let Some((uid_map, gid_map)) = &plan.maps {
+        for (file, text) in [
+            ("/proc/self/setgroups", "deny"),
+            ("/proc/self/uid_map", uid_map.as_str()),
+            ("/proc/self/gid_map", gid_map.as_str()),
+        ] {
+            fs::write(file, text).map_err(|e| format!("cannot write {file}: {e}"))?;
+        }
     }
     // A kernel without IPv6 (ipv6.disable=1, or off by default) gives
     // the tap none: nothing to wait for.
@@ -205,6 +313,9 @@ fn prepare(ready: &OwnedFd, go: OwnedFd, plan: &ChildPlan<'_>) -> Result<(), Str
         )
         .map_err(|e| format!("cannot put a resolv.conf over /etc/resolv.conf: {e}"))?;
     }
+    if let Some(isolated) = &plan.inside.isolated {
+        isolate(isolated, plan.inside.failures.prefix);
+    }
     nix::unistd::write(ready, b"1").map_err(|e| format!("cannot report ready: {e}"))?;
     let mut byte = [0u8; 1];
     if !matches!(fs::File::from(go).read(&mut byte), Ok(1)) {
@@ -222,6 +333,23 @@ fn prepare(ready: &OwnedFd, go: OwnedFd, plan: &ChildPlan<'_>) -> Result<(), Str
     default_signals().map_err(|e| format!("cannot reset the signal mask: {e}"))
 }
 
+/// pasta's extras, each only warned about when it fails, as pasta does.
+fn isolate(isolated: &Isolated<'_>, prefix: &str) {
+    let none: Option<&str> = None;
+    // The PID namespace's own processes, not the host's.
+    if let Err(e) = mount(Some("proc"), "/proc", Some("proc"), MsFlags::empty(), none) {
+        eprintln!("{prefix}Couldn't mount /proc: {e}");
+    }
+    if fs::write(PING_GROUP_RANGE, "0 0").is_err() {
+        eprintln!("{prefix}Cannot set ping_group_range, ICMP requests might fail");
+    }
+    if let Err(e) = nix::unistd::sethostname(isolated.hostname) {
+        eprintln!("{prefix}Unable to set hostname {}: {e}", isolated.hostname);
+    }
+}
+
+/// Who may open ICMP echo sockets, per network namespace.
+const PING_GROUP_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
 /// New interfaces of the child's namespace copy their settings from here.
 const DEFAULT_ACCEPT_DAD: &str = "/proc/sys/net/ipv6/conf/default/accept_dad";
 /// "1" when new interfaces get no IPv6; missing without IPv6 in the kernel.
@@ -282,13 +410,16 @@ fn has_default_route(ipv6_route: &str, tap: &str) -> bool {
 }
 
 /// SIGKILL when `parent` (netferry) ends, however it ends. The setting
-/// survives the unshare and the exec of an ordinary program.
-fn die_with(parent: Pid) -> Result<(), String> {
+/// survives the exec of an ordinary program. (`None`: the parent is
+/// outside the child's PID namespace and cannot be checked here.)
+fn die_with(parent: Option<Pid>) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
     // netferry may have died before the line above: then nothing would
-    // ever send the signal.
-    if getppid() != parent {
+    // ever send the signal (else the go pipe's end says so).
+    if let Some(parent) = parent
+        && getppid() != parent
+    {
         return Err("netferry ended before the command started".into());
     }
     Ok(())
