@@ -52,6 +52,9 @@ pub struct Config {
     /// pasta's `--config-net`: the host's addresses and routes to give
     /// the tap, through netlink, in place of slirp4netns's `-c`.
     pub copy: Option<InterfaceCopy>,
+    /// Bring the namespace's `lo` up whatever else is configured (pasta
+    /// always does; slirp4netns only with `-c`).
+    pub loopback_up: bool,
     pub exit_fd: Option<RawFd>,
     pub ready_fd: Option<RawFd>,
     pub mtu: u32,

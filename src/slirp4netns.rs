@@ -463,6 +463,7 @@ impl Config {
             userns_path,
             configure: args.configure,
             copy: None,
+            loopback_up: false,
             exit_fd,
             ready_fd,
             mtu,

@@ -78,6 +78,9 @@ fn lease_with(
     // Unconfigured: no IPv4 address on the tap before DHCP.
     let before = netns.ok(&["ip", "-4", "-o", "addr", "show", "dev", &net.host_veth]);
     assert_eq!(before, "", "{extra:?}: configured without --config-net");
+    // But lo is up: pasta brings it up whatever it configures.
+    let lo = netns.ok(&["ip", "-o", "link", "show", "lo"]);
+    assert!(lo.contains(",UP"), "{extra:?}: lo down: {lo}");
     let got = lease(&netns, &net.host_veth, script);
     let dig = if got.is_empty() {
         String::new()

@@ -608,6 +608,7 @@ pub fn config_of(
         userns_path,
         configure: false,
         copy: args.config_net.then_some(copy),
+        loopback_up: true,
         exit_fd: None,
         ready_fd: None,
         mtu,

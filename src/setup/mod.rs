@@ -449,6 +449,9 @@ fn child(
             link: &cfg.plan.v4,
         })?;
     }
+    if cfg.loopback_up {
+        loopback_up()?;
+    }
     if let Some(copy) = &cfg.copy {
         copy_onto(name, copy)?;
     }
@@ -569,19 +572,24 @@ pub fn leave_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// pasta's `--config-net`, in the namespace: `lo` up; the tap's MTU, its
-/// IPv6 link-local address made without duplicate address detection
-/// (NOARP while it appears), up; then the addresses and the routes.
-fn copy_onto(name: &str, copy: &InterfaceCopy) -> Result<(), SetupError> {
-    use netlink::{Addr, LinkChange, Route};
+/// The namespace's `lo` up, as pasta brings it up.
+fn loopback_up() -> Result<(), SetupError> {
     let lo = netlink::link_index("lo")?;
     netlink::set_link(
         lo,
-        &LinkChange {
+        &netlink::LinkChange {
             up: Some(true),
             ..Default::default()
         },
     )?;
+    Ok(())
+}
+
+/// pasta's `--config-net`, in the namespace: the tap's MTU, its IPv6
+/// link-local address made without duplicate address detection (NOARP
+/// while it appears), up; then the addresses and the routes.
+fn copy_onto(name: &str, copy: &InterfaceCopy) -> Result<(), SetupError> {
+    use netlink::{Addr, LinkChange, Route};
     let tap = netlink::link_index(name)?;
     let mtu = copy.mtu;
     netlink::set_link(
