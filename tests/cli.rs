@@ -252,7 +252,11 @@ const MAN_PROSE: &str = r#".SH "NETFERRY STATUS"
 .PP
 Ask the netferry serving API_SOCKET (started with \fB\-\-api\-socket\fR or \fBnetferry run \-a\fR) what it is doing and print it: flows by protocol, forwards, bytes each way, frames from the guest and those dropped as malformed, connections refused at a flow cap. Exactly one argument; without it, usage and exit 1. An error names the socket, the cause and what to check.
 .SH "PASTA MODE"
-\fBnetferry pasta\fR [OPTION]..., or netferry invoked by the name \fBpasta\fR (a link, as podman and rootlesskit look for it), takes pasta's command line, with pasta's texts and exit statuses; \fBnetferry help pasta\fR shows its options.
+\fBnetferry pasta\fR [OPTION]... [PID|\fB\-\-netns\fR PATH|CMD [ARGS]...], or netferry invoked by the name \fBpasta\fR (a link, as podman and rootlesskit look for it), takes pasta's command line, with pasta's texts and exit statuses; \fBnetferry help pasta\fR lists its options.
+.PP
+With \fB\-\-config\-net\fR the namespace gets a tap named after the host's interface with the default route, that interface's addresses and routes (IPv4 and IPv6), MTU 65520 (\fB\-m\fR), \fB\-a\fR, \fB\-n\fR, \fB\-g\fR overriding per family; with no such interface, pasta's local mode (169.254.2.1/16 via 169.254.2.2, fe80::1). Without it, the namespace is served by DHCP and router advertisements. The gateway leads to the host's loopback unless \fB\-\-no\-map\-gw\fR; \fB\-\-map\-host\-loopback\fR, \fB\-\-map\-guest\-addr\fR (the host's own address) and \fB\-\-dns\-forward\fR (the host's resolver, or \fB\-\-dns\-host\fR) add such addresses. \fB\-t\fR and \fB\-u\fR forward host ports into the namespace (ranges, \fBall\fR, \fBauto\fR: the default, following the namespace's listening sockets), \fB\-T\fR and \fB\-U\fR the namespace's loopback ports to the host's.
+.PP
+Without \fB\-f\fR it becomes a daemon: the parent exits 0 once the namespace is set up and every given port bound (1 and a message otherwise), and the daemon quits when the \fB\-\-netns\fR file is deleted or its PID target ends. With a command instead of a target, it runs CMD (or the shell) as root and PID 1 in new namespaces and exits with its status. It always runs under its sandbox and seccomp filter. An option netferry cannot serve is refused by name, never ignored.
 .SH "NETFERRY SETUP"
 \fBnetferry setup\fR podman|docker [\fB\-\-user\fR|\fB\-\-system\fR] [\fB\-\-mode\fR pasta|slirp4netns] [\fB\-\-undo\fR]
 .PP
@@ -293,7 +297,7 @@ netferry \-c \-6 \-a /tmp/api.sock $ns tap0
 .PP
 In podman's containers.conf, [engine] network_cmd_path="/usr/local/bin/netferry"; for rootlesskit, \-\-net=slirp4netns \-\-slirp4netns\-binary=netferry.
 .SH "SEE ALSO"
-slirp4netns(1), podman(1), rootlesskit(1), unshare(1), nsenter(1)
+slirp4netns(1), pasta(1), podman(1), rootlesskit(1), unshare(1), nsenter(1)
 "#;
 
 /// The man page: NAME, SYNOPSIS, DESCRIPTION and OPTIONS from the clap
