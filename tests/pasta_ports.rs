@@ -13,10 +13,12 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::pasta::{Caller, NetnsFile, host_net, implementations, pasta_link, start_pasta};
+use common::pasta::{
+    Caller, NetnsFile, each_implementation, host_net, implementations, pasta_link, start_pasta,
+    start_pasta_ok, stdout_of,
+};
 use common::{KillOnDrop, TempDir, dns_server, echo_until_eof, wait_until};
 
 /// The argv podman builds for `--network pasta:-T,...`, with `extra` in
@@ -30,18 +32,17 @@ fn argv(netns: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-fn stdout(mut cmd: Command) -> String {
-    let o = cmd.output().unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+/// What a client on the host's loopback got from `port` (at once).
+fn from_host_loopback(net: &common::TestNet, port: &str) -> String {
+    stdout_of(
+        net.host_cmd(&["timeout", "5", "ncat", "--recv-only", "-w", "2"])
+            .args(["127.0.0.1", port]),
+    )
 }
 
 #[test]
 fn ns_ports_reach_services_on_the_hosts_loopback() {
-    let dir = TempDir::new("pasta-ns-ports");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        ns_ports_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta-ns-ports", ns_ports_session);
 }
 
 fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
@@ -80,13 +81,12 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
         "-t", "none", "-u", "none", "-T", "5432", "-T", "5433", "-U", "5353:53",
     ];
     extra.extend(debug);
-    let out = start_pasta(&caller, pasta, &argv(&netns.path, &extra));
-    assert!(out.status.success(), "{out:?}");
+    start_pasta_ok(&caller, pasta, &argv(&netns.path, &extra));
 
     // A megabyte through 127.0.0.1:5432 and back (an echo server), with
     // the client's half-close passed on so the server ends the reply.
     let echoed = || {
-        stdout(netns.cmd(&[
+        stdout_of(&mut netns.cmd(&[
             "sh",
             "-c",
             "head -c 1000000 /dev/zero | timeout 10 ncat -w 3 127.0.0.1 5432 | wc -c",
@@ -99,7 +99,7 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
     );
     // ::1 in the container leads to ::1 on the host.
     let hello = || {
-        stdout(netns.cmd(&[
+        stdout_of(&mut netns.cmd(&[
             "timeout",
             "10",
             "ncat",
@@ -112,7 +112,7 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
     };
     assert_eq!(hello(), "hello on ::1");
     // UDP: the container's 127.0.0.1:5353 is the host's resolver on 53.
-    let answer = stdout(netns.cmd(&[
+    let answer = stdout_of(&mut netns.cmd(&[
         "dig",
         "+short",
         "+tries=2",
@@ -125,7 +125,7 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
     assert_eq!(answer, "192.0.2.53");
     // A port not given leads nowhere.
     assert_eq!(
-        stdout(netns.cmd(&[
+        stdout_of(&mut netns.cmd(&[
             "timeout",
             "10",
             "ncat",
@@ -142,22 +142,18 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
 /// Whether something in the test's host namespace listens on TCP `port`.
 fn host_listens(net: &common::TestNet, port: u16) -> bool {
     let filter = format!("sport = :{port}");
-    !stdout(net.host_cmd(&["ss", "-Hltn", &filter])).is_empty()
+    !stdout_of(&mut net.host_cmd(&["ss", "-Hltn", &filter])).is_empty()
 }
 
 /// Whether a UDP socket in the test's host namespace is bound to `port`.
 fn host_binds_udp(net: &common::TestNet, port: u16) -> bool {
     let filter = format!("sport = :{port}");
-    !stdout(net.host_cmd(&["ss", "-Hlun", &filter])).is_empty()
+    !stdout_of(&mut net.host_cmd(&["ss", "-Hlun", &filter])).is_empty()
 }
 
 #[test]
 fn auto_follows_the_containers_listeners() {
-    let dir = TempDir::new("pasta-auto");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        auto_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta-auto", auto_session);
 }
 
 fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
@@ -165,15 +161,8 @@ fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
     let caller = Caller::new(&net, dir, tag);
     let netns = NetnsFile::new(&caller, "netns-auto");
     // rootlesskit's --tcp-ports=auto --udp-ports=auto.
-    let out = start_pasta(
-        &caller,
-        pasta,
-        &argv(
-            &netns.path,
-            &["-t", "auto", "-u", "auto", "-T", "none", "-U", "none"],
-        ),
-    );
-    assert!(out.status.success(), "{out:?}");
+    let ports = ["-t", "auto", "-u", "auto", "-T", "none", "-U", "none"];
+    start_pasta_ok(&caller, pasta, &argv(&netns.path, &ports));
     assert!(!host_listens(&net, 8080), "nothing listens inside yet");
 
     // A server started inside after pasta: published within pasta's
@@ -184,18 +173,7 @@ fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
             .spawn()
             .unwrap(),
     );
-    let ask = || {
-        stdout(net.host_cmd(&[
-            "timeout",
-            "5",
-            "ncat",
-            "--recv-only",
-            "-w",
-            "2",
-            "127.0.0.1",
-            "8080",
-        ]))
-    };
+    let ask = || from_host_loopback(&net, "8080");
     assert!(
         wait_until(Duration::from_secs(5), || ask() == "auto here"),
         "8080 was not published: {}",
@@ -276,36 +254,18 @@ fn all_session(dir: &TempDir, pasta: &Path, tag: &str) {
             )
         })
         .collect();
-    let out = start_pasta(
-        &caller,
-        pasta,
-        &argv(
-            &netns.path,
-            &[
-                "-t",
-                "all,~8000-8100",
-                "-u",
-                "none",
-                "-T",
-                "none",
-                "-U",
-                "none",
-            ],
-        ),
-    );
-    assert!(out.status.success(), "{out:?}");
-    let ask = |port: &str| {
-        stdout(net.host_cmd(&[
-            "timeout",
-            "5",
-            "ncat",
-            "--recv-only",
-            "-w",
-            "2",
-            "127.0.0.1",
-            port,
-        ]))
-    };
+    let ports = [
+        "-t",
+        "all,~8000-8100",
+        "-u",
+        "none",
+        "-T",
+        "none",
+        "-U",
+        "none",
+    ];
+    start_pasta_ok(&caller, pasta, &argv(&netns.path, &ports));
+    let ask = |port: &str| from_host_loopback(&net, port);
     assert!(
         wait_until(Duration::from_secs(5), || ask("8200") == "port 8200"),
         "8200: {}",
