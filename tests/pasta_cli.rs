@@ -32,6 +32,16 @@ const ROOTLESSKIT: [&str; 8] = [
     "--dns-forward=10.0.2.3",
 ];
 
+/// A lookup through rootlesskit's DNS address.
+const DIG_RK: [&str; 6] = [
+    "dig",
+    "+short",
+    "+tries=2",
+    "+time=2",
+    "@10.0.2.3",
+    "probe.netferry.test",
+];
+
 #[test]
 fn rootlesskits_probes_exit_0_with_a_pasta_version() {
     let dir = TempDir::new("pasta-cli-probe");
@@ -174,14 +184,7 @@ fn rootlesskit_session(dir: &TempDir, pasta: &Path, tag: &str, detached: bool) {
     assert!(lo.contains("UNKNOWN"), "{tag}: {lo}");
 
     // DNS through rootlesskit's address, answered by the host's resolver.
-    let answer = child.ok(&[
-        "dig",
-        "+short",
-        "+tries=2",
-        "+time=2",
-        "@10.0.2.3",
-        "probe.netferry.test",
-    ]);
+    let answer = child.ok(&DIG_RK);
     assert_eq!(answer.trim(), "192.0.2.77", "{tag}");
 
     // The host's loopback through the gateway, unless --no-map-gw.
@@ -202,14 +205,7 @@ fn rootlesskit_session(dir: &TempDir, pasta: &Path, tag: &str, detached: bool) {
     let marker = "--dns-forward=10.0.2.3";
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(with_arg(&net, marker).len(), 1, "{tag}: one daemon");
-    let again = child.ok(&[
-        "dig",
-        "+short",
-        "+tries=2",
-        "+time=2",
-        "@10.0.2.3",
-        "probe.netferry.test",
-    ]);
+    let again = child.ok(&DIG_RK);
     assert_eq!(again.trim(), "192.0.2.77", "{tag}: DNS after a while");
 
     // rootlesskit never stops pasta: it goes when the child does (and,

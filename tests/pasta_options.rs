@@ -238,36 +238,13 @@ fn outbound_if4_sends_the_guests_traffic_out_through_that_interface() {
         for ns in [&net.remote, &way.ns] {
             common::run_ok("ip", &["-n", ns, "addr", "add", ask, "dev", "lo"]);
         }
-        net.host_ok(&[
-            "ip",
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "198.51.100.2",
-            "metric",
-            "100",
-        ]);
-        net.host_ok(&[
-            "ip",
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "203.0.113.2",
-            "metric",
-            "200",
-        ]);
-        net.host_ok(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.2",
-            "metric",
-            "300",
-        ]);
+        for (to, via, metric) in [
+            ("192.0.2.0/24", "198.51.100.2", "100"),
+            ("192.0.2.0/24", "203.0.113.2", "200"),
+            ("default", "203.0.113.2", "300"),
+        ] {
+            net.host_ok(&["ip", "route", "add", to, "via", via, "metric", metric]);
+        }
         let serve = |cmd: &mut Command| KillOnDrop(cmd.spawn().unwrap());
         let _first = serve(Command::new("ip").args([
             "netns",

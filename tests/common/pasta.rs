@@ -256,17 +256,15 @@ pub fn podman_argv(netns: &Path, ports: &[&str]) -> Vec<String> {
         "none",
         "-U",
         "none",
-        "--no-map-gw",
-        "--quiet",
-        "--netns",
-        &path,
-        "--map-guest-addr",
-        "169.254.1.2",
     ];
+    let tail = ["--no-map-gw", "--quiet", "--netns", &path];
+    let map = ["--map-guest-addr", "169.254.1.2"];
     ["--config-net"]
         .iter()
         .chain(ports)
         .chain(&rest)
+        .chain(&tail)
+        .chain(&map)
         .map(|a| a.to_string())
         .collect()
 }
