@@ -125,17 +125,13 @@ density() {
 # Gbit/s and the helper's CPU seconds per GB moved.
 iperf() {
     local tool=$1 name=$2; shift 2
-    local t0 json gbps bytes t1
-    t0=$(cpu_ticks)
     if [ "$name" = forward ]; then
-        json=$(ip netns exec "$HOSTNS" iperf3 -c 127.0.0.1 -p $FWD_PORT -t "$SECS" -J) || return 0
+        timed_tcp "$tool" "$name" ip netns exec "$HOSTNS" iperf3 -c 127.0.0.1 -p $FWD_PORT -t "$SECS" -J
     else
         local dst=10.0.2.2 port=$IPERF_PORT
         [ "$name" = up6 ] && { dst=fd00::2; port=$IPERF6_PORT; }
-        json=$(in_guest iperf3 -c $dst -p $port -t "$SECS" -J "$@") || return 0
+        timed_tcp "$tool" "$name" in_guest iperf3 -c $dst -p $port -t "$SECS" -J "$@"
     fi
-    t1=$(cpu_ticks)
-    record_tcp "$tool" "$name" "$json" "$t0" "$t1"
 }
 
 # iperf3 UDP at an unlimited rate between the guest and the gateway (=
@@ -143,12 +139,7 @@ iperf() {
 # server sends into the flow the guest opened (the one path all three
 # tools carry: no forward needed). LEN is the payload per datagram.
 # Records what the receiver got: Gbit/s, datagrams/s and the loss %.
-iperf_udp() {
-    local tool=$1 name=$2 len=$3; shift 3
-    local json
-    json=$(in_guest iperf3 -c 10.0.2.2 -p $IPERF_PORT -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
-    record_udp "$tool" "$name" "$len" "$json"
-}
+iperf_udp() { guest_udp "$1" "$2" "$3" 10.0.2.2 "${@:4}"; }
 
 add_forward() {
     [ "$1" = pasta ] && return 0

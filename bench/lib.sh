@@ -133,6 +133,24 @@ record_tcp() {
     record "$tool" "cpu_s_per_GB_$name" "$(python3 -c "print(($t1-$t0)/$TICKS/($bytes/1e9))")"
 }
 
+# timed_tcp TOOL NAME COMMAND...: run the iperf3 TCP client COMMAND (with
+# -J) and record its result and the helper's CPU ticks meanwhile.
+timed_tcp() {
+    local tool=$1 name=$2 t0 t1 json; shift 2
+    t0=$(cpu_ticks)
+    json=$("$@") || return 0
+    t1=$(cpu_ticks)
+    record_tcp "$tool" "$name" "$json" "$t0" "$t1"
+}
+
+# guest_udp TOOL NAME LEN DST [iperf3 args]: iperf3 UDP at an unlimited
+# rate from the guest to DST:$IPERF_PORT, LEN bytes a datagram, recorded.
+guest_udp() {
+    local tool=$1 name=$2 len=$3 dst=$4 json; shift 4
+    json=$(in_guest iperf3 -c "$dst" -p "$IPERF_PORT" -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
+    record_udp "$tool" "$name" "$len" "$json"
+}
+
 # record_udp TOOL NAME LEN JSON: what the receiver of an iperf3 UDP run
 # got: Gbit/s, k datagrams/s and the loss %. Up, the client sends: end.sum
 # holds its packet count and the loss the server reported back. Down (-R),

@@ -120,24 +120,17 @@ stop() {
 # non-loopback client in the sink namespace).
 iperf() {
     local tool=$1 name=$2 from=$3 dst=$4 port=$5; shift 5
-    local t0 t1 json run=()
+    local run=()
     case $from in
     guest) run=(in_guest) ;;
     host) run=(ip netns exec "$HOSTNS") ;;
     sink) run=(ip netns exec "$SINKNS") ;;
     esac
-    t0=$(cpu_ticks)
-    json=$("${run[@]}" iperf3 -c "$dst" -p "$port" -t "$SECS" -J "$@") || return 0
-    t1=$(cpu_ticks)
-    record_tcp "$tool" "$name" "$json" "$t0" "$t1"
+    timed_tcp "$tool" "$name" "${run[@]}" iperf3 -c "$dst" -p "$port" -t "$SECS" -J "$@"
 }
 
-iperf_udp() {
-    local tool=$1 name=$2 len=$3; shift 3
-    local json
-    json=$(in_guest iperf3 -c 198.51.100.2 -p $IPERF_PORT -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
-    record_udp "$tool" "$name" "$len" "$json"
-}
+# iperf_udp TOOL NAME LEN [iperf3 args]: UDP from the guest to the sink.
+iperf_udp() { guest_udp "$1" "$2" "$3" 198.51.100.2 "${@:4}"; }
 
 # start_latency TOOL: podman's own way, once: the daemon (no
 # --foreground) on a namespace file, from exec to the parent's exit
