@@ -57,7 +57,7 @@ const FAR6: &str = "2001:db8:3::2";
 /// through the remote's link-local address, which also holds [`FAR6`].
 fn host_net6_ll() -> TestNet {
     let net = host_net6_addrs();
-    let remote_veth = net.host_veth.replacen("vh", "vr", 1);
+    let remote_veth = net.remote_veth();
     let far = format!("{FAR6}/128");
     let ll = format!("{REMOTE_LL}/64");
     for args in [
@@ -93,32 +93,7 @@ fn host_net6_ll() -> TestNet {
 /// The host and remote namespaces' IPv6 addresses on the veth pair.
 fn host_net6_addrs() -> TestNet {
     let net = host_net();
-    let remote_veth = net.host_veth.replacen("vh", "vr", 1);
-    let (host_cidr, remote_cidr) = (format!("{HOST6}/64"), format!("{REMOTE6}/64"));
-    for args in [
-        vec![
-            "-n",
-            &net.host,
-            "addr",
-            "add",
-            &host_cidr,
-            "dev",
-            &net.host_veth,
-            "nodad",
-        ],
-        vec![
-            "-n",
-            &net.remote,
-            "addr",
-            "add",
-            &remote_cidr,
-            "dev",
-            &remote_veth,
-            "nodad",
-        ],
-    ] {
-        run_ok("ip", &args);
-    }
+    net.add_ipv6(HOST6, REMOTE6);
     net
 }
 
