@@ -21,8 +21,6 @@ cd "$(dirname "$0")/.."
 
 RUNS=${1:-3}
 SECS=${2:-5}
-ONLY=${ONLY:-}
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 FWD_PORT=15201        # host port forwarded to iperf3 in the guest
 IDLE=${IDLE:-1000 5000} # idle connections open beside a transfer, round trip and connection rate (each count in turn)
 DENSITY=${DENSITY:-100} # idle instances at once, each with its own namespace
@@ -207,10 +205,7 @@ print('open', flush=True); time.sleep(3600)
         # UDP both ways: large datagrams for throughput, 64-byte ones (as
         # DNS and QUIC acks produce) for the datagram rate.
         if want udp && start "$tool" 65520; then
-            iperf_udp "$tool" up1400 1400
-            iperf_udp "$tool" down1400 1400 -R
-            iperf_udp "$tool" up64 64
-            iperf_udp "$tool" down64 64 -R
+            udp_both_ways "$tool"
             stop
         fi
         # Many idle instances at once: what a host of containers pays.

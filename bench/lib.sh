@@ -8,6 +8,10 @@
 # machine. Everything runs as the unprivileged user nobody (pasta refuses
 # root).
 
+# want GROUP: whether ONLY (unset: every group) lets GROUP run.
+ONLY=${ONLY:-}
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
 HOSTNS=nfbench$$
 SINKNS=nfsink$$
 USER_ARGS=(--reuid=65534 --regid=65534 --clear-groups --)
@@ -149,6 +153,16 @@ guest_udp() {
     local tool=$1 name=$2 len=$3 dst=$4 json; shift 4
     json=$(in_guest iperf3 -c "$dst" -p "$IPERF_PORT" -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
     record_udp "$tool" "$name" "$len" "$json"
+}
+
+# udp_both_ways TOOL: the script's iperf_udp up and down (-R), with
+# 1400-byte datagrams for throughput and 64-byte ones (as DNS and QUIC
+# acks produce) for the datagram rate.
+udp_both_ways() {
+    iperf_udp "$1" up1400 1400
+    iperf_udp "$1" down1400 1400 -R
+    iperf_udp "$1" up64 64
+    iperf_udp "$1" down64 64 -R
 }
 
 # record_udp TOOL NAME LEN JSON: what the receiver of an iperf3 UDP run

@@ -21,8 +21,6 @@ cd "$(dirname "$0")/.."
 
 RUNS=${1:-3}
 SECS=${2:-5}
-ONLY=${ONLY:-}
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 DENSITY=${DENSITY:-50 100}
 FWD_PORT=15201   # -t: host port forwarded to iperf3 in the namespace
 GUEST_PORT=5301  # iperf3 inside the namespace
@@ -201,10 +199,7 @@ for run in $(seq "$RUNS"); do
             stop
         fi
         if want udp && start "$tool" 65520; then
-            iperf_udp "$tool" up1400 1400
-            iperf_udp "$tool" down1400 1400 -R
-            iperf_udp "$tool" up64 64
-            iperf_udp "$tool" down64 64 -R
+            udp_both_ways "$tool"
             stop
         fi
         if want small && start "$tool" 65520; then
