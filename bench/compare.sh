@@ -21,8 +21,6 @@ cd "$(dirname "$0")/.."
 
 RUNS=${1:-3}
 SECS=${2:-5}
-ONLY=${ONLY:-}
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 FWD_PORT=15201        # host port forwarded to iperf3 in the guest
 IDLE=${IDLE:-1000 5000} # idle connections open beside a transfer, round trip and connection rate (each count in turn)
 DENSITY=${DENSITY:-100} # idle instances at once, each with its own namespace
@@ -125,17 +123,13 @@ density() {
 # Gbit/s and the helper's CPU seconds per GB moved.
 iperf() {
     local tool=$1 name=$2; shift 2
-    local t0 json gbps bytes t1
-    t0=$(cpu_ticks)
     if [ "$name" = forward ]; then
-        json=$(ip netns exec "$HOSTNS" iperf3 -c 127.0.0.1 -p $FWD_PORT -t "$SECS" -J) || return 0
+        timed_tcp "$tool" "$name" ip netns exec "$HOSTNS" iperf3 -c 127.0.0.1 -p $FWD_PORT -t "$SECS" -J
     else
         local dst=10.0.2.2 port=$IPERF_PORT
         [ "$name" = up6 ] && { dst=fd00::2; port=$IPERF6_PORT; }
-        json=$(in_guest iperf3 -c $dst -p $port -t "$SECS" -J "$@") || return 0
+        timed_tcp "$tool" "$name" in_guest iperf3 -c $dst -p $port -t "$SECS" -J "$@"
     fi
-    t1=$(cpu_ticks)
-    record_tcp "$tool" "$name" "$json" "$t0" "$t1"
 }
 
 # iperf3 UDP at an unlimited rate between the guest and the gateway (=
@@ -143,12 +137,7 @@ iperf() {
 # server sends into the flow the guest opened (the one path all three
 # tools carry: no forward needed). LEN is the payload per datagram.
 # Records what the receiver got: Gbit/s, datagrams/s and the loss %.
-iperf_udp() {
-    local tool=$1 name=$2 len=$3; shift 3
-    local json
-    json=$(in_guest iperf3 -c 10.0.2.2 -p $IPERF_PORT -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
-    record_udp "$tool" "$name" "$len" "$json"
-}
+iperf_udp() { guest_udp "$1" "$2" "$3" 10.0.2.2 "${@:4}"; }
 
 add_forward() {
     [ "$1" = pasta ] && return 0
@@ -216,10 +205,7 @@ print('open', flush=True); time.sleep(3600)
         # UDP both ways: large datagrams for throughput, 64-byte ones (as
         # DNS and QUIC acks produce) for the datagram rate.
         if want udp && start "$tool" 65520; then
-            iperf_udp "$tool" up1400 1400
-            iperf_udp "$tool" down1400 1400 -R
-            iperf_udp "$tool" up64 64
-            iperf_udp "$tool" down64 64 -R
+            udp_both_ways "$tool"
             stop
         fi
         # Many idle instances at once: what a host of containers pays.

@@ -8,6 +8,10 @@
 # machine. Everything runs as the unprivileged user nobody (pasta refuses
 # root).
 
+# want GROUP: whether ONLY (unset: every group) lets GROUP run.
+ONLY=${ONLY:-}
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
 HOSTNS=nfbench$$
 SINKNS=nfsink$$
 USER_ARGS=(--reuid=65534 --regid=65534 --clear-groups --)
@@ -131,6 +135,34 @@ record_tcp() {
     [ -n "${gbps:-}" ] && [ -n "${bytes:-}" ] || return 0
     record "$tool" "$name" "$gbps"
     record "$tool" "cpu_s_per_GB_$name" "$(python3 -c "print(($t1-$t0)/$TICKS/($bytes/1e9))")"
+}
+
+# timed_tcp TOOL NAME COMMAND...: run the iperf3 TCP client COMMAND (with
+# -J) and record its result and the helper's CPU ticks meanwhile.
+timed_tcp() {
+    local tool=$1 name=$2 t0 t1 json; shift 2
+    t0=$(cpu_ticks)
+    json=$("$@") || return 0
+    t1=$(cpu_ticks)
+    record_tcp "$tool" "$name" "$json" "$t0" "$t1"
+}
+
+# guest_udp TOOL NAME LEN DST [iperf3 args]: iperf3 UDP at an unlimited
+# rate from the guest to DST:$IPERF_PORT, LEN bytes a datagram, recorded.
+guest_udp() {
+    local tool=$1 name=$2 len=$3 dst=$4 json; shift 4
+    json=$(in_guest iperf3 -c "$dst" -p "$IPERF_PORT" -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
+    record_udp "$tool" "$name" "$len" "$json"
+}
+
+# udp_both_ways TOOL: the script's iperf_udp up and down (-R), with
+# 1400-byte datagrams for throughput and 64-byte ones (as DNS and QUIC
+# acks produce) for the datagram rate.
+udp_both_ways() {
+    iperf_udp "$1" up1400 1400
+    iperf_udp "$1" down1400 1400 -R
+    iperf_udp "$1" up64 64
+    iperf_udp "$1" down64 64 -R
 }
 
 # record_udp TOOL NAME LEN JSON: what the receiver of an iperf3 UDP run

@@ -21,8 +21,6 @@ cd "$(dirname "$0")/.."
 
 RUNS=${1:-3}
 SECS=${2:-5}
-ONLY=${ONLY:-}
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 DENSITY=${DENSITY:-50 100}
 FWD_PORT=15201   # -t: host port forwarded to iperf3 in the namespace
 GUEST_PORT=5301  # iperf3 inside the namespace
@@ -120,24 +118,17 @@ stop() {
 # non-loopback client in the sink namespace).
 iperf() {
     local tool=$1 name=$2 from=$3 dst=$4 port=$5; shift 5
-    local t0 t1 json run=()
+    local run=()
     case $from in
     guest) run=(in_guest) ;;
     host) run=(ip netns exec "$HOSTNS") ;;
     sink) run=(ip netns exec "$SINKNS") ;;
     esac
-    t0=$(cpu_ticks)
-    json=$("${run[@]}" iperf3 -c "$dst" -p "$port" -t "$SECS" -J "$@") || return 0
-    t1=$(cpu_ticks)
-    record_tcp "$tool" "$name" "$json" "$t0" "$t1"
+    timed_tcp "$tool" "$name" "${run[@]}" iperf3 -c "$dst" -p "$port" -t "$SECS" -J "$@"
 }
 
-iperf_udp() {
-    local tool=$1 name=$2 len=$3; shift 3
-    local json
-    json=$(in_guest iperf3 -c 198.51.100.2 -p $IPERF_PORT -u -b 0 -l "$len" -t "$SECS" -J "$@") || return 0
-    record_udp "$tool" "$name" "$len" "$json"
-}
+# iperf_udp TOOL NAME LEN [iperf3 args]: UDP from the guest to the sink.
+iperf_udp() { guest_udp "$1" "$2" "$3" 198.51.100.2 "${@:4}"; }
 
 # start_latency TOOL: podman's own way, once: the daemon (no
 # --foreground) on a namespace file, from exec to the parent's exit
@@ -208,10 +199,7 @@ for run in $(seq "$RUNS"); do
             stop
         fi
         if want udp && start "$tool" 65520; then
-            iperf_udp "$tool" up1400 1400
-            iperf_udp "$tool" down1400 1400 -R
-            iperf_udp "$tool" up64 64
-            iperf_udp "$tool" down64 64 -R
+            udp_both_ways "$tool"
             stop
         fi
         if want small && start "$tool" 65520; then

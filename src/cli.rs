@@ -15,6 +15,23 @@ pub const VERSION_TEXT: &str = concat!(
     "\nsmoltcp: 0.14\nSLIRP_CONFIG_VERSION_MAX: 4\n"
 );
 
+/// The flags podman and rootlesskit grep `--help` for to detect
+/// features: `--help` must keep naming each.
+pub const CALLER_GREPS: [&str; 12] = [
+    "--netns-type",
+    "--userns-path",
+    "--mtu",
+    "--cidr",
+    "--disable-host-loopback",
+    "--api-socket",
+    "--enable-sandbox",
+    "--enable-seccomp",
+    "--enable-ipv6",
+    "--outbound-addr",
+    "--disable-dns",
+    "--macaddress",
+];
+
 const USAGE: &str = "netferry [OPTION]... PID|PATH|FD [TAPNAME]\n       \
 netferry run [OPTIONS] [--] [CMD [ARGS]...]\n       \
 netferry status API_SOCKET\n       \
@@ -379,20 +396,7 @@ mod tests {
     #[test]
     fn help_names_every_feature_callers_grep_for() {
         let help = help();
-        for flag in [
-            "--netns-type",
-            "--userns-path",
-            "--mtu",
-            "--cidr",
-            "--disable-host-loopback",
-            "--api-socket",
-            "--enable-sandbox",
-            "--enable-seccomp",
-            "--enable-ipv6",
-            "--outbound-addr",
-            "--disable-dns",
-            "--macaddress",
-        ] {
+        for flag in CALLER_GREPS {
             assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         }
         assert!(help.contains("-h, --help"));

@@ -32,29 +32,13 @@ fn help_exits_0_on_stdout_with_feature_flags() {
     }
 }
 
-/// What podman and rootlesskit grep `--help` for to detect features.
-const CALLER_GREPS: [&str; 12] = [
-    "--netns-type",
-    "--userns-path",
-    "--mtu",
-    "--cidr",
-    "--disable-host-loopback",
-    "--api-socket",
-    "--enable-sandbox",
-    "--enable-seccomp",
-    "--enable-ipv6",
-    "--outbound-addr",
-    "--disable-dns",
-    "--macaddress",
-];
-
 #[test]
 fn help_lists_the_commands_and_keeps_what_callers_grep_for() {
     for args in [&["--help"][..], &["help"][..]] {
         let o = run(args);
         assert_eq!(o.status.code(), Some(0), "{args:?}");
         let text = String::from_utf8_lossy(&o.stdout);
-        for needle in CALLER_GREPS {
+        for needle in netferry::cli::CALLER_GREPS {
             assert!(text.contains(needle), "{args:?} lacks {needle}:\n{text}");
         }
         for needle in [

@@ -38,33 +38,7 @@ fn setup(extra: &[&str]) -> Setup {
 /// starts (addresses it must find at start-up).
 fn setup_with(prepare: impl FnOnce(&TestNet), extra: &[&str]) -> Setup {
     let net = TestNet::new();
-    let remote_veth = net.host_veth.replacen("vh", "vr", 1);
-    let host_cidr = format!("{HOST6}/64");
-    let remote_cidr = format!("{REMOTE6}/64");
-    for args in [
-        vec![
-            "-n",
-            &net.host,
-            "addr",
-            "add",
-            &host_cidr,
-            "dev",
-            &net.host_veth,
-            "nodad",
-        ],
-        vec![
-            "-n",
-            &net.remote,
-            "addr",
-            "add",
-            &remote_cidr,
-            "dev",
-            &remote_veth,
-            "nodad",
-        ],
-    ] {
-        common::run_ok("ip", &args);
-    }
+    net.add_ipv6(HOST6, REMOTE6);
     prepare(&net);
     let ns = Namespace::new();
     let mut args = vec!["-6"];

@@ -18,45 +18,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::pasta::{
-    Caller, NetnsFile, host_net, implementations, pasta_link, serving, start_pasta,
+    Caller, NetnsFile, each_implementation, host_net, none_serving, pasta_link, podman_argv,
+    serving, start_pasta, start_pasta_ok, stdout_of,
 };
 use common::{HOST_ADDR, KillOnDrop, REMOTE_ADDR, TempDir, dns_server, wait_until};
 
-/// podman 5.3 to 6.0's argv for `podman run -p 8080:80 -p 127.0.0.1:8081:80`
-/// (`createPastaArgs`), with the netns path in the place podman puts it.
-fn podman_argv(netns: &Path) -> Vec<String> {
-    [
-        "--config-net",
-        "-t",
-        "8080-8080:80-80",
-        "-t",
-        "127.0.0.1/8081-8081:80-80",
-        "--dns-forward",
-        "169.254.1.1",
-        "-u",
-        "none",
-        "-T",
-        "none",
-        "-U",
-        "none",
-        "--no-map-gw",
-        "--quiet",
-        "--netns",
-        &netns.display().to_string(),
-        "--map-guest-addr",
-        "169.254.1.2",
-    ]
-    .map(String::from)
-    .to_vec()
-}
+/// The `-t` options podman gives pasta for `podman run -p 8080:80 -p
+/// 127.0.0.1:8081:80`.
+const PORTS: [&str; 4] = ["-t", "8080-8080:80-80", "-t", "127.0.0.1/8081-8081:80-80"];
 
 #[test]
 fn podmans_argv_gives_the_container_the_hosts_address_dns_the_host_and_ports() {
-    let dir = TempDir::new("pasta");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        podman_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta", podman_session);
 }
 
 fn podman_session(dir: &TempDir, pasta: &Path, tag: &str) {
@@ -64,8 +37,7 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str) {
     let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
     let caller = Caller::new(&net, dir, tag);
     let netns = NetnsFile::new(&caller, "netns-c1");
-    let out = start_pasta(&caller, pasta, &podman_argv(&netns.path));
-    assert!(out.status.success(), "{out:?}");
+    start_pasta_ok(&caller, pasta, &podman_argv(&netns.path, &PORTS));
     assert!(
         !serving(&net, &netns.path).is_empty(),
         "a daemon serves the namespace"
@@ -73,8 +45,7 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str) {
 
     // The host's address, prefix, routes and an MTU of 65520, on an
     // interface named after the host's.
-    let addrs: serde_json::Value =
-        serde_json::from_str(&netns.ok(&["ip", "-j", "-4", "addr", "show"])).unwrap();
+    let addrs = netns.ip_json(&["-4", "addr", "show"]);
     let tap = addrs
         .as_array()
         .unwrap()
@@ -122,23 +93,8 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str) {
 
     // Published ports: the service inside sees a remote client's own
     // address; 8081 listens on the host's loopback only.
-    let _service = KillOnDrop(
-        netns
-            .cmd(&[
-                "ncat",
-                "-l",
-                "-k",
-                "80",
-                "--sh-exec",
-                "echo client $NCAT_REMOTE_ADDR",
-            ])
-            .spawn()
-            .unwrap(),
-    );
-    let ask = |cmd: &mut Command| {
-        let o = cmd.output().unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
+    let _service = netns.client_address_service();
+    let ask = stdout_of;
     let remote = |port: &str| {
         let mut c = Command::new("ip");
         c.args([
@@ -173,28 +129,19 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str) {
     // container gets the same ports at once.
     netns.remove();
     assert!(
-        wait_until(Duration::from_secs(3), || serving(&net, &netns.path)
-            .is_empty()),
+        none_serving(&net, &netns.path),
         "the daemon outlived its namespace"
     );
     let again = NetnsFile::new(&caller, "netns-c2");
-    let out = start_pasta(&caller, pasta, &podman_argv(&again.path));
+    let out = start_pasta(&caller, pasta, &podman_argv(&again.path, &PORTS));
     assert!(out.status.success(), "rerun on the same ports: {out:?}");
     again.remove();
-    assert!(wait_until(Duration::from_secs(3), || serving(
-        &net,
-        &again.path
-    )
-    .is_empty()));
+    assert!(none_serving(&net, &again.path));
 }
 
 #[test]
 fn the_rootless_network_argv_writes_the_daemons_pid() {
-    let dir = TempDir::new("pasta-pid");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        rootless_netns_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta-pid", rootless_netns_session);
 }
 
 fn rootless_netns_session(dir: &TempDir, pasta: &Path, tag: &str) {
@@ -207,9 +154,8 @@ fn rootless_netns_session(dir: &TempDir, pasta: &Path, tag: &str) {
         "--pid".into(),
         pid_file.display().to_string(),
     ];
-    argv.extend(podman_argv(&netns.path).into_iter().skip(5));
-    let out = start_pasta(&caller, pasta, &argv);
-    assert!(out.status.success(), "{out:?}");
+    argv.extend(podman_argv(&netns.path, &PORTS).into_iter().skip(5));
+    start_pasta_ok(&caller, pasta, &argv);
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     assert_eq!(
         serving(&net, &netns.path),
@@ -229,11 +175,7 @@ fn rootless_netns_session(dir: &TempDir, pasta: &Path, tag: &str) {
     // podman ends it with SIGTERM.
     let started = Instant::now();
     Command::new("kill").arg(pid.trim()).status().unwrap();
-    assert!(wait_until(Duration::from_secs(3), || serving(
-        &net,
-        &netns.path
-    )
-    .is_empty()));
+    assert!(none_serving(&net, &netns.path));
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 

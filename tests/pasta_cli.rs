@@ -13,7 +13,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::pasta::{Caller, NetnsFile, host_net, implementations, serving, start_pasta};
+use common::pasta::{
+    Caller, NetnsFile, as_nobody, each_implementation, host_net, implementations, none_serving,
+    output_of_parent, start_pasta_ok, stdout_of, with_arg,
+};
 use common::podman::{HOST_WEB_PORT, host_web};
 use common::{HOST_ADDR, KillOnDrop, REMOTE_ADDR, TempDir, TestNet, dns_server, wait_until};
 
@@ -27,6 +30,16 @@ const ROOTLESSKIT: [&str; 8] = [
     "--netmask=24",
     "--gateway=10.0.2.2",
     "--dns-forward=10.0.2.3",
+];
+
+/// A lookup through rootlesskit's DNS address.
+const DIG_RK: [&str; 6] = [
+    "dig",
+    "+short",
+    "+tries=2",
+    "+time=2",
+    "@10.0.2.3",
+    "probe.netferry.test",
 ];
 
 #[test]
@@ -70,22 +83,9 @@ impl Child {
         } else {
             ("--net", "exec sleep infinity".to_string())
         };
-        let holder = net
-            .host_cmd(&[
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-                "unshare",
-                "--user",
-                "--map-root-user",
-                unshare,
-                "--",
-                "sh",
-                "-c",
-                &inner,
-            ])
+        let holder = as_nobody(net)
+            .args(["unshare", "--user", "--map-root-user", unshare, "--"])
+            .args(["sh", "-c", &inner])
             .spawn()
             .unwrap();
         let pid = holder.id();
@@ -126,62 +126,25 @@ impl Child {
 /// Run pasta as nobody in the host namespace (rootlesskit's parent), as
 /// rootlesskit does: wait for the parent to exit and the pipes to close.
 fn run_as_nobody(net: &TestNet, pasta: &Path, args: &[String]) -> Output {
-    let mut cmd = net.host_cmd(&[
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ]);
-    cmd.arg(pasta)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("pasta's parent did not exit, or the daemon kept its pipes")
-        .unwrap()
-}
-
-/// The processes in the host namespace with `arg` on their command line.
-fn with_arg(net: &TestNet, arg: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "pids", &net.host])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
-        })
-        .map(String::from)
-        .collect()
+    let mut cmd = as_nobody(net);
+    cmd.arg(pasta).args(args);
+    output_of_parent(cmd)
 }
 
 #[test]
 fn rootlesskit_3_argv_with_the_childs_pid() {
-    let dir = TempDir::new("pasta-cli-rk");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        rootlesskit_session(&dir, &pasta, name, false);
-    }
+    each_implementation("pasta-cli-rk", |dir, pasta, name| {
+        rootlesskit_session(dir, pasta, name, false)
+    });
 }
 
 /// `--detach-netns` with Docker's `--disable-host-loopback` (so
 /// `--no-map-gw`) and the `--host-lo-to-ns-lo` its probe enabled.
 #[test]
 fn rootlesskit_3_argv_with_a_detached_netns_and_no_host_loopback() {
-    let dir = TempDir::new("pasta-cli-rkd");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        rootlesskit_session(&dir, &pasta, name, true);
-    }
+    each_implementation("pasta-cli-rkd", |dir, pasta, name| {
+        rootlesskit_session(dir, pasta, name, true)
+    });
 }
 
 fn rootlesskit_session(dir: &TempDir, pasta: &Path, tag: &str, detached: bool) {
@@ -221,14 +184,7 @@ fn rootlesskit_session(dir: &TempDir, pasta: &Path, tag: &str, detached: bool) {
     assert!(lo.contains("UNKNOWN"), "{tag}: {lo}");
 
     // DNS through rootlesskit's address, answered by the host's resolver.
-    let answer = child.ok(&[
-        "dig",
-        "+short",
-        "+tries=2",
-        "+time=2",
-        "@10.0.2.3",
-        "probe.netferry.test",
-    ]);
+    let answer = child.ok(&DIG_RK);
     assert_eq!(answer.trim(), "192.0.2.77", "{tag}");
 
     // The host's loopback through the gateway, unless --no-map-gw.
@@ -249,14 +205,7 @@ fn rootlesskit_session(dir: &TempDir, pasta: &Path, tag: &str, detached: bool) {
     let marker = "--dns-forward=10.0.2.3";
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(with_arg(&net, marker).len(), 1, "{tag}: one daemon");
-    let again = child.ok(&[
-        "dig",
-        "+short",
-        "+tries=2",
-        "+time=2",
-        "@10.0.2.3",
-        "probe.netferry.test",
-    ]);
+    let again = child.ok(&DIG_RK);
     assert_eq!(again.trim(), "192.0.2.77", "{tag}: DNS after a while");
 
     // rootlesskit never stops pasta: it goes when the child does (and,
@@ -306,13 +255,10 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str, dns_option: bool) {
     let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
     let caller = Caller::new(&net, dir, &format!("{tag}-{dns_option}"));
     let netns = NetnsFile::new(&caller, "netns-c1");
-    let out = start_pasta(&caller, pasta, &podman_5_0_argv(&netns.path, dns_option));
-    assert!(out.status.success(), "{tag}: {out:?}");
+    start_pasta_ok(&caller, pasta, &podman_5_0_argv(&netns.path, dns_option));
 
     // The host's address and default route, MTU 65520.
-    let addrs: serde_json::Value =
-        serde_json::from_str(&netns.ok(&["ip", "-j", "-4", "addr", "show", &net.host_veth]))
-            .unwrap();
+    let addrs = netns.ip_json(&["-4", "addr", "show", &net.host_veth]);
     assert_eq!(addrs[0]["mtu"], 65520, "{tag}: {addrs}");
     assert_eq!(addrs[0]["addr_info"][0]["local"], HOST_ADDR, "{tag}");
     let routes = netns.ok(&["ip", "-4", "route"]);
@@ -334,23 +280,8 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str, dns_option: bool) {
 
     // Published ports: a remote client's address is seen inside; 8081
     // is on the host's loopback only.
-    let _service = KillOnDrop(
-        netns
-            .cmd(&[
-                "ncat",
-                "-l",
-                "-k",
-                "80",
-                "--sh-exec",
-                "echo client $NCAT_REMOTE_ADDR",
-            ])
-            .spawn()
-            .unwrap(),
-    );
-    let ask = |cmd: &mut Command| {
-        let o = cmd.output().unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
+    let _service = netns.client_address_service();
+    let ask = stdout_of;
     let remote = |port: &str| {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &net.remote, "ncat", "--recv-only"])
@@ -371,8 +302,7 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str, dns_option: bool) {
 
     netns.remove();
     assert!(
-        wait_until(Duration::from_secs(3), || serving(&net, &netns.path)
-            .is_empty()),
+        none_serving(&net, &netns.path),
         "{tag}: the daemon outlived its namespace"
     );
 }

@@ -15,8 +15,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::pasta::{Caller, NetnsFile, host_net, implementations, serving, start_pasta};
-use common::{HOST_ADDR, REMOTE_ADDR, TempDir, TestNet, dns_server, wait_until};
+use common::pasta::{Caller, NetnsFile, host_net, implementations, none_serving, start_pasta_ok};
+use common::{HOST_ADDR, REMOTE_ADDR, TempDir, TestNet, dns_server};
 
 /// The forward address the lease should name.
 const DNS_FORWARD: &str = "169.254.1.1";
@@ -73,8 +73,7 @@ fn lease_with(
     }
     argv.extend(["--quiet".into(), "--netns".into()]);
     argv.push(netns.path.display().to_string());
-    let out = start_pasta(caller, pasta, &argv);
-    assert!(out.status.success(), "{extra:?}: {out:?}");
+    start_pasta_ok(caller, pasta, &argv);
     // Unconfigured: no IPv4 address on the tap before DHCP.
     let before = netns.ok(&["ip", "-4", "-o", "addr", "show", "dev", &net.host_veth]);
     assert_eq!(before, "", "{extra:?}: configured without --config-net");
@@ -96,11 +95,7 @@ fn lease_with(
     };
     netns.remove();
     assert!(
-        wait_until(std::time::Duration::from_secs(3), || serving(
-            net,
-            &netns.path
-        )
-        .is_empty()),
+        none_serving(net, &netns.path),
         "the daemon outlived its namespace"
     );
     (got, dig.trim().to_string())

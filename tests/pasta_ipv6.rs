@@ -19,7 +19,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::pasta::{Caller, NetnsFile, host_net, implementations, serving, start_pasta};
+use common::pasta::{
+    Caller, NetnsFile, each_implementation, host_net, no_ports_argv, podman_argv, serving,
+    start_pasta, start_pasta_ok, stdout_of,
+};
 use common::{HOST_ADDR, KillOnDrop, TempDir, TestNet, dns_server, run_ok, wait_until};
 
 const HOST6: &str = "2001:db8:2::1";
@@ -54,7 +57,7 @@ const FAR6: &str = "2001:db8:3::2";
 /// through the remote's link-local address, which also holds [`FAR6`].
 fn host_net6_ll() -> TestNet {
     let net = host_net6_addrs();
-    let remote_veth = net.host_veth.replacen("vh", "vr", 1);
+    let remote_veth = net.remote_veth();
     let far = format!("{FAR6}/128");
     let ll = format!("{REMOTE_LL}/64");
     for args in [
@@ -90,75 +93,17 @@ fn host_net6_ll() -> TestNet {
 /// The host and remote namespaces' IPv6 addresses on the veth pair.
 fn host_net6_addrs() -> TestNet {
     let net = host_net();
-    let remote_veth = net.host_veth.replacen("vh", "vr", 1);
-    let (host_cidr, remote_cidr) = (format!("{HOST6}/64"), format!("{REMOTE6}/64"));
-    for args in [
-        vec![
-            "-n",
-            &net.host,
-            "addr",
-            "add",
-            &host_cidr,
-            "dev",
-            &net.host_veth,
-            "nodad",
-        ],
-        vec![
-            "-n",
-            &net.remote,
-            "addr",
-            "add",
-            &remote_cidr,
-            "dev",
-            &remote_veth,
-            "nodad",
-        ],
-    ] {
-        run_ok("ip", &args);
-    }
+    net.add_ipv6(HOST6, REMOTE6);
     net
 }
 
-/// podman 5.3 to 6.0's argv for `podman run -p 8080:80`
-/// (`createPastaArgs`).
-fn podman_argv(netns: &Path) -> Vec<String> {
-    [
-        "--config-net",
-        "-t",
-        "8080-8080:80-80",
-        "--dns-forward",
-        "169.254.1.1",
-        "-u",
-        "none",
-        "-T",
-        "none",
-        "-U",
-        "none",
-        "--no-map-gw",
-        "--quiet",
-        "--netns",
-        &netns.display().to_string(),
-        "--map-guest-addr",
-        "169.254.1.2",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// `ip -j ADDRS...` in the container, parsed.
-fn ip_json(netns: &NetnsFile, args: &[&str]) -> serde_json::Value {
-    let mut full = vec!["ip", "-j"];
-    full.extend_from_slice(args);
-    serde_json::from_str(&netns.ok(&full)).unwrap()
-}
+/// The `-t` option podman gives pasta for `podman run -p 8080:80`.
+const PORTS: [&str; 2] = ["-t", "8080-8080:80-80"];
 
 /// The container's global IPv6 addresses on `dev`, with their prefix
 /// length and whether they are still tentative.
 fn global6(netns: &NetnsFile, dev: &str) -> Vec<(String, u64, bool)> {
-    let v = ip_json(
-        netns,
-        &["-6", "addr", "show", "dev", dev, "scope", "global"],
-    );
+    let v = netns.ip_json(&["-6", "addr", "show", "dev", dev, "scope", "global"]);
     v.as_array()
         .into_iter()
         .flatten()
@@ -172,12 +117,6 @@ fn global6(netns: &NetnsFile, dev: &str) -> Vec<(String, u64, bool)> {
             )
         })
         .collect()
-}
-
-/// What `cmd` (a client) printed.
-fn ask(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 /// An ncat server in the host namespace telling each client `what`.
@@ -209,39 +148,52 @@ fn host_server(net: &TestNet, addr: &str, port: &str, what: &str) -> KillOnDrop 
 /// What the TCP server at `addr` `port` said to a client in the
 /// container, asked once (no retry: what is configured works at once).
 fn ncat_from(netns: &NetnsFile, addr: &str, port: &str) -> String {
-    ask(&mut netns.cmd(&["ncat", "--recv-only", "-w", "3", addr, port]))
+    stdout_of(&mut netns.cmd(&["ncat", "--recv-only", "-w", "3", addr, port]))
+}
+
+/// A server on the remote namespace's `addr` port 9000, telling each
+/// client the address it came from (`peer ADDR`), once it listens.
+fn peer_server(net: &TestNet, addr: &str) -> KillOnDrop {
+    let server = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &net.remote])
+            .args(["ncat", "-6", "-l", "-k", addr, "9000"])
+            .args(["--sh-exec", "echo peer $NCAT_REMOTE_ADDR"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        net.host_cmd(&["ncat", "-z", addr, "9000"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }));
+    server
+}
+
+/// A client in the remote namespace: what the server at `addr` `port`
+/// said to it (`-s`, with `source`).
+fn remote_client(net: &TestNet, source: Option<&str>, addr: &str, port: &str) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.remote, "ncat"]);
+    if let Some(source) = source {
+        cmd.args(["-s", source]);
+    }
+    stdout_of(cmd.args(["--recv-only", "-w", "2", addr, port]))
 }
 
 #[test]
 fn podmans_argv_gives_the_container_the_hosts_ipv6_address_route_and_ports() {
-    let dir = TempDir::new("pasta6");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        podman_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta6", podman_session);
 }
 
 fn podman_session(dir: &TempDir, pasta: &Path, tag: &str) {
     let net = host_net6();
     // A server on the remote namespace's IPv6 address, telling each
     // client the address it came from.
-    let _remote_server = KillOnDrop(
-        Command::new("ip")
-            .args(["netns", "exec", &net.remote])
-            .args(["ncat", "-6", "-l", "-k", REMOTE6, "9000"])
-            .args(["--sh-exec", "echo peer $NCAT_REMOTE_ADDR"])
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_until(Duration::from_secs(5), || {
-        net.host_cmd(&["ncat", "-z", REMOTE6, "9000"])
-            .status()
-            .is_ok_and(|s| s.success())
-    }));
+    let _remote_server = peer_server(&net, REMOTE6);
     let caller = Caller::new(&net, dir, tag);
     let netns = NetnsFile::new(&caller, "netns-c1");
-    let out = start_pasta(&caller, pasta, &podman_argv(&netns.path));
-    assert!(out.status.success(), "{out:?}");
+    start_pasta_ok(&caller, pasta, &podman_argv(&netns.path, &PORTS));
     assert!(!serving(&net, &netns.path).is_empty());
 
     // At once, with no waiting: an outbound connection from the host's
@@ -268,44 +220,22 @@ fn podman_session(dir: &TempDir, pasta: &Path, tag: &str) {
     );
 
     // -t 8080: published to IPv6 clients, who keep their address.
-    let _service = KillOnDrop(
-        netns
-            .cmd(&[
-                "ncat",
-                "-l",
-                "-k",
-                "80",
-                "--sh-exec",
-                "echo client $NCAT_REMOTE_ADDR",
-            ])
-            .spawn()
-            .unwrap(),
-    );
-    let remote_client = || {
-        ask(Command::new("ip")
-            .args(["netns", "exec", &net.remote])
-            .args(["ncat", "--recv-only", "-w", "2", HOST6, "8080"]))
-    };
+    let _service = netns.client_address_service();
+    let remote6 = || remote_client(&net, None, HOST6, "8080");
     assert!(
-        wait_until(Duration::from_secs(5), || remote_client()
+        wait_until(Duration::from_secs(5), || remote6()
             == format!("client {REMOTE6}")),
         "8080 from [{REMOTE6}]: {}",
-        remote_client()
+        remote6()
     );
     // IPv4 clients are still served.
-    let remote4 = ask(Command::new("ip")
-        .args(["netns", "exec", &net.remote])
-        .args(["ncat", "--recv-only", "-w", "2", HOST_ADDR, "8080"]));
+    let remote4 = remote_client(&net, None, HOST_ADDR, "8080");
     assert!(remote4.starts_with("client 198.51.100."), "{remote4}");
 }
 
 #[test]
 fn the_gateway_map_guest_addr_and_dns_forward_reach_the_host_over_ipv6() {
-    let dir = TempDir::new("pasta6-maps");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        maps_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta6-maps", maps_session);
 }
 
 fn maps_session(dir: &TempDir, pasta: &Path, tag: &str) {
@@ -324,29 +254,14 @@ fn maps_session(dir: &TempDir, pasta: &Path, tag: &str) {
     let _own = host_server(&net, HOST6, "9002", "host-own");
     let caller = Caller::new(&net, dir, tag);
     let netns = NetnsFile::new(&caller, "netns-m");
-    let path = netns.path.display().to_string();
-    let argv: Vec<String> = [
-        "--config-net",
-        "-t",
-        "none",
-        "-u",
-        "none",
-        "-T",
-        "none",
-        "-U",
-        "none",
+    let extra = [
         "--dns-forward",
         DNS6,
         "--map-guest-addr",
         MAPPED6,
         "--quiet",
-        "--netns",
-        &path,
-    ]
-    .map(String::from)
-    .to_vec();
-    let out = start_pasta(&caller, pasta, &argv);
-    assert!(out.status.success(), "{out:?}");
+    ];
+    start_pasta_ok(&caller, pasta, &no_ports_argv(&netns.path, &extra));
 
     // Without --no-map-gw the gateway's address leads to the host's ::1.
     assert_eq!(ncat_from(&netns, REMOTE6, "9001"), "host-loopback");
@@ -367,23 +282,13 @@ fn maps_session(dir: &TempDir, pasta: &Path, tag: &str) {
 
 #[test]
 fn ipv4_only_ipv6_only_and_ipv6_values_of_a_and_g() {
-    let dir = TempDir::new("pasta6-families");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        families_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta6-families", families_session);
 }
 
+/// Start pasta on `netns` with no ports, quiet, and `extra`.
 fn start(caller: &Caller, pasta: &Path, netns: &NetnsFile, extra: &[&str]) {
-    let mut argv: Vec<String> = ["--config-net", "-t", "none", "-u", "none", "-T", "none"]
-        .into_iter()
-        .chain(["-U", "none", "--quiet"])
-        .chain(extra.iter().copied())
-        .map(String::from)
-        .collect();
-    argv.extend(["--netns".to_string(), netns.path.display().to_string()]);
-    let out = start_pasta(caller, pasta, &argv);
-    assert!(out.status.success(), "{extra:?}: {out:?}");
+    let quiet_extra: Vec<&str> = ["--quiet"].iter().chain(extra).copied().collect();
+    start_pasta_ok(caller, pasta, &no_ports_argv(&netns.path, &quiet_extra));
 }
 
 fn families_session(dir: &TempDir, pasta: &Path, tag: &str) {
@@ -428,21 +333,8 @@ fn families_session(dir: &TempDir, pasta: &Path, tag: &str) {
     // A -g the kernel refuses (off the link of -a's /64) fails setup with
     // pasta's words, rather than leaving the container with no route.
     let off = NetnsFile::new(&caller, "netns-off");
-    let argv: Vec<String> = ["--config-net", "-t", "none", "-u", "none", "-T", "none"]
-        .into_iter()
-        .chain([
-            "-U",
-            "none",
-            "--quiet",
-            "-a",
-            "2001:db8:5::42",
-            "-g",
-            REMOTE6,
-        ])
-        .map(String::from)
-        .chain(["--netns".to_string(), off.path.display().to_string()])
-        .collect();
-    let out = start_pasta(&caller, pasta, &argv);
+    let extra = ["--quiet", "-a", "2001:db8:5::42", "-g", REMOTE6];
+    let out = start_pasta(&caller, pasta, &no_ports_argv(&off.path, &extra));
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -453,11 +345,7 @@ fn families_session(dir: &TempDir, pasta: &Path, tag: &str) {
 
 #[test]
 fn outbound_ipv6_connections_leave_from_the_address_of_o() {
-    let dir = TempDir::new("pasta6-o");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        outbound_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta6-o", outbound_session);
 }
 
 fn outbound_session(dir: &TempDir, pasta: &Path, tag: &str) {
@@ -479,19 +367,7 @@ fn outbound_session(dir: &TempDir, pasta: &Path, tag: &str) {
             "0",
         ],
     );
-    let _remote_server = KillOnDrop(
-        Command::new("ip")
-            .args(["netns", "exec", &net.remote])
-            .args(["ncat", "-6", "-l", "-k", REMOTE6, "9000"])
-            .args(["--sh-exec", "echo peer $NCAT_REMOTE_ADDR"])
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_until(Duration::from_secs(5), || {
-        net.host_cmd(&["ncat", "-z", REMOTE6, "9000"])
-            .status()
-            .is_ok_and(|s| s.success())
-    }));
+    let _remote_server = peer_server(&net, REMOTE6);
     let caller = Caller::new(&net, dir, tag);
     let netns = NetnsFile::new(&caller, "netns-o");
     start(&caller, pasta, &netns, &["--no-map-gw", "-o", SECOND6]);
@@ -503,11 +379,7 @@ fn outbound_session(dir: &TempDir, pasta: &Path, tag: &str) {
 
 #[test]
 fn a_host_without_ipv6_gives_pastas_local_mode() {
-    let dir = TempDir::new("pasta6-local");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        local_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta6-local", local_session);
 }
 
 fn local_session(dir: &TempDir, pasta: &Path, tag: &str) {
@@ -537,33 +409,16 @@ fn local_session(dir: &TempDir, pasta: &Path, tag: &str) {
 
 #[test]
 fn a_host_whose_ipv6_gateway_is_link_local() {
-    let dir = TempDir::new("pasta6-ll");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        link_local_gateway_session(&dir, &pasta, name);
-    }
+    each_implementation("pasta6-ll", link_local_gateway_session);
 }
 
 fn link_local_gateway_session(dir: &TempDir, pasta: &Path, tag: &str) {
     let net = host_net6_ll();
     let dev = net.host_veth.clone();
-    let _far_server = KillOnDrop(
-        Command::new("ip")
-            .args(["netns", "exec", &net.remote])
-            .args(["ncat", "-6", "-l", "-k", FAR6, "9000"])
-            .args(["--sh-exec", "echo peer $NCAT_REMOTE_ADDR"])
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_until(Duration::from_secs(5), || {
-        net.host_cmd(&["ncat", "-z", FAR6, "9000"])
-            .status()
-            .is_ok_and(|s| s.success())
-    }));
+    let _far_server = peer_server(&net, FAR6);
     let caller = Caller::new(&net, dir, tag);
     let netns = NetnsFile::new(&caller, "netns-ll");
-    let out = start_pasta(&caller, pasta, &podman_argv(&netns.path));
-    assert!(out.status.success(), "{out:?}");
+    start_pasta_ok(&caller, pasta, &podman_argv(&netns.path, &PORTS));
 
     // The host's route, through the link-local gateway.
     let routes = netns.ok(&["ip", "-6", "route", "show", "default"]);
@@ -575,24 +430,8 @@ fn link_local_gateway_session(dir: &TempDir, pasta: &Path, tag: &str) {
 
     // A published port reaches the container from a client off the
     // host's prefix, which keeps its address.
-    let _service = KillOnDrop(
-        netns
-            .cmd(&[
-                "ncat",
-                "-l",
-                "-k",
-                "80",
-                "--sh-exec",
-                "echo client $NCAT_REMOTE_ADDR",
-            ])
-            .spawn()
-            .unwrap(),
-    );
-    let far_client = || {
-        ask(Command::new("ip")
-            .args(["netns", "exec", &net.remote])
-            .args(["ncat", "-s", FAR6, "--recv-only", "-w", "2", HOST6, "8080"]))
-    };
+    let _service = netns.client_address_service();
+    let far_client = || remote_client(&net, Some(FAR6), HOST6, "8080");
     assert!(
         wait_until(Duration::from_secs(5), || far_client()
             == format!("client {FAR6}")),

@@ -11,72 +11,50 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::pasta::{Caller, NetnsFile, host_net, implementations, pasta_link, start_pasta};
+use common::pasta::{
+    Caller, NetnsFile, each_implementation, host_net, no_ports_argv, pasta_link, start_pasta_ok,
+    stdout_of,
+};
 use common::{KillOnDrop, TempDir, TestNet, dns_server, wait_until};
 
-/// What every case passes: no port forwarding either way (pasta's `auto`
-/// default would scan), warnings only.
-const QUIET_NO_PORTS: [&str; 9] = [
-    "--config-net",
-    "-t",
-    "none",
-    "-u",
-    "none",
-    "-T",
-    "none",
-    "-U",
-    "none",
-];
-
-/// Start `pasta` for a fresh namespace of `caller` with `extra` options.
+/// Start `pasta` for a fresh namespace of `caller` with no port
+/// forwarding (pasta's `auto` default would scan) and `extra` options.
 fn start<'c>(caller: &'c Caller, pasta: &Path, extra: &[&str]) -> NetnsFile<'c> {
     let netns = NetnsFile::new(caller, "netns");
-    let mut argv: Vec<String> = QUIET_NO_PORTS.iter().map(|a| a.to_string()).collect();
-    argv.extend(extra.iter().map(|a| a.to_string()));
-    argv.extend(["--netns".to_string(), netns.path.display().to_string()]);
-    let out = start_pasta(caller, pasta, &argv);
-    assert!(out.status.success(), "{argv:?}: {out:?}");
+    start_pasta_ok(caller, pasta, &no_ports_argv(&netns.path, extra));
     netns
 }
 
-fn dig(netns: &NetnsFile, server: &str) -> String {
-    let out = netns
-        .cmd(&[
-            "dig",
-            "+short",
-            "+tries=1",
-            "+time=2",
-            &format!("@{server}"),
-            "probe.netferry.test",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// `dig` at `server`, with `options` before it.
+fn dig(netns: &NetnsFile, options: &[&str], server: &str) -> String {
+    let mut cmd = netns.cmd(&["dig", "+short", "+tries=1", "+time=2"]);
+    cmd.args(options)
+        .arg(format!("@{server}"))
+        .arg("probe.netferry.test");
+    stdout_of(&mut cmd)
 }
 
 #[test]
 fn dns_forward_leads_to_the_dns_host_not_the_hosts_first_resolver() {
-    let dir = TempDir::new("pasta-dns-host");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
+    each_implementation("pasta-dns-host", |dir, pasta, name| {
         let net = host_net();
         // resolv.conf names 127.0.0.1; another resolver answers on
         // 127.0.0.2.
         let _first = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
         let _other = dns_server(&net, "127.0.0.2", &["192.0.2.88"]);
-        let caller = Caller::new(&net, &dir, name);
+        let caller = Caller::new(&net, dir, name);
         let netns = start(
             &caller,
-            &pasta,
+            pasta,
             &["--dns-forward", "169.254.1.1", "--dns-host", "127.0.0.2"],
         );
-        assert_eq!(dig(&netns, "169.254.1.1"), "192.0.2.88", "{name}");
+        assert_eq!(dig(&netns, &[], "169.254.1.1"), "192.0.2.88", "{name}");
         drop(netns);
 
         // Without --dns-host: the host's first resolver.
-        let netns = start(&caller, &pasta, &["--dns-forward", "169.254.1.1"]);
-        assert_eq!(dig(&netns, "169.254.1.1"), "192.0.2.77", "{name}");
-    }
+        let netns = start(&caller, pasta, &["--dns-forward", "169.254.1.1"]);
+        assert_eq!(dig(&netns, &[], "169.254.1.1"), "192.0.2.77", "{name}");
+    });
 }
 
 /// netferry as `pasta` with `args`: its exit code and stderr.
@@ -252,9 +230,7 @@ impl Drop for SecondWay {
 
 #[test]
 fn outbound_if4_sends_the_guests_traffic_out_through_that_interface() {
-    let dir = TempDir::new("pasta-outbound-if");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
+    each_implementation("pasta-outbound-if", |dir, pasta, name| {
         let net = host_net();
         let way = SecondWay::new(&net);
         // 192.0.2.1 lives behind both ways; the host prefers the first.
@@ -262,36 +238,13 @@ fn outbound_if4_sends_the_guests_traffic_out_through_that_interface() {
         for ns in [&net.remote, &way.ns] {
             common::run_ok("ip", &["-n", ns, "addr", "add", ask, "dev", "lo"]);
         }
-        net.host_ok(&[
-            "ip",
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "198.51.100.2",
-            "metric",
-            "100",
-        ]);
-        net.host_ok(&[
-            "ip",
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "203.0.113.2",
-            "metric",
-            "200",
-        ]);
-        net.host_ok(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.2",
-            "metric",
-            "300",
-        ]);
+        for (to, via, metric) in [
+            ("192.0.2.0/24", "198.51.100.2", "100"),
+            ("192.0.2.0/24", "203.0.113.2", "200"),
+            ("default", "203.0.113.2", "300"),
+        ] {
+            net.host_ok(&["ip", "route", "add", to, "via", via, "metric", metric]);
+        }
         let serve = |cmd: &mut Command| KillOnDrop(cmd.spawn().unwrap());
         let _first = serve(Command::new("ip").args([
             "netns",
@@ -307,7 +260,7 @@ fn outbound_if4_sends_the_guests_traffic_out_through_that_interface() {
         ]));
         let _second =
             serve(&mut way.cmd(&["ncat", "-l", "-k", ask, "7000", "--sh-exec", "echo second"]));
-        let caller = Caller::new(&net, &dir, name);
+        let caller = Caller::new(&net, dir, name);
         let reply = |netns: &NetnsFile| {
             let mut got = String::new();
             wait_until(Duration::from_secs(5), || {
@@ -321,45 +274,31 @@ fn outbound_if4_sends_the_guests_traffic_out_through_that_interface() {
             got
         };
 
-        let netns = start(&caller, &pasta, &["--outbound-if4", &way.host_veth]);
+        let netns = start(&caller, pasta, &["--outbound-if4", &way.host_veth]);
         assert_eq!(reply(&netns), "second", "{name} with --outbound-if4");
         drop(netns);
         // Without: the host's preferred way.
-        let netns = start(&caller, &pasta, &[]);
+        let netns = start(&caller, pasta, &[]);
         assert_eq!(reply(&netns), "first", "{name} without");
-    }
+    });
 }
 
 /// `dig` through the DNS forward address over UDP, or with `tcp` over TCP.
 fn dig_over(netns: &NetnsFile, tcp: bool) -> String {
     let transport = if tcp { "+tcp" } else { "+notcp" };
-    let out = netns
-        .cmd(&[
-            "dig",
-            "+short",
-            "+tries=1",
-            "+time=2",
-            transport,
-            "@169.254.1.1",
-            "probe.netferry.test",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    dig(netns, &[transport], "169.254.1.1")
 }
 
 #[test]
 fn no_udp_and_no_tcp_stop_carrying_that_protocol_only() {
-    let dir = TempDir::new("pasta-no-proto");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
+    each_implementation("pasta-no-proto", |dir, pasta, name| {
         let net = host_net();
         let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
-        let caller = Caller::new(&net, &dir, name);
+        let caller = Caller::new(&net, dir, name);
         let forward = ["--dns-forward", "169.254.1.1"];
         let with = |extra: &[&'static str]| {
             let args: Vec<&str> = forward.iter().chain(extra).copied().collect();
-            start(&caller, &pasta, &args)
+            start(&caller, pasta, &args)
         };
         let netns = with(&[]);
         assert_eq!(dig_over(&netns, false), "192.0.2.77", "{name}: UDP");
@@ -386,16 +325,14 @@ fn no_udp_and_no_tcp_stop_carrying_that_protocol_only() {
             !answer.contains("192.0.2.77"),
             "{name} --no-tcp: TCP: {answer}"
         );
-    }
+    });
 }
 
 #[test]
 fn runas_serves_as_that_user_through_a_user_namespace_it_owns() {
-    let dir = TempDir::new("pasta-runas");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
+    each_implementation("pasta-runas", |dir, pasta, name| {
         let net = host_net();
-        let caller = Caller::new(&net, &dir, name);
+        let caller = Caller::new(&net, dir, name);
         let netns = NetnsFile::new(&caller, "netns");
         let holder = caller.holder.0.id();
         let pid_file = caller.dir.join("pasta.pid");
@@ -405,14 +342,18 @@ fn runas_serves_as_that_user_through_a_user_namespace_it_owns() {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--target={holder}"))
             .args(["--mount", "--net", "--"])
-            .arg(&pasta)
-            .args(QUIET_NO_PORTS)
-            .args(["--runas", "65534", "--pid"])
-            .arg(&pid_file)
-            .arg("--userns")
-            .arg(format!("/proc/{holder}/ns/user"))
-            .arg("--netns")
-            .arg(&netns.path);
+            .arg(pasta)
+            .args(no_ports_argv(
+                &netns.path,
+                &[
+                    "--runas",
+                    "65534",
+                    "--pid",
+                    &pid_file.display().to_string(),
+                    "--userns",
+                    &format!("/proc/{holder}/ns/user"),
+                ],
+            ));
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{name}: {out:?}");
         let pid = std::fs::read_to_string(&pid_file).unwrap();
@@ -425,14 +366,12 @@ fn runas_serves_as_that_user_through_a_user_namespace_it_owns() {
         );
         let addrs = netns.ok(&["ip", "-4", "addr"]);
         assert!(addrs.contains(common::HOST_ADDR), "{name}: {addrs}");
-    }
+    });
 }
 
 #[test]
 fn no_copy_addrs_and_routes_keep_one_address_and_the_default_route_per_family() {
-    let dir = TempDir::new("pasta-no-copy");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
+    each_implementation("pasta-no-copy", |dir, pasta, name| {
         let net = host_net();
         // Two addresses of each family in one prefix (pasta exits 1 when
         // the one it keeps is not in the gateway's), one more route each.
@@ -462,7 +401,7 @@ fn no_copy_addrs_and_routes_keep_one_address_and_the_default_route_per_family() 
         ] {
             net.host_ok(args);
         }
-        let caller = Caller::new(&net, &dir, name);
+        let caller = Caller::new(&net, dir, name);
         let copied = |netns: &NetnsFile| {
             let global = |family: &str| {
                 netns
@@ -478,27 +417,25 @@ fn no_copy_addrs_and_routes_keep_one_address_and_the_default_route_per_family() 
                 routes.contains("2001:db8:5::/48"),
             )
         };
-        let netns = start(&caller, &pasta, &[]);
+        let netns = start(&caller, pasta, &[]);
         assert_eq!(copied(&netns), (2, 2, true, true), "{name}: all copied");
         drop(netns);
-        let netns = start(&caller, &pasta, &["--no-copy-addrs", "--no-copy-routes"]);
+        let netns = start(&caller, pasta, &["--no-copy-addrs", "--no-copy-routes"]);
         assert_eq!(copied(&netns), (1, 1, false, false), "{name}: one each");
         let default6 = netns.ok(&["ip", "-6", "route", "show", "default"]);
         assert!(default6.contains("via 2001:db8::2"), "{name}: {default6}");
-    }
+    });
 }
 
 #[test]
 fn no_netns_quit_outlives_the_namespace_file() {
-    let dir = TempDir::new("pasta-no-quit");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
+    each_implementation("pasta-no-quit", |dir, pasta, name| {
         let net = host_net();
-        let caller = Caller::new(&net, &dir, name);
+        let caller = Caller::new(&net, dir, name);
         let pid_file = caller.dir.join("pasta.pid");
         let pid_arg = pid_file.display().to_string();
         let options = ["--no-netns-quit", "--pid", &pid_arg];
-        let netns = start(&caller, &pasta, &options);
+        let netns = start(&caller, pasta, &options);
         let pid = std::fs::read_to_string(&pid_file)
             .unwrap()
             .trim()
@@ -516,5 +453,5 @@ fn no_netns_quit_outlives_the_namespace_file() {
         assert!(alive(), "{name} quit with --no-netns-quit");
         Command::new("kill").arg(&pid).status().unwrap();
         assert!(wait_until(Duration::from_secs(3), || !alive()));
-    }
+    });
 }

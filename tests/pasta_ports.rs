@@ -13,11 +13,13 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::pasta::{Caller, NetnsFile, host_net, implementations, pasta_link, start_pasta};
-use common::{KillOnDrop, TempDir, dns_server, echo_until_eof, wait_until};
+use common::pasta::{
+    Caller, NetnsFile, each_implementation, host_net, implementations, pasta_link, start_pasta,
+    start_pasta_ok, stdout_of,
+};
+use common::{KillOnDrop, TempDir, TestNet, dns_server, echo_until_eof, wait_until};
 
 /// The argv podman builds for `--network pasta:-T,...`, with `extra` in
 /// the place of the user's options.
@@ -30,27 +32,46 @@ fn argv(netns: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-fn stdout(mut cmd: Command) -> String {
-    let o = cmd.output().unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+/// What a client on the host's loopback got from `port` (at once).
+fn from_host_loopback(net: &TestNet, port: &str) -> String {
+    stdout_of(
+        net.host_cmd(&["timeout", "5", "ncat", "--recv-only", "-w", "2"])
+            .args(["127.0.0.1", port]),
+    )
+}
+
+/// `session` run by [`with_netns`] with each implementation.
+fn each_with_netns(tag: &str, netns: &str, session: impl Fn(&TestNet, &Caller, &NetnsFile, &Path)) {
+    each_implementation(tag, |dir, pasta, name| {
+        with_netns(dir, name, netns, |net, caller, netns| {
+            session(net, caller, netns, pasta)
+        })
+    });
+}
+
+/// `session` given the test's host network, a rootless caller in it
+/// (tagged `name`) and the caller's namespace file `netns`.
+fn with_netns(
+    dir: &TempDir,
+    name: &str,
+    netns: &str,
+    session: impl FnOnce(&TestNet, &Caller, &NetnsFile),
+) {
+    let net = host_net();
+    let caller = Caller::new(&net, dir, name);
+    let netns = NetnsFile::new(&caller, netns);
+    session(&net, &caller, &netns);
 }
 
 #[test]
 fn ns_ports_reach_services_on_the_hosts_loopback() {
-    let dir = TempDir::new("pasta-ns-ports");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        ns_ports_session(&dir, &pasta, name);
-    }
+    each_with_netns("pasta-ns-ports", "netns-ns-ports", ns_ports_session);
 }
 
-fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
-    let net = host_net();
-    let caller = Caller::new(&net, dir, tag);
-    let netns = NetnsFile::new(&caller, "netns-ns-ports");
+fn ns_ports_session(net: &TestNet, caller: &Caller, netns: &NetnsFile, pasta: &Path) {
     // Services on the host's loopback only: TCP on 127.0.0.1 and ::1,
     // DNS (UDP) on 127.0.0.1 port 53.
-    let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.53"]);
+    let _dns = dns_server(net, "127.0.0.1", &["192.0.2.53"]);
     let echo = net.in_host(|| TcpListener::bind("127.0.0.1:5432").unwrap());
     std::thread::spawn(move || {
         for conn in echo.incoming().flatten() {
@@ -80,13 +101,12 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
         "-t", "none", "-u", "none", "-T", "5432", "-T", "5433", "-U", "5353:53",
     ];
     extra.extend(debug);
-    let out = start_pasta(&caller, pasta, &argv(&netns.path, &extra));
-    assert!(out.status.success(), "{out:?}");
+    start_pasta_ok(caller, pasta, &argv(&netns.path, &extra));
 
     // A megabyte through 127.0.0.1:5432 and back (an echo server), with
     // the client's half-close passed on so the server ends the reply.
     let echoed = || {
-        stdout(netns.cmd(&[
+        stdout_of(&mut netns.cmd(&[
             "sh",
             "-c",
             "head -c 1000000 /dev/zero | timeout 10 ncat -w 3 127.0.0.1 5432 | wc -c",
@@ -98,21 +118,13 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
         echoed()
     );
     // ::1 in the container leads to ::1 on the host.
-    let hello = || {
-        stdout(netns.cmd(&[
-            "timeout",
-            "10",
-            "ncat",
-            "--recv-only",
-            "-w",
-            "3",
-            "::1",
-            "5433",
-        ]))
+    let client = |wait: &str, addr: &str, port: &str| {
+        let ncat = ["timeout", "10", "ncat", "--recv-only", "-w", wait];
+        stdout_of(netns.cmd(&ncat).args([addr, port]))
     };
-    assert_eq!(hello(), "hello on ::1");
+    assert_eq!(client("3", "::1", "5433"), "hello on ::1");
     // UDP: the container's 127.0.0.1:5353 is the host's resolver on 53.
-    let answer = stdout(netns.cmd(&[
+    let answer = stdout_of(&mut netns.cmd(&[
         "dig",
         "+short",
         "+tries=2",
@@ -124,57 +136,31 @@ fn ns_ports_session(dir: &TempDir, pasta: &Path, tag: &str) {
     ]));
     assert_eq!(answer, "192.0.2.53");
     // A port not given leads nowhere.
-    assert_eq!(
-        stdout(netns.cmd(&[
-            "timeout",
-            "10",
-            "ncat",
-            "--recv-only",
-            "-w",
-            "2",
-            "127.0.0.1",
-            "5434"
-        ])),
-        ""
-    );
+    assert_eq!(client("2", "127.0.0.1", "5434"), "");
 }
 
 /// Whether something in the test's host namespace listens on TCP `port`.
-fn host_listens(net: &common::TestNet, port: u16) -> bool {
+fn host_listens(net: &TestNet, port: u16) -> bool {
     let filter = format!("sport = :{port}");
-    !stdout(net.host_cmd(&["ss", "-Hltn", &filter])).is_empty()
+    !stdout_of(&mut net.host_cmd(&["ss", "-Hltn", &filter])).is_empty()
 }
 
 /// Whether a UDP socket in the test's host namespace is bound to `port`.
-fn host_binds_udp(net: &common::TestNet, port: u16) -> bool {
+fn host_binds_udp(net: &TestNet, port: u16) -> bool {
     let filter = format!("sport = :{port}");
-    !stdout(net.host_cmd(&["ss", "-Hlun", &filter])).is_empty()
+    !stdout_of(&mut net.host_cmd(&["ss", "-Hlun", &filter])).is_empty()
 }
 
 #[test]
 fn auto_follows_the_containers_listeners() {
-    let dir = TempDir::new("pasta-auto");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        auto_session(&dir, &pasta, name);
-    }
+    each_with_netns("pasta-auto", "netns-auto", auto_session);
 }
 
-fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
-    let net = host_net();
-    let caller = Caller::new(&net, dir, tag);
-    let netns = NetnsFile::new(&caller, "netns-auto");
+fn auto_session(net: &TestNet, caller: &Caller, netns: &NetnsFile, pasta: &Path) {
     // rootlesskit's --tcp-ports=auto --udp-ports=auto.
-    let out = start_pasta(
-        &caller,
-        pasta,
-        &argv(
-            &netns.path,
-            &["-t", "auto", "-u", "auto", "-T", "none", "-U", "none"],
-        ),
-    );
-    assert!(out.status.success(), "{out:?}");
-    assert!(!host_listens(&net, 8080), "nothing listens inside yet");
+    let ports = ["-t", "auto", "-u", "auto", "-T", "none", "-U", "none"];
+    start_pasta_ok(caller, pasta, &argv(&netns.path, &ports));
+    assert!(!host_listens(net, 8080), "nothing listens inside yet");
 
     // A server started inside after pasta: published within pasta's
     // one-second scan (and a margin).
@@ -184,18 +170,7 @@ fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
             .spawn()
             .unwrap(),
     );
-    let ask = || {
-        stdout(net.host_cmd(&[
-            "timeout",
-            "5",
-            "ncat",
-            "--recv-only",
-            "-w",
-            "2",
-            "127.0.0.1",
-            "8080",
-        ]))
-    };
+    let ask = || from_host_loopback(net, "8080");
     assert!(
         wait_until(Duration::from_secs(5), || ask() == "auto here"),
         "8080 was not published: {}",
@@ -204,7 +179,7 @@ fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
     // UDP follows TCP's listening ports too (for iperf3 and the like),
     // and its own bound ports.
     assert!(wait_until(Duration::from_secs(5), || host_binds_udp(
-        &net, 8080
+        net, 8080
     )));
     let udp_server = KillOnDrop(
         netns
@@ -213,16 +188,16 @@ fn auto_session(dir: &TempDir, pasta: &Path, tag: &str) {
             .unwrap(),
     );
     assert!(
-        wait_until(Duration::from_secs(5), || host_binds_udp(&net, 5300)),
+        wait_until(Duration::from_secs(5), || host_binds_udp(net, 5300)),
         "UDP 5300 was not published"
     );
     // They close: so does the host's side.
     drop(server);
     drop(udp_server);
     assert!(
-        wait_until(Duration::from_secs(5), || !host_listens(&net, 8080)
-            && !host_binds_udp(&net, 8080)
-            && !host_binds_udp(&net, 5300)),
+        wait_until(Duration::from_secs(5), || !host_listens(net, 8080)
+            && !host_binds_udp(net, 8080)
+            && !host_binds_udp(net, 5300)),
         "8080 or 5300 is still bound on the host"
     );
 }
@@ -245,14 +220,13 @@ fn tcp_all_binds_every_port_but_the_excluded_and_ephemeral_ones() {
             continue;
         }
         eprintln!("== {name}");
-        all_session(&dir, &pasta, name);
+        with_netns(&dir, name, "netns-all", |net, caller, netns| {
+            all_session(net, caller, netns, &pasta)
+        });
     }
 }
 
-fn all_session(dir: &TempDir, pasta: &Path, tag: &str) {
-    let net = host_net();
-    let caller = Caller::new(&net, dir, tag);
-    let netns = NetnsFile::new(&caller, "netns-all");
+fn all_session(net: &TestNet, caller: &Caller, netns: &NetnsFile, pasta: &Path) {
     let ephemeral = std::fs::read_to_string(format!(
         "/proc/{}/root/proc/sys/net/ipv4/ip_local_port_range",
         caller.holder.0.id()
@@ -276,48 +250,22 @@ fn all_session(dir: &TempDir, pasta: &Path, tag: &str) {
             )
         })
         .collect();
-    let out = start_pasta(
-        &caller,
-        pasta,
-        &argv(
-            &netns.path,
-            &[
-                "-t",
-                "all,~8000-8100",
-                "-u",
-                "none",
-                "-T",
-                "none",
-                "-U",
-                "none",
-            ],
-        ),
-    );
-    assert!(out.status.success(), "{out:?}");
-    let ask = |port: &str| {
-        stdout(net.host_cmd(&[
-            "timeout",
-            "5",
-            "ncat",
-            "--recv-only",
-            "-w",
-            "2",
-            "127.0.0.1",
-            port,
-        ]))
-    };
+    let ports = ["-t", "all,~8000-8100", "-u", "none"];
+    let ports = [&ports[..], &["-T", "none", "-U", "none"]].concat();
+    start_pasta_ok(caller, pasta, &argv(&netns.path, &ports));
+    let ask = |port: &str| from_host_loopback(net, port);
     assert!(
         wait_until(Duration::from_secs(5), || ask("8200") == "port 8200"),
         "8200: {}",
         ask("8200")
     );
     assert!(
-        host_listens(&net, 20000),
+        host_listens(net, 20000),
         "a port nothing serves is bound too"
     );
-    assert!(!host_listens(&net, 8050), "8050 is excluded");
+    assert!(!host_listens(net, 8050), "8050 is excluded");
     assert!(
-        !host_listens(&net, first_ephemeral + 10),
+        !host_listens(net, first_ephemeral + 10),
         "ephemeral ports are left out"
     );
     assert_eq!(ask("8050"), "");

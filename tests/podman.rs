@@ -15,116 +15,55 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use common::podman::{
-    HTTPD, IMAGE, PROBE, Run, assert_probe, assert_sees_client, count_processes, fetch_from_remote,
-    host_web, kill_user,
+    HTTPD, IMAGE, PROBE, Run, USER, UserPodman, assert_probe, assert_sees_client, count_processes,
+    fetch_from_remote, host_web,
 };
-use common::{TempDir, TestNet, wait_until};
+use common::wait_until;
 
-const USER: &str = "nfpodman";
 /// One podman test at a time: they share the user's pause process.
 static PODMAN: Mutex<()> = Mutex::new(());
 
-fn uid() -> u32 {
-    let out = Command::new("id").args(["-u", USER]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "user {USER} is missing (bash .ci/run creates it)"
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-struct Podman {
-    net: TestNet,
-    dir: TempDir,
-    bin: PathBuf,
-    uid: u32,
-    _dns: common::KillOnDrop,
-}
-
-impl Podman {
-    fn new() -> Self {
-        let uid = uid();
-        // A pause process left from another run would hold an old mount
-        // namespace (and resolv.conf): start clean.
-        kill_user(uid);
-        let net = TestNet::new();
-        let dir = TempDir::new("podman");
-        let bin = dir.path("netferry");
-        fs::copy(common::netferry_bin(), &bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::write(
-            dir.path("containers.conf"),
-            format!(
-                "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
-                 events_logger = \"file\"\nnetwork_cmd_path = \"{}\"\n",
-                bin.display()
-            ),
-        )
+/// podman as the user, with containers.conf naming netferry as
+/// `network_cmd_path`.
+fn podman() -> UserPodman {
+    let mut p = UserPodman::new("podman");
+    fs::write(
+        p.dir.path("containers.conf"),
+        format!(
+            "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
+             events_logger = \"file\"\nnetwork_cmd_path = \"{}\"\n",
+            p.bin.display()
+        ),
+    )
+    .unwrap();
+    let run = format!("/run/user/{}", p.uid);
+    fs::create_dir_all(&run).unwrap();
+    Command::new("chown")
+        .args([&format!("{USER}:"), &run])
+        .status()
         .unwrap();
-        let run = format!("/run/user/{uid}");
-        fs::create_dir_all(&run).unwrap();
-        Command::new("chown")
-            .args([&format!("{USER}:"), &run])
-            .status()
-            .unwrap();
-        // The test's DNS server, named by the host namespace's resolv.conf.
-        let dns = common::dns_server(&net, "127.0.0.1", &[common::podman::PROBE_ANSWER]);
-        let p = Podman {
-            net,
-            dir,
-            bin,
-            uid,
-            _dns: dns,
-        };
-        p.import_image(&p.dir.0, |tar| tar.display().to_string());
-        p
-    }
-
-    /// netferry processes of this test still running.
-    fn netferries(&self) -> usize {
-        count_processes(self.bin.to_str().unwrap())
-    }
+    p.env = format!(
+        "HOME=/home/{USER} XDG_RUNTIME_DIR={run} CONTAINERS_CONF={}",
+        p.dir.path("containers.conf").display()
+    );
+    p.import_image(&p.dir.0, |tar| tar.display().to_string());
+    p
 }
 
-impl Run for Podman {
-    fn podman(&self, args: &[&str]) -> Output {
-        let resolv = format!("/etc/netns/{}/resolv.conf", self.net.host);
-        let script = format!(
-            "mount --bind {resolv} /etc/resolv.conf && exec nsenter --net=/run/netns/{host} \
-             setpriv --reuid={uid} --regid={uid} --init-groups env HOME=/home/{USER} \
-             XDG_RUNTIME_DIR=/run/user/{uid} CONTAINERS_CONF={conf} podman \"$@\"",
-            host = self.net.host,
-            uid = self.uid,
-            conf = self.dir.path("containers.conf").display(),
-        );
-        Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .expect("unshare")
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
-        kill_user(self.uid);
-    }
+/// netferry processes of this test still running.
+fn netferries(p: &UserPodman) -> usize {
+    count_processes(p.bin.to_str().unwrap())
 }
 
 #[test]
 fn a_container_gets_its_addresses_and_reaches_the_host_only_when_allowed() {
     let _one = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
-    let p = Podman::new();
+    let p = podman();
     let _web = host_web(&p.net, &p.dir.0);
     let out = p.ok(&[
         "run",
@@ -152,7 +91,7 @@ fn a_container_gets_its_addresses_and_reaches_the_host_only_when_allowed() {
     ]);
     assert_probe(&out, false);
     assert!(
-        wait_until(Duration::from_secs(10), || p.netferries() == 0),
+        wait_until(Duration::from_secs(10), || netferries(&p) == 0),
         "netferry left running after --rm"
     );
 }
@@ -160,7 +99,7 @@ fn a_container_gets_its_addresses_and_reaches_the_host_only_when_allowed() {
 #[test]
 fn published_ports_work_with_both_port_handlers_and_keep_the_clients_address() {
     let _one = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
-    let p = Podman::new();
+    let p = podman();
     let mut args = vec![
         "run",
         "-d",
@@ -187,7 +126,7 @@ fn published_ports_work_with_both_port_handlers_and_keep_the_clients_address() {
     ];
     args.extend_from_slice(&HTTPD);
     p.ok(&args);
-    assert_eq!(p.netferries(), 2, "one netferry per container");
+    assert_eq!(netferries(&p), 2, "one netferry per container");
 
     // From the remote host to the host's address: the server inside sees
     // the client's real address with netferry's own port handler.
@@ -197,7 +136,7 @@ fn published_ports_work_with_both_port_handlers_and_keep_the_clients_address() {
 
     p.ok(&["stop", "-t", "1", "nf-fwd", "nf-rlk"]);
     assert!(
-        wait_until(Duration::from_secs(10), || p.netferries() == 0),
+        wait_until(Duration::from_secs(10), || netferries(&p) == 0),
         "netferry did not exit when its container stopped"
     );
 }

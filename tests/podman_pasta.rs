@@ -160,6 +160,22 @@ impl PodmanPasta {
             .collect()
     }
 
+    /// A web server on all the host's addresses, port [`HOST_PORT`],
+    /// saying "host here": what host.containers.internal should reach.
+    fn host_server(&self) -> KillOnDrop {
+        let www = self.t.dir.path("www-all");
+        fs::create_dir_all(&www).unwrap();
+        fs::write(www.join("index.html"), "host here\n").unwrap();
+        KillOnDrop(
+            (self.t.net)
+                .host_cmd(&["busybox", "httpd", "-f", "-p", &HOST_PORT.to_string()])
+                .arg("-h")
+                .arg(&www)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// pasta processes (netferry's or the real one's) still running.
     fn pastas(&self) -> Vec<String> {
         self.t
@@ -215,16 +231,7 @@ fn each(tree: &'static Tree, session: impl Fn(&PodmanPasta)) {
 
 fn probe_session(p: &PodmanPasta, argv: &str) {
     let net = &p.t.net;
-    let www = p.t.dir.path("www-all");
-    fs::create_dir_all(&www).unwrap();
-    fs::write(www.join("index.html"), "host here\n").unwrap();
-    let _host_server = KillOnDrop(
-        net.host_cmd(&["busybox", "httpd", "-f", "-p", &HOST_PORT.to_string()])
-            .arg("-h")
-            .arg(&www)
-            .spawn()
-            .unwrap(),
-    );
+    let _host_server = p.host_server();
     let out = p.t.ok(&["run", "--rm", IMAGE, "sh", "-c", PROBE]);
     let why = format!("{:?}: {out}", p.pasta);
     // The host's address and prefix on an interface named after the
@@ -455,16 +462,7 @@ const ARGV_58_BRIDGE: &str = "--config-net --pid <pid> --dns-forward 169.254.1.1
 fn podman_58_bridge_network_runs_on_pasta_and_publishes_ports() {
     each(&FORKY, |p| {
         let net = &p.t.net;
-        let www = p.t.dir.path("www-all");
-        fs::create_dir_all(&www).unwrap();
-        fs::write(www.join("index.html"), "host here\n").unwrap();
-        let _host_server = KillOnDrop(
-            net.host_cmd(&["busybox", "httpd", "-f", "-p", &HOST_PORT.to_string()])
-                .arg("-h")
-                .arg(&www)
-                .spawn()
-                .unwrap(),
-        );
+        let _host_server = p.host_server();
         p.t.ok(&["network", "create", "nfnet"]);
         let mut args = vec![
             "run",

@@ -12,44 +12,33 @@
 mod common;
 
 use std::fs;
+use std::ops::Deref;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::podman::{IMAGE, PROBE, Run, assert_probe, kill_user, text};
-use common::{TempDir, TestNet, wait_until};
+use common::podman::{IMAGE, PROBE, Run, USER, UserPodman, assert_probe, text};
+use common::wait_until;
 
-const USER: &str = "nfpodman";
 const USER_CONF: &str = "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
                          events_logger = \"file\"\n";
 
-fn uid() -> u32 {
-    let out = Command::new("id").args(["-u", USER]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "user {USER} is missing (bash .ci/run creates it)"
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
+/// podman as the user with a scratch HOME and runtime directory, and no
+/// CONTAINERS_CONF.
+struct Session(UserPodman);
 
-struct Session {
-    net: TestNet,
-    dir: TempDir,
-    bin: PathBuf,
-    uid: u32,
-    _dns: common::KillOnDrop,
+impl Deref for Session {
+    type Target = UserPodman;
+    fn deref(&self) -> &UserPodman {
+        &self.0
+    }
 }
 
 impl Session {
     fn new() -> Session {
-        let uid = uid();
-        kill_user(uid);
-        let net = TestNet::new();
-        let dir = TempDir::new("podman-setup");
-        let bin = dir.path("netferry");
-        fs::copy(common::netferry_bin(), &bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut p = UserPodman::new("podman-setup");
+        let dir = &p.dir;
         let conf = dir.path("home/.config/containers");
         fs::create_dir_all(&conf).unwrap();
         fs::write(conf.join("containers.conf"), USER_CONF).unwrap();
@@ -62,39 +51,14 @@ impl Session {
                 .unwrap();
             assert!(st.success());
         }
-        let dns = common::dns_server(&net, "127.0.0.1", &[common::podman::PROBE_ANSWER]);
-        let s = Session {
-            net,
-            dir,
-            bin,
-            uid,
-            _dns: dns,
-        };
-        s.import_image(&s.dir.0, |tar| tar.display().to_string());
-        s
-    }
-
-    /// `cmd ARGS` as the user, in the test's host and mount namespaces,
-    /// with the scratch HOME.
-    fn as_user(&self, cmd: &str, args: &[&str]) -> Output {
-        let resolv = format!("/etc/netns/{}/resolv.conf", self.net.host);
-        let script = format!(
-            "mount --bind {resolv} /etc/resolv.conf && exec nsenter --net=/run/netns/{host} \
-             setpriv --reuid={uid} --regid={uid} --init-groups env -u XDG_CONFIG_HOME \
-             -u XDG_DATA_HOME -u XDG_STATE_HOME -u CONTAINERS_CONF HOME={home} \
-             XDG_RUNTIME_DIR={run} PATH=/usr/sbin:/usr/bin:/sbin:/bin {cmd} \"$@\"",
-            host = self.net.host,
-            uid = self.uid,
-            home = self.dir.path("home").display(),
-            run = self.dir.path("run").display(),
+        p.env = format!(
+            "-u XDG_CONFIG_HOME -u XDG_DATA_HOME -u XDG_STATE_HOME -u CONTAINERS_CONF \
+             HOME={home} XDG_RUNTIME_DIR={run} PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            home = dir.path("home").display(),
+            run = dir.path("run").display(),
         );
-        Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .expect("unshare")
+        p.import_image(&p.dir.0, |tar| tar.display().to_string());
+        Session(p)
     }
 
     fn setup(&self, args: &[&str]) -> String {
@@ -143,19 +107,6 @@ impl Session {
         self.ok(&["rm", "-f", "-t", "0", "nf-setup"]);
         assert_eq!(exes.len(), 1, "{exes:?}");
         exes.remove(0)
-    }
-}
-
-impl Run for Session {
-    fn podman(&self, args: &[&str]) -> Output {
-        self.as_user("podman", args)
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
-        kill_user(self.uid);
     }
 }
 

@@ -17,11 +17,11 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::pasta::real_pasta;
+use common::pasta::{host_net, real_pasta};
 use common::podman::host_web;
 use common::rootless::{Enter, Probe};
 use common::{
@@ -36,14 +36,22 @@ const ARGV_2_0: &str = "--foreground --stderr --ns-ifname=tap0 --mtu=65520 --no-
 /// The port a remote server listens on, in the remote namespace.
 const REMOTE_PORT: &str = "9000";
 
-/// netferry (`None`: found as `pasta`), then the real pasta where its
-/// tree exists.
-fn implementations(dir: &TempDir) -> Vec<(&'static str, Option<PathBuf>)> {
+/// `session(rootlesskit, pasta, name)` where rootlesskit 2 is there: with
+/// netferry (`pasta` None: found as `pasta`), then with the real pasta
+/// where its tree exists.
+fn each(tag: &str, session: impl Fn(&'static str, Option<&Path>, &str)) {
+    let Some(bin) = common::rootlesskit2() else {
+        return;
+    };
+    let dir = TempDir::new(tag);
     let mut all = vec![("netferry", None)];
-    if let Some(real) = real_pasta(dir) {
+    if let Some(real) = real_pasta(&dir) {
         all.push(("pasta", Some(real)));
     }
-    all
+    for (name, pasta) in all {
+        eprintln!("== {name}");
+        session(bin, pasta.as_deref(), name);
+    }
 }
 
 /// Wait (at most 10 s) until pasta has the tap: rootlesskit does not wait
@@ -53,14 +61,8 @@ const WAIT_FOR_CARRIER: &str =
 
 #[test]
 fn port_driver_none_reaches_the_host_a_remote_server_and_dns() {
-    let Some(bin) = common::rootlesskit2() else {
-        return;
-    };
-    let dir = TempDir::new("rk-pasta");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        let net = TestNet::new();
-        net.host_ok(&["ip", "route", "add", "default", "via", REMOTE_ADDR]);
+    each("rk-pasta", |bin, pasta, name| {
+        let net = host_net();
         let web = TempDir::new("rk-web");
         let _host = host_web(&net, &web.0);
         let _dns = dns_server(&net, "127.0.0.1", &["192.0.2.77"]);
@@ -70,18 +72,8 @@ fn port_driver_none_reaches_the_host_a_remote_server_and_dns() {
             "{WAIT_FOR_CARRIER} ncat --recv-only -w 5 {REMOTE_ADDR} {REMOTE_PORT} > {} 2>&1;",
             probe.path("remote").display()
         );
-        let rk = Rootlesskit::start_pasta(
-            bin,
-            pasta.as_deref(),
-            &net,
-            &["--debug", "--port-driver=none"],
-            "page\n",
-            &probe.script(&before, false),
-        );
-        let context = format!("{name}\n{}", rk.log());
-        assert!(probe.finished(), "the probe never finished: {context}");
-        probe.assert_host_loopback(true, &context);
-        probe.assert_dns("10.0.2.3", "192.0.2.77");
+        let flags = &["--debug", "--port-driver=none"];
+        let (rk, context) = start_probed(bin, pasta, &net, flags, &probe, &before, name);
         assert_eq!(probe.read("remote"), "remote here\n", "{context}");
         assert_eq!(probe.mtu(), Some(65520), "{context}");
         assert_eq!(
@@ -102,7 +94,7 @@ fn port_driver_none_reaches_the_host_a_remote_server_and_dns() {
             });
             assert!(gone, "netferry {helper} outlived rootlesskit");
         }
-    }
+    });
 }
 
 /// `--detach-netns`: pasta is given the child's user namespace and the
@@ -110,12 +102,7 @@ fn port_driver_none_reaches_the_host_a_remote_server_and_dns() {
 /// through `/proc/PID/root`; the child's commands enter it.
 #[test]
 fn detach_netns_reaches_the_host_and_dns() {
-    let Some(bin) = common::rootlesskit2() else {
-        return;
-    };
-    let dir = TempDir::new("rk-pasta-detach");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
+    each("rk-pasta-detach", |bin, pasta, name| {
         let net = TestNet::new();
         let web = TempDir::new("rk-web");
         let _host = host_web(&net, &web.0);
@@ -123,18 +110,8 @@ fn detach_netns_reaches_the_host_and_dns() {
         let probe = Probe::new(Enter::Detached).with_dns();
         let enter = "nsenter --net=$ROOTLESSKIT_STATE_DIR/netns --";
         let before = WAIT_FOR_CARRIER.replace("ip link", &format!("{enter} ip link"));
-        let rk = Rootlesskit::start_pasta(
-            bin,
-            pasta.as_deref(),
-            &net,
-            &["--debug", "--detach-netns", "--port-driver=none"],
-            "page\n",
-            &probe.script(&before, false),
-        );
-        let context = format!("{name}\n{}", rk.log());
-        assert!(probe.finished(), "the probe never finished: {context}");
-        probe.assert_host_loopback(true, &context);
-        probe.assert_dns("10.0.2.3", "192.0.2.77");
+        let flags = &["--debug", "--detach-netns", "--port-driver=none"];
+        let (rk, context) = start_probed(bin, pasta, &net, flags, &probe, &before, name);
         assert_eq!(probe.mtu(), Some(65520), "{context}");
         assert_eq!(
             rk.normalized_argv(),
@@ -148,7 +125,7 @@ fn detach_netns_reaches_the_host_and_dns() {
             std::thread::sleep(Duration::from_millis(2500));
             assert!(rk.helper_pid().is_some(), "netferry left early: {context}");
         }
-    }
+    });
 }
 
 /// `--port-driver=implicit`: pasta publishes the child's listening ports
@@ -156,14 +133,8 @@ fn detach_netns_reaches_the_host_and_dns() {
 /// clients alike.
 #[test]
 fn port_driver_implicit_publishes_the_childs_ports() {
-    let Some(bin) = common::rootlesskit2() else {
-        return;
-    };
-    let dir = TempDir::new("rk-pasta-auto");
-    for (name, pasta) in implementations(&dir) {
-        eprintln!("== {name}");
-        let net = TestNet::new();
-        net.host_ok(&["ip", "route", "add", "default", "via", REMOTE_ADDR]);
+    each("rk-pasta-auto", |bin, pasta, name| {
+        let net = host_net();
         // The child's server is on port 80, which pasta, as nfrootless,
         // may bind in the test's host namespace only with this.
         net.host_ok(&[
@@ -174,7 +145,7 @@ fn port_driver_implicit_publishes_the_childs_ports() {
         ]);
         let rk = Rootlesskit::start_pasta(
             bin,
-            pasta.as_deref(),
+            pasta,
             &net,
             &["--debug", "--port-driver=implicit"],
             "implicit page\n",
@@ -200,7 +171,35 @@ fn port_driver_implicit_publishes_the_childs_ports() {
             format!("{ARGV_2_0} --tcp-ports=auto --udp-ports=auto $PID"),
             "{name}"
         );
-    }
+    });
+}
+
+/// rootlesskit with `flags`, its child running `probe` after `before`,
+/// and what every case checks of that: the probe finished, fetched the
+/// host's loopback page through the gateway and resolved through
+/// rootlesskit's DNS address. Also the context for failure messages.
+fn start_probed(
+    bin: &str,
+    pasta: Option<&Path>,
+    net: &TestNet,
+    flags: &[&str],
+    probe: &Probe,
+    before: &str,
+    name: &str,
+) -> (Rootlesskit, String) {
+    let rk = Rootlesskit::start_pasta(
+        bin,
+        pasta,
+        net,
+        flags,
+        "page\n",
+        &probe.script(before, false),
+    );
+    let context = format!("{name}\n{}", rk.log());
+    assert!(probe.finished(), "the probe never finished: {context}");
+    probe.assert_host_loopback(true, &context);
+    probe.assert_dns("10.0.2.3", "192.0.2.77");
+    (rk, context)
 }
 
 /// A server in the remote namespace that says who it is.

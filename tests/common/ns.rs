@@ -207,6 +207,25 @@ impl TestNet {
         format!("/run/netns/{}", self.host)
     }
 
+    /// The remote namespace's end of the veth pair.
+    pub fn remote_veth(&self) -> String {
+        self.host_veth.replacen("vh", "vr", 1)
+    }
+
+    /// IPv6 addresses on the veth pair: `host` (a /64, with no duplicate
+    /// address detection to wait for) on the host's end and `remote` on
+    /// the remote's.
+    pub fn add_ipv6(&self, host: &str, remote: &str) {
+        let remote_veth = self.remote_veth();
+        for (ns, addr, dev) in [
+            (&self.host, host, &self.host_veth),
+            (&self.remote, remote, &remote_veth),
+        ] {
+            let cidr = format!("{addr}/64");
+            run_ok("ip", &["-n", ns, "addr", "add", &cidr, "dev", dev, "nodad"]);
+        }
+    }
+
     /// Run `f` inside the host namespace (see `in_netns`).
     pub fn in_host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         in_netns(&self.host_path(), f)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use super::{KillOnDrop, REMOTE_ADDR, TempDir, TestNet, wait_until};
+use super::{KillOnDrop, NOBODY, REMOTE_ADDR, TempDir, TestNet, as_user_args, wait_until};
 
 /// A rootless caller, as podman is: a user namespace of the unprivileged
 /// user nobody (root inside, mapped to nobody) with a mount namespace of
@@ -33,21 +33,9 @@ impl Caller {
             .arg(&own)
             .status()
             .unwrap();
-        let holder = net
-            .host_cmd(&[
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "--",
-                "sleep",
-                "infinity",
-            ])
+        let holder = as_nobody(net)
+            .args(["unshare", "--user", "--map-root-user", "--mount", "--"])
+            .args(["sleep", "infinity"])
             .spawn()
             .unwrap();
         let holder = KillOnDrop(holder);
@@ -112,6 +100,24 @@ impl<'a> NetnsFile<'a> {
         let out = self.cmd(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -j ARGS` in the container, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
+        let full: Vec<&str> = ["ip", "-j"].iter().chain(args).copied().collect();
+        serde_json::from_str(&self.ok(&full)).unwrap()
+    }
+
+    /// A server on the container's port 80 telling each client the
+    /// address it came from (`client ADDR`): what a published port's
+    /// service sees.
+    pub fn client_address_service(&self) -> KillOnDrop {
+        KillOnDrop(
+            self.cmd(&["ncat", "-l", "-k", "80", "--sh-exec"])
+                .arg("echo client $NCAT_REMOTE_ADDR")
+                .spawn()
+                .unwrap(),
+        )
     }
 
     /// What podman does when the container goes: unmount (MNT_DETACH) and
@@ -188,6 +194,19 @@ pub fn implementations(dir: &TempDir) -> Vec<(&'static str, PathBuf)> {
 pub fn start_pasta(caller: &Caller, pasta: &Path, args: &[String]) -> Output {
     let mut cmd = caller.cmd(&[]);
     cmd.arg(pasta).args(args);
+    output_of_parent(cmd)
+}
+
+/// [`start_pasta`], insisting that pasta started.
+pub fn start_pasta_ok(caller: &Caller, pasta: &Path, args: &[String]) -> Output {
+    let out = start_pasta(caller, pasta, args);
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    out
+}
+
+/// `cmd`'s output once pasta's parent exits and its stdout and stderr
+/// reach EOF (the daemon must let go of them), within a bound.
+pub fn output_of_parent(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -201,22 +220,99 @@ pub fn start_pasta(caller: &Caller, pasta: &Path, args: &[String]) -> Output {
         .unwrap()
 }
 
-/// The pids of the processes in the host namespace serving `netns`
-/// (those with it on their command line).
-pub fn serving(net: &TestNet, netns: &Path) -> Vec<String> {
+/// A command in the test's host namespace as the unprivileged user
+/// nobody, with no supplementary groups; `args` give what it runs.
+pub fn as_nobody(net: &TestNet) -> Command {
+    let mut cmd = net.host_cmd(&["setpriv"]);
+    cmd.args(as_user_args(NOBODY));
+    cmd
+}
+
+/// pasta's argv with no port forwarding either way (pasta's `auto`
+/// default would scan): `--config-net -t none -u none -T none -U none`,
+/// then `extra`, then `--netns` and the namespace.
+pub fn no_ports_argv(netns: &Path, extra: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = ["--config-net", "-t", "none", "-u", "none"]
+        .into_iter()
+        .chain(["-T", "none", "-U", "none"])
+        .chain(extra.iter().copied())
+        .map(String::from)
+        .collect();
+    argv.extend(["--netns".to_string(), netns.display().to_string()]);
+    argv
+}
+
+/// podman 5.3 to 6.0's argv (`createPastaArgs`) for a `podman run` whose
+/// `-p` options became `ports` (`-t` options), with the netns path in the
+/// place podman puts it.
+pub fn podman_argv(netns: &Path, ports: &[&str]) -> Vec<String> {
+    let path = netns.display().to_string();
+    let rest = [
+        "--dns-forward",
+        "169.254.1.1",
+        "-u",
+        "none",
+        "-T",
+        "none",
+        "-U",
+        "none",
+    ];
+    let tail = ["--no-map-gw", "--quiet", "--netns", &path];
+    let map = ["--map-guest-addr", "169.254.1.2"];
+    ["--config-net"]
+        .iter()
+        .chain(ports)
+        .chain(&rest)
+        .chain(&tail)
+        .chain(&map)
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// What `cmd` (a client) printed, trimmed.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// `session` with netferry as pasta, then with the real pasta, in a
+/// scratch directory tagged `tag`; it is given the directory, the
+/// `pasta` to run and the implementation's name.
+pub fn each_implementation(tag: &str, session: impl Fn(&TempDir, &Path, &str)) {
+    let dir = TempDir::new(tag);
+    for (name, pasta) in implementations(&dir) {
+        eprintln!("== {name}");
+        session(&dir, &pasta, name);
+    }
+}
+
+/// The pids of the processes in the host namespace with `arg` on their
+/// command line.
+pub fn with_arg(net: &TestNet, arg: &str) -> Vec<String> {
     let out = Command::new("ip")
         .args(["netns", "pids", &net.host])
         .output()
         .unwrap();
-    let needle = netns.display().to_string();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
         })
         .map(String::from)
         .collect()
+}
+
+/// The pids of the processes in the host namespace serving `netns`
+/// (those with it on their command line).
+pub fn serving(net: &TestNet, netns: &Path) -> Vec<String> {
+    with_arg(net, &netns.display().to_string())
+}
+
+/// Whether, within 3 s, nothing serves `netns` any more (pasta quits
+/// within a second of its namespace file's removal).
+pub fn none_serving(net: &TestNet, netns: &Path) -> bool {
+    wait_until(Duration::from_secs(3), || serving(net, netns).is_empty())
 }
 
 pub fn host_net() -> TestNet {

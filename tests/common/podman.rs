@@ -7,10 +7,10 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use super::{KillOnDrop, REMOTE_ADDR, TestNet, run_ok, wait_until};
+use super::{KillOnDrop, REMOTE_ADDR, TempDir, TestNet, run_ok, wait_until};
 
 /// Named after what it holds; tests import it when missing.
 pub const IMAGE: &str = "localhost/netferry-test-busybox:3";
@@ -54,6 +54,92 @@ pub trait Run {
         let tar = busybox_tar(scratch);
         let out = self.podman(&["import", &tar_as_seen_by_podman(&tar), IMAGE]);
         assert!(out.status.success(), "podman import: {}", text(&out));
+    }
+}
+
+/// The machine's user that runs podman 4 (made by .ci/run, with
+/// subordinate ids).
+pub const USER: &str = "nfpodman";
+
+/// The uid of the machine's user `user`.
+pub fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "user {user} is missing (bash .ci/run creates it)"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// This machine's podman 4 run as [`USER`] inside the test's host
+/// namespace, entered with `nsenter --net` (`ip netns exec` would
+/// remount /sys and hide the cgroups runc needs), in a private mount
+/// namespace whose /etc/resolv.conf names the test's own DNS server, with
+/// `env` setting the user's environment (HOME and the like). Besides: a
+/// scratch directory with a copy of netferry the user may run.
+pub struct UserPodman {
+    pub net: TestNet,
+    pub dir: TempDir,
+    pub bin: PathBuf,
+    pub uid: u32,
+    /// `NAME=VALUE` (or `-u NAME`) words for `env`.
+    pub env: String,
+    _dns: KillOnDrop,
+}
+
+impl UserPodman {
+    pub fn new(tag: &str) -> Self {
+        let uid = uid_of(USER);
+        // A pause process left from another run would hold an old mount
+        // namespace (and resolv.conf): start clean.
+        kill_user(uid);
+        let net = TestNet::new();
+        let dir = TempDir::new(tag);
+        let bin = dir.path("netferry");
+        fs::copy(super::netferry_bin(), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        // The test's DNS server, named by the host namespace's resolv.conf.
+        let dns = super::dns_server(&net, "127.0.0.1", &[PROBE_ANSWER]);
+        UserPodman {
+            net,
+            dir,
+            bin,
+            uid,
+            env: String::new(),
+            _dns: dns,
+        }
+    }
+
+    /// `cmd ARGS` as the user, with `env`.
+    pub fn as_user(&self, cmd: &str, args: &[&str]) -> Output {
+        let resolv = format!("/etc/netns/{}/resolv.conf", self.net.host);
+        let script = format!(
+            "mount --bind {resolv} /etc/resolv.conf && exec nsenter --net=/run/netns/{host} \
+             setpriv --reuid={uid} --regid={uid} --init-groups env {env} {cmd} \"$@\"",
+            host = self.net.host,
+            uid = self.uid,
+            env = self.env,
+        );
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .output()
+            .expect("unshare")
+    }
+}
+
+impl Run for UserPodman {
+    fn podman(&self, args: &[&str]) -> Output {
+        self.as_user("podman", args)
+    }
+}
+
+impl Drop for UserPodman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
+        kill_user(self.uid);
     }
 }
 
