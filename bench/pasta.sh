@@ -77,10 +77,16 @@ sleep 0.3
 
 # podman's argv (createPastaArgs), with the ports this script uses; the
 # target comes last.
+# With PORTS=none (many instances at once in one host namespace), no
+# ports at all.
 argv() {
     local mtu=$1
-    echo --config-net -m "$mtu" -t "$FWD_PORT:$GUEST_PORT" -u "$FWD_PORT:$GUEST_PORT" \
-        -T "$NS_T_PORT" -U none --dns-forward 169.254.1.1 --quiet --map-guest-addr 169.254.1.2
+    if [ "${PORTS:-}" = none ]; then
+        echo --config-net -m "$mtu" -t none -u none -T none -U none
+    else
+        echo --config-net -m "$mtu" -t "$FWD_PORT:$GUEST_PORT" -u "$FWD_PORT:$GUEST_PORT" -T "$NS_T_PORT" -U none
+    fi
+    echo --dns-forward 169.254.1.1 --quiet --map-guest-addr 169.254.1.2
 }
 
 # start TOOL MTU: a fresh container namespace (a user and network
@@ -160,7 +166,7 @@ density() {
     local tool=$1 n=$2 i up=0
     local helpers=() holders=()
     for i in $(seq "$n"); do
-        if start "$tool" 65520; then up=$((up + 1)); fi
+        if PORTS=none start "$tool" 65520; then up=$((up + 1)); fi
         helpers+=("$helper")
         holders+=("$holder")
     done
