@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::api::ApiServer;
 use crate::busy_poll::{BusyPoll, Moved};
 use crate::engine::{Engine, EngineConfig, FrameSink, Readiness, send_cut};
-use crate::host::{NetHost, Outbound};
+use crate::host::{NetHost, Outbound, Splice};
 use crate::pages::Pages;
 use crate::relay::{Relay, RelayRule};
 use crate::setup::{self, Offload};
@@ -144,6 +144,9 @@ pub struct EventLoop {
     /// pasta's `-T`/`-U`: sockets inside the namespace relayed to the
     /// host's loopback.
     relay: Option<Relay>,
+    /// pasta's splice: makes the sockets inside the namespace that host
+    /// loopback clients of `-t` are carried to.
+    connector: Option<setup::Connector>,
     tick: Option<Tick>,
     next_tick: StdInstant,
     start: StdInstant,
@@ -213,6 +216,7 @@ impl EventLoop {
             child: None,
             netns: None,
             relay: None,
+            connector: None,
             tick: None,
             next_tick: StdInstant::now(),
             start: StdInstant::now(),
@@ -270,6 +274,46 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+
+    /// Carry forwarded TCP clients on the host's loopback as pasta
+    /// splices them: from a socket `connector` makes inside the
+    /// namespace, to `splice`'s address there, through the relay.
+    pub fn splice_loopback(
+        &mut self,
+        connector: setup::Connector,
+        splice: Splice,
+        udp_timeout: Duration,
+    ) -> io::Result<()> {
+        if self.relay.is_none() {
+            let registry = self.poll.registry().try_clone()?;
+            self.relay = Some(Relay::new(registry, udp_timeout));
+        }
+        self.engine.host_mut().splice_loopback(splice);
+        self.connector = Some(connector);
+        Ok(())
+    }
+
+    /// Connect the clients the host took from the engine since last time,
+    /// each from a fresh socket inside the namespace. One that cannot be
+    /// carried is reset, as a refused connect would be.
+    fn carry_spliced(&mut self) {
+        let carried = self.engine.host_mut().take_carried();
+        let (Some(connector), Some(relay)) = (&mut self.connector, &mut self.relay) else {
+            return;
+        };
+        for (client, to) in carried {
+            let carried = match connector.socket(to.is_ipv6()) {
+                Ok(server) => relay.carry(client, server, to),
+                Err(e) => {
+                    crate::relay::refuse(client);
+                    Err(e)
+                }
+            };
+            if let Err(e) = carried {
+                log::debug!("splice: cannot carry a client to {to}: {e}");
+            }
+        }
     }
 
     /// Run `tick` about once a second, with the engine.
@@ -435,6 +479,9 @@ impl EventLoop {
                 mtu: self.mtu,
             };
             self.engine.poll_transmit(now, &mut sink);
+            if self.connector.is_some() {
+                self.carry_spliced();
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -127,14 +127,15 @@ impl Pipe {
     }
 }
 
-/// A relayed TCP connection: the client's, accepted inside the
-/// namespace, and ours to the host's loopback.
+/// A relayed TCP connection: the client's, accepted (inside the
+/// namespace for `-T`, on the host for the `-t` splice), and ours to the
+/// server, connected on the other side.
 struct Pair {
-    inside: TcpStream,
-    outside: TcpStream,
+    client: TcpStream,
+    server: TcpStream,
     connected: bool,
-    to_host: Pipe,
-    to_ns: Pipe,
+    to_server: Pipe,
+    to_client: Pipe,
 }
 
 enum Entry {
@@ -236,6 +237,32 @@ impl Relay {
         Ok(())
     }
 
+    /// Connect `server`, an unconnected TCP socket, to `to`, and carry
+    /// bytes between it and `client`, accepted elsewhere: pasta's `-t`
+    /// splice, a host loopback client and a socket made inside the
+    /// namespace.
+    pub fn carry(&mut self, client: TcpStream, server: OwnedFd, to: SocketAddr) -> io::Result<()> {
+        use nix::sys::socket::{SockaddrStorage, connect};
+        match connect(server.as_raw_fd(), &SockaddrStorage::from(to)) {
+            Ok(()) | Err(nix::Error::EINPROGRESS) => {}
+            Err(e) => {
+                reset_on_close(&client);
+                return Err(e.into());
+            }
+        }
+        let server = TcpStream::from_std(std::net::TcpStream::from(server));
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let pair = Pair {
+            client,
+            server,
+            connected: false,
+            to_server: Pipe::new(),
+            to_client: Pipe::new(),
+        };
+        self.insert(Entry::Tcp(Box::new(pair))).map(drop)
+    }
+
     fn insert(&mut self, mut entry: Entry) -> io::Result<usize> {
         let slot = self.free.pop().unwrap_or(self.slots.len());
         if RELAY_BASE + 2 * slot + 1 >= RELAY_END {
@@ -250,10 +277,10 @@ impl Relay {
             }
             Entry::Tcp(pair) => self
                 .registry
-                .register(&mut pair.inside, token(slot, Side::Inside), both)
+                .register(&mut pair.client, token(slot, Side::Inside), both)
                 .and_then(|()| {
                     self.registry
-                        .register(&mut pair.outside, token(slot, Side::Outside), both)
+                        .register(&mut pair.server, token(slot, Side::Outside), both)
                 }),
             Entry::UdpListener { socket, .. } | Entry::UdpFlow { socket, .. } => self
                 .registry
@@ -282,8 +309,8 @@ impl Relay {
                 let _ = self.registry.deregister(&mut listener);
             }
             Entry::Tcp(mut pair) => {
-                let _ = self.registry.deregister(&mut pair.inside);
-                let _ = self.registry.deregister(&mut pair.outside);
+                let _ = self.registry.deregister(&mut pair.client);
+                let _ = self.registry.deregister(&mut pair.server);
             }
             Entry::UdpListener {
                 mut socket, flows, ..
@@ -358,11 +385,11 @@ impl Relay {
             let _ = inside.set_nodelay(true);
             let _ = outside.set_nodelay(true);
             let pair = Pair {
-                inside,
-                outside,
+                client: inside,
+                server: outside,
                 connected: false,
-                to_host: Pipe::new(),
-                to_ns: Pipe::new(),
+                to_server: Pipe::new(),
+                to_client: Pipe::new(),
             };
             match self.insert(Entry::Tcp(Box::new(pair))) {
                 Ok(p) => log::debug!("relay: {client} -> {target} (entry {p})"),
@@ -380,7 +407,11 @@ impl Relay {
         let done = match pump_pair(pair) {
             Ok(done) => done,
             Err(e) => {
+                // A reset (or a refused connect) on one side is a reset
+                // on the other, not an orderly close.
                 log::debug!("relay: connection ended: {e}");
+                reset_on_close(&pair.client);
+                reset_on_close(&pair.server);
                 true
             }
         };
@@ -512,24 +543,39 @@ impl Relay {
     }
 }
 
+/// Close `client` with RST: what it hears when its server cannot be
+/// reached.
+pub fn refuse(client: TcpStream) {
+    reset_on_close(&client);
+}
+
+/// SO_LINGER with a zero timeout: close() sends RST.
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::Linger, &linger);
+}
+
 /// Whether the pair is done with.
 fn pump_pair(pair: &mut Pair) -> io::Result<bool> {
     if !pair.connected {
-        if let Some(e) = pair.outside.take_error()? {
+        if let Some(e) = pair.server.take_error()? {
             return Err(e);
         }
-        match pair.outside.peer_addr() {
+        match pair.server.peer_addr() {
             Ok(_) => pair.connected = true,
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
             Err(e) => return Err(e),
         }
     }
     loop {
-        let mut moved = pair.to_host.fill(&pair.inside)?;
+        let mut moved = pair.to_server.fill(&pair.client)?;
         if pair.connected {
-            moved |= pair.to_host.drain(&pair.outside)?;
-            moved |= pair.to_ns.fill(&pair.outside)?;
-            moved |= pair.to_ns.drain(&pair.inside)?;
+            moved |= pair.to_server.drain(&pair.server)?;
+            moved |= pair.to_client.fill(&pair.server)?;
+            moved |= pair.to_client.drain(&pair.client)?;
         }
         if !moved {
             break;
@@ -537,14 +583,14 @@ fn pump_pair(pair: &mut Pair) -> io::Result<bool> {
     }
     log::trace!(
         "relay: to host {}..{} eof {} shut {}, to ns {}..{} eof {} shut {}",
-        pair.to_host.start,
-        pair.to_host.end,
-        pair.to_host.eof,
-        pair.to_host.shut,
-        pair.to_ns.start,
-        pair.to_ns.end,
-        pair.to_ns.eof,
-        pair.to_ns.shut
+        pair.to_server.start,
+        pair.to_server.end,
+        pair.to_server.eof,
+        pair.to_server.shut,
+        pair.to_client.start,
+        pair.to_client.end,
+        pair.to_client.eof,
+        pair.to_client.shut
     );
-    Ok(pair.to_host.shut && pair.to_ns.shut)
+    Ok(pair.to_server.shut && pair.to_client.shut)
 }

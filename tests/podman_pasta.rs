@@ -361,28 +361,28 @@ fn ports_session(p: &PodmanPasta, argv: &str) {
         p.pasta
     );
     // The host's own clients, on its loopback: the -p 8080, the
-    // loopback-only 8081 and UDP. Here the two differ in what the
-    // service sees: the real pasta splices a loopback client's
+    // loopback-only 8081 and UDP. Both splice a loopback client's TCP
     // connection over the container's lo to the container's own address
-    // (fwd_nat_from_host), so it seems to come from that address;
-    // netferry has no splice path and does what pasta's tap path does
-    // with --no-map-gw, giving it the gateway's address (pasta's
+    // (pasta's fwd_nat_from_host), so it seems to come from that
+    // address. UDP still differs: the real pasta splices it too, while
+    // netferry carries it through its tap and does what pasta's tap path
+    // does with --no-map-gw, giving it the gateway's address (pasta's
     // our_tap_addr), here the remote side's 198.51.100.2.
-    let loopback_client = match p.pasta {
-        Pasta::Netferry => REMOTE_ADDR,
-        Pasta::Real => HOST_ADDR,
-    };
     for port in [8080, 8081] {
         assert_eq!(
             fetch_from_host(p, &format!("http://127.0.0.1:{port}/cgi-bin/ip")).as_deref(),
-            Some(format!("[::ffff:{loopback_client}]").as_str()),
+            Some(format!("[::ffff:{HOST_ADDR}]").as_str()),
             "{:?}: 127.0.0.1:{port} from the host",
             p.pasta
         );
     }
+    let udp_loopback_client = match p.pasta {
+        Pasta::Netferry => REMOTE_ADDR,
+        Pasta::Real => HOST_ADDR,
+    };
     assert_eq!(
         udp_ask(&net.host_path(), "127.0.0.1", 5353).as_deref(),
-        Some(format!("udp from {loopback_client}").as_str()),
+        Some(format!("udp from {udp_loopback_client}").as_str()),
         "{:?}: UDP from the host",
         p.pasta
     );

@@ -197,6 +197,10 @@ impl<H: Host> Engine<H> {
             match Step::from(self.host.accept(id, new)) {
                 Step::Got(client) => {
                     let target = self.target_for(client, guest);
+                    if self.host.carry_directly(new, client, target) {
+                        log::debug!("forward: {client} carried to {target} by the host");
+                        continue;
+                    }
                     let src = self.seen_source(client, target);
                     // Over IPv6 the guest may have no listener (a service
                     // on 0.0.0.0 only): then IPv4, as without an address.

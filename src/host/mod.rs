@@ -24,7 +24,8 @@ use thiserror::Error;
 use crate::pages::Pages;
 
 pub use net::{
-    NetHost, Outbound, OutboundDevices, OutboundError, resolve_outbound_v4, resolve_outbound_v6,
+    NetHost, Outbound, OutboundDevices, OutboundError, Splice, resolve_outbound_v4,
+    resolve_outbound_v6,
 };
 #[cfg(any(test, feature = "test-support"))]
 pub use sim::SimHost;
@@ -95,6 +96,13 @@ pub trait Host {
     /// Accept a client of TCP listener `listener` as flow `id`; returns
     /// the client's address.
     fn accept(&mut self, listener: FlowId, id: FlowId) -> io::Result<SocketAddr>;
+    /// Whether the host carries accepted client `id` to `to` (an
+    /// address in the guest's namespace) by itself, without the engine:
+    /// pasta's splice of host loopback clients. If so the engine forgets
+    /// `id`.
+    fn carry_directly(&mut self, _id: FlowId, _client: SocketAddr, _to: SocketAddr) -> bool {
+        false
+    }
     /// Receive a datagram on UDP listener `id`.
     fn recv_from(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
     /// Send a datagram from UDP listener `id`.

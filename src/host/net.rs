@@ -222,6 +222,21 @@ pub struct NetHost {
     send_headers: MultiHeaders<SockaddrStorage>,
     /// UDP flows whose socket refused segmentation offload once.
     no_gso: HashSet<FlowId>,
+    /// pasta mode: host loopback clients of forwards are carried by the
+    /// loop, not the engine (see [`NetHost::splice_loopback`]).
+    splice: Option<Splice>,
+    /// Clients taken from the engine so, with where they go, until the
+    /// loop collects them.
+    carried: Vec<(TcpStream, SocketAddr)>,
+}
+
+/// Where pasta's splice takes a host loopback client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Splice {
+    /// To the guest's own address, as the engine would.
+    ToGuest,
+    /// To the namespace's loopback (`--host-lo-to-ns-lo`).
+    ToNsLoopback,
 }
 
 fn not_open() -> io::Error {
@@ -239,7 +254,22 @@ impl NetHost {
             recv_headers: MultiHeaders::preallocate(DGRAM_SLOTS, None),
             send_headers: MultiHeaders::preallocate(SEND_SLOTS, None),
             no_gso: HashSet::new(),
+            splice: None,
+            carried: Vec::new(),
         }
+    }
+
+    /// From now on, hand forwarded TCP clients on the host's loopback to
+    /// the loop (through [`NetHost::take_carried`]) instead of the engine,
+    /// as pasta splices them loopback to loopback.
+    pub fn splice_loopback(&mut self, splice: Splice) {
+        self.splice = Some(splice);
+    }
+
+    /// The clients carried since the last call, each with the address in
+    /// the namespace to connect it to.
+    pub fn take_carried(&mut self) -> Vec<(TcpStream, SocketAddr)> {
+        std::mem::take(&mut self.carried)
     }
 
     /// Bind outbound sockets to these interfaces from now on (pasta's
@@ -472,6 +502,34 @@ impl Host for NetHost {
         let _ = stream.set_nodelay(true);
         self.add(id, Sock::Stream(stream))?;
         Ok(client)
+    }
+
+    fn carry_directly(&mut self, id: FlowId, client: SocketAddr, to: SocketAddr) -> bool {
+        let client_ip = match client.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let Some(splice) = self.splice.filter(|_| client_ip.is_loopback()) else {
+            return false;
+        };
+        let Some(Some(Sock::Stream(_))) = self.socks.get(id) else {
+            return false;
+        };
+        let Some(Sock::Stream(mut stream)) = self.socks[id].take() else {
+            return false;
+        };
+        let _ = self.registry.deregister(&mut stream);
+        let to = match (splice, to.ip()) {
+            (Splice::ToGuest, _) => to,
+            (Splice::ToNsLoopback, IpAddr::V4(_)) => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), to.port())
+            }
+            (Splice::ToNsLoopback, IpAddr::V6(_)) => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), to.port())
+            }
+        };
+        self.carried.push((stream, to));
+        true
     }
 
     fn recv_from(&mut self, id: FlowId, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {

@@ -38,7 +38,7 @@ use crate::config::{
 };
 use crate::engine::{AddressPlan, Carry, ForwardSpec, Limits, Link4, Link6, MapTo, Mapping, Proto};
 use crate::event_loop::EventLoop;
-use crate::host::{Outbound, OutboundDevices};
+use crate::host::{Outbound, OutboundDevices, Splice};
 use crate::relay::{RelayProto, RelayRule};
 use crate::setup::{self, netlink};
 
@@ -899,6 +899,20 @@ pub(super) fn set_up(
     if let Some(ready) = ready {
         ready.release_stdio();
     }
+    // Forked once the caller's stdio is let go of, which it would
+    // otherwise hold open.
+    let connector = setup::spawn_connector(&cfg).context("cannot set up the loopback splice")?;
+    let splice = match args.host_lo_to_ns_lo {
+        true => Splice::ToNsLoopback,
+        false => Splice::ToGuest,
+    };
+    event_loop
+        .splice_loopback(
+            connector,
+            splice,
+            Duration::from_secs(config::DEFAULT_UDP_TIMEOUT_SECS),
+        )
+        .context("cannot set up the loopback splice")?;
     setup::lock_down(&cfg, &setup::seccomp::Scope::here(child, None))?;
     Ok(event_loop)
 }

@@ -7,8 +7,12 @@
 //! namespace needs a single-threaded process and cannot be undone, and the
 //! host sockets must stay in the caller's network namespace, so the join
 //! happens in a forked child that sends the tap fd back over a socketpair
-//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started.
+//! (SCM_RIGHTS) and exits. Nothing here runs once the loop has started,
+//! but for asking pasta mode's connector (`connector.rs`), a process that
+//! stays in the namespace, for a socket made there.
 
+mod connector;
+pub use connector::{Connector, spawn_connector};
 mod ifconfig;
 mod inns;
 pub use inns::{NsRequest, NsRequestError};
@@ -411,13 +415,9 @@ fn from_child(
     }
 }
 
-/// The child: join, open, configure, send.
-fn child(
-    cfg: &Config,
-    netns: &Path,
-    requests: &[NsRequest],
-    sock: &OwnedFd,
-) -> Result<(), SetupError> {
+/// Join the target's user namespace (if one is named) and its network
+/// namespace, in the calling (single-threaded, forked) process.
+fn join(cfg: &Config, netns: &Path) -> Result<(), SetupError> {
     let open = |path: &Path| {
         File::open(path).map_err(|err| SetupError::OpenNs {
             path: path.to_path_buf(),
@@ -438,7 +438,17 @@ fn child(
     setns(&netns_file, CloneFlags::CLONE_NEWNET).map_err(|err| SetupError::JoinNetns {
         path: netns.to_path_buf(),
         err,
-    })?;
+    })
+}
+
+/// The child: join, open, configure, send.
+fn child(
+    cfg: &Config,
+    netns: &Path,
+    requests: &[NsRequest],
+    sock: &OwnedFd,
+) -> Result<(), SetupError> {
+    join(cfg, netns)?;
     let name = cfg.tap_name.as_deref().unwrap_or("tap0");
     let tap = open_tap(name, cfg.offload)?;
     if cfg.configure {
