@@ -159,6 +159,11 @@ fn rootless_netns_session(dir: &TempDir, pasta: &Path, tag: &str) {
     argv.extend(podman_argv(&netns.path, &PORTS).into_iter().skip(5));
     start_pasta_ok(&caller, pasta, &argv);
     let pid = std::fs::read_to_string(&pid_file).unwrap();
+    // netferry's splice connector is in the host namespace for a moment
+    // after it is forked, until it joins the container's.
+    wait_until(Duration::from_secs(2), || {
+        serving(&net, &netns.path) == vec![pid.trim().to_string()]
+    });
     assert_eq!(
         serving(&net, &netns.path),
         vec![pid.trim().to_string()],
