@@ -206,18 +206,13 @@ fn ten_megabytes_cross_the_splice_intact_both_ways() {
             .spawn()
             .unwrap();
         assert!(listening(UPLOAD), "{name}: no service on {UPLOAD}");
-        let up = s
-            .net
-            .host_cmd(&[
-                "sh",
-                "-c",
-                &format!(
-                    "timeout 30 ncat 127.0.0.1 {UPLOAD_PUBLISHED} < {} > /dev/null",
-                    data.display()
-                ),
-            ])
-            .status()
-            .unwrap();
+        let up = host_sh(
+            &s.net,
+            &format!(
+                "timeout 30 ncat 127.0.0.1 {UPLOAD_PUBLISHED} < {} > /dev/null",
+                data.display()
+            ),
+        );
         assert!(up.success(), "{name}: upload: {up:?}");
         assert!(
             wait_until(Duration::from_secs(10), || sink
@@ -246,22 +241,22 @@ fn ten_megabytes_cross_the_splice_intact_both_ways() {
         );
         assert!(listening(DOWNLOAD), "{name}: no service on {DOWNLOAD}");
         let got_out = dir.path(&format!("splice-{name}.out"));
-        let down = s
-            .net
-            .host_cmd(&[
-                "sh",
-                "-c",
-                &format!(
-                    "timeout 30 ncat --recv-only 127.0.0.1 {DOWNLOAD_PUBLISHED} > {}",
-                    got_out.display()
-                ),
-            ])
-            .status()
-            .unwrap();
+        let down = host_sh(
+            &s.net,
+            &format!(
+                "timeout 30 ncat --recv-only 127.0.0.1 {DOWNLOAD_PUBLISHED} > {}",
+                got_out.display()
+            ),
+        );
         assert!(down.success(), "{name}: download: {down:?}");
         assert!(
             std::fs::read(&got_out).unwrap() == sent,
             "{name}: download differs"
         );
     });
+}
+
+/// A shell command in the test's host namespace, to its end.
+fn host_sh(net: &TestNet, script: &str) -> std::process::ExitStatus {
+    net.host_cmd(&["sh", "-c", script]).status().unwrap()
 }
