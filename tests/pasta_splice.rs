@@ -207,7 +207,7 @@ fn ten_megabytes_cross_the_splice_intact_both_ways() {
             .unwrap();
         assert!(listening(UPLOAD), "{name}: no service on {UPLOAD}");
         let up = host_sh(
-            &s.net,
+            s.net,
             &format!(
                 "timeout 30 ncat 127.0.0.1 {UPLOAD_PUBLISHED} < {} > /dev/null",
                 data.display()
@@ -242,7 +242,7 @@ fn ten_megabytes_cross_the_splice_intact_both_ways() {
         assert!(listening(DOWNLOAD), "{name}: no service on {DOWNLOAD}");
         let got_out = dir.path(&format!("splice-{name}.out"));
         let down = host_sh(
-            &s.net,
+            s.net,
             &format!(
                 "timeout 30 ncat --recv-only 127.0.0.1 {DOWNLOAD_PUBLISHED} > {}",
                 got_out.display()
