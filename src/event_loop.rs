@@ -43,8 +43,9 @@ const TAP_BATCH: usize = 256;
 /// expiry): pasta re-scans its namespace's ports once a second.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Work the loop runs every [`TICK`] (pasta's `auto` port scan).
-pub type Tick = Box<dyn FnMut(&mut Engine<NetHost>)>;
+/// Work the loop runs every [`TICK`] (pasta's `auto` port scans), with
+/// the relay and the namespace's connector where there are both.
+pub type Tick = Box<dyn FnMut(&mut Engine<NetHost>, Option<(&mut Relay, &mut setup::Connector)>)>;
 
 #[derive(Debug, Error)]
 pub enum LoopError {
@@ -329,7 +330,8 @@ impl EventLoop {
         let now = StdInstant::now();
         if now >= self.next_tick {
             if let Some(tick) = &mut self.tick {
-                tick(&mut self.engine);
+                let ns = self.relay.as_mut().zip(self.connector.as_mut());
+                tick(&mut self.engine, ns);
             }
             if let Some(relay) = &mut self.relay {
                 relay.expire(now);
