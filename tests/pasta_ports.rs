@@ -278,6 +278,46 @@ fn ns_auto_session(net: &TestNet, caller: &Caller, netns: &NetnsFile, pasta: &Pa
 }
 
 #[test]
+fn both_autos_leave_each_others_ports_alone() {
+    each_with_netns("pasta-both-auto", "netns-both-auto", both_autos_session);
+}
+
+fn both_autos_session(net: &TestNet, caller: &Caller, netns: &NetnsFile, pasta: &Path) {
+    // No port options at all: -t, -u, -T and -U are all auto.
+    start_pasta_ok(caller, pasta, &argv(&netns.path, &[]));
+    let inside = || {
+        let ncat = ["timeout", "5", "ncat", "--recv-only", "-w", "2"];
+        stdout_of(netns.cmd(&ncat).args(["127.0.0.1", "8091"]))
+    };
+    let server = KillOnDrop(
+        net.host_cmd(&["ncat", "-l", "-k", "127.0.0.1", "8091"])
+            .args(["--sh-exec", "echo host here"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || inside() == "host here"),
+        "8091 on the host is not reachable inside: {:?}",
+        inside()
+    );
+    // Bound inside by -T auto, 8091 is not for -t auto to publish back
+    // on the host once the host's server is gone, nor the host's side
+    // that -t auto would bind for -T auto to keep (each side would keep
+    // the other bound for good; either exclusion alone breaks the cycle).
+    drop(server);
+    assert!(
+        wait_until(Duration::from_secs(5), || !ns_has(netns, "-Hltn", 8091)),
+        "8091 is still bound inside"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !host_listens(net, 8091),
+        "8091 was published back on the host"
+    );
+    assert!(!ns_has(netns, "-Hltn", 8091), "8091 came back inside");
+}
+
+#[test]
 fn tcp_all_binds_every_port_but_the_excluded_and_ephemeral_ones() {
     // `all` holds one socket per port, some 32000 with either pasta.
     // Under a lower open file limit netferry binds from port 1 up until
