@@ -322,6 +322,13 @@ impl EventLoop {
         self.tick = Some(tick);
     }
 
+    /// Run the periodic work now: the first `auto` scans, before the
+    /// caller hears that pasta is ready, as pasta's.
+    pub fn tick_now(&mut self) {
+        self.next_tick = StdInstant::now();
+        self.run_tick();
+    }
+
     /// The periodic work, when it is due; how long until it is due next.
     fn run_tick(&mut self) -> Option<Duration> {
         if self.relay.is_none() && self.tick.is_none() {

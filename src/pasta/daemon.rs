@@ -889,13 +889,8 @@ pub(super) fn set_up(
         let files = proc_net.into_iter().map(std::fs::File::from).collect();
         forward::AutoForwarder::new(files, auto, &ns_forwards)
     });
-    if let Some(scan) = &mut scan {
-        // The first scan before ready, as pasta's.
-        scan.sync(event_loop.engine_mut(), None);
-    }
     if scan.is_some() || ns_scan.is_some() {
-        // -T/-U auto's first scan waits for the connector, forked below:
-        // the first tick, within a second.
+        // The first scans once the connector is in place (below).
         event_loop.every_tick(Box::new(move |engine, ns| {
             if let Some(scan) = &mut scan {
                 scan.sync(engine, ns_scan.as_ref());
@@ -939,6 +934,7 @@ pub(super) fn set_up(
             Duration::from_secs(config::DEFAULT_UDP_TIMEOUT_SECS),
         )
         .context("cannot set up the loopback splice")?;
+    event_loop.tick_now();
     setup::lock_down(&cfg, &setup::seccomp::Scope::here(child, None))?;
     Ok(event_loop)
 }
