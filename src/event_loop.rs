@@ -43,8 +43,9 @@ const TAP_BATCH: usize = 256;
 /// expiry): pasta re-scans its namespace's ports once a second.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Work the loop runs every [`TICK`] (pasta's `auto` port scan).
-pub type Tick = Box<dyn FnMut(&mut Engine<NetHost>)>;
+/// Work the loop runs every [`TICK`] (pasta's `auto` port scans), with
+/// the relay and the namespace's connector where there are both.
+pub type Tick = Box<dyn FnMut(&mut Engine<NetHost>, Option<(&mut Relay, &mut setup::Connector)>)>;
 
 #[derive(Debug, Error)]
 pub enum LoopError {
@@ -321,6 +322,13 @@ impl EventLoop {
         self.tick = Some(tick);
     }
 
+    /// Run the periodic work now: the first `auto` scans, before the
+    /// caller hears that pasta is ready, as pasta's.
+    pub fn tick_now(&mut self) {
+        self.next_tick = StdInstant::now();
+        self.run_tick();
+    }
+
     /// The periodic work, when it is due; how long until it is due next.
     fn run_tick(&mut self) -> Option<Duration> {
         if self.relay.is_none() && self.tick.is_none() {
@@ -329,7 +337,8 @@ impl EventLoop {
         let now = StdInstant::now();
         if now >= self.next_tick {
             if let Some(tick) = &mut self.tick {
-                tick(&mut self.engine);
+                let ns = self.relay.as_mut().zip(self.connector.as_mut());
+                tick(&mut self.engine, ns);
             }
             if let Some(relay) = &mut self.relay {
                 relay.expire(now);

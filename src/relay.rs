@@ -212,8 +212,8 @@ impl Relay {
         (RELAY_BASE..RELAY_END).contains(&token.0)
     }
 
-    /// Start relaying `rule`'s port.
-    pub fn add(&mut self, rule: RelayRule) -> io::Result<()> {
+    /// Start relaying `rule`'s port; the entry, for [`Relay::close`].
+    pub fn add(&mut self, rule: RelayRule) -> io::Result<usize> {
         let entry = match rule.proto {
             RelayProto::Tcp => {
                 let std = std::net::TcpListener::from(rule.socket);
@@ -233,8 +233,17 @@ impl Relay {
                 }
             }
         };
-        self.insert(entry)?;
-        Ok(())
+        self.insert(entry)
+    }
+
+    /// Stop relaying the port `entry` (from [`Relay::add`]) listens on;
+    /// connections it carries already go on, as pasta's do.
+    pub fn close(&mut self, entry: usize) {
+        if let Some(Some(Entry::TcpListener { .. } | Entry::UdpListener { .. })) =
+            self.slots.get(entry)
+        {
+            self.remove(entry);
+        }
     }
 
     /// Connect `server`, an unconnected TCP socket, to `to`, and carry

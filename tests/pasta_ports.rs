@@ -202,6 +202,121 @@ fn auto_session(net: &TestNet, caller: &Caller, netns: &NetnsFile, pasta: &Path)
     );
 }
 
+/// Whether something in the container listens on TCP (`-Hltn`) or has
+/// UDP bound (`-Hlun`) on `port`.
+fn ns_has(netns: &NetnsFile, ss: &str, port: u16) -> bool {
+    let filter = format!("sport = :{port}");
+    !stdout_of(&mut netns.cmd(&["ss", ss, &filter])).is_empty()
+}
+
+#[test]
+fn ns_auto_follows_the_hosts_listeners() {
+    each_with_netns("pasta-ns-auto", "netns-ns-auto", ns_auto_session);
+}
+
+fn ns_auto_session(net: &TestNet, caller: &Caller, netns: &NetnsFile, pasta: &Path) {
+    // rootlesskit leaves -T/-U out: auto, pasta's default.
+    start_pasta_ok(
+        caller,
+        pasta,
+        &argv(&netns.path, &["-t", "none", "-u", "none"]),
+    );
+    let client = || {
+        let ncat = ["timeout", "5", "ncat", "--recv-only", "-w", "2"];
+        stdout_of(netns.cmd(&ncat).args(["127.0.0.1", "8090"]))
+    };
+    assert!(
+        !ns_has(netns, "-Hltn", 8090),
+        "nothing listens on the host yet"
+    );
+
+    // A server started on the host's loopback after pasta: bound inside
+    // within pasta's one-second scan (and a margin), and reachable there.
+    let server = KillOnDrop(
+        net.host_cmd(&["ncat", "-l", "-k", "127.0.0.1", "8090"])
+            .args(["--sh-exec", "echo host here"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || client() == "host here"),
+        "8090 on the host is not reachable inside: {:?}",
+        client()
+    );
+    // UDP: a socket bound on the host's loopback is bound inside too, and
+    // datagrams go through both ways (an echo).
+    let udp_server = KillOnDrop(
+        net.host_cmd(&["ncat", "-u", "-l", "-k", "127.0.0.1", "5301"])
+            .args(["--sh-exec", "cat"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || ns_has(netns, "-Hlun", 5301)),
+        "UDP 5301 was not bound inside"
+    );
+    let udp_echo = || {
+        stdout_of(&mut netns.cmd(&[
+            "sh",
+            "-c",
+            "(echo udp here; sleep 1) | timeout 5 ncat -u 127.0.0.1 5301",
+        ]))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || udp_echo() == "udp here"),
+        "no UDP echo through 5301: {:?}",
+        udp_echo()
+    );
+    // They close on the host: so does the container's side.
+    drop(server);
+    drop(udp_server);
+    assert!(
+        wait_until(Duration::from_secs(5), || !ns_has(netns, "-Hltn", 8090)
+            && !ns_has(netns, "-Hlun", 5301)),
+        "8090 or 5301 is still bound inside"
+    );
+}
+
+#[test]
+fn both_autos_leave_each_others_ports_alone() {
+    each_with_netns("pasta-both-auto", "netns-both-auto", both_autos_session);
+}
+
+fn both_autos_session(net: &TestNet, caller: &Caller, netns: &NetnsFile, pasta: &Path) {
+    // No port options at all: -t, -u, -T and -U are all auto.
+    start_pasta_ok(caller, pasta, &argv(&netns.path, &[]));
+    let inside = || {
+        let ncat = ["timeout", "5", "ncat", "--recv-only", "-w", "2"];
+        stdout_of(netns.cmd(&ncat).args(["127.0.0.1", "8091"]))
+    };
+    let server = KillOnDrop(
+        net.host_cmd(&["ncat", "-l", "-k", "127.0.0.1", "8091"])
+            .args(["--sh-exec", "echo host here"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || inside() == "host here"),
+        "8091 on the host is not reachable inside: {:?}",
+        inside()
+    );
+    // Bound inside by -T auto, 8091 is not for -t auto to publish back
+    // on the host once the host's server is gone, nor the host's side
+    // that -t auto would bind for -T auto to keep (each side would keep
+    // the other bound for good; either exclusion alone breaks the cycle).
+    drop(server);
+    assert!(
+        wait_until(Duration::from_secs(5), || !ns_has(netns, "-Hltn", 8091)),
+        "8091 is still bound inside"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !host_listens(net, 8091),
+        "8091 was published back on the host"
+    );
+    assert!(!ns_has(netns, "-Hltn", 8091), "8091 came back inside");
+}
+
 #[test]
 fn tcp_all_binds_every_port_but_the_excluded_and_ephemeral_ones() {
     // `all` holds one socket per port, some 32000 with either pasta.
@@ -279,8 +394,8 @@ fn unsupported_port_modes_are_refused_by_name() {
     let caller = Caller::new(&net, &dir, "refusals");
     let netns = NetnsFile::new(&caller, "netns-refusals");
     for (spec, text) in [
-        (["-T", "auto"], "-T: 'all' and 'auto' are not supported"),
-        (["-U", "all"], "-U: 'all' and 'auto' are not supported"),
+        (["-T", "all"], "-T: 'all' is not supported"),
+        (["-U", "all"], "-U: 'all' is not supported"),
     ] {
         let out = start_pasta(&caller, &pasta, &argv(&netns.path, &spec));
         assert_eq!(out.status.code(), Some(1), "{spec:?}: {out:?}");

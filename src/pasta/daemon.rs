@@ -802,7 +802,8 @@ pub(super) fn set_up(
             .transpose()?,
     };
     // -T/-U: sockets inside the namespace, made by the setup child.
-    let ns_forwards = forward::ns_forwards(&args.tcp_ns, &args.udp_ns)?;
+    let (ns_forwards, ns_auto) =
+        forward::ns_forwards(&args.tcp_ns, &args.udp_ns, forward::ephemeral_ports())?;
     let mut requests: Vec<_> = ns_forwards
         .iter()
         .map(|f| setup::NsRequest::Listen {
@@ -834,6 +835,16 @@ pub(super) fn set_up(
     let (tap, offload, mut made) =
         setup::obtain_tap_with(&cfg, &requests).context("cannot set up the namespace")?;
     let proc_net = made.split_off(ns_forwards.len());
+    // -T/-U auto reads the host's tables: opened here, in the host's
+    // namespace, before the sandbox takes /proc away.
+    let host_proc_net = match ns_auto.is_empty() {
+        true => Vec::new(),
+        false => forward::PROC_NET
+            .iter()
+            .map(|p| std::fs::File::open(p).or_else(|_| std::fs::File::open("/dev/null")))
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot open the host's /proc/net tables for -T/-U auto")?,
+    };
     setup::prefer_mmap_for_buffers();
     if let Err(e) = setup::raise_fd_limit() {
         log::warn!("cannot raise the open file limit: {e}");
@@ -872,12 +883,22 @@ pub(super) fn set_up(
             v6: args.outbound_if6.clone().map(Into::into),
         });
     forward::bind_all(&all, event_loop.engine_mut());
-    if !auto.is_empty() {
+    let mut ns_scan = (!ns_auto.is_empty())
+        .then(|| forward::NsAutoForwarder::new(host_proc_net, ns_auto, (&forwards, &all)));
+    let mut scan = (!auto.is_empty()).then(|| {
         let files = proc_net.into_iter().map(std::fs::File::from).collect();
-        let mut scan = forward::AutoForwarder::new(files, auto, &ns_forwards);
-        // The first scan before ready, as pasta's.
-        scan.sync(event_loop.engine_mut());
-        event_loop.every_tick(Box::new(move |engine| scan.sync(engine)));
+        forward::AutoForwarder::new(files, auto, &ns_forwards)
+    });
+    if scan.is_some() || ns_scan.is_some() {
+        // The first scans once the connector is in place (below).
+        event_loop.every_tick(Box::new(move |engine, ns| {
+            if let Some(scan) = &mut scan {
+                scan.sync(engine, ns_scan.as_ref());
+            }
+            if let (Some(ns_scan), Some(ns)) = (&mut ns_scan, ns) {
+                ns_scan.sync(ns, scan.as_ref());
+            }
+        }));
     }
     let relayed = ns_forwards.iter().zip(made).map(|(f, socket)| RelayRule {
         proto: f.proto,
@@ -913,6 +934,7 @@ pub(super) fn set_up(
             Duration::from_secs(config::DEFAULT_UDP_TIMEOUT_SECS),
         )
         .context("cannot set up the loopback splice")?;
+    event_loop.tick_now();
     setup::lock_down(&cfg, &setup::seccomp::Scope::here(child, None))?;
     Ok(event_loop)
 }

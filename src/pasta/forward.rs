@@ -28,7 +28,8 @@ use anyhow::bail;
 use super::ports::{Forwards, PortOption, PortSpec, Ports};
 use crate::engine::{Engine, ForwardSpec, Proto};
 use crate::host::NetHost;
-use crate::relay::RelayProto;
+use crate::relay::{Relay, RelayProto, RelayRule};
+use crate::setup::Connector;
 
 /// One port relayed from the namespace's loopback to the host's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,28 +41,54 @@ pub struct NsForward {
     pub to_port: u16,
 }
 
-/// The `-T` and `-U` ports to bind inside the namespace.
-pub fn ns_forwards(tcp_ns: &Forwards, udp_ns: &Forwards) -> anyhow::Result<Vec<NsForward>> {
+/// An `auto` spec of `-T`/`-U`: for each port bound inside the
+/// namespace, the host loopback port it leads to (0: not forwarded).
+pub struct NsAutoRule {
+    proto: RelayProto,
+    targets: Box<[u16]>,
+}
+
+/// The `-T` and `-U` ports to bind inside the namespace, and their
+/// `auto` specs (pasta's default when the option is not given).
+pub fn ns_forwards(
+    tcp_ns: &Forwards,
+    udp_ns: &Forwards,
+    ephemeral: RangeInclusive<u16>,
+) -> anyhow::Result<(Vec<NsForward>, Vec<NsAutoRule>)> {
     let mut out = Vec::new();
-    for (flag, proto, f) in [
-        ("-T", RelayProto::Tcp, tcp_ns),
-        ("-U", RelayProto::Udp, udp_ns),
+    let mut rules = Vec::new();
+    for (option, proto, f) in [
+        (PortOption::TcpNs, RelayProto::Tcp, tcp_ns),
+        (PortOption::UdpNs, RelayProto::Udp, udp_ns),
     ] {
+        let flag = format!("-{}", option.letter());
+        let default;
         let specs = match f {
             Forwards::Default => {
-                log::warn!(
-                    "{flag} auto (pasta's default) is not supported by netferry's pasta mode yet: \
-                     no ports are forwarded from the namespace to the host"
-                );
-                continue;
+                default = super::ports::parse(option, "auto")?;
+                default.as_slice()
             }
-            Forwards::Given(specs) => specs,
+            Forwards::Given(specs) => specs.as_slice(),
         };
         for spec in specs {
-            out.extend(spec_ns_forwards(flag, proto, spec)?);
+            if spec.auto {
+                if let Ports::Ranges(ranges) = &spec.ports
+                    && ranges.iter().any(|r| r.to_addr.is_some())
+                {
+                    bail!("{flag}: a target address is not supported by netferry's pasta mode");
+                }
+                let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                let rule = host_rule(Proto::Tcp, spec, (Ipv4Addr::UNSPECIFIED, any), &ephemeral);
+                rules.push(NsAutoRule {
+                    proto,
+                    targets: rule.targets,
+                });
+                continue;
+            }
+            out.extend(spec_ns_forwards(&flag, proto, spec)?);
         }
     }
-    Ok(out)
+    Ok((out, rules))
 }
 
 fn spec_ns_forwards(
@@ -70,10 +97,10 @@ fn spec_ns_forwards(
     spec: &PortSpec,
 ) -> anyhow::Result<Vec<NsForward>> {
     let ranges = match &spec.ports {
-        Ports::Ranges(r) if !spec.auto => r,
-        _ => bail!(
-            "{flag}: 'all' and 'auto' are not supported by netferry's pasta mode yet; \
-             list the ports"
+        Ports::Ranges(r) => r,
+        Ports::All { .. } => bail!(
+            "{flag}: 'all' is not supported by netferry's pasta mode yet; list the ports \
+             or use 'auto'"
         ),
     };
     let mut out = Vec::new();
@@ -311,43 +338,45 @@ impl AutoForwarder {
         }
     }
 
-    /// Ports in `state` in the namespace's tables `files` (indexes into
-    /// [`PROC_NET`]), marked in `map`.
-    fn scan(&mut self, files: &[usize], state: u32, map: &mut [bool]) {
-        for &i in files {
-            let Some(mut file) = self.proc_net.get(i) else {
-                continue;
-            };
-            self.text.clear();
-            if let Err(e) = file
-                .rewind()
-                .and_then(|()| file.read_to_string(&mut self.text))
-            {
-                log::debug!("reading {}: {e}", PROC_NET[i]);
-                continue;
-            }
-            for port in listening(&self.text, state) {
-                map[usize::from(port)] = true;
-            }
-        }
-    }
-
     /// Scan the namespace and bind or close host ports to match.
-    pub fn sync(&mut self, engine: &mut Engine<NetHost>) {
+    /// `ns_auto`: the ports `-T`/`-U auto` hold inside, left alone.
+    pub fn sync(&mut self, engine: &mut Engine<NetHost>, ns_auto: Option<&NsAutoForwarder>) {
         let mut tcp = vec![false; PORTS];
         let mut udp = vec![false; PORTS];
         if self.rules.iter().any(|r| r.proto == Proto::Tcp) {
-            self.scan(&[0, 1], TCP_LISTEN, &mut tcp);
+            scan(
+                &self.proc_net,
+                &[0, 1],
+                TCP_LISTEN,
+                &mut tcp,
+                &mut self.text,
+            );
         }
         if self.rules.iter().any(|r| r.proto == Proto::Udp) {
-            self.scan(&[2, 3], UDP_LISTEN, &mut udp);
-            self.scan(&[0, 1], TCP_LISTEN, &mut udp);
+            scan(
+                &self.proc_net,
+                &[2, 3],
+                UDP_LISTEN,
+                &mut udp,
+                &mut self.text,
+            );
+            scan(
+                &self.proc_net,
+                &[0, 1],
+                TCP_LISTEN,
+                &mut udp,
+                &mut self.text,
+            );
         }
         for &p in &self.own_tcp {
             tcp[usize::from(p)] = false;
         }
         for &p in &self.own_udp {
             udp[usize::from(p)] = false;
+        }
+        if let Some(ns) = ns_auto {
+            ns.unmark(RelayProto::Tcp, &mut tcp);
+            ns.unmark(RelayProto::Udp, &mut udp);
         }
         for (rule, bound) in self.rules.iter().zip(&mut self.bound) {
             let seen = if rule.proto == Proto::Tcp { &tcp } else { &udp };
@@ -371,6 +400,204 @@ impl AutoForwarder {
                     // In use on the host, most likely: tried again next
                     // time, as pasta does.
                     Err(e) => log::debug!("auto: {e}"),
+                }
+            }
+        }
+    }
+}
+
+impl AutoForwarder {
+    /// Clear in `map` the host ports this scan has bound for `proto`.
+    fn unmark(&self, proto: Proto, map: &mut [bool]) {
+        for (rule, bound) in self.rules.iter().zip(&self.bound) {
+            if rule.proto == proto {
+                for &port in bound.keys() {
+                    map[usize::from(port)] = false;
+                }
+            }
+        }
+    }
+}
+
+/// Ports in `state` in the tables `files` (indexes into `proc_net`, in
+/// [`PROC_NET`]'s order), marked in `map`. The files are read again from
+/// their start: opened before the sandbox, they stay readable after it.
+fn scan(proc_net: &[File], files: &[usize], state: u32, map: &mut [bool], text: &mut String) {
+    for &i in files {
+        let Some(mut file) = proc_net.get(i) else {
+            continue;
+        };
+        text.clear();
+        if let Err(e) = file.rewind().and_then(|()| file.read_to_string(text)) {
+            log::debug!("reading {}: {e}", PROC_NET[i]);
+            continue;
+        }
+        for port in listening(text, state) {
+            map[usize::from(port)] = true;
+        }
+    }
+}
+
+/// pasta's `-T`/`-U auto`: the namespace's loopback kept in step with
+/// what listens on the host. pasta reads the host's socket tables as it
+/// reads the namespace's for `-t auto`, every listening port whatever
+/// its address, leaving out the ports it listens on itself for `-t`/`-u`
+/// (fwd.c, `fwd_scan_ports`); each port seen is bound inside, on the
+/// loopback as `-T` binds, and relayed to the host's loopback.
+pub struct NsAutoForwarder {
+    /// The host's [`PROC_NET`] files, opened before the sandbox.
+    proc_net: Vec<File>,
+    rules: Vec<NsAutoRule>,
+    /// Host ports the engine listens on for `-t`/`-u`, besides `auto`'s.
+    host_tcp: Box<[bool]>,
+    host_udp: Box<[bool]>,
+    /// Per rule: the relay's entries in place, by port.
+    bound: Vec<HashMap<u16, usize>>,
+    text: String,
+}
+
+impl NsAutoForwarder {
+    /// `host`: the `-t`/`-u` forwards and `all` rules the engine
+    /// listens for on the host.
+    pub fn new(
+        proc_net: Vec<File>,
+        rules: Vec<NsAutoRule>,
+        host: (&[ForwardSpec], &[HostRule]),
+    ) -> Self {
+        let mut host_tcp = vec![false; PORTS].into_boxed_slice();
+        let mut host_udp = vec![false; PORTS].into_boxed_slice();
+        let (forwards, all) = host;
+        for f in forwards {
+            let map = if f.proto == Proto::Tcp {
+                &mut host_tcp
+            } else {
+                &mut host_udp
+            };
+            map[usize::from(f.host.port())] = true;
+        }
+        for rule in all.iter().filter(|r| !r.auto) {
+            let map = if rule.proto == Proto::Tcp {
+                &mut host_tcp
+            } else {
+                &mut host_udp
+            };
+            for port in rule.ports() {
+                map[usize::from(port)] = true;
+            }
+        }
+        NsAutoForwarder {
+            proc_net,
+            bound: rules.iter().map(|_| HashMap::new()).collect(),
+            rules,
+            host_tcp,
+            host_udp,
+            text: String::new(),
+        }
+    }
+
+    /// Clear in `map` the namespace ports this scan holds for `proto`.
+    fn unmark(&self, proto: RelayProto, map: &mut [bool]) {
+        for (rule, bound) in self.rules.iter().zip(&self.bound) {
+            if rule.proto == proto {
+                for &port in bound.keys() {
+                    map[usize::from(port)] = false;
+                }
+            }
+        }
+    }
+
+    /// Scan the host and bind or close the namespace's ports to match;
+    /// `host_auto`: the host ports `-t`/`-u auto` hold, left alone.
+    pub fn sync(
+        &mut self,
+        (relay, connector): (&mut Relay, &mut Connector),
+        host_auto: Option<&AutoForwarder>,
+    ) {
+        let mut tcp = vec![false; PORTS];
+        let mut udp = vec![false; PORTS];
+        if self.rules.iter().any(|r| r.proto == RelayProto::Tcp) {
+            scan(
+                &self.proc_net,
+                &[0, 1],
+                TCP_LISTEN,
+                &mut tcp,
+                &mut self.text,
+            );
+        }
+        if self.rules.iter().any(|r| r.proto == RelayProto::Udp) {
+            scan(
+                &self.proc_net,
+                &[2, 3],
+                UDP_LISTEN,
+                &mut udp,
+                &mut self.text,
+            );
+            scan(
+                &self.proc_net,
+                &[0, 1],
+                TCP_LISTEN,
+                &mut udp,
+                &mut self.text,
+            );
+        }
+        for (map, ours) in [(&mut tcp, &self.host_tcp), (&mut udp, &self.host_udp)] {
+            for (seen, &ours) in map.iter_mut().zip(ours.iter()) {
+                *seen &= !ours;
+            }
+        }
+        if let Some(host) = host_auto {
+            host.unmark(Proto::Tcp, &mut tcp);
+            host.unmark(Proto::Udp, &mut udp);
+        }
+        for (rule, bound) in self.rules.iter().zip(&mut self.bound) {
+            let seen = if rule.proto == RelayProto::Tcp {
+                &tcp
+            } else {
+                &udp
+            };
+            bound.retain(|&port, entry| {
+                let keep = seen[usize::from(port)];
+                if !keep {
+                    log::info!(
+                        "auto: {:?} port {port} closed on the host; unbound inside",
+                        rule.proto
+                    );
+                    relay.close(*entry);
+                }
+                keep
+            });
+            let is_udp = rule.proto == RelayProto::Udp;
+            for port in 1..=u16::MAX {
+                let to_port = rule.targets[usize::from(port)];
+                if to_port == 0 || !seen[usize::from(port)] || bound.contains_key(&port) {
+                    continue;
+                }
+                let socket = match connector.listener(is_udp, port) {
+                    Ok(Some(socket)) => socket,
+                    // In use inside, most likely: tried again next time.
+                    Ok(None) => {
+                        log::debug!("auto: cannot bind {:?} port {port} inside", rule.proto);
+                        continue;
+                    }
+                    Err(e) => {
+                        log::debug!("auto: the namespace's connector failed: {e}");
+                        return;
+                    }
+                };
+                let added = relay.add(RelayRule {
+                    proto: rule.proto,
+                    socket,
+                    to_port,
+                });
+                match added {
+                    Ok(entry) => {
+                        log::info!(
+                            "auto: {:?} port {port} open on the host; bound inside",
+                            rule.proto
+                        );
+                        bound.insert(port, entry);
+                    }
+                    Err(e) => log::debug!("auto: cannot relay {:?} port {port}: {e}", rule.proto),
                 }
             }
         }
@@ -472,8 +699,9 @@ mod tests {
     fn ns_ports_expand_ranges_maps_and_exclusions() {
         let tcp = given(PortOption::TcpNs, &["5432", "8000-8003:9000-9003,~8001"]);
         let udp = given(PortOption::UdpNs, &["53"]);
-        let got: Vec<_> = ns_forwards(&tcp, &udp)
-            .unwrap()
+        let (got, auto) = ns_forwards(&tcp, &udp, EPHEMERAL_DEFAULT).unwrap();
+        assert!(auto.is_empty());
+        let got: Vec<_> = got
             .into_iter()
             .map(|f| (f.proto, f.port, f.to_port))
             .collect();
@@ -489,18 +717,38 @@ mod tests {
             ]
         );
         let none = given(PortOption::TcpNs, &["none"]);
-        assert!(ns_forwards(&none, &none).unwrap().is_empty());
+        let (got, auto) = ns_forwards(&none, &none, EPHEMERAL_DEFAULT).unwrap();
+        assert!(got.is_empty() && auto.is_empty());
     }
 
     #[test]
-    fn ns_auto_and_all_are_refused_by_name() {
+    fn ns_all_is_refused_by_name() {
         let none = given(PortOption::UdpNs, &["none"]);
-        for arg in ["auto", "all", "~22"] {
-            let e = ns_forwards(&given(PortOption::TcpNs, &[arg]), &none).unwrap_err();
-            assert!(
-                e.to_string().starts_with("-T: 'all' and 'auto'"),
-                "{arg}: {e}"
-            );
+        for arg in ["all", "~22"] {
+            let Err(e) = ns_forwards(&given(PortOption::TcpNs, &[arg]), &none, EPHEMERAL_DEFAULT)
+            else {
+                panic!("{arg}: accepted");
+            };
+            assert!(e.to_string().starts_with("-T: 'all'"), "{arg}: {e}");
         }
+    }
+
+    #[test]
+    fn ns_auto_is_the_default_and_keeps_its_ranges() {
+        let (got, auto) =
+            ns_forwards(&Forwards::Default, &Forwards::Default, 60000..=65535).unwrap();
+        assert!(got.is_empty());
+        let protos: Vec<_> = auto.iter().map(|r| r.proto).collect();
+        assert_eq!(protos, [RelayProto::Tcp, RelayProto::Udp]);
+        assert_eq!((auto[0].targets[8080], auto[0].targets[60001]), (8080, 0));
+        let tcp = given(PortOption::TcpNs, &["auto,8000-8001:9000-9001"]);
+        let none = given(PortOption::UdpNs, &["none"]);
+        let (got, auto) = ns_forwards(&tcp, &none, EPHEMERAL_DEFAULT).unwrap();
+        assert!(got.is_empty());
+        let targets = &auto[0].targets;
+        assert_eq!(
+            (targets[8000], targets[8001], targets[8080]),
+            (9000, 9001, 0)
+        );
     }
 }

@@ -9,7 +9,11 @@
 //! seccomp), and then does one thing: for each byte `4` or `6` it reads
 //! on its socketpair, it sends back one unconnected, non-blocking TCP
 //! socket of that family (SCM_RIGHTS), or an empty reply if the kernel
-//! refused one. The loop connects the socket itself. It dies with the
+//! refused one. The loop connects the socket itself. For `L`, a
+//! protocol byte (`t`, `u`) and a port (two bytes, big-endian), it sends
+//! back a socket listening on the namespace's loopback at that port, as
+//! `-T`/`-U` bind (`-T auto` asks for them as host ports come and go),
+//! or an empty reply if it could not be bound. It dies with the
 //! daemon (PR_SET_PDEATHSIG) and on EOF. The loop keeps a few sockets
 //! ready, so a new connection does not wait for a round trip.
 
@@ -24,7 +28,9 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 use nix::unistd::{ForkResult, fork};
 
-use super::{SetupError, ensure_single_threaded, join, lock_down, recv_fd, seccomp, send_fd};
+use super::{
+    NsRequest, SetupError, ensure_single_threaded, join, lock_down, recv_fd, seccomp, send_fd,
+};
 use crate::config::{Config, Target};
 
 /// Sockets asked for at once when the pool of a family runs dry.
@@ -39,6 +45,9 @@ const CONNECTOR_NAME: &std::ffi::CStr = c"netferry-splice";
 const READY: u8 = b'1';
 const ASK_V4: u8 = b'4';
 const ASK_V6: u8 = b'6';
+const ASK_LISTEN: u8 = b'L';
+const LISTEN_TCP: u8 = b't';
+const LISTEN_UDP: u8 = b'u';
 
 /// The loop's end: a pool of ready sockets per family, and the way to
 /// ask for more.
@@ -69,6 +78,18 @@ impl Connector {
         pool.pop().ok_or_else(|| {
             io::Error::other("the namespace's connector made no socket of this family")
         })
+    }
+}
+
+impl Connector {
+    /// A socket bound to the namespace's loopback at `port` (listening,
+    /// for TCP), as `-T`/`-U` bind; `None` if the port could not be bound
+    /// there (in use inside, most likely).
+    pub fn listener(&mut self, udp: bool, port: u16) -> io::Result<Option<OwnedFd>> {
+        let [hi, lo] = port.to_be_bytes();
+        let proto = if udp { LISTEN_UDP } else { LISTEN_TCP };
+        nix::unistd::write(&self.sock, &[ASK_LISTEN, proto, hi, lo])?;
+        Ok(recv_fd(&self.sock)?)
     }
 }
 
@@ -175,17 +196,34 @@ fn connector(
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(SetupError::PassFd(e)),
         };
-        for ask in &asks[..n] {
-            let family = match *ask {
-                ASK_V6 => AddressFamily::Inet6,
-                _ => AddressFamily::Inet,
+        let mut at = 0;
+        while at < n {
+            let ask = asks[at];
+            at += 1;
+            let made = match ask {
+                ASK_LISTEN => {
+                    let mut rest = [0u8; 3];
+                    let from_buf = (n - at).min(rest.len());
+                    rest[..from_buf].copy_from_slice(&asks[at..at + from_buf]);
+                    at += from_buf;
+                    read_exact(sock, &mut rest[from_buf..])?;
+                    let request = NsRequest::Listen {
+                        udp: rest[0] == LISTEN_UDP,
+                        port: u16::from_be_bytes([rest[1], rest[2]]),
+                    };
+                    super::inns::make(&request).map_err(|_| nix::Error::EADDRINUSE)
+                }
+                _ => socket(
+                    if ask == ASK_V6 {
+                        AddressFamily::Inet6
+                    } else {
+                        AddressFamily::Inet
+                    },
+                    SockType::Stream,
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                    None,
+                ),
             };
-            let made = socket(
-                family,
-                SockType::Stream,
-                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-                None,
-            );
             let sent = match made {
                 Ok(fd) => send_fd(sock, fd.as_raw_fd()),
                 Err(_) => nix::unistd::write(sock, b"\0").map(|_| ()),
@@ -193,4 +231,17 @@ fn connector(
             sent.map_err(SetupError::PassFd)?;
         }
     }
+}
+
+/// Fill `buf` from `sock`: the rest of a request cut by a short read.
+fn read_exact(sock: &OwnedFd, mut buf: &mut [u8]) -> Result<(), SetupError> {
+    while !buf.is_empty() {
+        match nix::unistd::read(sock, buf) {
+            Ok(0) => return Err(SetupError::Run("the daemon hung up mid-request".into())),
+            Ok(n) => buf = &mut buf[n..],
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(SetupError::PassFd(e)),
+        }
+    }
+    Ok(())
 }
