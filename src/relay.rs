@@ -3,15 +3,17 @@
 //! listening sockets were made inside the namespace (by setup); each
 //! connection or datagram flow they bring gets an ordinary socket in
 //! netferry's own namespace toward the host's loopback at the mapped
-//! port, and bytes are copied between the two through bounded buffers.
-//! No frames, no engine: this is loopback to loopback.
+//! port. TCP bytes pass between the two through a bounded kernel pipe
+//! per direction with splice(2), as pasta's do (through bounded buffers
+//! of our own where the kernel refuses that); datagrams through one
+//! buffer. No frames, no engine: this is loopback to loopback.
 //!
 //! As pasta does: the destination is the loopback address the client
 //! addressed (127.0.0.1 or ::1), a client that is not on loopback is
 //! refused, and a UDP flow keeps the client's source port where the host
 //! allows it. Runtime faults end one connection or drop one datagram,
 //! never the process. It must not block: every socket is non-blocking
-//! and each wake-up moves at most what the buffers hold.
+//! and each wake-up moves at most what the pipes and buffers hold.
 
 use std::cell::Cell;
 use std::collections::HashMap;
