@@ -3,18 +3,21 @@
 //! listening sockets were made inside the namespace (by setup); each
 //! connection or datagram flow they bring gets an ordinary socket in
 //! netferry's own namespace toward the host's loopback at the mapped
-//! port, and bytes are copied between the two through bounded buffers.
-//! No frames, no engine: this is loopback to loopback.
+//! port. TCP bytes pass between the two through a bounded kernel pipe
+//! per direction with splice(2), as pasta's do (through bounded buffers
+//! of our own where the kernel refuses that); datagrams through one
+//! buffer. No frames, no engine: this is loopback to loopback.
 //!
 //! As pasta does: the destination is the loopback address the client
 //! addressed (127.0.0.1 or ::1), a client that is not on loopback is
 //! refused, and a UDP flow keeps the client's source port where the host
 //! allows it. Runtime faults end one connection or drop one datagram,
 //! never the process. It must not block: every socket is non-blocking
-//! and each wake-up moves at most what the buffers hold.
+//! and each wake-up moves at most what the pipes and buffers hold.
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::ffi::c_int;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -50,11 +53,98 @@ pub struct RelayRule {
     pub to_port: u16,
 }
 
-/// A buffer of bytes on their way from one socket to another.
+/// Bytes held per direction when they pass through a kernel pipe: asked
+/// of F_SETPIPE_SZ; the kernel may give less (the pipe's default).
+const PIPE_SIZE: usize = 256 * 1024;
+/// What a pipe holds when the kernel tells neither its new nor its
+/// current size: Linux's default.
+const PIPE_DEFAULT: usize = 64 * 1024;
+
+/// Where a direction's bytes wait between the two sockets.
+enum Store {
+    /// A kernel pipe, filled and drained with splice(2): the bytes never
+    /// enter netferry's memory, which halves the CPU a byte costs.
+    Kernel {
+        read: OwnedFd,
+        write: OwnedFd,
+        /// Bytes in the pipe.
+        held: usize,
+        /// The pipe's size: the bound on `held`.
+        size: usize,
+    },
+    /// netferry's own buffer, read into and written from: where the
+    /// kernel refuses a pipe or splice.
+    Buffer {
+        buf: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl Store {
+    /// A kernel pipe where the kernel gives one, else a buffer.
+    fn new() -> Self {
+        match kernel_pipe() {
+            Ok((read, write, size)) => Store::Kernel {
+                read,
+                write,
+                held: 0,
+                size,
+            },
+            Err(e) => {
+                log::debug!("relay: no pipe for splice ({e}); copying through a buffer");
+                Store::buffer()
+            }
+        }
+    }
+
+    fn buffer() -> Self {
+        Store::Buffer {
+            buf: vec![0; TCP_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Bytes waiting for the destination.
+    fn held(&self) -> usize {
+        match self {
+            Store::Kernel { held, .. } => *held,
+            Store::Buffer { start, end, .. } => end - start,
+        }
+    }
+}
+
+/// A non-blocking pipe of up to [`PIPE_SIZE`] bytes, and its size.
+fn kernel_pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    // Past the user's pipe allowance (pipe-user-pages-soft) the kernel
+    // refuses a larger pipe: the default one still serves.
+    let asked = c_int::try_from(PIPE_SIZE).unwrap_or(c_int::MAX);
+    let size = fcntl(&write, FcntlArg::F_SETPIPE_SZ(asked))
+        .or_else(|_| fcntl(&write, FcntlArg::F_GETPIPE_SZ))
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(PIPE_DEFAULT);
+    Ok((read, write, size))
+}
+
+/// Whether an error from splice(2) means the kernel will not splice
+/// these fds (rather than a fault of the connection).
+fn splice_refused(e: nix::Error) -> bool {
+    matches!(e, nix::Error::EINVAL | nix::Error::ENOSYS)
+}
+
+fn splice_flags() -> nix::fcntl::SpliceFFlags {
+    use nix::fcntl::SpliceFFlags;
+    SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE
+}
+
+/// Bytes on their way from one socket to another.
 struct Pipe {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    store: Store,
     /// The source has no more to give.
     eof: bool,
     /// The destination was told so (its write side is shut).
@@ -64,27 +154,55 @@ struct Pipe {
 impl Pipe {
     fn new() -> Self {
         Pipe {
-            buf: vec![0; TCP_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            store: Store::new(),
             eof: false,
             shut: false,
         }
     }
 
-    /// Read from `from` while there is room; whether anything moved.
-    fn fill(&mut self, mut from: &TcpStream) -> io::Result<bool> {
+    /// Take from `from` while there is room; whether anything moved.
+    fn fill(&mut self, from: &TcpStream) -> io::Result<bool> {
         let mut moved = false;
-        while !self.eof && self.end < self.buf.len() {
-            match from.read(&mut self.buf[self.end..]) {
+        while !self.eof {
+            let got = match &mut self.store {
+                Store::Kernel {
+                    write, held, size, ..
+                } => {
+                    if *held >= *size {
+                        break;
+                    }
+                    let room = *size - *held;
+                    match nix::fcntl::splice(from, None, &*write, None, room, splice_flags()) {
+                        Ok(n) => {
+                            *held += n;
+                            Ok(n)
+                        }
+                        // Nothing ever went through this pipe: carry the
+                        // connection through a buffer instead.
+                        Err(e) if splice_refused(e) && *held == 0 => {
+                            log::debug!("relay: splice refused ({e}); copying through a buffer");
+                            self.store = Store::buffer();
+                            continue;
+                        }
+                        Err(e) => Err(io::Error::from(e)),
+                    }
+                }
+                Store::Buffer { buf, end, .. } => {
+                    if *end >= buf.len() {
+                        break;
+                    }
+                    let mut from = from;
+                    from.read(&mut buf[*end..]).inspect(|&n| *end += n)
+                }
+            };
+            match got {
                 Ok(0) => {
                     self.eof = true;
                     moved = true;
                 }
-                Ok(n) => {
-                    self.end += n;
-                    moved = true;
-                }
+                Ok(_) => moved = true,
+                // For a pipe, also a pipe whose slots are all taken by
+                // small segments: draining it retries (see `pump_pair`).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -93,35 +211,52 @@ impl Pipe {
         Ok(moved)
     }
 
-    /// Write to `to` what there is; once the source is done and all is
-    /// written, shut `to`'s write side. Whether anything moved.
-    fn drain(&mut self, mut to: &TcpStream) -> io::Result<bool> {
+    /// Give `to` what there is; once the source is done and all is
+    /// given, shut `to`'s write side. Whether anything moved.
+    fn drain(&mut self, to: &TcpStream) -> io::Result<bool> {
         let mut moved = false;
-        while self.start < self.end {
-            match to.write(&self.buf[self.start..self.end]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.start += n;
-                    moved = true;
+        while self.store.held() > 0 {
+            let put = match &mut self.store {
+                Store::Kernel { read, held, .. } => {
+                    match nix::fcntl::splice(&*read, None, to, None, *held, splice_flags()) {
+                        Ok(n) => {
+                            *held -= n.min(*held);
+                            Ok(n)
+                        }
+                        Err(e) => Err(io::Error::from(e)),
+                    }
                 }
+                Store::Buffer { buf, start, end } => {
+                    let mut to = to;
+                    to.write(&buf[*start..*end]).inspect(|&n| *start += n)
+                }
+            };
+            match put {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => moved = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+        if self.store.held() == 0 {
+            if let Store::Buffer { start, end, .. } = &mut self.store {
+                *start = 0;
+                *end = 0;
+            }
             if self.eof && !self.shut {
                 // The peer may have gone already; nothing to tell then.
                 let _ = to.shutdown(Shutdown::Write);
                 self.shut = true;
                 moved = true;
             }
-        } else if self.end == self.buf.len() && self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        } else if let Store::Buffer { buf, start, end } = &mut self.store
+            && *end == buf.len()
+            && *start > 0
+        {
+            buf.copy_within(*start..*end, 0);
+            *end -= *start;
+            *start = 0;
         }
         Ok(moved)
     }
@@ -591,13 +726,11 @@ fn pump_pair(pair: &mut Pair) -> io::Result<bool> {
         }
     }
     log::trace!(
-        "relay: to host {}..{} eof {} shut {}, to ns {}..{} eof {} shut {}",
-        pair.to_server.start,
-        pair.to_server.end,
+        "relay: to server {} held eof {} shut {}, to client {} held eof {} shut {}",
+        pair.to_server.store.held(),
         pair.to_server.eof,
         pair.to_server.shut,
-        pair.to_client.start,
-        pair.to_client.end,
+        pair.to_client.store.held(),
         pair.to_client.eof,
         pair.to_client.shut
     );

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::pasta::{Caller, NetnsFile, host_net, implementations, start_pasta};
+use common::pasta::{Caller, NetnsFile, host_net, implementations, serving, start_pasta};
 use common::{HOST_ADDR, KillOnDrop, REMOTE_ADDR, TempDir, TestNet, wait_until};
 
 /// The service's port inside, and the host port forwarded to it.
@@ -259,4 +259,60 @@ fn ten_megabytes_cross_the_splice_intact_both_ways() {
 /// A shell command in the test's host namespace, to its end.
 fn host_sh(net: &TestNet, script: &str) -> std::process::ExitStatus {
     net.host_cmd(&["sh", "-c", script]).status().unwrap()
+}
+
+/// The pipes the processes serving `netns` hold open (each end counts).
+fn pipe_ends(net: &TestNet, netns: &Path) -> usize {
+    serving(net, netns)
+        .iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+#[test]
+fn a_host_loopback_connection_is_carried_through_kernel_pipes() {
+    // pasta moves a spliced connection's bytes socket to pipe to socket
+    // with splice(2), a pipe each way, never through its own memory:
+    // about half the CPU a copy costs. The seccomp filter pasta mode
+    // always installs must leave that path open too.
+    each("pasta-splice-pipes", |dir, pasta, name| {
+        let net = host_net();
+        let caller = Caller::new(&net, dir, name);
+        let s = Session::start(&net, &caller, pasta, &[]);
+        let _sink = KillOnDrop(
+            s.netns
+                .cmd(&["ncat", "-l", "--recv-only", UPLOAD])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                !s.netns
+                    .ok(&["ss", "-Hltn", &format!("sport = :{UPLOAD}")])
+                    .is_empty()
+            }),
+            "{name}: no service on {UPLOAD}"
+        );
+        // A client that stays connected, sending nothing yet.
+        let _client = KillOnDrop(
+            s.net
+                .host_cmd(&["ncat", "127.0.0.1", UPLOAD_PUBLISHED])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut ends = 0;
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                ends = pipe_ends(s.net, &s.netns.path);
+                ends >= 4
+            }),
+            "{name}: {ends} pipe ends open while a host loopback client is connected"
+        );
+    });
 }

@@ -209,6 +209,10 @@ fn allowed(scope: &Scope) -> BTreeMap<i64, Vec<SeccompRule>> {
         any(SYS_recvmmsg),
         any(SYS_shutdown),
         any(SYS_fcntl),
+        // The relay's TCP bytes, socket to pipe to socket: a pipe per
+        // direction (sized with fcntl), filled and drained by splice.
+        any(SYS_pipe2),
+        any(SYS_splice),
         // set_nonblocking on forward listeners; bytes waiting on a socket.
         #[allow(clippy::unnecessary_cast)] // c_ulong here, c_int on musl
         (
@@ -340,8 +344,9 @@ mod tests {
     #[test]
     fn an_unlisted_syscall_fails_with_eperm_and_listed_ones_work() {
         let status = in_filtered_child(&wide_scope(), || {
-            // SAFETY: getppid, pipe and socket have no preconditions; the
-            // fds they may create die with the child.
+            // SAFETY: getppid, getcwd (with no buffer), pipe2, fcntl,
+            // splice (on fds that are not open) and socket have no
+            // preconditions; the fds they may create die with the child.
             unsafe {
                 if libc::getpid() <= 0 {
                     return 1;
@@ -350,9 +355,22 @@ mod tests {
                 if libc::syscall(libc::SYS_getppid) != -1 || errno() != libc::EPERM {
                     return 2;
                 }
-                let mut fds = [0; 2];
-                if libc::pipe2(fds.as_mut_ptr(), 0) != -1 || errno() != libc::EPERM {
+                let nothing = std::ptr::null_mut::<libc::c_char>();
+                if libc::syscall(libc::SYS_getcwd, nothing, 0) != -1 || errno() != libc::EPERM {
                     return 3;
+                }
+                // The relay's splice: a sized non-blocking pipe, and
+                // splice itself (EBADF, not EPERM, on fds not open).
+                let mut fds = [0; 2];
+                if libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) != 0 {
+                    return 11;
+                }
+                if libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 256 * 1024) < 0 {
+                    return 12;
+                }
+                let none = std::ptr::null_mut();
+                if libc::splice(-1, none, -1, none, 1, 0) != -1 || errno() != libc::EBADF {
+                    return 13;
                 }
                 if libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) != -1 {
                     return 4;
