@@ -12,102 +12,17 @@
 mod common;
 
 use std::fs;
-use std::ops::Deref;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::path::Path;
 
-use common::podman::{IMAGE, PROBE, Run, USER, UserPodman, assert_probe, text};
-use common::wait_until;
+use common::podman::{HomePodman, USER_CONF, text};
 
-const USER_CONF: &str = "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
-                         events_logger = \"file\"\n";
-
-/// podman as the user with a scratch HOME and runtime directory, and no
-/// CONTAINERS_CONF.
-struct Session(UserPodman);
-
-impl Deref for Session {
-    type Target = UserPodman;
-    fn deref(&self) -> &UserPodman {
-        &self.0
-    }
-}
-
-impl Session {
-    fn new() -> Session {
-        let mut p = UserPodman::new("podman-setup");
-        let dir = &p.dir;
-        let conf = dir.path("home/.config/containers");
-        fs::create_dir_all(&conf).unwrap();
-        fs::write(conf.join("containers.conf"), USER_CONF).unwrap();
-        fs::create_dir_all(dir.path("run")).unwrap();
-        fs::set_permissions(dir.path("run"), fs::Permissions::from_mode(0o700)).unwrap();
-        for d in ["home", "run"] {
-            let st = Command::new("chown")
-                .args(["-R", &format!("{USER}:"), dir.path(d).to_str().unwrap()])
-                .status()
-                .unwrap();
-            assert!(st.success());
-        }
-        p.env = format!(
-            "-u XDG_CONFIG_HOME -u XDG_DATA_HOME -u XDG_STATE_HOME -u CONTAINERS_CONF \
-             HOME={home} XDG_RUNTIME_DIR={run} PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-            home = dir.path("home").display(),
-            run = dir.path("run").display(),
-        );
-        p.import_image(&p.dir.0, |tar| tar.display().to_string());
-        Session(p)
-    }
-
-    fn setup(&self, args: &[&str]) -> String {
-        let mut all = vec!["setup", "podman", "--user"];
-        all.extend_from_slice(args);
-        let out = self.as_user(self.bin.to_str().unwrap(), &all);
-        assert!(out.status.success(), "netferry {all:?}: {}", text(&out));
-        text(&out)
-    }
-
-    /// The executables of the user's running `slirp4netns` processes, as
-    /// /proc shows them (a link is followed to the file it leads to).
-    fn slirp4netns_exes(&self) -> Vec<PathBuf> {
-        let mut exes = Vec::new();
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let p = e.path();
-            let Ok(m) = fs::metadata(&p) else { continue };
-            let Ok(cmdline) = fs::read(p.join("cmdline")) else {
-                continue;
-            };
-            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            if m.uid() == self.uid
-                && argv0.ends_with(b"slirp4netns")
-                && let Ok(exe) = fs::read_link(p.join("exe"))
-            {
-                exes.push(exe);
-            }
-        }
-        exes
-    }
-
-    /// Run a container in the background and return what runs its
-    /// network; the container is removed after `probe` ran in it.
-    fn network_of_a_container(&self) -> PathBuf {
-        self.ok(&["run", "-d", "--name", "nf-setup", IMAGE, "sleep", "300"]);
-        let mut exes = Vec::new();
-        assert!(
-            wait_until(Duration::from_secs(10), || {
-                exes = self.slirp4netns_exes();
-                !exes.is_empty()
-            }),
-            "no slirp4netns process for the container"
-        );
-        let out = self.ok(&["exec", "nf-setup", "sh", "-c", PROBE]);
-        assert_probe(&out, false);
-        self.ok(&["rm", "-f", "-t", "0", "nf-setup"]);
-        assert_eq!(exes.len(), 1, "{exes:?}");
-        exes.remove(0)
-    }
+/// `netferry setup podman --user ARGS` with the test's copy of netferry.
+fn setup(s: &HomePodman, args: &[&str]) -> String {
+    let mut all = vec!["setup", "podman", "--user"];
+    all.extend_from_slice(args);
+    let out = s.as_user(s.bin.to_str().unwrap(), &all);
+    assert!(out.status.success(), "netferry {all:?}: {}", text(&out));
+    text(&out)
 }
 
 #[test]
@@ -116,15 +31,15 @@ fn setup_makes_podman_run_netferry_and_undo_puts_slirp4netns_back() {
         common::skip_or_fail("podman is not installed");
         return;
     }
-    let s = Session::new();
+    let s = HomePodman::new("podman-setup", String::new());
     let conf = s.dir.path("home/.config/containers/containers.conf");
 
-    let said = s.setup(&["--mode", "slirp4netns"]);
+    let said = setup(&s, &["--mode", "slirp4netns"]);
     assert!(said.contains("mode slirp4netns (as asked)"), "{said}");
-    let exe = s.network_of_a_container();
-    assert_eq!(exe, s.bin, "podman ran {exe:?}, not netferry");
+    let helper = s.network_of_a_container();
+    assert_eq!(helper.exe, s.bin, "podman ran {helper:?}, not netferry");
 
-    let said = s.setup(&["--undo"]);
+    let said = setup(&s, &["--undo"]);
     assert!(said.contains("done"), "{said}");
     assert!(!s.dir.path("home/.local/libexec").exists(), "{said}");
     assert!(
@@ -134,6 +49,6 @@ fn setup_makes_podman_run_netferry_and_undo_puts_slirp4netns_back() {
         "{said}"
     );
     assert_eq!(fs::read_to_string(&conf).unwrap(), USER_CONF);
-    let exe = s.network_of_a_container();
-    assert_eq!(exe, Path::new("/usr/bin/slirp4netns"));
+    let helper = s.network_of_a_container();
+    assert_eq!(helper.exe, Path::new("/usr/bin/slirp4netns"));
 }

@@ -5,7 +5,8 @@
 //! `Run::podman`.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::ops::Deref;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -84,6 +85,9 @@ pub struct UserPodman {
     pub uid: u32,
     /// `NAME=VALUE` (or `-u NAME`) words for `env`.
     pub env: String,
+    /// Shell lines run as root first in each private mount namespace:
+    /// the file system podman (and its pause process) should see.
+    pub mounts: String,
     _dns: KillOnDrop,
 }
 
@@ -106,18 +110,32 @@ impl UserPodman {
             bin,
             uid,
             env: String::new(),
+            mounts: String::new(),
             _dns: dns,
         }
     }
 
     /// `cmd ARGS` as the user, with `env`.
     pub fn as_user(&self, cmd: &str, args: &[&str]) -> Output {
+        let setpriv = format!(
+            "setpriv --reuid={uid} --regid={uid} --init-groups",
+            uid = self.uid
+        );
+        self.in_namespaces(&setpriv, cmd, args)
+    }
+
+    /// `cmd ARGS` as root, with `env`, seeing what the user sees.
+    pub fn as_root(&self, cmd: &str, args: &[&str]) -> Output {
+        self.in_namespaces("", cmd, args)
+    }
+
+    fn in_namespaces(&self, setpriv: &str, cmd: &str, args: &[&str]) -> Output {
         let resolv = format!("/etc/netns/{}/resolv.conf", self.net.host);
         let script = format!(
-            "mount --bind {resolv} /etc/resolv.conf && exec nsenter --net=/run/netns/{host} \
-             setpriv --reuid={uid} --regid={uid} --init-groups env {env} {cmd} \"$@\"",
+            "set -e\n{mounts}\nmount --bind {resolv} /etc/resolv.conf\n\
+             exec nsenter --net=/run/netns/{host} {setpriv} env {env} {cmd} \"$@\"",
+            mounts = self.mounts,
             host = self.net.host,
-            uid = self.uid,
             env = self.env,
         );
         Command::new("unshare")
@@ -140,6 +158,109 @@ impl Drop for UserPodman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
         kill_user(self.uid);
+    }
+}
+
+/// The user's containers.conf in a [`HomePodman`]: no network settings.
+pub const USER_CONF: &str = "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
+                             events_logger = \"file\"\n";
+
+/// podman as the user with a scratch HOME (holding [`USER_CONF`]) and
+/// runtime directory, no CONTAINERS_CONF, and the busybox image: a plain
+/// `podman run` there takes its network from the configuration files
+/// alone, as `netferry setup podman` leaves them.
+pub struct HomePodman(UserPodman);
+
+impl Deref for HomePodman {
+    type Target = UserPodman;
+    fn deref(&self) -> &UserPodman {
+        &self.0
+    }
+}
+
+/// A running `slirp4netns` of the user: how it was started and the file
+/// it runs.
+#[derive(Debug)]
+pub struct Helper {
+    pub argv0: String,
+    /// /proc/PID/exe as a path (a link followed to the file it leads to).
+    pub exe: PathBuf,
+    /// Device and inode of that file, which hold where the path is one
+    /// only inside podman's mount namespace.
+    pub file: (u64, u64),
+}
+
+impl HomePodman {
+    /// `mounts`: see [`UserPodman::mounts`]; they are in place before the
+    /// first podman starts its pause process.
+    pub fn new(tag: &str, mounts: String) -> HomePodman {
+        let mut p = UserPodman::new(tag);
+        p.mounts = mounts;
+        let dir = &p.dir;
+        let conf = dir.path("home/.config/containers");
+        fs::create_dir_all(&conf).unwrap();
+        fs::write(conf.join("containers.conf"), USER_CONF).unwrap();
+        fs::create_dir_all(dir.path("run")).unwrap();
+        fs::set_permissions(dir.path("run"), fs::Permissions::from_mode(0o700)).unwrap();
+        for d in ["home", "run"] {
+            let st = Command::new("chown")
+                .args(["-R", &format!("{USER}:"), dir.path(d).to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        p.env = format!(
+            "-u XDG_CONFIG_HOME -u XDG_DATA_HOME -u XDG_STATE_HOME -u CONTAINERS_CONF \
+             HOME={home} XDG_RUNTIME_DIR={run} PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            home = dir.path("home").display(),
+            run = dir.path("run").display(),
+        );
+        p.import_image(&p.dir.0, |tar| tar.display().to_string());
+        HomePodman(p)
+    }
+
+    /// The user's running `slirp4netns` processes.
+    pub fn slirp4netns_processes(&self) -> Vec<Helper> {
+        let mut found = Vec::new();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let p = e.path();
+            let Ok(m) = fs::metadata(&p) else { continue };
+            let Ok(cmdline) = fs::read(p.join("cmdline")) else {
+                continue;
+            };
+            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            if m.uid() == self.uid
+                && argv0.ends_with(b"slirp4netns")
+                && let Ok(exe) = fs::read_link(p.join("exe"))
+                && let Ok(file) = fs::metadata(p.join("exe"))
+            {
+                found.push(Helper {
+                    argv0: String::from_utf8_lossy(argv0).into_owned(),
+                    exe,
+                    file: (file.dev(), file.ino()),
+                });
+            }
+        }
+        found
+    }
+
+    /// Run a container in the background and return what runs its
+    /// network; the container is removed after `PROBE` ran in it.
+    pub fn network_of_a_container(&self) -> Helper {
+        self.ok(&["run", "-d", "--name", "nf-setup", IMAGE, "sleep", "300"]);
+        let mut found = Vec::new();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                found = self.slirp4netns_processes();
+                !found.is_empty()
+            }),
+            "no slirp4netns process for the container"
+        );
+        let out = self.ok(&["exec", "nf-setup", "sh", "-c", PROBE]);
+        assert_probe(&out, false);
+        self.ok(&["rm", "-f", "-t", "0", "nf-setup"]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.remove(0)
     }
 }
 
