@@ -341,33 +341,14 @@ impl AutoForwarder {
     /// Scan the namespace and bind or close host ports to match.
     /// `ns_auto`: the ports `-T`/`-U auto` hold inside, left alone.
     pub fn sync(&mut self, engine: &mut Engine<NetHost>, ns_auto: Option<&NsAutoForwarder>) {
-        let mut tcp = vec![false; PORTS];
-        let mut udp = vec![false; PORTS];
-        if self.rules.iter().any(|r| r.proto == Proto::Tcp) {
-            scan(
-                &self.proc_net,
-                &[0, 1],
-                TCP_LISTEN,
-                &mut tcp,
-                &mut self.text,
-            );
-        }
-        if self.rules.iter().any(|r| r.proto == Proto::Udp) {
-            scan(
-                &self.proc_net,
-                &[2, 3],
-                UDP_LISTEN,
-                &mut udp,
-                &mut self.text,
-            );
-            scan(
-                &self.proc_net,
-                &[0, 1],
-                TCP_LISTEN,
-                &mut udp,
-                &mut self.text,
-            );
-        }
+        let (mut tcp, mut udp) = listening_ports(
+            &self.proc_net,
+            (
+                self.rules.iter().any(|r| r.proto == Proto::Tcp),
+                self.rules.iter().any(|r| r.proto == Proto::Udp),
+            ),
+            &mut self.text,
+        );
         for &p in &self.own_tcp {
             tcp[usize::from(p)] = false;
         }
@@ -422,6 +403,27 @@ impl AutoForwarder {
 /// Ports in `state` in the tables `files` (indexes into `proc_net`, in
 /// [`PROC_NET`]'s order), marked in `map`. The files are read again from
 /// their start: opened before the sandbox, they stay readable after it.
+/// The ports listening in the tables of `proc_net` (tcp, tcp6, udp, udp6),
+/// as pasta counts them: TCP's listening sockets for TCP (with `want.0`);
+/// for UDP (with `want.1`) bound UDP sockets and TCP's listening ports
+/// too.
+fn listening_ports(
+    proc_net: &[File],
+    want: (bool, bool),
+    text: &mut String,
+) -> (Vec<bool>, Vec<bool>) {
+    let mut tcp = vec![false; PORTS];
+    let mut udp = vec![false; PORTS];
+    if want.0 {
+        scan(proc_net, &[0, 1], TCP_LISTEN, &mut tcp, text);
+    }
+    if want.1 {
+        scan(proc_net, &[2, 3], UDP_LISTEN, &mut udp, text);
+        scan(proc_net, &[0, 1], TCP_LISTEN, &mut udp, text);
+    }
+    (tcp, udp)
+}
+
 fn scan(proc_net: &[File], files: &[usize], state: u32, map: &mut [bool], text: &mut String) {
     for &i in files {
         let Some(mut file) = proc_net.get(i) else {
@@ -513,33 +515,14 @@ impl NsAutoForwarder {
         (relay, connector): (&mut Relay, &mut Connector),
         host_auto: Option<&AutoForwarder>,
     ) {
-        let mut tcp = vec![false; PORTS];
-        let mut udp = vec![false; PORTS];
-        if self.rules.iter().any(|r| r.proto == RelayProto::Tcp) {
-            scan(
-                &self.proc_net,
-                &[0, 1],
-                TCP_LISTEN,
-                &mut tcp,
-                &mut self.text,
-            );
-        }
-        if self.rules.iter().any(|r| r.proto == RelayProto::Udp) {
-            scan(
-                &self.proc_net,
-                &[2, 3],
-                UDP_LISTEN,
-                &mut udp,
-                &mut self.text,
-            );
-            scan(
-                &self.proc_net,
-                &[0, 1],
-                TCP_LISTEN,
-                &mut udp,
-                &mut self.text,
-            );
-        }
+        let (mut tcp, mut udp) = listening_ports(
+            &self.proc_net,
+            (
+                self.rules.iter().any(|r| r.proto == RelayProto::Tcp),
+                self.rules.iter().any(|r| r.proto == RelayProto::Udp),
+            ),
+            &mut self.text,
+        );
         for (map, ours) in [(&mut tcp, &self.host_tcp), (&mut udp, &self.host_udp)] {
             for (seen, &ours) in map.iter_mut().zip(ours.iter()) {
                 *seen &= !ours;
