@@ -506,6 +506,15 @@ fn dhcp_dns4(args: &PastaArgs, gateway: Ipv4Addr, resolv: &str) -> Option<Ipv4Ad
     }
 }
 
+/// Where a `-t`/`-u` spec without an address listens: both families
+/// (`[::]`) where the guest has IPv6, as pasta's do, else `0.0.0.0`.
+fn listen_any(plan: &AddressPlan) -> IpAddr {
+    match plan.v6 {
+        Some(_) => Ipv6Addr::UNSPECIFIED.into(),
+        None => Ipv4Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// The `-t`/`-u` forwards to bind before the parent exits; a spec
 /// without an address listens on `any` (both families where the guest
 /// has IPv6, as pasta's do).
@@ -591,11 +600,7 @@ pub fn config_of(
     let mut plan = plan_of(args, &host, host6.as_ref());
     // pasta's DHCP announces the MTU it would give the tap (not with -m 0).
     plan.v4.dhcp_mtu = copy.mtu.and_then(|m| u16::try_from(m).ok());
-    let any = match plan.v6 {
-        Some(_) => Ipv6Addr::UNSPECIFIED.into(),
-        None => Ipv4Addr::UNSPECIFIED.into(),
-    };
-    let forwards = forwards_of(args, plan.v4.guest, any)?;
+    let forwards = forwards_of(args, plan.v4.guest, listen_any(&plan))?;
     let tap_name = args
         .ns_ifname
         .clone()
@@ -812,16 +817,10 @@ pub(super) fn set_up(
         })
         .collect();
     // -t/-u all and auto; auto reads the namespace's socket tables.
-    // Listening on both families where the guest has IPv6, as -t/-u
-    // ranges do.
-    let any = match cfg.plan.v6 {
-        Some(_) => Ipv6Addr::UNSPECIFIED.into(),
-        None => Ipv4Addr::UNSPECIFIED.into(),
-    };
     let rules = forward::host_rules(
         &args.tcp,
         &args.udp,
-        (cfg.plan.v4.guest, any),
+        (cfg.plan.v4.guest, listen_any(&cfg.plan)),
         forward::ephemeral_ports(),
     )?;
     let (auto, all): (Vec<_>, Vec<_>) = rules.into_iter().partition(|r| r.auto);

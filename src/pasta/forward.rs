@@ -622,31 +622,30 @@ mod tests {
         );
     }
 
-    #[test]
-    fn all_leaves_out_exclusions_and_the_ephemeral_range() {
-        let spec = super::super::ports::parse(PortOption::Tcp, "all,~20-30")
-            .unwrap()
-            .unwrap();
-        let rule = host_rule(
-            Proto::Tcp,
+    /// The host rule of one `-t`/`-u` spec, the guest at 192.0.2.1.
+    fn rule_of(option: PortOption, spec: &str, ephemeral: RangeInclusive<u16>) -> HostRule {
+        let spec = super::super::ports::parse(option, spec).unwrap().unwrap();
+        let proto = match option {
+            PortOption::Udp => Proto::Udp,
+            _ => Proto::Tcp,
+        };
+        host_rule(
+            proto,
             &spec,
             (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::UNSPECIFIED.into()),
-            &(40000..=65535),
-        );
+            &ephemeral,
+        )
+    }
+
+    #[test]
+    fn all_leaves_out_exclusions_and_the_ephemeral_range() {
+        let rule = rule_of(PortOption::Tcp, "all,~20-30", 40000..=65535);
         let ports: Vec<u16> = rule.ports().collect();
         assert_eq!(ports.len(), 39999 - 11);
         assert_eq!((ports[0], ports[18], ports[19]), (1, 19, 31));
         assert_eq!(ports.last(), Some(&39999));
         assert!(!rule.auto);
-        let spec = super::super::ports::parse(PortOption::Udp, "8000-8002:9000-9002,~8001,auto")
-            .unwrap()
-            .unwrap();
-        let rule = host_rule(
-            Proto::Udp,
-            &spec,
-            (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::UNSPECIFIED.into()),
-            &(1..=2),
-        );
+        let rule = rule_of(PortOption::Udp, "8000-8002:9000-9002,~8001,auto", 1..=2);
         assert!(rule.auto);
         let targets: Vec<_> = rule
             .ports()
